@@ -1,0 +1,78 @@
+"""ZipStream: build and stream zip bundles of remote files."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask, Response, jsonify
+from werkzeug.exceptions import HTTPException
+
+from .config import Config
+from .errors import ZipStreamError
+
+__version__ = "0.1.0"
+
+log = logging.getLogger(__name__)
+
+
+def create_app(config: Config | Mapping[str, str] | None = None) -> Flask:
+    """Assemble the app: read config, build the repository and sources, register blueprints."""
+    from . import api, openapi
+    from .repositories import build_repository
+    from .sources import build_sources
+
+    if not isinstance(config, Config):
+        config = Config.from_env(config)
+    app = Flask(__name__)
+    app.config.update(
+        MAX_CONTENT_LENGTH=config.max_body_bytes,
+        MAX_FORM_MEMORY_SIZE=config.max_body_bytes,
+        # Werkzeug's default of 1,000 form parts would cap a form post at ~500 files.
+        MAX_FORM_PARTS=config.max_files * 2 + 16,
+        JSON_SORT_KEYS=False,
+    )
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.url_map.strict_slashes = False
+    repository = build_repository(config)
+    if config.db_interface == "sqlite":
+        repository.migrate()  # embedded database: nothing else would create the schema
+    app.extensions["zipstream.config"] = config
+    app.extensions["zipstream.repository"] = repository
+    app.extensions["zipstream.sources"] = build_sources(config)
+    app.register_blueprint(api.bp)
+    app.register_blueprint(openapi.bp)
+    _register_errors(app)
+    return app
+
+
+def _error_response(error: ZipStreamError) -> Response:
+    response = jsonify(error.to_dict())
+    response.status_code = error.status
+    response.headers.update(error.headers())
+    return response
+
+
+def _register_errors(app: Flask) -> None:
+    @app.errorhandler(ZipStreamError)
+    def zipstream_error(error: ZipStreamError) -> Response:
+        return _error_response(error)
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException) -> Response:
+        code = (error.name or "error").lower().replace(" ", "_")
+        wrapped = ZipStreamError(error.description or error.name or "error")
+        wrapped.status, wrapped.code = error.code or 500, code
+        response = _error_response(wrapped)
+        if error.code == 405 and error.response is None:
+            allowed: Any = getattr(error, "valid_methods", None)
+            if allowed:
+                response.headers["Allow"] = ", ".join(allowed)
+        return response
+
+    @app.errorhandler(Exception)
+    def unexpected(error: Exception) -> Response:
+        log.exception("unexpected error")  # the trace goes to the log, never to the client
+        wrapped = ZipStreamError("internal error; it has been logged")
+        return _error_response(wrapped)

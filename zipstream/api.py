@@ -1,0 +1,245 @@
+"""The HTTP API (the Node ZipStream's routes): validate -> repository -> sources -> zip response."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import quote
+
+from flask import Blueprint, Response, current_app, jsonify, request
+
+from . import ranges
+from .config import Config
+from .download import PreparedZip, prepare
+from .errors import (
+    BadRequest,
+    Forbidden,
+    Gone,
+    NotFound,
+    ServiceUnavailable,
+    Unauthorized,
+    UnsupportedMediaType,
+    ZipStreamError,
+)
+from .models import Bundle, FileRef
+from .repositories import BundleRepository
+from .schemas import AppendFilesSchema, CreateBundleSchema, OneOffBundleSchema, form_to_body, load
+from .sources import Sources
+
+log = logging.getLogger(__name__)
+bp = Blueprint("api", __name__)
+
+DEFAULT_FILENAME = "bundle.zip"
+
+
+def _config() -> Config:
+    config: Config = current_app.extensions["zipstream.config"]
+    return config
+
+
+def _repository() -> BundleRepository:
+    repository: BundleRepository = current_app.extensions["zipstream.repository"]
+    return repository
+
+
+def _sources() -> Sources:
+    sources: Sources = current_app.extensions["zipstream.sources"]
+    return sources
+
+
+def _body() -> Any:
+    """The request body as a dict, from JSON or from a browser form."""
+    mimetype = request.mimetype
+    if mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        return form_to_body(request.form)
+    if mimetype == "application/json" or mimetype.endswith("+json") or not mimetype:
+        data = request.get_data(cache=False)
+        if not data.strip():
+            raise BadRequest("the request body is empty; send a JSON object")
+        try:
+            return current_app.json.loads(data)
+        except ValueError as error:
+            raise BadRequest(f"the request body is not valid JSON: {error}") from None
+    raise UnsupportedMediaType(
+        f"send application/json, application/x-www-form-urlencoded or multipart/form-data, not {mimetype}"
+    )
+
+
+def _check_api_key() -> None:
+    key = _config().api_key
+    if not key:
+        return
+    given = request.headers.get("Authorization", "")
+    scheme, _, token = given.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
+        raise Unauthorized("creating bundles needs 'Authorization: Bearer <API_KEY>'")
+
+
+def _check_sources(files: list[FileRef]) -> None:
+    """Refuse srcs no backend will read (bucket allowlist, FILE_ROOT) before storing anything."""
+    sources = _sources()
+    for ref in files:
+        sources.check(ref.src)
+
+
+def _load_bundle(bundle_id: str, secret: str | None = None) -> Bundle:
+    try:
+        uuid.UUID(bundle_id)
+    except ValueError:
+        raise NotFound(f"no bundle with id {bundle_id}") from None
+    bundle = _repository().get(bundle_id)
+    if bundle is None:
+        raise NotFound(f"no bundle with id {bundle_id}")
+    if secret is not None and not hmac.compare_digest(secret.encode(), bundle.secret.encode()):
+        raise Forbidden("wrong secret for this bundle")
+    if bundle.expired():
+        raise Gone(f"bundle {bundle_id} expired at {bundle.expiration_date} (unix time)")
+    return bundle
+
+
+def content_disposition(filename: str) -> str:
+    """RFC 6266: an ASCII fallback plus the exact UTF-8 name."""
+    fallback = "".join(char if 32 <= ord(char) < 127 and char not in '"\\%' else "_" for char in filename)
+    if fallback == filename:
+        return f'attachment; filename="{filename}"'
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
+
+
+def _counted(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """Yield to other greenlets between chunks so one CPU-bound (deflate) download can't starve them."""
+    try:
+        for chunk in chunks:
+            yield chunk
+            time.sleep(0)
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+
+
+def zip_response(prepared: PreparedZip) -> Response:
+    """The download response, honouring HEAD, Range, If-Range and If-None-Match."""
+    headers = {
+        "Content-Type": "application/zip",
+        "Content-Disposition": content_disposition(prepared.filename),
+        # no-transform: a proxy that compresses would break Content-Length and byte ranges.
+        "Cache-Control": "private, no-transform",
+        "X-Accel-Buffering": "no",
+        "Last-Modified": ranges.http_date(prepared.last_modified),
+    }
+    etag = prepared.etag
+    length = prepared.length
+    start, stop, status = 0, length, 200
+    if prepared.rangeable and length is not None:
+        headers["Accept-Ranges"] = "bytes"
+        headers["ETag"] = etag or ""
+        if ranges.none_match(request.headers.get("If-None-Match"), etag):
+            return Response(status=304, headers={k: headers[k] for k in ("ETag", "Cache-Control", "Last-Modified")})
+        if ranges.if_range_matches(request.headers.get("If-Range"), etag, prepared.last_modified):
+            wanted = ranges.parse_range(request.headers.get("Range"), length)
+            if wanted is not None:
+                start, stop = wanted
+                status = 206
+                headers["Content-Range"] = f"bytes {start}-{stop - 1}/{length}"
+    else:
+        headers["Accept-Ranges"] = "none"
+    if stop is not None:
+        headers["Content-Length"] = str(stop - start)
+    if request.method == "HEAD":
+        return Response(status=status, headers=headers)
+    body = _counted(prepared.stream(start, stop))
+    return Response(body, status=status, headers=headers, direct_passthrough=True)
+
+
+def _prepare(files: tuple[FileRef, ...] | list[FileRef], filename: str, compression: str,
+             created_at: int) -> PreparedZip:
+    return prepare(files, filename, compression, created_at, _sources(), _repository(), _config())
+
+
+@bp.post("/bundle", strict_slashes=False)
+def one_off_bundle() -> Response:
+    """Zip the posted files now and stream the zip back."""
+    _check_api_key()
+    config = _config()
+    data = load(OneOffBundleSchema(config=config), _body(), config)
+    files = data["files"]
+    _check_sources(files)
+    prepared = _prepare(files, data.get("filename") or DEFAULT_FILENAME,
+                        data.get("compression") or config.default_compression, int(time.time()))
+    return zip_response(prepared)
+
+
+@bp.post("/")
+def create_bundle() -> tuple[Response, int]:
+    """Store a bundle; answer with its id, secret and expiration date."""
+    _check_api_key()
+    config = _config()
+    data = load(CreateBundleSchema(config=config), _body(), config)
+    files = tuple(data["files"])
+    _check_sources(list(files))
+    bundle = Bundle.new(
+        filename=data.get("filename") or DEFAULT_FILENAME,
+        files=files,
+        lifetime_minutes=config.data_lifetime,
+        compression=data.get("compression") or config.default_compression,
+    )
+    _repository().create(bundle)
+    return jsonify(bundle.to_json()), 201
+
+
+@bp.route("/<bundle_id>", methods=["GET", "HEAD"], strict_slashes=False)
+def download_bundle(bundle_id: str) -> Response:
+    """Stream the bundle's zip (resumable: exact length, ETag, Range)."""
+    bundle = _load_bundle(bundle_id)
+    prepared = _prepare(bundle.files, bundle.filename, bundle.compression, bundle.created_at)
+    return zip_response(prepared)
+
+
+@bp.get("/<bundle_id>/<secret>", strict_slashes=False)
+def get_bundle(bundle_id: str, secret: str) -> Response:
+    """The bundle's JSON."""
+    return jsonify(_load_bundle(bundle_id, secret).to_json())
+
+
+@bp.put("/<bundle_id>/<secret>", strict_slashes=False)
+def append_files(bundle_id: str, secret: str) -> Response:
+    """Append files to the bundle; answer with the updated bundle."""
+    config = _config()
+    bundle = _load_bundle(bundle_id, secret)
+    data = load(AppendFilesSchema(config=config), _body(), config)
+    files = data["files"]
+    _check_sources(files)
+    updated = _repository().append(
+        bundle.id, files, config.max_files,
+        filename=data.get("filename"), compression=data.get("compression"),
+    )
+    if updated is None:
+        raise NotFound(f"no bundle with id {bundle_id}")
+    return jsonify(updated.to_json())
+
+
+@bp.delete("/<bundle_id>/<secret>", strict_slashes=False)
+def delete_bundle(bundle_id: str, secret: str) -> Response:
+    """Delete the bundle; answer with what was deleted."""
+    bundle = _load_bundle(bundle_id, secret)
+    deleted = _repository().delete(bundle.id)
+    if deleted is None:
+        raise NotFound(f"no bundle with id {bundle_id}")
+    return jsonify(deleted.to_json())
+
+
+@bp.get("/health-check", strict_slashes=False)
+def health_check() -> tuple[Response, int]:
+    """200 when the service and its database answer, 503 otherwise."""
+    try:
+        _repository().ping()
+    except ZipStreamError as error:
+        unavailable = ServiceUnavailable(f"database unavailable: {error.message}")
+        response = jsonify({"status": "unavailable", **unavailable.to_dict()})
+        response.headers.update(unavailable.headers())
+        return response, 503
+    return jsonify({"status": "ok", "database": _config().db_interface}), 200

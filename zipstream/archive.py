@@ -1,0 +1,403 @@
+"""Members -> zip bytes. Pure data path: no Flask, no network, no database.
+
+Two writers:
+
+* **stored** (the default): written here, because stream-zip can only stream an uncompressed
+  member when its CRC-32 is known before its data (`NO_COMPRESSION_*(size, crc)`), and otherwise
+  buffers the whole member in memory. A member whose CRC is known up front is written exactly as
+  stream-zip's `NO_COMPRESSION_32/64(size, crc)` writes it (tests prove the bytes identical); a
+  member whose CRC is not known is written like stream-zip's `ZIP_32/64` layout (CRC and sizes in a
+  data descriptor after the data) with compression method 0. Either way every byte offset follows
+  from names, sizes and modification times alone, which is what makes exact `Content-Length` and
+  HTTP Range resume possible: see `ZipPlan`.
+* **deflate**: stream-zip's `ZIP_32`/`ZIP_64` (data descriptors), length unknown in advance.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import stat
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from struct import Struct
+
+from stream_zip import NO_COMPRESSION_32, NO_COMPRESSION_64, ZIP_32, ZIP_64, stream_zip
+
+# Bumped whenever the bytes written for the same members change, so old ETags stop matching.
+FORMAT_VERSION = 1
+CHUNK_SIZE = 256 * 1024
+FILE_MODE = stat.S_IFREG | 0o644
+_DOS_EPOCH = datetime(1980, 1, 1, tzinfo=UTC)
+_UNIX_EXTRA_MAX = 2**31 - 1
+
+_local_header = Struct("<4sHHH4sIIIHH")
+_central_header = Struct("<4sBBBBHH4sIIIHHHHHII")
+_descriptor_32 = Struct("<4sIII")
+_descriptor_64 = Struct("<4sIQQ")
+_zip64_local_extra = Struct("<2sHQQ")
+_zip64_central_extra = Struct("<2sHQQQ")
+_unix_extra = Struct("<2sH1sl")
+_dos_time = Struct("<HH")
+_eocd = Struct("<4sHHHHIIH")
+_zip64_eocd = Struct("<4sQHHIIQQQQ")
+_zip64_locator = Struct("<4sIQI")
+
+_UTF8 = 0x0800
+_DESCRIPTOR = 0x0008
+_LIMIT_32 = 0xFFFFFFFF
+
+
+class ArchiveError(Exception):
+    """A member's data did not match what was promised (length or CRC-32): the zip must be abandoned."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One member to write: its final name, size (None if unknown), time and, if known, CRC-32."""
+
+    name: str
+    size: int | None
+    modified_at: datetime
+    crc32: int | None = None
+
+
+def clamp_time(moment: datetime) -> datetime:
+    """A UTC time a zip can hold: DOS dates start in 1980, the 'UT' extra ends in 2038."""
+    moment = moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+    moment = max(moment, _DOS_EPOCH)
+    return min(moment, datetime.fromtimestamp(_UNIX_EXTRA_MAX, UTC))
+
+
+def _dos(moment: datetime) -> bytes:
+    return _dos_time.pack(
+        moment.second // 2 | moment.minute << 5 | moment.hour << 11,
+        moment.day | moment.month << 5 | (moment.year - 1980) << 9,
+    )
+
+
+@dataclass(frozen=True)
+class _Member:
+    """How one entry is laid out at a given offset: header bytes and the shape of what follows."""
+
+    entry: Entry
+    offset: int
+    header: bytes
+    zip64: bool
+    descriptor: bool  # CRC and sizes follow the data (CRC not known when the header was written)
+
+    @property
+    def descriptor_length(self) -> int:
+        if not self.descriptor:
+            return 0
+        return _descriptor_64.size if self.zip64 else _descriptor_32.size
+
+    def descriptor_bytes(self, crc: int, size: int) -> bytes:
+        if not self.descriptor:
+            return b""
+        if self.zip64:
+            return _descriptor_64.pack(b"PK\x07\x08", crc, size, size)
+        return _descriptor_32.pack(b"PK\x07\x08", crc, size, size)
+
+    def central_record(self, crc: int, size: int) -> bytes:
+        entry = self.entry
+        name = entry.name.encode("utf-8")
+        unix = _unix_extra.pack(b"UT", 5, b"\x01", int(entry.modified_at.timestamp()))
+        flags = _UTF8 | (_DESCRIPTOR if self.descriptor else 0)
+        if self.zip64:
+            extra = _zip64_central_extra.pack(b"\x01\x00", 24, size, size, self.offset) + unix
+            version, sizes, offset = 45, (_LIMIT_32, _LIMIT_32), _LIMIT_32
+        else:
+            extra = unix
+            version, sizes, offset = 20, (size, size), self.offset
+        return _central_header.pack(
+            b"PK\x01\x02", version, 3, version, 0, flags, 0, _dos(entry.modified_at), crc,
+            sizes[0], sizes[1], len(name), len(extra), 0, 0, 0, FILE_MODE << 16, offset,
+        ) + name + extra
+
+
+def _place(entry: Entry, offset: int) -> _Member:
+    """Lay out `entry`'s local header at `offset` (mirrors stream-zip's formats byte for byte)."""
+    name = entry.name.encode("utf-8")
+    if len(name) > 0xFFFF:
+        raise ArchiveError(f"entry name longer than 65535 bytes: {entry.name[:40]}...")
+    unix = _unix_extra.pack(b"UT", 5, b"\x01", int(entry.modified_at.timestamp()))
+    descriptor = entry.crc32 is None
+    size = entry.size
+    zip64 = size is None or size >= _LIMIT_32 or offset >= _LIMIT_32
+    dos = _dos(entry.modified_at)
+    if descriptor:
+        flags = _UTF8 | _DESCRIPTOR
+        if zip64:  # stream-zip ZIP_64 layout
+            extra = _zip64_local_extra.pack(b"\x01\x00", 16, 0, 0) + unix
+            fields = (45, flags, 0, dos, 0, _LIMIT_32, _LIMIT_32)
+        else:  # stream-zip ZIP_32 layout
+            extra = unix
+            fields = (20, flags, 0, dos, 0, 0, 0)
+    else:
+        assert size is not None and entry.crc32 is not None
+        if zip64:  # stream-zip NO_COMPRESSION_64(size, crc)
+            extra = _zip64_local_extra.pack(b"\x01\x00", 16, size, size) + unix
+            fields = (45, _UTF8, 0, dos, entry.crc32, _LIMIT_32, _LIMIT_32)
+        else:  # stream-zip NO_COMPRESSION_32(size, crc)
+            extra = unix
+            fields = (20, _UTF8, 0, dos, entry.crc32, size, size)
+    header = _local_header.pack(b"PK\x03\x04", *fields, len(name), len(extra)) + name + extra
+    return _Member(entry, offset, header, zip64, descriptor)
+
+
+def _end_records(count: int, cd_offset: int, cd_size: int, force_zip64: bool) -> bytes:
+    zip64 = force_zip64 or count > 0xFFFF or cd_offset > _LIMIT_32 or cd_size > _LIMIT_32
+    if not zip64:
+        return _eocd.pack(b"PK\x05\x06", 0, 0, count, count, cd_size, cd_offset, 0)
+    return (
+        _zip64_eocd.pack(b"PK\x06\x06", 44, 45, 45, 0, 0, count, count, cd_size, cd_offset)
+        + _zip64_locator.pack(b"PK\x06\x07", 0, cd_offset + cd_size, 1)
+        + _eocd.pack(b"PK\x05\x06", 0xFFFF, 0xFFFF, 0xFFFF, 0xFFFF, _LIMIT_32, _LIMIT_32, 0)
+    )
+
+
+# Opens member `index`'s data from byte `start`; yields chunks up to the member's end.
+OpenMember = Callable[[int, int], Iterator[bytes]]
+# Called with (index, crc) whenever a member's CRC-32 is computed from its full data.
+CrcLearned = Callable[[int, int], None]
+
+
+class ZipPlan:
+    """A stored zip's layout: offsets of every part, computed from names, sizes and times only.
+
+    With every size known, `length` is exact and `stream(start, stop)` produces any byte range of
+    the archive, reading only the members (or member tails) that range needs.
+    """
+
+    def __init__(self, entries: list[Entry]) -> None:
+        self.entries = entries
+        self.sized = all(entry.size is not None for entry in entries)
+        self.members: list[_Member] = []
+        offset = 0
+        for entry in entries:
+            member = _place(entry, offset)
+            self.members.append(member)
+            if entry.size is None:
+                offset = -1
+                break
+            offset += len(member.header) + entry.size + member.descriptor_length
+        self._any_zip64 = any(member.zip64 for member in self.members)
+        self.central_offset = offset if self.sized else -1
+        if self.sized:
+            self.central_size = sum(
+                len(m.central_record(0, m.entry.size or 0)) for m in self.members
+            )
+            self.length: int | None = (
+                self.central_offset + self.central_size
+                + len(_end_records(len(entries), self.central_offset, self.central_size, self._any_zip64))
+            )
+        else:
+            self.length = None
+
+    def fingerprint(self) -> str:
+        """A digest of everything the archive's bytes depend on, besides member contents."""
+        digest = hashlib.sha256(f"zipstream-stored-{FORMAT_VERSION}".encode())
+        for entry in self.entries:
+            digest.update(
+                repr((entry.name, entry.size, int(entry.modified_at.timestamp()), entry.crc32)).encode()
+            )
+        return digest.hexdigest()
+
+    def crcs_needed(self, start: int, stop: int, known: dict[int, int]) -> list[int]:
+        """Members that must be read in full for their CRC although their data is outside the range.
+
+        These are the cost of serving [start, stop) beyond the bytes themselves.
+        """
+        assert self.sized
+        needed_all = stop > self.central_offset
+        result = []
+        for index, member in enumerate(self.members):
+            if index in known or not member.descriptor:
+                continue
+            data_start = member.offset + len(member.header)
+            data_end = data_start + (member.entry.size or 0)
+            descriptor_end = data_end + member.descriptor_length
+            fully_read = start <= data_start and data_end <= stop
+            if fully_read:
+                continue
+            partly_read = start < data_end and data_start < stop
+            descriptor_in_range = start < descriptor_end and data_end < stop
+            if needed_all or descriptor_in_range or partly_read:
+                result.append(index)
+        return result
+
+    def stream(
+        self,
+        open_member: OpenMember,
+        start: int = 0,
+        stop: int | None = None,
+        known_crcs: dict[int, int] | None = None,
+        on_crc: CrcLearned | None = None,
+    ) -> Iterator[bytes]:
+        """The archive's bytes [start, stop) (whole archive by default).
+
+        `known_crcs` are CRC-32s learned earlier (by index); any member read in full is checked
+        against what it was promised, and reported through `on_crc`.
+        """
+        if stop is None:
+            stop = self.length if self.length is not None else 1 << 62
+        if start != 0 or stop != (self.length if self.length is not None else 1 << 62):
+            if not self.sized:
+                raise ValueError("byte ranges need every member's size")
+        crcs: dict[int, int] = dict(known_crcs or {})
+        for index, entry in enumerate(self.entries):
+            if entry.crc32 is not None:
+                crcs[index] = entry.crc32
+        sizes: dict[int, int] = {}
+        pos = 0
+        central: list[bytes] = []
+
+        def emit(chunk: bytes, at: int) -> bytes:
+            """The part of `chunk` (which starts at archive offset `at`) inside [start, stop)."""
+            lo, hi = max(start, at), min(stop, at + len(chunk))
+            if lo >= hi:
+                return b""
+            if lo == at and hi == at + len(chunk):
+                return chunk
+            return chunk[lo - at : hi - at]
+
+        needs_all_crcs = self.central_offset < 0 or stop > self.central_offset
+        any_zip64 = False
+        for index, entry in enumerate(self.entries):
+            member = self.members[index] if self.sized else _place(entry, pos)
+            any_zip64 = any_zip64 or member.zip64
+            if pos >= stop:
+                break
+            if part := emit(member.header, pos):
+                yield part
+            pos += len(member.header)
+            data_start = pos
+            size = entry.size
+            data_end = data_start + size if size is not None else None
+            descriptor_end = (data_end + member.descriptor_length) if data_end is not None else None
+            in_range = data_end is None or (start < data_end and data_start < stop)
+            crc_wanted = index not in crcs and member.descriptor and (
+                needs_all_crcs or descriptor_end is None or (start < descriptor_end and data_end is not None
+                                                              and data_end < stop)
+            )
+            if in_range or crc_wanted:
+                read_from = 0 if (crc_wanted or start <= data_start) else start - data_start
+                seen = yield from self._member_data(
+                    index, entry, open_member, read_from, data_start, stop, emit, crcs, on_crc
+                )
+                if size is None:
+                    size = seen
+                    data_end = data_start + size
+            assert size is not None and data_end is not None
+            sizes[index] = size
+            pos = data_end
+            if member.descriptor:
+                if pos < stop and pos + member.descriptor_length > start:
+                    descriptor = member.descriptor_bytes(crcs[index], size)
+                    if part := emit(descriptor, pos):
+                        yield part
+                pos += member.descriptor_length
+            if needs_all_crcs:
+                central.append(member.central_record(crcs[index], size))
+        if pos >= stop or not needs_all_crcs:
+            return
+        # Central directory and end records.
+        central_offset = pos
+        central_bytes = b"".join(central)
+        tail = central_bytes + _end_records(len(self.entries), central_offset, len(central_bytes), any_zip64)
+        for piece_start in range(0, len(tail), CHUNK_SIZE):
+            piece = tail[piece_start : piece_start + CHUNK_SIZE]
+            if part := emit(piece, central_offset + piece_start):
+                yield part
+
+    @staticmethod
+    def _member_data(
+        index: int, entry: Entry, open_member: OpenMember, read_from: int, data_start: int, stop: int,
+        emit: Callable[[bytes, int], bytes], crcs: dict[int, int], on_crc: CrcLearned | None,
+    ) -> Iterator[bytes]:
+        """Yield the in-range part of member `index`, reading from `read_from`; returns bytes seen."""
+        crc = 0
+        seen = read_from
+        limit = entry.size
+        chunks = open_member(index, read_from)
+        try:
+            for chunk in chunks:
+                if limit is not None and seen + len(chunk) > limit:
+                    raise ArchiveError(f"{entry.name}: source sent more than its {limit} bytes")
+                if read_from == 0:
+                    crc = zlib.crc32(chunk, crc)
+                at = data_start + seen
+                seen += len(chunk)
+                if part := emit(chunk, at):
+                    yield part
+                elif at >= stop and index in crcs:
+                    break  # past the range and the CRC is not needed: stop reading
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
+        if limit is not None and seen < limit and not (data_start + seen >= stop and index in crcs):
+            raise ArchiveError(f"{entry.name}: source ended after {seen} of {limit} bytes")
+        if read_from == 0 and (limit is None or seen == limit):
+            if index in crcs and crcs[index] != crc:
+                raise ArchiveError(f"{entry.name}: CRC-32 {crc:08x} differs from the expected {crcs[index]:08x}")
+            crcs[index] = crc
+            if on_crc is not None:
+                on_crc(index, crc)
+        return seen
+
+
+def deflate_stream(entries: list[Entry], open_member: OpenMember) -> Iterator[bytes]:
+    """A deflate-compressed zip through stream-zip (length not known in advance)."""
+
+    def members() -> Iterable[tuple[str, datetime, int, object, Iterable[bytes]]]:
+        offset_hint = 0
+        for index, entry in enumerate(entries):
+            small = entry.size is not None and entry.size < 0xF0000000 and offset_hint < 0xF0000000
+            method = ZIP_32 if small else ZIP_64
+            if entry.size is not None:
+                offset_hint += entry.size
+            yield entry.name, entry.modified_at, FILE_MODE, method, _checked(entry, open_member(index, 0))
+
+    yield from stream_zip(members(), chunk_size=CHUNK_SIZE)
+
+
+def _checked(entry: Entry, chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """Pass chunks through, failing if their total differs from the promised size or CRC."""
+    seen = 0
+    crc = 0
+    try:
+        for chunk in chunks:
+            seen += len(chunk)
+            crc = zlib.crc32(chunk, crc)
+            if entry.size is not None and seen > entry.size:
+                raise ArchiveError(f"{entry.name}: source sent more than its {entry.size} bytes")
+            yield chunk
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+    if entry.size is not None and seen != entry.size:
+        raise ArchiveError(f"{entry.name}: source ended after {seen} of {entry.size} bytes")
+    if entry.crc32 is not None and crc != entry.crc32:
+        raise ArchiveError(f"{entry.name}: CRC-32 {crc:08x} differs from the expected {entry.crc32:08x}")
+
+
+def stream_zip_reference(entries: list[Entry], datas: list[bytes]) -> bytes:
+    """stream-zip's own bytes for `entries` (stored where CRC is known): the yardstick tests compare with."""
+
+    def members() -> Iterable[tuple[str, datetime, int, object, Iterable[bytes]]]:
+        offset = 0
+        for entry, data in zip(entries, datas, strict=True):
+            size = len(data)
+            zip64 = size >= _LIMIT_32 or offset >= _LIMIT_32
+            if entry.crc32 is not None:
+                method = (NO_COMPRESSION_64 if zip64 else NO_COMPRESSION_32)(size, entry.crc32)
+            else:
+                method = ZIP_64 if zip64 else ZIP_32
+            offset += size
+            yield entry.name, entry.modified_at, FILE_MODE, method, (data,)
+
+    return b"".join(stream_zip(members(), chunk_size=CHUNK_SIZE))

@@ -1,0 +1,157 @@
+"""One typed configuration, read from the environment once and validated at start-up.
+
+The names and defaults are the Node ZipStream's (`PORT`, `DB_INTERFACE`, `DB_CNXN`, `FS_INTERFACES`,
+`AWS_REGION`, `TABLE_NAME`, `DATA_LIFETIME`) so its deployments can switch over; everything else is
+an addition. Tests pass a plain mapping instead of patching `os.environ`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+DB_INTERFACES = ("sqlite", "postgres", "dynamodb")
+FS_INTERFACES = ("s3", "https", "file")
+COMPRESSIONS = ("stored", "deflate")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or malformed; the message names the variable."""
+
+
+def _bool(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"{name} must be true or false, not {raw!r}")
+
+
+def _int(name: str, raw: str, minimum: int = 0) -> int:
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, not {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, not {value}")
+    return value
+
+
+def _float(name: str, raw: str) -> float:
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, not {raw!r}") from None
+    if value <= 0:
+        raise ConfigError(f"{name} must be positive, not {value}")
+    return value
+
+
+def _csv(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every setting the service reads; see the README's configuration table."""
+
+    port: int = 4040
+    db_interface: str = "sqlite"
+    # The seed's default; DATABASE_URL (Heroku) takes precedence when set.
+    db_cnxn: str = "postgres://localhost:5432/zipstream"
+    sqlite_path: str = "zipstream.sqlite3"
+    db_pool_size: int = 10
+    db_timeout: float = 5.0
+    fs_interfaces: tuple[str, ...] = ("s3", "https")
+    aws_region: str = "us-west-2"
+    table_name: str = "bundles"
+    data_lifetime: int = 10080  # minutes
+    http_allow_private: bool = False
+    http_hosts: tuple[str, ...] = ()
+    http_timeout: float = 30.0
+    max_files: int = 10000
+    max_body_bytes: int = 16 * 1024 * 1024
+    max_name_length: int = 1024
+    max_src_length: int = 4096
+    max_bundle_bytes: int = 0  # 0 = unlimited
+    s3_buckets: tuple[str, ...] = ()
+    s3_path_style: bool = False
+    file_root: str = ""
+    prefetch: int = 4
+    preflight_concurrency: int = 32
+    api_key: str = ""
+    default_compression: str = "stored"
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
+        """Read and validate the settings; raises ConfigError naming the bad variable."""
+        env = os.environ if env is None else env
+
+        def get(name: str, convert: Callable[[str, str], T], default: T) -> T:
+            raw = env.get(name)
+            if raw is None or raw.strip() == "":
+                return default
+            return convert(name, raw)
+
+        db_interface = env.get("DB_INTERFACE", "sqlite").strip().lower() or "sqlite"
+        if db_interface not in DB_INTERFACES:
+            raise ConfigError(f"DB_INTERFACE must be one of {', '.join(DB_INTERFACES)}, not {db_interface!r}")
+        fs = tuple(name.lower() for name in _csv(env.get("FS_INTERFACES", "s3,https")))
+        unknown = [name for name in fs if name not in FS_INTERFACES]
+        if unknown:
+            raise ConfigError(
+                f"FS_INTERFACES has unknown backends {', '.join(unknown)}; known: {', '.join(FS_INTERFACES)}"
+            )
+        if not fs:
+            raise ConfigError("FS_INTERFACES must name at least one filestore backend")
+        compression = env.get("DEFAULT_COMPRESSION", "stored").strip().lower() or "stored"
+        if compression not in COMPRESSIONS:
+            raise ConfigError(f"DEFAULT_COMPRESSION must be one of {', '.join(COMPRESSIONS)}")
+        file_root = env.get("FILE_ROOT", "").strip()
+        if "file" in fs and not file_root:
+            raise ConfigError("FS_INTERFACES contains 'file' but FILE_ROOT is not set")
+        if file_root and not os.path.isdir(file_root):
+            raise ConfigError(f"FILE_ROOT {file_root!r} is not a directory")
+        table_name = env.get("TABLE_NAME", "bundles").strip() or "bundles"
+        if not table_name.replace("_", "").replace("-", "").replace(".", "").isalnum():
+            raise ConfigError(f"TABLE_NAME may only hold letters, digits, '_', '-' and '.', not {table_name!r}")
+        db_cnxn = env.get("DATABASE_URL") or env.get("DB_CNXN") or cls.db_cnxn
+        return cls(
+            port=get("PORT", lambda n, r: _int(n, r, 1), 4040),
+            db_interface=db_interface,
+            db_cnxn=db_cnxn.strip(),
+            sqlite_path=env.get("SQLITE_PATH", "").strip() or "zipstream.sqlite3",
+            db_pool_size=get("DB_POOL_SIZE", lambda n, r: _int(n, r, 1), 10),
+            db_timeout=get("DB_TIMEOUT", _float, 5.0),
+            fs_interfaces=fs,
+            aws_region=env.get("AWS_REGION", "").strip() or "us-west-2",
+            table_name=table_name,
+            data_lifetime=get("DATA_LIFETIME", lambda n, r: _int(n, r, 1), 10080),
+            http_allow_private=get("HTTP_ALLOW_PRIVATE", _bool, False),
+            http_hosts=tuple(h.lower().lstrip(".") for h in _csv(env.get("HTTP_HOSTS", ""))),
+            http_timeout=get("HTTP_TIMEOUT", _float, 30.0),
+            max_files=get("MAX_FILES", lambda n, r: _int(n, r, 1), 10000),
+            max_body_bytes=get("MAX_BODY_BYTES", lambda n, r: _int(n, r, 1024), 16 * 1024 * 1024),
+            max_name_length=get("MAX_NAME_LENGTH", lambda n, r: _int(n, r, 16), 1024),
+            max_src_length=get("MAX_SRC_LENGTH", lambda n, r: _int(n, r, 16), 4096),
+            max_bundle_bytes=get("MAX_BUNDLE_BYTES", _int, 0),
+            s3_buckets=_csv(env.get("S3_BUCKETS", "")),
+            s3_path_style=get("S3_PATH_STYLE", _bool, False),
+            file_root=os.path.realpath(file_root) if file_root else "",
+            prefetch=get("PREFETCH", lambda n, r: _int(n, r, 0), 4),
+            preflight_concurrency=get("PREFLIGHT_CONCURRENCY", lambda n, r: _int(n, r, 1), 32),
+            api_key=env.get("API_KEY", "").strip(),
+            default_compression=compression,
+        )
+
+    def replace(self, **changes: Any) -> Config:
+        """A copy with some settings changed (tests use this)."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values.update(changes)
+        return Config(**values)

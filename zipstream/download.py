@@ -1,0 +1,212 @@
+"""From a list of file references to a ready-to-stream zip: pre-flight, names, layout, bytes.
+
+Everything that can fail is decided in `prepare()`, before the first byte is sent (STYLE.md habit
+5). What `PreparedZip.stream()` raises afterwards can only abort the connection.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from .archive import Entry, ZipPlan, clamp_time, deflate_stream
+from .config import Config
+from .errors import LimitExceeded, SourceError, SourcesFailed, StreamAborted
+from .models import FileRef
+from .names import safe_name, unique_names
+from .repositories import BundleRepository
+from .sources import SourceInfo, Sources
+
+log = logging.getLogger(__name__)
+
+# How often learned CRC-32s are written back while a download runs (members, seconds).
+CRC_FLUSH_MEMBERS = 64
+CRC_FLUSH_SECONDS = 5.0
+
+
+def preflight(files: Sequence[FileRef], sources: Sources, concurrency: int) -> list[list[SourceInfo]]:
+    """Stat every src concurrently; raises SourcesFailed listing every src that cannot be read."""
+
+    def stat(ref: FileRef) -> list[SourceInfo] | SourceError:
+        try:
+            return sources.stat(ref.src)
+        except SourceError as error:
+            return error
+
+    workers = max(1, min(concurrency, len(files)))
+    if workers == 1:
+        results = [stat(ref) for ref in files]
+    else:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="preflight") as pool:
+            results = list(pool.map(stat, files))
+    failures = [result for result in results if isinstance(result, SourceError)]
+    if failures:
+        raise SourcesFailed(failures)
+    return [result for result in results if not isinstance(result, SourceError)]
+
+
+def entry_names(files: Sequence[FileRef], stats: Sequence[Sequence[SourceInfo]]) -> list[str]:
+    """The unique, safe entry name of every file, in order (prefixes expanded in place)."""
+    names = []
+    for ref, infos in zip(files, stats, strict=True):
+        expanded = len(infos) != 1 or ref.src.endswith("/")
+        for info in infos:
+            if ref.dst and expanded:
+                name = safe_name(f"{ref.dst}/{info.name}")
+            elif ref.dst:
+                name = safe_name(ref.dst)
+            else:
+                name = safe_name(info.name)
+            names.append(name or safe_name(info.src.split("://", 1)[-1]) or "file")
+    return unique_names(names)
+
+
+@dataclass
+class PreparedZip:
+    """A zip whose every source answered: its exact length (when known), ETag and byte stream."""
+
+    filename: str
+    compression: str
+    entries: list[Entry]
+    infos: list[SourceInfo]
+    sources: Sources
+    repository: BundleRepository | None
+    plan: ZipPlan | None
+    learned: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def length(self) -> int | None:
+        return self.plan.length if self.plan is not None else None
+
+    @property
+    def rangeable(self) -> bool:
+        """Byte ranges (and resume) need a stored zip whose every source has a size and a validator."""
+        return self.plan is not None and self.plan.sized and all(info.validated for info in self.infos)
+
+    @property
+    def etag(self) -> str | None:
+        """A strong ETag: changes whenever any byte of the zip would change."""
+        if not self.rangeable or self.plan is None:
+            return None
+        digest = hashlib.sha256(self.plan.fingerprint().encode())
+        for info in self.infos:
+            digest.update(info.identity().encode())
+        return f'"zs1-{digest.hexdigest()[:40]}"'
+
+    @property
+    def last_modified(self) -> datetime:
+        return max((entry.modified_at for entry in self.entries), default=datetime.fromtimestamp(0, UTC))
+
+    def _open(self, index: int, start: int) -> Iterator[bytes]:
+        return self.sources.open(self.infos[index], start)
+
+    def stream(self, start: int = 0, stop: int | None = None) -> Iterator[bytes]:
+        """The zip's bytes [start, stop); raises StreamAborted if a source fails part-way."""
+        expected = None
+        if self.length is not None:
+            expected = (stop if stop is not None else self.length) - start
+        sent = 0
+        try:
+            if self.plan is None:
+                chunks = deflate_stream(self.entries, self._open)
+            else:
+                chunks = self.plan.stream(self._open, start, stop, self.learned, self._learn)
+            for chunk in chunks:
+                sent += len(chunk)
+                if expected is not None and sent > expected:
+                    raise StreamAborted(f"produced more than the promised {expected} bytes")
+                yield chunk
+            if expected is not None and sent != expected:
+                raise StreamAborted(f"produced {sent} of the promised {expected} bytes")
+        except StreamAborted:
+            raise
+        except Exception as error:
+            # A member failed after bytes went out: the only honest answer is to cut the connection.
+            raise StreamAborted(f"{type(error).__name__}: {error}") from error
+        finally:
+            self._flush_crcs(force=True)
+
+    # -- CRC-32s learned while streaming, so a resumed download need not read the files again --
+    _pending: dict[str, int] = field(default_factory=dict)
+    _last_flush: float = field(default_factory=time.monotonic)
+
+    def _learn(self, index: int, crc: int) -> None:
+        info = self.infos[index]
+        if info.validated and self.entries[index].crc32 is None and self.learned.get(index) != crc:
+            self.learned[index] = crc
+            self._pending[info.identity()] = crc
+            self._flush_crcs()
+
+    def _flush_crcs(self, force: bool = False) -> None:
+        if not self._pending or self.repository is None:
+            return
+        due = len(self._pending) >= CRC_FLUSH_MEMBERS or time.monotonic() - self._last_flush > CRC_FLUSH_SECONDS
+        if not (force or due):
+            return
+        pending, self._pending = self._pending, {}
+        self._last_flush = time.monotonic()
+        try:
+            self.repository.put_crcs(pending)
+        except Exception as error:  # noqa: BLE001 - losing a cache write must never break a download
+            log.warning("could not store %d learned CRC-32s: %s", len(pending), error)
+
+
+def prepare(
+    files: Sequence[FileRef],
+    filename: str,
+    compression: str,
+    created_at: int,
+    sources: Sources,
+    repository: BundleRepository | None,
+    config: Config,
+) -> PreparedZip:
+    """Pre-flight every source and lay out the zip; raises before anything is sent."""
+    stats = preflight(files, sources, config.preflight_concurrency)
+    names = entry_names(files, stats)
+    fallback_time = clamp_time(datetime.fromtimestamp(created_at, UTC))
+    entries: list[Entry] = []
+    infos: list[SourceInfo] = []
+    position = 0
+    for ref, expanded in zip(files, stats, strict=True):
+        for info in expanded:
+            given = ref.crc32 if len(expanded) == 1 else None
+            entries.append(Entry(
+                name=names[position],
+                size=info.size,
+                modified_at=clamp_time(info.last_modified) if info.last_modified else fallback_time,
+                crc32=given if given is not None else info.crc32,
+            ))
+            infos.append(info)
+            position += 1
+    if len(entries) > config.max_files:
+        raise LimitExceeded(
+            f"the bundle expands to {len(entries)} files; at most {config.max_files} are allowed (MAX_FILES)",
+            limit="MAX_FILES",
+        )
+    total = sum(entry.size or 0 for entry in entries)
+    if config.max_bundle_bytes and total > config.max_bundle_bytes:
+        raise LimitExceeded(
+            f"the files add up to {total} bytes; at most {config.max_bundle_bytes} are allowed (MAX_BUNDLE_BYTES)",
+            limit="MAX_BUNDLE_BYTES",
+        )
+    plan = ZipPlan(entries) if compression == "stored" else None
+    prepared = PreparedZip(
+        filename=filename, compression=compression, entries=entries, infos=infos, sources=sources,
+        repository=repository, plan=plan,
+    )
+    if plan is not None and repository is not None:
+        identities = {info.identity(): index for index, info in enumerate(infos)
+                      if info.validated and entries[index].crc32 is None}
+        if identities:
+            try:
+                known = repository.get_crcs(list(identities))
+            except Exception as error:  # noqa: BLE001 - a cache miss only costs upstream reads
+                log.warning("could not read learned CRC-32s: %s", error)
+                known = {}
+            prepared.learned = {identities[identity]: crc for identity, crc in known.items()}
+    return prepared

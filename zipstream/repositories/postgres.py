@@ -1,0 +1,84 @@
+"""PostgreSQL (`DB_INTERFACE=postgres`, `DB_CNXN` or Heroku's `DATABASE_URL`) through psycopg2.
+
+Under gevent, psycopg2 is made cooperative by psycogreen's wait callback (installed by
+`zipstream.cooperative.patch()`); the pool below hands out connections with a timeout instead of
+psycopg2's ThreadedConnectionPool, which raises at once when empty and knows nothing of greenlets.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg2
+import psycopg2.extensions
+
+from ..errors import ServiceUnavailable
+from .sql import SqlRepository
+
+
+class PostgresRepository(SqlRepository):
+    """Bundles in PostgreSQL; connections are pooled, never held while a download streams."""
+
+    placeholder = "%s"
+
+    def __init__(self, dsn: str, table: str = "bundles", pool_size: int = 10, timeout: float = 5.0) -> None:
+        super().__init__(table)
+        # Heroku and the Node service write postgres://; libpq takes both spellings.
+        self.dsn = dsn
+        self.timeout = timeout
+        self._idle: queue.LifoQueue[psycopg2.extensions.connection] = queue.LifoQueue()
+        self._slots = threading.BoundedSemaphore(pool_size)
+
+    def _connect(self) -> psycopg2.extensions.connection:
+        return psycopg2.connect(
+            self.dsn,
+            connect_timeout=max(1, int(self.timeout)),
+            options=f"-c statement_timeout={int(self.timeout * 1000)}",
+            # Notice a dead server quickly instead of hanging on a half-open socket.
+            keepalives=1, keepalives_idle=10, keepalives_interval=5, keepalives_count=2,
+        )
+
+    @contextmanager
+    def transaction(self) -> Iterator[Any]:
+        if not self._slots.acquire(timeout=self.timeout):
+            raise ServiceUnavailable("database pool exhausted; try again shortly")
+        try:
+            try:
+                connection = self._idle.get_nowait()
+            except queue.Empty:
+                connection = self._connect()
+        except psycopg2.OperationalError as error:
+            self._slots.release()
+            raise ServiceUnavailable(f"database unavailable: {_first_line(error)}") from None
+        reusable = True
+        try:
+            with connection, connection.cursor() as cursor:  # commits, or rolls back on error
+                yield cursor
+        except (psycopg2.OperationalError, psycopg2.InterfaceError) as error:
+            reusable = False
+            raise ServiceUnavailable(f"database unavailable: {_first_line(error)}") from None
+        finally:
+            if reusable and not connection.closed:
+                self._idle.put(connection)
+            else:
+                try:
+                    connection.close()
+                except psycopg2.Error:
+                    pass
+            self._slots.release()
+
+    def close(self) -> None:
+        while True:
+            try:
+                self._idle.get_nowait().close()
+            except queue.Empty:
+                return
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

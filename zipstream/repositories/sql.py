@@ -1,0 +1,175 @@
+"""The SQL both relational backends share; SQLite and PostgreSQL differ only in connections."""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any
+
+from ..errors import LimitExceeded
+from ..models import Bundle, FileRef
+
+MIGRATIONS = Path(__file__).resolve().parent.parent.parent / "migrations"
+
+
+def migration_scripts(table: str) -> list[tuple[str, str]]:
+    """(name, SQL) of every migration in order, with {table} filled in."""
+    directory = MIGRATIONS
+    if not directory.is_dir():  # installed as a package: migrations ship inside it
+        directory = Path(__file__).resolve().parent.parent / "migrations"
+    return [(path.name, path.read_text().replace("{table}", table)) for path in sorted(directory.glob("*.sql"))]
+
+
+class SqlRepository(ABC):
+    """Bundles in two tables: `{table}` (one row a bundle) and `{table}_files` (one row a file)."""
+
+    placeholder = "?"
+
+    def __init__(self, table: str) -> None:
+        self.table = table
+
+    @abstractmethod
+    def transaction(self) -> AbstractContextManager[Any]:
+        """A cursor inside a transaction that commits on success and rolls back on error."""
+
+    def _sql(self, statement: str) -> str:
+        return statement.replace("{t}", self.table).replace("?", self.placeholder)
+
+    def migrate(self) -> None:
+        with self.transaction() as cursor:
+            cursor.execute(self._sql("CREATE TABLE IF NOT EXISTS {t}_migrations (name TEXT PRIMARY KEY)"))
+            cursor.execute(self._sql("SELECT name FROM {t}_migrations"))
+            done = {row[0] for row in cursor.fetchall()}
+            for name, script in migration_scripts(self.table):
+                if name in done:
+                    continue
+                for statement in _statements(script):
+                    cursor.execute(statement)
+                cursor.execute(self._sql("INSERT INTO {t}_migrations (name) VALUES (?)"), (name,))
+
+    def ping(self) -> None:
+        with self.transaction() as cursor:
+            cursor.execute("SELECT 1")
+            cursor.fetchone()
+
+    def create(self, bundle: Bundle) -> None:
+        with self.transaction() as cursor:
+            cursor.execute(
+                self._sql(
+                    "INSERT INTO {t} (id, secret, filename, compression, expiration_date, created_at, file_count)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+                ),
+                (bundle.id, bundle.secret, bundle.filename, bundle.compression, bundle.expiration_date,
+                 bundle.created_at, len(bundle.files)),
+            )
+            self._insert_files(cursor, bundle.id, 0, bundle.files)
+
+    def _insert_files(self, cursor: Any, bundle_id: str, first: int, files: Sequence[FileRef]) -> None:
+        if files:
+            cursor.executemany(
+                self._sql("INSERT INTO {t}_files (bundle_id, position, src, dst, crc32) VALUES (?, ?, ?, ?, ?)"),
+                [(bundle_id, first + index, ref.src, ref.dst, ref.crc32) for index, ref in enumerate(files)],
+            )
+
+    def get(self, bundle_id: str) -> Bundle | None:
+        with self.transaction() as cursor:
+            return self._read(cursor, bundle_id)
+
+    def _read(self, cursor: Any, bundle_id: str) -> Bundle | None:
+        cursor.execute(
+            self._sql(
+                "SELECT id, secret, filename, compression, expiration_date, created_at FROM {t} WHERE id = ?"
+            ),
+            (bundle_id,),
+        )
+        row = cursor.fetchone()
+        if row is None:
+            return None
+        cursor.execute(
+            self._sql("SELECT src, dst, crc32 FROM {t}_files WHERE bundle_id = ? ORDER BY position"), (bundle_id,)
+        )
+        files = tuple(FileRef(src=src, dst=dst, crc32=crc) for src, dst, crc in cursor.fetchall())
+        return Bundle(
+            id=row[0], secret=row[1], filename=row[2], compression=row[3], expiration_date=int(row[4]),
+            created_at=int(row[5]), files=files,
+        )
+
+    def append(
+        self, bundle_id: str, files: Sequence[FileRef], max_files: int,
+        filename: str | None = None, compression: str | None = None,
+    ) -> Bundle | None:
+        with self.transaction() as cursor:
+            # The UPDATE takes the row lock (Postgres) / write lock (SQLite) first, so concurrent
+            # appends queue up here and each gets its own range of positions.
+            cursor.execute(
+                self._sql(
+                    "UPDATE {t} SET file_count = file_count + ?, filename = COALESCE(?, filename),"
+                    " compression = COALESCE(?, compression) WHERE id = ? RETURNING file_count"
+                ),
+                (len(files), filename, compression, bundle_id),
+            )
+            row = cursor.fetchone()
+            if row is None:
+                return None
+            count = int(row[0])
+            if count > max_files:
+                raise LimitExceeded(
+                    f"a bundle holds at most {max_files} files (MAX_FILES); this one would hold {count}",
+                    limit="MAX_FILES",
+                )
+            self._insert_files(cursor, bundle_id, count - len(files), files)
+            return self._read(cursor, bundle_id)
+
+    def delete(self, bundle_id: str) -> Bundle | None:
+        with self.transaction() as cursor:
+            bundle = self._read(cursor, bundle_id)
+            if bundle is not None:
+                cursor.execute(self._sql("DELETE FROM {t}_files WHERE bundle_id = ?"), (bundle_id,))
+                cursor.execute(self._sql("DELETE FROM {t} WHERE id = ?"), (bundle_id,))
+            return bundle
+
+    def purge_expired(self, now: int) -> int:
+        with self.transaction() as cursor:
+            cursor.execute(
+                self._sql("DELETE FROM {t}_files WHERE bundle_id IN (SELECT id FROM {t} WHERE expiration_date <= ?)"),
+                (now,),
+            )
+            cursor.execute(self._sql("DELETE FROM {t} WHERE expiration_date <= ?"), (now,))
+            return int(cursor.rowcount)
+
+    def get_crcs(self, identities: Sequence[str]) -> dict[str, int]:
+        found: dict[str, int] = {}
+        with self.transaction() as cursor:
+            for batch in _batches(list(identities), 500):
+                marks = ", ".join("?" for _ in batch)
+                cursor.execute(self._sql(f"SELECT identity, crc32 FROM {{t}}_crcs WHERE identity IN ({marks})"), batch)
+                found.update({identity: int(crc) for identity, crc in cursor.fetchall()})
+        return found
+
+    def put_crcs(self, crcs: Mapping[str, int]) -> None:
+        if not crcs:
+            return
+        now = int(time.time())
+        with self.transaction() as cursor:
+            cursor.executemany(
+                self._sql(
+                    "INSERT INTO {t}_crcs (identity, crc32, learned_at) VALUES (?, ?, ?)"
+                    " ON CONFLICT (identity) DO UPDATE SET crc32 = excluded.crc32, learned_at = excluded.learned_at"
+                ),
+                [(identity, crc, now) for identity, crc in sorted(crcs.items())],
+            )
+
+
+def _statements(script: str) -> Iterator[str]:
+    lines = [line for line in script.splitlines() if not line.strip().startswith("--")]
+    for statement in "\n".join(lines).split(";"):
+        if statement.strip():
+            yield statement.strip()
+
+
+def _batches(items: list[str], size: int) -> Iterator[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

@@ -1,0 +1,139 @@
+"""Where file bytes come from. A source turns a `src` into metadata (`stat`) and byte chunks (`open`).
+
+Nothing here knows about Flask. Library errors (requests, botocore, OS errors) are translated into
+`SourceError` subclasses inside each source module, so callers never see which library was used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+from urllib.parse import urlsplit
+
+from ..config import Config
+from ..errors import SourceInterrupted, SourceRefused
+
+log = logging.getLogger(__name__)
+
+# Read size for every upstream body: large enough that per-chunk Python work is negligible.
+CHUNK_SIZE = 256 * 1024
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """What pre-flight learned about one file: enough to lay out the zip and to re-open it safely."""
+
+    src: str
+    name: str  # default entry name (relative path), before sanitising
+    size: int | None
+    etag: str | None = None
+    last_modified: datetime | None = None
+    crc32: int | None = None  # a full-object CRC-32 the store vouches for
+    # Backend-specific handles (bucket/key, final URL after redirects, path on disk).
+    location: tuple[str, ...] = field(default=())
+
+    @property
+    def validated(self) -> bool:
+        """True when a change to the file would show in its metadata (so resumes can be safe)."""
+        return self.size is not None and (self.etag is not None or self.last_modified is not None)
+
+    def identity(self) -> str:
+        """A key for 'this exact version of this file': learned CRCs are stored under it."""
+        stamp = self.last_modified.isoformat() if self.last_modified else ""
+        raw = "\x00".join((self.src, str(self.size), self.etag or "", stamp))
+        return hashlib.sha256(raw.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+class Source(Protocol):
+    """A filestore backend, chosen by the scheme of a `src`."""
+
+    schemes: tuple[str, ...]
+
+    def check(self, src: str) -> None:
+        """Refuse a src this backend will never read (malformed, not allowed) by raising SourceRefused.
+
+        Called at validation time, before anything is stored or fetched; must not do network I/O.
+        """
+
+    def stat(self, src: str) -> list[SourceInfo]:
+        """Metadata of the file(s) `src` names (several for an S3 prefix), raising SourceError."""
+
+    def open(self, info: SourceInfo, start: int = 0) -> Iterator[bytes]:
+        """The file's bytes from offset `start`, only if it is still the version `info` describes.
+
+        Raises SourceChanged if it is not, SourceError on failure. The iterator closes its
+        upstream body when closed or exhausted.
+        """
+
+
+class Sources:
+    """The enabled filestore backends, by scheme."""
+
+    def __init__(self, backends: list[Source]) -> None:
+        self.by_scheme: dict[str, Source] = {}
+        for backend in backends:
+            for scheme in backend.schemes:
+                self.by_scheme[scheme] = backend
+
+    def backend(self, src: str) -> Source:
+        scheme = urlsplit(src).scheme.lower()
+        try:
+            return self.by_scheme[scheme]
+        except KeyError:
+            enabled = ", ".join(sorted(self.by_scheme)) or "none"
+            raise SourceRefused(src, f"scheme {scheme or '(none)'!r} is not enabled (enabled: {enabled})") from None
+
+    def check(self, src: str) -> None:
+        self.backend(src).check(src)
+
+    def stat(self, src: str) -> list[SourceInfo]:
+        return self.backend(src).stat(src)
+
+    def open(self, info: SourceInfo, start: int = 0, retries: int = 3) -> Iterator[bytes]:
+        """Chunks of `info` from `start`; a body cut mid-way is re-opened where it stopped.
+
+        Re-opening is conditional on the same version (the backends send If-Range / IfMatch),
+        so a file that changed in between raises SourceChanged instead of splicing two versions.
+        """
+        backend = self.backend(info.src)
+        position = start
+        attempts = 0
+        while True:
+            body = backend.open(info, position)
+            try:
+                for chunk in body:
+                    position += len(chunk)
+                    yield chunk
+                return
+            except SourceInterrupted as error:
+                attempts += 1
+                resumable = info.validated and attempts <= retries
+                if not resumable:
+                    raise
+                log.warning("re-opening %s at byte %d after: %s", info.src, position, error.reason)
+            finally:
+                close = getattr(body, "close", None)
+                if close is not None:
+                    close()
+
+
+def build_sources(config: Config) -> Sources:
+    """The backends named by FS_INTERFACES, each built from the config."""
+    backends: list[Source] = []
+    if "https" in config.fs_interfaces:
+        from .http import HttpSource
+
+        backends.append(HttpSource(config))
+    if "s3" in config.fs_interfaces:
+        from .s3 import S3Source
+
+        backends.append(S3Source(config))
+    if "file" in config.fs_interfaces:
+        from .file import FileSource
+
+        backends.append(FileSource(config))
+    return Sources(backends)

@@ -1,0 +1,228 @@
+"""HTTP(S) filestore: `http://` and `https://` srcs, fetched with requests through a guarded pool."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from email.utils import format_datetime, parsedate_to_datetime
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from ..config import Config
+from ..errors import SourceChanged, SourceError, SourceInterrupted, SourceNotFound, SourceRefused
+from ..names import name_from_src
+from . import CHUNK_SIZE, SourceInfo
+from .netguard import AddressRefused, Policy, guarded_pool_manager
+
+log = logging.getLogger(__name__)
+
+MAX_REDIRECTS = 5
+RETRY_STATUSES = frozenset({500, 502, 503, 504, 429})
+BACKOFF = (0.2, 0.6, 1.5)
+
+
+class _GuardedAdapter(HTTPAdapter):
+    def __init__(self, policy: Policy, pool_size: int) -> None:
+        self._policy = policy
+        super().__init__(pool_connections=pool_size, pool_maxsize=pool_size, max_retries=0)
+
+    def init_poolmanager(self, connections: int, maxsize: int, block: bool = False, **kwargs: Any) -> None:
+        self.poolmanager = guarded_pool_manager(
+            self._policy, num_pools=connections, maxsize=maxsize, block=block, **kwargs
+        )
+
+
+def _refused(error: BaseException) -> AddressRefused | None:
+    """The AddressRefused buried in a requests/urllib3 exception chain, if any."""
+    seen: set[int] = set()
+    stack: list[object] = [error]
+    while stack:
+        current = stack.pop()
+        if not isinstance(current, BaseException) or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, AddressRefused):
+            return current
+        stack.extend([current.__cause__, current.__context__, *current.args, getattr(current, "reason", None)])
+    return None
+
+
+def _http_date(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+
+
+class HttpSource:
+    """Reads http(s) URLs; every connection (and redirect hop) is checked by the address policy."""
+
+    schemes = ("http", "https")
+
+    def __init__(self, config: Config) -> None:
+        self.policy = Policy(allow_private=config.http_allow_private, hosts=config.http_hosts)
+        self.timeout = (min(10.0, config.http_timeout), config.http_timeout)
+        self.session = requests.Session()
+        self.session.trust_env = False  # never route through proxies from the environment
+        adapter = _GuardedAdapter(self.policy, pool_size=max(10, config.preflight_concurrency * 4))
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        self.session.headers.update({"Accept-Encoding": "identity", "User-Agent": "zipstream"})
+
+    def check(self, src: str) -> None:
+        parts = urlsplit(src)
+        if parts.scheme not in self.schemes or not parts.hostname:
+            raise SourceRefused(src, "not a valid http(s) URL")
+        if parts.username or parts.password:
+            raise SourceRefused(src, "credentials in URLs are not accepted")
+        if not self.policy.host_allowed(parts.hostname):
+            raise SourceRefused(src, f"host {parts.hostname} is not in HTTP_HOSTS")
+
+    def _request(self, method: str, src: str, url: str, headers: dict[str, str],
+                 retry: bool = True) -> requests.Response:
+        """One request with our redirect rules and retries of transient failures (nothing sent yet)."""
+        attempts = 0
+        for _hop in range(MAX_REDIRECTS + 1):
+            while True:
+                try:
+                    response = self.session.request(
+                        method, url, headers=headers, stream=True, allow_redirects=False, timeout=self.timeout
+                    )
+                except requests.RequestException as error:
+                    refused = _refused(error)
+                    if refused is not None:
+                        raise SourceRefused(src, str(refused)) from None
+                    if retry and attempts < len(BACKOFF):
+                        time.sleep(BACKOFF[attempts])
+                        attempts += 1
+                        continue
+                    kind = "timed out" if isinstance(error, requests.Timeout) else "connection failed"
+                    raise SourceError(src, f"{kind}: {type(error).__name__}") from None
+                if response.status_code in RETRY_STATUSES and retry and attempts < len(BACKOFF):
+                    response.close()
+                    time.sleep(BACKOFF[attempts])
+                    attempts += 1
+                    continue
+                break
+            if response.is_redirect:
+                location = response.headers.get("Location", "")
+                response.close()
+                target = urljoin(url, location)
+                scheme = urlsplit(target).scheme
+                if scheme not in ("http", "https"):
+                    raise SourceRefused(src, f"redirect to a non-http URL ({scheme})")
+                if urlsplit(url).scheme == "https" and scheme == "http":
+                    raise SourceRefused(src, "redirect from https to http")
+                if not self.policy.host_allowed(urlsplit(target).hostname or ""):
+                    raise SourceRefused(src, "redirect to a host not in HTTP_HOSTS")
+                url = target
+                continue
+            return response
+        raise SourceError(src, f"more than {MAX_REDIRECTS} redirects")
+
+    @staticmethod
+    def _fail(src: str, response: requests.Response) -> SourceError:
+        status = response.status_code
+        response.close()
+        if status in (404, 410):
+            return SourceNotFound(src, "not found (HTTP 404)" if status == 404 else "gone (HTTP 410)")
+        if status in (401, 403):
+            return SourceNotFound(src, f"access denied (HTTP {status})")
+        return SourceError(src, f"upstream answered HTTP {status}")
+
+    def stat(self, src: str) -> list[SourceInfo]:
+        response = self._request("HEAD", src, src, {})
+        if response.status_code in (405, 501):
+            # No HEAD support: ask for the first byte instead and read the size off Content-Range.
+            response = self._request("GET", src, src, {"Range": "bytes=0-0"})
+        if response.status_code >= 400:
+            raise self._fail(src, response)
+        headers = response.headers
+        final_url = response.url or src
+        response.close()
+        size: int | None = None
+        encoded = headers.get("Content-Encoding", "identity").lower() not in ("", "identity")
+        if response.status_code == 206 and "/" in headers.get("Content-Range", ""):
+            total = headers["Content-Range"].rsplit("/", 1)[1]
+            size = int(total) if total.isdigit() else None
+        elif not encoded and headers.get("Content-Length", "").isdigit():
+            size = int(headers["Content-Length"])
+        etag = headers.get("ETag")
+        return [SourceInfo(
+            src=src,
+            name=name_from_src(src),
+            size=size,
+            etag=etag,
+            last_modified=_http_date(headers.get("Last-Modified")),
+            location=(final_url,),
+        )]
+
+    def open(self, info: SourceInfo, start: int = 0) -> Iterator[bytes]:
+        url = info.location[0] if info.location else info.src
+        headers: dict[str, str] = {}
+        if start:
+            headers["Range"] = f"bytes={start}-"
+            validator = self._validator(info)
+            if validator:
+                headers["If-Range"] = validator
+        response = self._request("GET", info.src, url, headers, retry=True)
+        try:
+            if response.status_code >= 400:
+                raise self._fail(info.src, response)
+            self._check_same_version(info, response)
+            skip = 0
+            if start and response.status_code == 200:
+                # Range ignored by the server (the version matched, per the check above): skip ahead.
+                skip = start
+            elif start and response.status_code == 206:
+                got = response.headers.get("Content-Range", "")
+                if not got.startswith(f"bytes {start}-"):
+                    raise SourceError(info.src, f"asked for bytes from {start}, got {got or 'no Content-Range'}")
+            encoding = response.headers.get("Content-Encoding", "identity").lower()
+            if encoding not in ("", "identity"):
+                raise SourceError(info.src, f"upstream sent a {encoding}-encoded body although asked for identity")
+            expected = None if info.size is None else info.size - start
+            length = response.headers.get("Content-Length")
+            if expected is not None and length is not None and length.isdigit() and int(length) - skip != expected:
+                raise SourceChanged(info.src, f"upstream announced {int(length) - skip} bytes, expected {expected}")
+            received = 0
+            try:
+                for chunk in response.raw.stream(CHUNK_SIZE, decode_content=False):
+                    if skip:
+                        if len(chunk) <= skip:
+                            skip -= len(chunk)
+                            continue
+                        chunk, skip = chunk[skip:], 0
+                    received += len(chunk)
+                    yield chunk
+            except Exception as error:  # noqa: BLE001 - urllib3/socket errors of every kind mean "cut"
+                raise SourceInterrupted(info.src, f"connection lost after {start + received} bytes "
+                                            f"({type(error).__name__})") from None
+            if expected is not None and received != expected:
+                raise SourceInterrupted(info.src, f"upstream sent {received} of {expected} bytes")
+        finally:
+            response.close()
+
+    @staticmethod
+    def _validator(info: SourceInfo) -> str | None:
+        if info.etag and not info.etag.startswith("W/"):
+            return info.etag
+        if info.last_modified is not None:
+            return format_datetime(info.last_modified, usegmt=True)
+        return None
+
+    @staticmethod
+    def _check_same_version(info: SourceInfo, response: requests.Response) -> None:
+        etag = response.headers.get("ETag")
+        if info.etag and etag and etag != info.etag:
+            raise SourceChanged(info.src, "the file changed since the download started (ETag differs)")
+        modified = _http_date(response.headers.get("Last-Modified"))
+        if info.last_modified and modified and modified != info.last_modified:
+            raise SourceChanged(info.src, "the file changed since the download started (Last-Modified differs)")

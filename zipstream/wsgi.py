@@ -1,0 +1,5 @@
+"""gunicorn's target: `gunicorn zipstream.wsgi:app`."""
+
+from . import create_app
+
+app = create_app()
