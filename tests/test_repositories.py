@@ -1,0 +1,199 @@
+"""One contract suite that every BundleRepository backend must pass, against the real databases."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from zipstream.errors import LimitExceeded
+from zipstream.models import Bundle, FileRef
+from zipstream.repositories import BundleRepository
+from zipstream.repositories.postgres import PostgresRepository
+from zipstream.repositories.sqlite import SqliteRepository
+
+# Each backend registers a factory: request -> repository (fresh, migrated, isolated table).
+BACKENDS: dict[str, Callable[[pytest.FixtureRequest], BundleRepository]] = {}
+
+
+def _sqlite(request: pytest.FixtureRequest) -> BundleRepository:
+    tmp = request.getfixturevalue("tmp_path")
+    return SqliteRepository(str(tmp / "contract.sqlite3"), "bundles")
+
+
+def _postgres(request: pytest.FixtureRequest) -> BundleRepository:
+    url = request.getfixturevalue("postgres_url")
+    table = "t_" + uuid.uuid4().hex[:12]
+    repository = PostgresRepository(url, table, pool_size=20)
+
+    def drop() -> None:
+        with repository.transaction() as cursor:
+            for suffix in ("_files", "_crcs", "_migrations", ""):
+                cursor.execute(f"DROP TABLE IF EXISTS {table}{suffix} CASCADE")
+        repository.close()
+
+    request.addfinalizer(drop)
+    return repository
+
+
+BACKENDS["sqlite"] = _sqlite
+BACKENDS["postgres"] = _postgres
+try:  # the DynamoDB backend registers itself when its module and the moto fixture exist
+    from .support.dynamo import dynamodb_backend
+
+    BACKENDS["dynamodb"] = dynamodb_backend
+except ImportError:  # pragma: no cover - only while that backend is being built
+    pass
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def repo(request: pytest.FixtureRequest) -> Iterator[BundleRepository]:
+    repository = BACKENDS[request.param](request)
+    repository.migrate()
+    yield repository
+    repository.close()
+
+
+def _bundle(files: int = 2, lifetime: int = 60, **kwargs: object) -> Bundle:
+    refs = tuple(FileRef(src=f"https://example.com/f{i}.bin", dst=f"d{i}" if i % 2 else None) for i in range(files))
+    return Bundle.new("b.zip", refs, lifetime, **kwargs)  # type: ignore[arg-type]
+
+
+def test_migrate_is_idempotent(repo: BundleRepository) -> None:
+    repo.migrate()
+    repo.migrate()
+    repo.ping()
+
+
+def test_create_then_get_returns_identical_bundle(repo: BundleRepository) -> None:
+    bundle = _bundle(files=3, compression="deflate")
+    repo.create(bundle)
+    assert repo.get(bundle.id) == bundle
+
+
+def test_get_unknown_is_none(repo: BundleRepository) -> None:
+    assert repo.get(str(uuid.uuid4())) is None
+
+
+def test_empty_bundle_round_trips(repo: BundleRepository) -> None:
+    bundle = _bundle(files=0)
+    repo.create(bundle)
+    stored = repo.get(bundle.id)
+    assert stored is not None
+    assert stored.files == ()
+
+
+def test_unicode_and_crc_survive(repo: BundleRepository) -> None:
+    refs = (FileRef("s3://b/ключ файл+%20.txt", "dossier/été.txt", crc32=0xFFFFFFFF), FileRef("s3://b/x", None, 0))
+    bundle = Bundle.new("naïve.zip", refs, 60)
+    repo.create(bundle)
+    assert repo.get(bundle.id) == bundle
+
+
+def test_append_keeps_order_and_returns_updated(repo: BundleRepository) -> None:
+    bundle = _bundle(files=2)
+    repo.create(bundle)
+    extra = (FileRef("https://example.com/new.bin", "new.bin"),)
+    updated = repo.append(bundle.id, extra, max_files=100)
+    assert updated is not None
+    assert updated.files == bundle.files + extra
+    assert repo.get(bundle.id) == updated
+
+
+def test_append_can_rename(repo: BundleRepository) -> None:
+    bundle = _bundle(files=1)
+    repo.create(bundle)
+    updated = repo.append(bundle.id, (FileRef("https://example.com/z"),), 100, filename="renamed.zip")
+    assert updated is not None
+    assert updated.filename == "renamed.zip"
+
+
+def test_append_to_unknown_is_none(repo: BundleRepository) -> None:
+    assert repo.append(str(uuid.uuid4()), (FileRef("https://example.com/a"),), 100) is None
+
+
+def test_append_over_limit_stores_nothing(repo: BundleRepository) -> None:
+    bundle = _bundle(files=3)
+    repo.create(bundle)
+    with pytest.raises(LimitExceeded):
+        repo.append(bundle.id, tuple(FileRef(f"https://example.com/{i}") for i in range(3)), max_files=5)
+    assert repo.get(bundle.id) == bundle
+
+
+def test_fifty_concurrent_appends_lose_nothing(repo: BundleRepository) -> None:
+    bundle = _bundle(files=0)
+    repo.create(bundle)
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(50)
+
+    def append(n: int) -> None:
+        try:
+            barrier.wait()
+            repo.append(bundle.id, (FileRef(f"https://example.com/{n}.bin"), FileRef(f"https://example.com/{n}.b")),
+                        max_files=1000)
+        except BaseException as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=append, args=(n,)) for n in range(50)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    stored = repo.get(bundle.id)
+    assert stored is not None
+    srcs = [ref.src for ref in stored.files]
+    assert len(srcs) == 100
+    assert sorted(srcs) == sorted({f"https://example.com/{n}.bin" for n in range(50)}
+                                  | {f"https://example.com/{n}.b" for n in range(50)})
+    for n in range(50):  # each append's files stay together, in the order given
+        assert srcs.index(f"https://example.com/{n}.b") == srcs.index(f"https://example.com/{n}.bin") + 1
+
+
+def test_delete_returns_bundle_then_gone(repo: BundleRepository) -> None:
+    bundle = _bundle(files=2)
+    repo.create(bundle)
+    assert repo.delete(bundle.id) == bundle
+    assert repo.get(bundle.id) is None
+    assert repo.delete(bundle.id) is None
+
+
+def test_purge_expired_removes_only_expired(repo: BundleRepository) -> None:
+    old = Bundle.new("old.zip", (FileRef("https://example.com/a"),), 1, now=time.time() - 3600)
+    fresh = _bundle(files=1)
+    repo.create(old)
+    repo.create(fresh)
+    assert repo.purge_expired(int(time.time())) >= 1
+    assert repo.get(old.id) is None
+    assert repo.get(fresh.id) == fresh
+
+
+def test_expired_bundles_are_still_returned(repo: BundleRepository) -> None:
+    old = Bundle.new("old.zip", (), 1, now=time.time() - 3600)
+    repo.create(old)
+    stored = repo.get(old.id)
+    assert stored is not None
+    assert stored.expired()
+
+
+def test_learned_crcs_round_trip_and_update(repo: BundleRepository) -> None:
+    assert repo.get_crcs(["a" * 64]) == {}
+    repo.put_crcs({"a" * 64: 1, "b" * 64: 0xFFFFFFFF})
+    repo.put_crcs({"a" * 64: 2})
+    assert repo.get_crcs(["a" * 64, "b" * 64, "c" * 64]) == {"a" * 64: 2, "b" * 64: 0xFFFFFFFF}
+
+
+def test_many_learned_crcs(repo: BundleRepository) -> None:
+    crcs = {f"{i:064x}": i for i in range(1200)}
+    repo.put_crcs(crcs)
+    assert repo.get_crcs(list(crcs)) == crcs
+
+
+def test_large_bundle_round_trips(repo: BundleRepository) -> None:
+    refs = tuple(FileRef(f"https://example.com/{'x' * 200}/{i}.bin", f"dir/{i}.bin") for i in range(2000))
+    bundle = Bundle.new("big.zip", refs, 60)
+    repo.create(bundle)
+    assert repo.get(bundle.id) == bundle
