@@ -1,0 +1,307 @@
+"""Every route with good and bad input, through the WSGI app and a real local upstream."""
+
+from __future__ import annotations
+
+import io
+import time
+import uuid
+import zipfile
+from collections.abc import Callable
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from zipstream import create_app
+from zipstream.config import Config
+
+from .support.upstream import UpstreamServer
+
+
+def _zip(data: bytes) -> zipfile.ZipFile:
+    archive = zipfile.ZipFile(io.BytesIO(data))
+    assert archive.testzip() is None
+    return archive
+
+
+def _error(response: object, status: int, code: str | None = None) -> dict[str, object]:
+    assert response.status_code == status, response.get_data(as_text=True)  # type: ignore[attr-defined]
+    assert response.mimetype == "application/json"  # type: ignore[attr-defined]
+    body = response.json["error"]  # type: ignore[attr-defined]
+    assert isinstance(body["message"], str) and body["message"]
+    if code:
+        assert body["code"] == code
+    return body  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def files(upstream: UpstreamServer) -> dict[str, str]:
+    upstream.add("/photos/rock.jpg", b"JPEG" * 1000)
+    upstream.add("/docs/readme.txt", b"hello\n")
+    upstream.add("/Docs/README.TXT", b"other\n")
+    upstream.add("/dir/naïve file.txt", "ünïcode".encode())
+    return {
+        "rock": upstream.url("/photos/rock.jpg"),
+        "readme": upstream.url("/docs/readme.txt"),
+        "README": upstream.url("/Docs/README.TXT"),
+        "naive": upstream.url("/dir/naïve file.txt"),
+        "missing": upstream.url("/nope.bin"),
+    }
+
+
+# -- POST /bundle -------------------------------------------------------------------------------
+
+
+def test_one_off_bundle_streams_zip(client: FlaskClient, files: dict[str, str]) -> None:
+    response = client.post("/bundle", json={"files": [{"src": files["rock"], "dst": "rock.jpg"},
+                                                      {"src": files["readme"]}]})
+    assert response.status_code == 200
+    assert response.mimetype == "application/zip"
+    assert response.headers["Content-Disposition"] == 'attachment; filename="bundle.zip"'
+    assert int(response.headers["Content-Length"]) == len(response.data)
+    archive = _zip(response.data)
+    assert archive.namelist() == ["rock.jpg", "docs/readme.txt"]
+    assert archive.read("rock.jpg") == b"JPEG" * 1000
+
+
+def test_trailing_slash_is_accepted(client: FlaskClient, files: dict[str, str]) -> None:
+    assert client.post("/bundle/", json={"files": [{"src": files["readme"]}]}).status_code == 200
+
+
+def test_default_names_are_decoded_paths_and_duplicates_renamed(client: FlaskClient, files: dict[str, str]) -> None:
+    body = {"files": [{"src": files["readme"]}, {"src": files["README"]}, {"src": files["readme"]},
+                      {"src": files["naive"] + "?x=1"}]}
+    archive = _zip(client.post("/bundle", json=body).data)
+    assert archive.namelist() == ["docs/readme.txt", "Docs/README (1).TXT", "docs/readme (2).txt",
+                                  "dir/naïve file.txt"]
+    assert archive.read("dir/naïve file.txt") == "ünïcode".encode()
+
+
+@pytest.mark.parametrize(("dst", "expected"), [
+    ("../../etc/passwd", "etc/passwd"),
+    ("/abs/path.txt", "abs/path.txt"),
+    ("a\\b\\c.txt", "a/b/c.txt"),
+    ("./x/./y.txt", "x/y.txt"),
+    ("bad\x00\x1bname.txt", "badname.txt"),
+    ("C:\\Windows\\x.txt", "Windows/x.txt"),
+    ("ok/ünï.txt", "ok/ünï.txt"),
+])
+def test_hostile_names_are_made_safe(client: FlaskClient, files: dict[str, str], dst: str, expected: str) -> None:
+    archive = _zip(client.post("/bundle", json={"files": [{"src": files["readme"], "dst": dst}]}).data)
+    assert archive.namelist() == [expected]
+
+
+def test_filename_gets_rfc6266_header(client: FlaskClient, files: dict[str, str]) -> None:
+    response = client.post("/bundle", json={"filename": "résumé 2024.zip", "files": [{"src": files["readme"]}]})
+    assert response.headers["Content-Disposition"] == (
+        "attachment; filename=\"r_sum_ 2024.zip\"; filename*=UTF-8''r%C3%A9sum%C3%A9%202024.zip"
+    )
+
+
+def test_deflate_is_opt_in(client: FlaskClient, files: dict[str, str]) -> None:
+    response = client.post("/bundle", json={"compression": "deflate", "files": [{"src": files["rock"]}]})
+    archive = _zip(response.data)
+    assert archive.infolist()[0].compress_type == zipfile.ZIP_DEFLATED
+    assert "Content-Length" not in response.headers
+    stored = _zip(client.post("/bundle", json={"files": [{"src": files["rock"]}]}).data)
+    assert stored.infolist()[0].compress_type == zipfile.ZIP_STORED
+
+
+def test_missing_source_is_clean_error_naming_it(client: FlaskClient, files: dict[str, str]) -> None:
+    response = client.post("/bundle", json={"files": [{"src": files["readme"]}, {"src": files["missing"]}]})
+    body = _error(response, 422, "source_unavailable")
+    assert body["sources"] == [{"src": files["missing"], "reason": "not found (HTTP 404)"}]
+
+
+def test_upstream_5xx_is_502(client: FlaskClient, files: dict[str, str], upstream: UpstreamServer) -> None:
+    upstream.set_behaviour("/docs/readme.txt", status=500)
+    body = _error(client.post("/bundle", json={"files": [{"src": files["readme"]}]}), 502, "upstream_error")
+    assert "HTTP 500" in str(body["sources"])
+
+
+@pytest.mark.parametrize(("body", "status", "field"), [
+    ({"files": []}, 422, "files"),
+    ({}, 422, "files"),
+    ({"files": [{}]}, 422, "files"),
+    ({"files": [{"src": "ftp://x/y"}]}, 422, "files"),
+    ({"files": [{"src": "s3://bucket/key"}]}, 422, "files"),  # s3 not enabled in this config
+    ({"files": [{"src": "https://x/y", "extra": 1}]}, 422, "files"),
+    ({"files": [{"src": "https://x/y"}], "unknown": True}, 422, "unknown"),
+    ({"files": [{"src": "https://x/" + "a" * 5000}]}, 422, "files"),
+    ({"files": [{"src": "https://x/y", "dst": "../.."}]}, 422, "files"),
+    ({"files": [{"src": "https://x/y", "dst": "x" * 2000}]}, 422, "files"),
+    ({"files": [{"src": "https://x/y"}], "filename": "a/b.zip"}, 422, "filename"),
+    ({"files": [{"src": "https://x/y"}], "compression": "lzma"}, 422, "compression"),
+    ({"files": "nope"}, 422, "files"),
+    ({"files": [{"src": "https://x/y", "crc32": -1}]}, 422, "files"),
+])
+def test_invalid_bodies_get_field_errors(client: FlaskClient, body: dict[str, object], status: int,
+                                         field: str) -> None:
+    error = _error(client.post("/bundle", json=body), status, "invalid")
+    assert field in error["fields"]  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("payload", [b"{bad", b"[1, 2]", b"", b"null", b"\xff\xfe"])
+def test_malformed_json_is_400(client: FlaskClient, payload: bytes) -> None:
+    response = client.post("/bundle", data=payload, content_type="application/json")
+    _error(response, 400, "bad_request")
+
+
+def test_unsupported_content_type_is_415(client: FlaskClient) -> None:
+    _error(client.post("/bundle", data=b"x", content_type="text/csv"), 415)
+
+
+def test_too_many_files_is_413_naming_limit(make_config: Callable[..., Config], files: dict[str, str]) -> None:
+    client = create_app(make_config(MAX_FILES="3")).test_client()
+    body = _error(client.post("/bundle", json={"files": [{"src": files["readme"]}] * 4}), 413, "limit_exceeded")
+    assert "MAX_FILES" in str(body["message"])
+
+
+def test_body_too_large_is_413_json(make_config: Callable[..., Config]) -> None:
+    client = create_app(make_config(MAX_BODY_BYTES="2048")).test_client()
+    _error(client.post("/bundle", json={"files": [{"src": "https://x/" + "a" * 4000}]}), 413)
+
+
+# -- browser forms ------------------------------------------------------------------------------
+
+
+def test_form_with_repeated_src_dst_fields(client: FlaskClient, files: dict[str, str]) -> None:
+    data = {"src": [files["rock"], files["readme"]], "dst": ["", "notes.txt"], "filename": "cart.zip"}
+    response = client.post("/bundle", data=data)
+    assert response.status_code == 200, response.data
+    assert response.headers["Content-Disposition"] == 'attachment; filename="cart.zip"'
+    assert _zip(response.data).namelist() == ["photos/rock.jpg", "notes.txt"]
+
+
+def test_form_with_json_files_field(client: FlaskClient, files: dict[str, str]) -> None:
+    import json
+
+    response = client.post("/", data={"files": json.dumps([{"src": files["rock"], "dst": "r.jpg"}])})
+    assert response.status_code == 201
+    assert response.json["files"] == [{"src": files["rock"], "dst": "r.jpg"}]
+
+
+def test_multipart_form_with_500_files(client: FlaskClient, upstream: UpstreamServer) -> None:
+    for i in range(500):
+        upstream.add(f"/cart/{i}.txt", f"item {i}".encode())
+    data = {"src": [upstream.url(f"/cart/{i}.txt") for i in range(500)],
+            "dst": [f"items/{i}.txt" for i in range(500)]}
+    response = client.post("/bundle", data=data, content_type="multipart/form-data")
+    assert response.status_code == 200, response.data[:500]
+    archive = _zip(response.data)
+    assert len(archive.namelist()) == 500
+    assert archive.read("items/499.txt") == b"item 499"
+
+
+def test_urlencoded_form_with_500_files_creates_bundle(client: FlaskClient, upstream: UpstreamServer) -> None:
+    data = {"src": [upstream.url(f"/cart/{i}.txt") for i in range(500)]}
+    response = client.post("/", data=data)
+    assert response.status_code == 201, response.data[:500]
+    assert len(response.json["files"]) == 500
+
+
+# -- stored bundles -----------------------------------------------------------------------------
+
+
+def _create(client: FlaskClient, files: list[dict[str, object]], **extra: object) -> dict[str, object]:
+    response = client.post("/", json={"files": files, **extra})
+    assert response.status_code == 201, response.data
+    return response.json  # type: ignore[no-any-return]
+
+
+def test_create_returns_seed_shape(client: FlaskClient, files: dict[str, str]) -> None:
+    before = int(time.time())
+    bundle = _create(client, [{"src": files["rock"], "dst": "foo.jpg"}], filename="my-awesome-bundle.zip")
+    assert set(bundle) == {"id", "secret", "filename", "files", "expirationDate", "compression"}
+    assert uuid.UUID(str(bundle["id"])).version == 4
+    assert uuid.UUID(str(bundle["secret"])).version == 4
+    assert bundle["files"] == [{"src": files["rock"], "dst": "foo.jpg"}]
+    assert before + 10080 * 60 <= int(bundle["expirationDate"]) <= int(time.time()) + 10080 * 60  # type: ignore[call-overload]
+
+
+def test_create_without_files_then_append(client: FlaskClient, files: dict[str, str]) -> None:
+    bundle = _create(client, [], filename="empty.zip")
+    assert bundle["files"] == []
+    url = f"/{bundle['id']}/{bundle['secret']}"
+    response = client.put(url, json={"files": [{"src": files["readme"]}]})
+    assert response.status_code == 200
+    assert response.json["files"] == [{"src": files["readme"]}]
+    response = client.put(url + "/", json={"filename": "renamed.zip", "files": [{"src": files["readme"]}]})
+    assert response.json["filename"] == "renamed.zip"
+    assert len(response.json["files"]) == 2
+    archive = _zip(client.get(f"/{bundle['id']}").data)
+    assert archive.namelist() == ["docs/readme.txt", "docs/readme (1).txt"]
+
+
+def test_download_get_info_and_delete(client: FlaskClient, files: dict[str, str]) -> None:
+    bundle = _create(client, [{"src": files["rock"], "dst": "foo.jpg"}], filename="x.zip")
+    download = client.get(f"/{bundle['id']}/")
+    assert download.status_code == 200
+    assert download.headers["Content-Disposition"] == 'attachment; filename="x.zip"'
+    assert _zip(download.data).namelist() == ["foo.jpg"]
+    info = client.get(f"/{bundle['id']}/{bundle['secret']}")
+    assert info.json == bundle
+    deleted = client.delete(f"/{bundle['id']}/{bundle['secret']}")
+    assert deleted.status_code == 200
+    assert deleted.json == bundle
+    _error(client.get(f"/{bundle['id']}"), 404, "not_found")
+    _error(client.get(f"/{bundle['id']}/{bundle['secret']}"), 404)
+
+
+def test_wrong_secret_is_403_everywhere(client: FlaskClient, files: dict[str, str]) -> None:
+    bundle = _create(client, [{"src": files["rock"]}])
+    wrong = f"/{bundle['id']}/{uuid.uuid4()}"
+    _error(client.get(wrong), 403, "forbidden")
+    _error(client.put(wrong, json={"files": [{"src": files["rock"]}]}), 403)
+    _error(client.delete(wrong), 403)
+    assert client.get(f"/{bundle['id']}/{bundle['secret']}").status_code == 200
+
+
+@pytest.mark.parametrize("bundle_id", [str(uuid.uuid4()), "not-a-uuid", "bundle"])
+def test_unknown_id_is_404(client: FlaskClient, bundle_id: str) -> None:
+    _error(client.get(f"/{bundle_id}"), 404)
+
+
+def test_expired_bundle_is_410_on_every_route(make_config: Callable[..., Config], files: dict[str, str]) -> None:
+    app: Flask = create_app(make_config(DATA_LIFETIME="1"))
+    client = app.test_client()
+    bundle = _create(client, [{"src": files["rock"]}])
+    repository = app.extensions["zipstream.repository"]
+    stored = repository.get(bundle["id"])
+    repository.delete(stored.id)
+    from dataclasses import replace
+
+    repository.create(replace(stored, expiration_date=int(time.time()) - 1))
+    secret_url = f"/{bundle['id']}/{bundle['secret']}"
+    for response in (client.get(f"/{bundle['id']}"), client.head(f"/{bundle['id']}"), client.get(secret_url),
+                     client.put(secret_url, json={"files": [{"src": files["rock"]}]}), client.delete(secret_url)):
+        assert response.status_code == 410
+    assert client.get(secret_url).json["error"]["code"] == "expired"
+
+
+def test_unknown_route_and_method_are_json(client: FlaskClient) -> None:
+    _error(client.get("/a/b/c/d"), 404)
+    _error(client.patch("/bundle"), 405)
+
+
+def test_health_check(client: FlaskClient) -> None:
+    response = client.get("/health-check")
+    assert response.status_code == 200
+    assert response.json["status"] == "ok"
+
+
+def test_health_check_reports_database_down(make_config: Callable[..., Config], tmp_path: object) -> None:
+    app = create_app(make_config())
+    app.extensions["zipstream.repository"].path = "/nonexistent-dir/x.sqlite3"
+    response = app.test_client().get("/health-check")
+    assert response.status_code == 503
+    assert response.headers["Retry-After"]
+
+
+def test_openapi_document_describes_the_api(client: FlaskClient) -> None:
+    spec = client.get("/openapi.json").json
+    assert spec["openapi"].startswith("3.")
+    assert {"/bundle", "/", "/{id}", "/{id}/{secret}", "/health-check"} <= set(spec["paths"])
+    file_ref = spec["components"]["schemas"]["FileRef"]
+    assert file_ref["required"] == ["src"]
+    assert {"src", "dst", "crc32"} <= set(file_ref["properties"])
