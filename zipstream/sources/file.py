@@ -1,0 +1,170 @@
+"""Local directory filestore: `file://` srcs, confined to FILE_ROOT (mounted volumes, NFS, EFS; the demo).
+
+A src's path is taken relative to FILE_ROOT, like a chroot: with `FILE_ROOT=/srv/data`,
+`file:///reports/a.csv` is `/srv/data/reports/a.csv` and its default entry name is `reports/a.csv`.
+`..` segments are refused outright; symlinks are followed only when their target is still inside
+FILE_ROOT. A src ending in `/` expands to every regular file below that directory, sorted by path like
+an S3 listing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat as stat_module
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from urllib.parse import unquote, urlsplit
+
+from ..config import Config
+from ..errors import SourceChanged, SourceError, SourceNotFound, SourceRefused
+from . import CHUNK_SIZE, SourceInfo
+
+log = logging.getLogger(__name__)
+
+
+def _etag(status: os.stat_result) -> str:
+    return f'"{status.st_ino}-{status.st_size}-{status.st_mtime_ns}"'
+
+
+class FileSource:
+    """Reads regular files below FILE_ROOT; every path is resolved and checked before it is opened."""
+
+    schemes: tuple[str, ...] = ("file",)
+
+    def __init__(self, config: Config) -> None:
+        if not config.file_root:
+            raise ValueError("FileSource needs FILE_ROOT")
+        self.root = os.path.realpath(config.file_root)
+
+    # -- names --------------------------------------------------------------------------------
+
+    def _relative(self, src: str) -> str:
+        """The src's path relative to FILE_ROOT ('' for the root itself); refuses anything odd."""
+        parts = urlsplit(src)
+        if parts.scheme.lower() != "file":
+            raise SourceRefused(src, "not a file:// src")
+        if parts.netloc not in ("", "localhost"):
+            raise SourceRefused(src, "file:// srcs name no host: write file:///path/below/FILE_ROOT")
+        if parts.query or parts.fragment:
+            raise SourceRefused(src, "file:// srcs take no query or fragment")
+        path = unquote(parts.path, errors="strict")
+        if "\x00" in path:
+            raise SourceRefused(src, "the path holds a NUL byte")
+        segments = [segment for segment in path.split("/") if segment not in ("", ".")]
+        if ".." in segments:
+            raise SourceRefused(src, "'..' is not allowed in file:// paths")
+        return "/".join(segments)
+
+    def _inside(self, path: str) -> bool:
+        return path == self.root or path.startswith(self.root.rstrip("/") + "/")
+
+    def _resolve(self, src: str, relative: str) -> str:
+        """The real path (symlinks resolved), refusing one that ends up outside FILE_ROOT."""
+        real = os.path.realpath(os.path.join(self.root, relative))
+        if not self._inside(real):
+            raise SourceRefused(src, "the path leads outside FILE_ROOT")
+        return real
+
+    def _name(self, real: str) -> str:
+        return os.path.relpath(real, self.root).replace(os.sep, "/")
+
+    # -- the Source protocol --------------------------------------------------------------------
+
+    def check(self, src: str) -> None:
+        """Refuse malformed srcs and paths that climb out of FILE_ROOT (no disk access)."""
+        try:
+            self._relative(src)
+        except UnicodeDecodeError:
+            raise SourceRefused(src, "the path is not valid UTF-8 once percent-decoded") from None
+
+    def stat(self, src: str) -> list[SourceInfo]:
+        """One SourceInfo for a file, or one per regular file below a directory src ending in '/'."""
+        self.check(src)
+        relative = self._relative(src)
+        real = self._resolve(src, relative)
+        try:
+            status = os.stat(real)
+        except FileNotFoundError:
+            raise SourceNotFound(src, "no such file") from None
+        except OSError as error:
+            raise SourceNotFound(src, f"cannot read: {error.strerror or error}") from None
+        if stat_module.S_ISDIR(status.st_mode):
+            if not src.endswith("/"):
+                raise SourceNotFound(src, "is a directory; end the src with '/' to include its files")
+            return self._expand(src, real)
+        if not stat_module.S_ISREG(status.st_mode):
+            raise SourceRefused(src, "not a regular file")
+        if src.endswith("/"):
+            raise SourceNotFound(src, "is a file, not a directory")
+        return [self._info(src, relative, real, status)]
+
+    @staticmethod
+    def _info(src: str, name: str, real: str, status: os.stat_result) -> SourceInfo:
+        return SourceInfo(
+            src=src,
+            name=name,
+            size=status.st_size,
+            etag=_etag(status),
+            last_modified=datetime.fromtimestamp(status.st_mtime_ns / 1e9, UTC),
+            location=(real,),
+        )
+
+    def _expand(self, src: str, directory: str) -> list[SourceInfo]:
+        infos: list[SourceInfo] = []
+        for current, subdirectories, files in os.walk(directory, followlinks=False):
+            subdirectories.sort()
+            for name in sorted(files):
+                lexical = os.path.join(current, name)
+                real = os.path.realpath(lexical)
+                member_src = src + os.path.relpath(lexical, directory).replace(os.sep, "/")
+                if not self._inside(real):
+                    raise SourceRefused(member_src, "a symlink leads outside FILE_ROOT")
+                try:
+                    status = os.stat(real)
+                except OSError as error:
+                    raise SourceNotFound(member_src, f"cannot read: {error.strerror or error}") from None
+                if not stat_module.S_ISREG(status.st_mode):
+                    continue  # sockets, fifos, devices: reading them could block forever
+                infos.append(self._info(member_src, self._name(lexical), real, status))
+        # One global order, like an S3 listing: by path, not directory by directory.
+        return sorted(infos, key=lambda info: info.name)
+
+    def open(self, info: SourceInfo, start: int = 0) -> Iterator[bytes]:
+        """The bytes from `start`, only while the file is the same inode, size and mtime as at stat."""
+        path = info.location[0] if info.location else self._resolve(info.src, self._relative(info.src))
+        if not self._inside(path):
+            raise SourceRefused(info.src, "the path leads outside FILE_ROOT")
+        try:
+            descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+        except FileNotFoundError:
+            raise SourceChanged(info.src, "the file was removed after pre-flight") from None
+        except OSError as error:
+            raise SourceError(info.src, f"cannot open: {error.strerror or error}") from None
+        return self._read(info, descriptor, start)
+
+    def _read(self, info: SourceInfo, descriptor: int, start: int) -> Iterator[bytes]:
+        try:
+            self._same_version(info, descriptor)
+            remaining = (info.size or 0) - start
+            position = start
+            while remaining > 0:
+                try:
+                    chunk = os.pread(descriptor, min(CHUNK_SIZE, remaining), position)
+                except OSError as error:
+                    raise SourceError(info.src, f"read failed: {error.strerror or error}") from None
+                if not chunk:
+                    raise SourceChanged(info.src, "the file got shorter while it was read")
+                position += len(chunk)
+                remaining -= len(chunk)
+                yield chunk
+            # A write during the read shows in the size or mtime: never hand out a spliced file.
+            self._same_version(info, descriptor)
+        finally:
+            os.close(descriptor)
+
+    @staticmethod
+    def _same_version(info: SourceInfo, descriptor: int) -> None:
+        status = os.fstat(descriptor)
+        if _etag(status) != info.etag:
+            raise SourceChanged(info.src, "the file changed since pre-flight (inode, size or mtime differ)")
