@@ -85,7 +85,8 @@ class Sources:
             return self.by_scheme[scheme]
         except KeyError:
             enabled = ", ".join(sorted(self.by_scheme)) or "none"
-            raise SourceRefused(src, f"scheme {scheme or '(none)'!r} is not enabled (enabled: {enabled})") from None
+            reason = f"scheme {scheme or '(none)'!r} is not enabled (enabled: {enabled})"
+            raise SourceRefused(src, reason) from None
 
     def check(self, src: str) -> None:
         self.backend(src).check(src)

@@ -48,7 +48,8 @@ def _refused(error: BaseException) -> AddressRefused | None:
         seen.add(id(current))
         if isinstance(current, AddressRefused):
             return current
-        stack.extend([current.__cause__, current.__context__, *current.args, getattr(current, "reason", None)])
+        stack.extend([current.__cause__, current.__context__, *current.args,
+                      getattr(current, "reason", None)])
     return None
 
 
@@ -64,10 +65,11 @@ def _http_date(value: str | None) -> datetime | None:
 class HttpSource:
     """Reads http(s) URLs; every connection (and redirect hop) is checked by the address policy."""
 
-    schemes = ("http", "https")
+    schemes: tuple[str, ...] = ("http", "https")
 
-    def __init__(self, config: Config) -> None:
-        self.policy = Policy(allow_private=config.http_allow_private, hosts=config.http_hosts)
+    def __init__(self, config: Config, policy: Policy | None = None) -> None:
+        self.policy = policy or Policy(allow_private=config.http_allow_private, hosts=config.http_hosts)
+        self.timeout_seconds = config.http_timeout
         self.timeout = (min(10.0, config.http_timeout), config.http_timeout)
         self.session = requests.Session()
         self.session.trust_env = False  # never route through proxies from the environment
@@ -84,6 +86,9 @@ class HttpSource:
             raise SourceRefused(src, "credentials in URLs are not accepted")
         if not self.policy.host_allowed(parts.hostname):
             raise SourceRefused(src, f"host {parts.hostname} is not in HTTP_HOSTS")
+        reason = self.policy.literal_refusal(parts.hostname)
+        if reason:
+            raise SourceRefused(src, f"{reason}; only public addresses may be fetched (HTTP_ALLOW_PRIVATE)")
 
     def _request(self, method: str, src: str, url: str, headers: dict[str, str],
                  retry: bool = True) -> requests.Response:
@@ -103,8 +108,11 @@ class HttpSource:
                         time.sleep(BACKOFF[attempts])
                         attempts += 1
                         continue
-                    kind = "timed out" if isinstance(error, requests.Timeout) else "connection failed"
-                    raise SourceError(src, f"{kind}: {type(error).__name__}") from None
+                    if isinstance(error, requests.Timeout):
+                        raise SourceError(src, f"no answer within {self.timeout_seconds:g} s (HTTP_TIMEOUT), "
+                                               f"{attempts + 1} attempts") from None
+                    raise SourceError(src, f"connection failed ({type(error).__name__}), "
+                                           f"{attempts + 1} attempts") from None
                 if response.status_code in RETRY_STATUSES and retry and attempts < len(BACKOFF):
                     response.close()
                     time.sleep(BACKOFF[attempts])
@@ -125,7 +133,7 @@ class HttpSource:
                 url = target
                 continue
             return response
-        raise SourceError(src, f"more than {MAX_REDIRECTS} redirects")
+        raise SourceRefused(src, f"more than {MAX_REDIRECTS} redirects (the redirect limit)")
 
     @staticmethod
     def _fail(src: str, response: requests.Response) -> SourceError:
@@ -184,14 +192,17 @@ class HttpSource:
             elif start and response.status_code == 206:
                 got = response.headers.get("Content-Range", "")
                 if not got.startswith(f"bytes {start}-"):
-                    raise SourceError(info.src, f"asked for bytes from {start}, got {got or 'no Content-Range'}")
+                    raise SourceError(info.src,
+                                      f"asked for bytes from {start}, got {got or 'no Content-Range'}")
             encoding = response.headers.get("Content-Encoding", "identity").lower()
             if encoding not in ("", "identity"):
-                raise SourceError(info.src, f"upstream sent a {encoding}-encoded body although asked for identity")
+                raise SourceError(info.src,
+                                  f"upstream sent a {encoding}-encoded body although asked for identity")
             expected = None if info.size is None else info.size - start
             length = response.headers.get("Content-Length")
-            if expected is not None and length is not None and length.isdigit() and int(length) - skip != expected:
-                raise SourceChanged(info.src, f"upstream announced {int(length) - skip} bytes, expected {expected}")
+            announced = int(length) - skip if length is not None and length.isdigit() else None
+            if expected is not None and announced is not None and announced != expected:
+                raise SourceChanged(info.src, f"upstream announced {announced} bytes, expected {expected}")
             received = 0
             try:
                 for chunk in response.raw.stream(CHUNK_SIZE, decode_content=False):
@@ -225,4 +236,5 @@ class HttpSource:
             raise SourceChanged(info.src, "the file changed since the download started (ETag differs)")
         modified = _http_date(response.headers.get("Last-Modified"))
         if info.last_modified and modified and modified != info.last_modified:
-            raise SourceChanged(info.src, "the file changed since the download started (Last-Modified differs)")
+            raise SourceChanged(info.src,
+                                "the file changed since the download started (Last-Modified differs)")

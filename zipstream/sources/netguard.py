@@ -50,8 +50,9 @@ def refusal(address: IPAddress) -> str | None:
     if inner is not None:
         reason = refusal(inner)
         return f"{reason} (inside {address})" if reason else None
-    for attribute in ("is_loopback", "is_private", "is_link_local", "is_multicast", "is_reserved",
-                      "is_unspecified"):
+    # Most specific first: 169.254.169.254 is both private and link-local; "link-local" says more.
+    for attribute in ("is_loopback", "is_link_local", "is_unspecified", "is_multicast", "is_reserved",
+                      "is_private"):
         if getattr(address, attribute):
             return f"{address} is {attribute[3:].replace('_', '-')}"
     if isinstance(address, ipaddress.IPv4Address) and address in ipaddress.ip_network("100.64.0.0/10"):
@@ -61,12 +62,43 @@ def refusal(address: IPAddress) -> str | None:
     return None
 
 
+def literal_address(host: str) -> IPAddress | None:
+    """The address an IP-literal host stands for, in any notation libc accepts, or None for a name.
+
+    `2130706433`, `0x7f000001`, `0177.0.0.1` and `127.1` are all 127.0.0.1 to `inet_aton` (and so
+    to `getaddrinfo`), so they must be judged as such, not as names.
+    """
+    host = host.strip("[]").split("%", 1)[0]
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    try:
+        return ipaddress.IPv4Address(socket.inet_aton(host))
+    except (OSError, ValueError):
+        return None
+
+
 @dataclass(frozen=True)
 class Policy:
     """What the fetch layer may connect to."""
 
     allow_private: bool = False
     hosts: tuple[str, ...] = ()  # allowed host names or suffixes; empty = any
+    # Networks judged public although they are not. Not settable from the environment: the test
+    # suite uses it to stand one loopback address (127.0.0.2) in for "the internet".
+    treat_as_public: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+
+    def refusal(self, address: IPAddress) -> str | None:
+        """Why this policy refuses `address`, or None."""
+        if self.allow_private or any(address in network for network in self.treat_as_public):
+            return None
+        return refusal(address)
+
+    def literal_refusal(self, host: str) -> str | None:
+        """Why an IP-literal `host` is refused (None for names and allowed addresses); no DNS."""
+        address = literal_address(host)
+        return None if address is None else self.refusal(address)
 
     def host_allowed(self, host: str) -> bool:
         if not self.hosts:
@@ -82,11 +114,11 @@ class Policy:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except socket.gaierror as error:
             raise OSError(f"cannot resolve {host}: {error.strerror}") from None
-        allowed = []
+        allowed: list[tuple[int, tuple[str, int]]] = []
         reasons = []
         for family, _type, _proto, _canon, sockaddr in infos:
-            address = ipaddress.ip_address(sockaddr[0].split("%", 1)[0])
-            reason = None if self.allow_private else refusal(address)
+            address = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])
+            reason = self.refusal(address)
             if reason:
                 reasons.append(reason)
             else:
@@ -123,8 +155,8 @@ def guarded_pool_manager(policy: Policy, **kwargs: object) -> PoolManager:
     class GuardedHTTPConnection(HTTPConnection):
         def _new_conn(self) -> socket.socket:
             try:
-                return _connect(policy, self._dns_host, self.port, self.timeout,  # type: ignore[arg-type]
-                                self.socket_options)  # type: ignore[arg-type]
+                return _connect(policy, self._dns_host, self.port, self.timeout,
+                                self.socket_options)
             except AddressRefused:
                 raise
             except OSError as error:

@@ -1,0 +1,302 @@
+"""SSRF: the HTTP filestore connects only to public addresses, on every hop, in every notation.
+
+The upstream runs on loopback, so a payload that slipped through would really be served (200): a
+refusal here is the guard's doing, not a dead address. For the "allowed upstream" cases the suite
+stands 127.0.0.2 in for the internet with `Policy(treat_as_public=...)`, a constructor argument the
+environment cannot set; everything else in 127.0.0.0/8 stays refused.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import requests
+from flask import Flask
+
+from zipstream import create_app
+from zipstream.config import Config
+from zipstream.errors import SourceRefused
+from zipstream.sources import Sources
+from zipstream.sources.http import HttpSource
+from zipstream.sources.netguard import AddressRefused, Policy, literal_address, refusal
+
+from .support.upstream import UpstreamServer
+
+STAND_IN = "127.0.0.2"  # "a public host" for these tests
+STAND_IN_POLICY = Policy(treat_as_public=(ipaddress.ip_network(f"{STAND_IN}/32"),))
+
+# Each payload gets the loopback upstream's port, so the guard is the only thing between it and a 200.
+LITERAL_PAYLOADS = [
+    "http://127.0.0.1:{port}/a.txt",
+    "http://2130706433:{port}/a.txt",  # decimal
+    "http://0x7f000001:{port}/a.txt",  # hex
+    "http://0x7f.0.0.1:{port}/a.txt",  # hex octet
+    "http://0177.0.0.1:{port}/a.txt",  # octal
+    "http://127.1:{port}/a.txt",  # short
+    "http://127.0.1:{port}/a.txt",
+    "http://[::1]:{port}/a.txt",
+    "http://[::ffff:127.0.0.1]:{port}/a.txt",  # IPv4-mapped
+    "http://[::ffff:7f00:1]:{port}/a.txt",  # IPv4-mapped, hex
+    "http://[::127.0.0.1]:{port}/a.txt",  # IPv4-compatible
+    "http://[64:ff9b::7f00:1]:{port}/a.txt",  # NAT64
+    "http://[64:ff9b::a9fe:a9fe]:{port}/a.txt",  # NAT64 of the metadata endpoint
+    "http://[2002:7f00:1::1]:{port}/a.txt",  # 6to4 of 127.0.0.1
+    "http://[2001:0:4136:e378:8000:63bf:80ff:fffe]:{port}/a.txt",  # Teredo, client 127.0.0.1
+    "http://169.254.169.254/latest/meta-data/",  # cloud metadata
+    "http://[fd00:ec2::254]/latest/meta-data/",  # AWS metadata over IPv6 (ULA)
+    "http://100.64.0.1/",  # shared address space (CGNAT)
+    "http://0.0.0.0:{port}/a.txt",
+    "http://0:{port}/a.txt",
+    "http://[::]:{port}/a.txt",
+    "http://10.0.0.1/",
+    "http://172.16.0.1/",
+    "http://172.31.255.255/",
+    "http://192.168.1.1/",
+    "http://198.18.0.1/",  # benchmarking
+    "http://[fc00::1]/",
+    "http://[fd12:3456::1]/",
+    "http://[fe80::1]/",  # link-local
+    "http://224.0.0.1/",  # multicast
+    "http://[ff02::1]/",
+    "http://255.255.255.255/",
+    "http://240.0.0.1/",  # reserved
+]
+
+NAME_PAYLOADS = [
+    "http://localhost:{port}/a.txt",
+    "http://LOCALHOST:{port}/a.txt",
+]
+
+
+@pytest.fixture
+def loopback(upstream: UpstreamServer) -> UpstreamServer:
+    upstream.add("/a.txt", b"secret internal data")
+    return upstream
+
+
+@pytest.fixture
+def strict_app(make_config: Callable[..., Config]) -> Flask:
+    return create_app(make_config(HTTP_ALLOW_PRIVATE="false"))
+
+
+def _post_bundle(app: Flask, src: str) -> Any:
+    return app.test_client().post("/bundle", json={"files": [{"src": src}]})
+
+
+def _assert_refused(response: Any, src: str) -> str:
+    assert response.status_code == 403, response.get_data(as_text=True)
+    error = response.get_json()["error"]
+    assert error["code"] == "source_refused"
+    reasons = [item["reason"] for item in error["sources"]]
+    assert len(reasons) == 1
+    assert error["sources"][0]["src"] == src
+    return str(reasons[0])
+
+
+@pytest.mark.parametrize("payload", LITERAL_PAYLOADS)
+def test_ip_literals_are_refused_in_any_notation(
+    strict_app: Flask, loopback: UpstreamServer, payload: str
+) -> None:
+    src = payload.format(port=loopback.port)
+    reason = _assert_refused(_post_bundle(strict_app, src), src)
+    assert "HTTP_ALLOW_PRIVATE" in reason
+    # Literals are refused when the bundle is created, too: no network I/O needed to know.
+    created = strict_app.test_client().post("/", json={"files": [{"src": src}]})
+    assert created.status_code == 403
+    assert created.get_json()["error"]["code"] == "source_refused"
+    assert loopback.requests == []
+
+
+@pytest.mark.parametrize("payload", NAME_PAYLOADS)
+def test_names_resolving_inward_are_refused(
+    strict_app: Flask, loopback: UpstreamServer, payload: str
+) -> None:
+    src = payload.format(port=loopback.port)
+    reason = _assert_refused(_post_bundle(strict_app, src), src)
+    assert "non-public address" in reason
+    assert "loopback" in reason
+    assert loopback.requests == []
+
+
+def test_refusal_names_the_class_of_address() -> None:
+    assert refusal(ipaddress.ip_address("127.0.0.1")) == "127.0.0.1 is loopback"
+    assert refusal(ipaddress.ip_address("100.64.0.1")) == "100.64.0.1 is shared address space"
+    assert "link-local" in str(refusal(ipaddress.ip_address("169.254.169.254")))
+    assert "inside ::ffff:7f00:1" in str(refusal(ipaddress.ip_address("::ffff:127.0.0.1")))
+    assert "inside 64:ff9b::7f00:1" in str(refusal(ipaddress.ip_address("64:ff9b::7f00:1")))
+    for public in ("93.184.216.34", "2606:2800:220:1:248:1893:25c8:1946", "64:ff9b::5db8:d822"):
+        assert refusal(ipaddress.ip_address(public)) is None, public
+
+
+def test_literal_notations_are_read_like_libc() -> None:
+    loopback = ipaddress.ip_address("127.0.0.1")
+    for host in ("2130706433", "0x7f000001", "0177.0.0.1", "127.1", "0x7f.1"):
+        assert literal_address(host) == loopback, host
+    assert literal_address("[::1]") == ipaddress.ip_address("::1")
+    assert literal_address("example.com") is None
+
+
+# -- names: a monkeypatched resolver stands in for DNS (there is none here) --
+
+
+def _fake_dns(monkeypatch: pytest.MonkeyPatch, answers: dict[str, list[list[str]]]) -> list[str]:
+    """Make getaddrinfo answer `answers[host]` (one list of addresses per successive call)."""
+    real = socket.getaddrinfo
+    calls: list[str] = []
+
+    def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host not in answers:
+            return real(host, port, *args, **kwargs)
+        calls.append(host)
+        round_ = answers[host][min(len(calls) - 1, len(answers[host]) - 1)]
+        return [
+            (socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_STREAM, 6, "",
+             (address, int(port)) if ":" not in address else (address, int(port), 0, 0))
+            for address in round_
+        ]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return calls
+
+
+def test_a_name_with_any_inward_address_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_dns(monkeypatch, {
+        "inward.test": [["127.0.0.1"]],
+        "mixed.test": [["93.184.216.34", "10.1.2.3"]],
+        "mapped.test": [["::ffff:169.254.169.254"]],
+        "public.test": [["93.184.216.34", "2606:2800:220:1:248:1893:25c8:1946"]],
+    })
+    policy = Policy()
+    with pytest.raises(AddressRefused, match=r"127\.0\.0\.1 is loopback"):
+        policy.resolve("inward.test", 80)
+    with pytest.raises(AddressRefused, match=r"10\.1\.2\.3 is private"):
+        policy.resolve("mixed.test", 80)
+    with pytest.raises(AddressRefused, match="link-local"):
+        policy.resolve("mapped.test", 80)
+    assert [address for _family, (address, _port) in policy.resolve("public.test", 80)] == [
+        "93.184.216.34", "2606:2800:220:1:248:1893:25c8:1946"]
+    assert Policy(allow_private=True).resolve("inward.test", 80)[0][1] == ("127.0.0.1", 80)
+
+
+def test_dns_rebinding_connects_to_the_checked_address(
+    monkeypatch: pytest.MonkeyPatch, make_config: Callable[..., Config]
+) -> None:
+    """One lookup per connection, and the socket goes to the address that was checked."""
+    with UpstreamServer({"/a.txt": b"public data"}, host=STAND_IN) as public, \
+            UpstreamServer({"/a.txt": b"internal data"}) as internal:
+        # First answer: the "public" stand-in; every later answer: loopback (the rebinding attack).
+        calls = _fake_dns(monkeypatch, {"rebind.test": [[STAND_IN], ["127.0.0.1"]]})
+        source = HttpSource(make_config(HTTP_ALLOW_PRIVATE="false"), policy=STAND_IN_POLICY)
+        src = f"http://rebind.test:{public.port}/a.txt"
+        [info] = source.stat(src)
+        # Had urllib3 looked the name up again to connect, it would have seen loopback.
+        assert calls == ["rebind.test"]
+        assert [r.method for r in public.requests] == ["HEAD"]
+        # The next connection gets the rebinding answer, and that answer is checked and refused.
+        with pytest.raises(SourceRefused, match=r"non-public address: 127\.0\.0\.1 is loopback"):
+            b"".join(source.open(info))
+        assert internal.requests == []
+
+
+# -- redirects: every hop meets the same rule --
+
+
+@pytest.fixture
+def stand_in_app(make_config: Callable[..., Config]) -> Iterator[tuple[Flask, UpstreamServer]]:
+    """The app with only 127.0.0.2 judged public, and an upstream listening there."""
+    config = make_config(HTTP_ALLOW_PRIVATE="false")
+    app = create_app(config)
+    app.extensions["zipstream.sources"] = Sources([HttpSource(config, policy=STAND_IN_POLICY)])
+    with UpstreamServer({"/a.txt": b"public data"}, host=STAND_IN) as public:
+        yield app, public
+
+
+def test_the_stand_in_upstream_is_served(stand_in_app: tuple[Flask, UpstreamServer]) -> None:
+    app, public = stand_in_app
+    response = _post_bundle(app, public.url("/a.txt"))
+    assert response.status_code == 200
+    assert b"public data" in response.data
+
+
+def test_redirect_to_a_private_address_is_refused(
+    stand_in_app: tuple[Flask, UpstreamServer], loopback: UpstreamServer
+) -> None:
+    app, public = stand_in_app
+    for target in (loopback.url("/a.txt"), f"http://2130706433:{loopback.port}/a.txt",
+                   f"http://localhost:{loopback.port}/a.txt", "http://169.254.169.254/latest/meta-data/"):
+        public.set_behaviour("/hop", redirect_to=target)
+        src = public.url("/hop")
+        reason = _assert_refused(_post_bundle(app, src), src)
+        assert "non-public address" in reason
+    assert loopback.requests == []
+
+
+def test_redirect_limits(stand_in_app: tuple[Flask, UpstreamServer]) -> None:
+    app, public = stand_in_app
+    for hop in range(7):
+        public.set_behaviour(f"/chain{hop}", redirect_to=f"/chain{hop + 1}")
+    public.add("/chain5", b"five hops away")
+    public.add("/chain7", b"too far")
+    public.clear_behaviour("/chain5")
+    # Exactly 5 redirects are followed.
+    assert _post_bundle(app, public.url("/chain0")).status_code == 200
+    # The 6th is refused, naming the limit; so is a loop.
+    src = public.url("/chain1")
+    public.set_behaviour("/chain5", redirect_to="/chain6")
+    assert "more than 5 redirects" in _assert_refused(_post_bundle(app, src), src)
+    public.set_behaviour("/loop", redirect_to="/loop")
+    src = public.url("/loop")
+    assert "redirect limit" in _assert_refused(_post_bundle(app, src), src)
+
+
+def test_redirect_to_other_schemes_is_refused(stand_in_app: tuple[Flask, UpstreamServer]) -> None:
+    app, public = stand_in_app
+    for target in ("file:///etc/passwd", "gopher://127.0.0.2:70/_x", "ftp://example.com/x"):
+        public.set_behaviour("/hop", redirect_to=target)
+        src = public.url("/hop")
+        assert "non-http URL" in _assert_refused(_post_bundle(app, src), src)
+
+
+def test_proxy_settings_from_the_environment_are_ignored(
+    monkeypatch: pytest.MonkeyPatch, app: Flask, upstream: UpstreamServer
+) -> None:
+    with UpstreamServer() as proxy:
+        for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+            monkeypatch.setenv(name, proxy.base_url)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        upstream.add("/a.txt", b"direct")
+        # Sanity: requests itself would route this through the proxy.
+        assert requests.get(upstream.url("/a.txt"), timeout=5).status_code == 404
+        assert len(proxy.requests) == 1
+        proxy.clear_log()
+        response = app.test_client().post("/bundle", json={"files": [{"src": upstream.url("/a.txt")}]})
+        assert response.status_code == 200
+        assert b"direct" in response.data
+        assert proxy.requests == []
+        assert upstream.requests_for("/a.txt", "GET")
+
+
+def test_http_hosts_allowlist(make_config: Callable[..., Config], upstream: UpstreamServer) -> None:
+    app = create_app(make_config(HTTP_HOSTS="example.com,127.0.0.1"))
+    client = app.test_client()
+    for src in ("http://evil.com/a", "http://badexample.com/a", "http://example.com.evil.com/a",
+                "http://localhost/a"):
+        response = client.post("/", json={"files": [{"src": src}]})
+        assert response.status_code == 403, src
+        error = response.get_json()["error"]
+        assert error["code"] == "source_refused"
+        assert "HTTP_HOSTS" in error["sources"][0]["reason"]
+    for src in ("http://example.com/a", "https://cdn.example.com/a", "http://EXAMPLE.com./a"):
+        assert client.post("/", json={"files": [{"src": src}]}).status_code == 201, src
+    # A redirect off the list is refused even though the first host is on it.
+    upstream.set_behaviour("/hop", redirect_to=f"http://localhost:{upstream.port}/a.txt")
+    upstream.add("/a.txt", b"data")
+    src = upstream.url("/hop")
+    response = client.post("/bundle", json={"files": [{"src": src}]})
+    assert response.status_code == 403
+    assert "HTTP_HOSTS" in response.get_json()["error"]["sources"][0]["reason"]
