@@ -40,7 +40,10 @@ def _opener(datas: list[bytes], chunk: int = 10_000) -> tuple[list[tuple[int, in
 
 def _entries(datas: list[bytes], known_crc: bool, names: list[str] | None = None) -> list[Entry]:
     names = names or [f"file-{i}.bin" for i in range(len(datas))]
-    return [Entry(name, len(data), WHEN, zlib.crc32(data) if known_crc else None) for name, data in zip(names, datas)]
+    return [
+        Entry(name, len(data), WHEN, zlib.crc32(data) if known_crc else None)
+        for name, data in zip(names, datas, strict=True)
+    ]
 
 
 @pytest.mark.parametrize("known_crc", [False, True])
@@ -203,7 +206,7 @@ def test_real_readers_accept_both_member_formats(tmp_path: Path, zip_readers: Ch
         _, open_member = _opener(datas)
         path = tmp_path / f"known-{known}.zip"
         path.write_bytes(b"".join(ZipPlan(_entries(datas, known, names)).stream(open_member)))  # type: ignore[arg-type]
-        zip_readers(path, dict(zip(names, datas)))
+        zip_readers(path, dict(zip(names, datas, strict=True)))
 
 
 def test_java_zipinputstream_reads_known_crc_archives(tmp_path: Path, zip_readers: CheckZip) -> None:
@@ -213,7 +216,7 @@ def test_java_zipinputstream_reads_known_crc_archives(tmp_path: Path, zip_reader
     _, open_member = _opener(datas)
     path = tmp_path / "java.zip"
     path.write_bytes(b"".join(ZipPlan(_entries(datas, True, names)).stream(open_member)))  # type: ignore[arg-type]
-    zip_readers(path, dict(zip(names, datas)), readers=("java-stream",))
+    zip_readers(path, dict(zip(names, datas, strict=True)), readers=("java-stream",))
 
 
 def test_more_than_65535_entries_use_zip64_end_records() -> None:

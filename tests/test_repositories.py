@@ -134,7 +134,7 @@ def test_fifty_concurrent_appends_lose_nothing(repo: BundleRepository) -> None:
             barrier.wait()
             repo.append(bundle.id, (FileRef(f"https://example.com/{n}.bin"), FileRef(f"https://example.com/{n}.b")),
                         max_files=1000)
-        except BaseException as error:  # noqa: BLE001 - reported below
+        except BaseException as error:
             errors.append(error)
 
     threads = [threading.Thread(target=append, args=(n,)) for n in range(50)]

@@ -23,7 +23,6 @@ def serve(args: argparse.Namespace) -> int:
     argv = ["gunicorn", "--config", "python:zipstream.gunicorn_conf", "--bind", f"{args.host}:{config.port}",
             "zipstream.wsgi:app"]
     os.execvp(argv[0], argv)  # noqa: S606 - replaces this process with gunicorn on purpose
-    return 0
 
 
 def migrate(_args: argparse.Namespace) -> int:

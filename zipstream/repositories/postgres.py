@@ -7,6 +7,7 @@ psycopg2's ThreadedConnectionPool, which raises at once when empty and knows not
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 from collections.abc import Iterator
@@ -65,10 +66,8 @@ class PostgresRepository(SqlRepository):
             if reusable and not connection.closed:
                 self._idle.put(connection)
             else:
-                try:
+                with contextlib.suppress(psycopg2.Error):
                     connection.close()
-                except psycopg2.Error:
-                    pass
             self._slots.release()
 
     def close(self) -> None:

@@ -145,7 +145,9 @@ class SqlRepository(ABC):
         with self.transaction() as cursor:
             for batch in _batches(list(identities), 500):
                 marks = ", ".join("?" for _ in batch)
-                cursor.execute(self._sql(f"SELECT identity, crc32 FROM {{t}}_crcs WHERE identity IN ({marks})"), batch)
+                # Only "?" placeholders are interpolated; the values travel as parameters.
+                query = f"SELECT identity, crc32 FROM {{t}}_crcs WHERE identity IN ({marks})"  # noqa: S608
+                cursor.execute(self._sql(query), batch)
                 found.update({identity: int(crc) for identity, crc in cursor.fetchall()})
         return found
 

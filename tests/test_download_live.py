@@ -1,0 +1,245 @@
+"""Downloads through the real service (gunicorn, gevent worker) from a real upstream, checked by real readers."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import time
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import requests
+
+from .support.live import LiveServer
+from .support.readers import CheckZip, expect_truncated
+from .support.upstream import UpstreamServer
+
+Serve = Callable[..., LiveServer]
+
+
+def _create(server: LiveServer, files: list[dict[str, object]], **extra: object) -> dict[str, str]:
+    response = requests.post(server.url("/"), json={"files": files, **extra}, timeout=30)
+    assert response.status_code == 201, response.text
+    return response.json()  # type: ignore[no-any-return]
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def _sparse(path: Path, size: int, marker: bytes = b"") -> Path:
+    with path.open("wb") as handle:
+        handle.truncate(size)
+        if marker:  # some real bytes at both ends, so a misplaced offset shows up in the CRC
+            handle.write(marker)
+            handle.seek(size - len(marker))
+            handle.write(marker)
+    return path
+
+
+def test_bundle_download_passes_every_reader(serve: Serve, upstream: UpstreamServer, tmp_path: Path,
+                                             zip_readers: CheckZip) -> None:
+    rng = random.Random(5)
+    expected: dict[str, bytes] = {}
+    files = []
+    for i, size in enumerate([0, 1, 65535, 65536, 65537, 1_000_000]):
+        data = rng.randbytes(size)
+        upstream.add(f"/data/f{i}.bin", data)
+        name = f"dossier/fichier-{i}-é.bin"
+        files.append({"src": upstream.url(f"/data/f{i}.bin"), "dst": name})
+        expected[name] = data
+    server = serve()
+    bundle = _create(server, files, filename="ünï.zip")
+    response = requests.get(server.url(f"/{bundle['id']}"), timeout=60)
+    assert response.status_code == 200
+    assert int(response.headers["Content-Length"]) == len(response.content)
+    path = tmp_path / "bundle.zip"
+    path.write_bytes(response.content)
+    zip_readers(path, expected)
+    # Same bundle, same sources: the same bytes, also on another worker process.
+    again = requests.get(server.url(f"/{bundle['id']}"), timeout=60)
+    assert again.content == response.content
+    assert again.headers["ETag"] == response.headers["ETag"]
+
+
+def test_missing_source_fails_before_any_byte(serve: Serve, upstream: UpstreamServer) -> None:
+    upstream.add("/ok.bin", b"x" * 1000)
+    server = serve()
+    response = requests.post(server.url("/bundle"), json={"files": [
+        {"src": upstream.url("/ok.bin")}, {"src": upstream.url("/gone.bin")}, {"src": upstream.url("/gone2.bin")},
+    ]}, timeout=30)
+    assert response.status_code == 422
+    assert response.headers["Content-Type"] == "application/json"
+    srcs = [item["src"] for item in response.json()["error"]["sources"]]
+    assert srcs == [upstream.url("/gone.bin"), upstream.url("/gone2.bin")]
+    assert upstream.bytes_sent.get("/ok.bin", 0) == 0  # pre-flight is HEAD only
+
+
+@pytest.mark.parametrize("compression", ["stored", "deflate"])
+def test_upstream_dying_mid_file_cuts_the_download(serve: Serve, upstream: UpstreamServer, tmp_path: Path,
+                                                   compression: str) -> None:
+    upstream.add("/a.bin", os.urandom(300_000))
+    upstream.add("/b.bin", os.urandom(2_000_000))
+    # Every request for b.bin dies after 500 kB: the resume attempts die too, so the zip must be cut.
+    upstream.set_behaviour("/b.bin", reset_after=500_000)
+    server = serve()
+    body = {"compression": compression, "files": [{"src": upstream.url("/a.bin")}, {"src": upstream.url("/b.bin")}]}
+    got = bytearray()
+    with (  # noqa: PT012 - reading the body is what must fail
+        pytest.raises(requests.exceptions.ChunkedEncodingError),
+        requests.post(server.url("/bundle"), json=body, stream=True, timeout=60) as response,
+    ):
+        assert response.status_code == 200
+        for chunk in response.iter_content(65536):
+            got.extend(chunk)
+    if compression == "stored":
+        assert len(got) < int(response.headers["Content-Length"])
+    path = tmp_path / "cut.zip"
+    path.write_bytes(bytes(got))
+    expect_truncated(path)
+
+
+def test_cut_upstream_is_resumed_transparently(serve: Serve, upstream: UpstreamServer, tmp_path: Path,
+                                               zip_readers: CheckZip) -> None:
+    data = os.urandom(3_000_000)
+    upstream.add("/big.bin", data)
+    upstream.set_behaviour("/big.bin", reset_after=1_000_000, fail_times=2)
+    server = serve()
+    response = requests.post(server.url("/bundle"), json={"files": [{"src": upstream.url("/big.bin")}]}, timeout=60)
+    assert response.status_code == 200
+    path = tmp_path / "resumed.zip"
+    path.write_bytes(response.content)
+    zip_readers(path, {"big.bin": data})
+    ranges = [r for r in upstream.ranges_for("/big.bin") if r]
+    assert ranges, "the cut body should have been continued with a Range request"
+
+
+def test_head_gives_download_headers_without_reading_bodies(serve: Serve, upstream: UpstreamServer) -> None:
+    upstream.add("/a.bin", b"a" * 100_000)
+    server = serve()
+    bundle = _create(server, [{"src": upstream.url("/a.bin")}])
+    upstream.clear_log()
+    head = requests.head(server.url(f"/{bundle['id']}"), timeout=30)
+    assert head.status_code == 200
+    get = requests.get(server.url(f"/{bundle['id']}"), timeout=30)
+    for header in ("Content-Length", "ETag", "Last-Modified", "Accept-Ranges", "Content-Disposition"):
+        assert head.headers[header] == get.headers[header]
+    assert head.headers["Accept-Ranges"] == "bytes"
+    assert int(head.headers["Content-Length"]) == len(get.content)
+    assert [r.method for r in upstream.requests_for("/a.bin")] == ["HEAD", "HEAD", "GET"]
+
+
+def test_ranges_conditionals_and_etag_changes(serve: Serve, upstream: UpstreamServer) -> None:
+    upstream.add("/a.bin", os.urandom(200_000))
+    upstream.add("/b.bin", os.urandom(50_000))
+    server = serve()
+    bundle = _create(server, [{"src": upstream.url("/a.bin")}, {"src": upstream.url("/b.bin")}])
+    url = server.url(f"/{bundle['id']}")
+    full = requests.get(url, timeout=30)
+    etag, length = full.headers["ETag"], len(full.content)
+    rng = random.Random(1)
+    for _ in range(25):
+        start = rng.randrange(length)
+        stop = rng.randrange(start, length)
+        part = requests.get(url, headers={"Range": f"bytes={start}-{stop}"}, timeout=30)
+        assert part.status_code == 206
+        assert part.headers["Content-Range"] == f"bytes {start}-{stop}/{length}"
+        assert part.content == full.content[start : stop + 1]
+    suffix = requests.get(url, headers={"Range": "bytes=-100"}, timeout=30)
+    assert suffix.content == full.content[-100:]
+    assert requests.get(url, headers={"Range": f"bytes={length}-"}, timeout=30).status_code == 416
+    assert requests.get(url, headers={"Range": "bytes=0-1,5-6"}, timeout=30).status_code == 200
+    assert requests.get(url, headers={"If-None-Match": etag}, timeout=30).status_code == 304
+    assert requests.get(url, headers={"Range": "bytes=10-", "If-Range": etag}, timeout=30).status_code == 206
+    assert requests.get(url, headers={"Range": "bytes=10-", "If-Range": '"stale"'}, timeout=30).status_code == 200
+    # Changing anything the bytes depend on changes the ETag: an appended file, a changed source.
+    requests.put(server.url(f"/{bundle['id']}/{bundle['secret']}"),
+                 json={"files": [{"src": upstream.url("/b.bin")}]}, timeout=30).raise_for_status()
+    appended = requests.head(url, timeout=30).headers["ETag"]
+    assert appended != etag
+    upstream.add("/b.bin", os.urandom(50_000))
+    assert requests.head(url, timeout=30).headers["ETag"] not in (etag, appended)
+
+
+def _curl(url: str, output: Path, *extra: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(["curl", "-sS", "--fail", "-o", str(output), *extra, url],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def test_curl_resume_is_byte_identical(serve: Serve, upstream: UpstreamServer, tmp_path: Path,
+                                       zip_readers: CheckZip) -> None:
+    sizes = [40_000_000, 0, 70_000_000, 12345, 90_000_000]  # ~200 MB
+    expected = {}
+    for i, size in enumerate(sizes):
+        path = _sparse(tmp_path / f"src{i}.bin", size, marker=os.urandom(64) if size > 1000 else b"")
+        upstream.add_file(f"/s/{i}.bin", path)
+        expected[f"s/{i}.bin"] = path.read_bytes()
+    server = serve()
+    bundle = _create(server, [{"src": upstream.url(f"/s/{i}.bin")} for i in range(len(sizes))])
+    url = server.url(f"/{bundle['id']}")
+    partial = tmp_path / "partial.zip"
+    # A slow first download, killed part-way (the file then ends at an arbitrary byte).
+    first = _curl(url, partial, "--limit-rate", "20M")
+    time.sleep(2.5)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    cut_at = partial.stat().st_size
+    assert 0 < cut_at < 200_000_000
+    upstream.clear_log()
+    resumed = _curl(url, partial, "-C", "-")
+    assert resumed.wait(timeout=120) == 0
+    # The resume read only what lies after the cut: members before it were neither read nor
+    # re-read for their CRC (learned during the first download), the cut one from the cut on.
+    resume_gets = [(r.path, r.range) for r in upstream.requests if r.method == "GET"]
+    assert len(resume_gets) <= len(sizes)
+    first_path = resume_gets[0][0]
+    assert all(path >= first_path for path, _ in resume_gets)
+    clean = tmp_path / "clean.zip"
+    assert _curl(url, clean).wait(timeout=120) == 0
+    assert partial.read_bytes() == clean.read_bytes()
+    zip_readers(clean, expected)
+
+
+def test_resume_after_source_changed_restarts_not_splices(serve: Serve, upstream: UpstreamServer,
+                                                          tmp_path: Path) -> None:
+    upstream.add("/a.bin", os.urandom(5_000_000))
+    server = serve()
+    bundle = _create(server, [{"src": upstream.url("/a.bin")}])
+    url = server.url(f"/{bundle['id']}")
+    first = requests.get(url, headers={"Range": "bytes=0-999999"}, timeout=30)
+    etag = first.headers["ETag"]
+    upstream.add("/a.bin", os.urandom(5_000_000))  # the source changes between the two requests
+    second = requests.get(url, headers={"Range": "bytes=1000000-", "If-Range": etag}, timeout=30)
+    assert second.status_code == 200  # the whole new zip, not a splice of two versions
+    assert second.headers["ETag"] != etag
+
+
+def test_one_gib_member_streams_with_flat_memory(serve: Serve, upstream: UpstreamServer, tmp_path: Path) -> None:
+    size = 1 << 30
+    path = _sparse(tmp_path / "gib.bin", size, marker=b"ends")
+    upstream.add_file("/gib.bin", path)
+    server = serve()
+    bundle = _create(server, [{"src": upstream.url("/gib.bin")}])
+    worker = server.worker_pids()[0]
+    requests.get(server.url("/health-check"), timeout=10)
+    before = _rss_kib(worker)
+    peak = before
+    crc = 0
+    received = 0
+    with requests.get(server.url(f"/{bundle['id']}"), stream=True, timeout=120) as response:
+        for count, chunk in enumerate(response.iter_content(1 << 20)):
+            received += len(chunk)
+            crc = zlib.crc32(chunk, crc)
+            if count % 64 == 0:
+                peak = max(peak, _rss_kib(worker))
+    assert received == int(response.headers["Content-Length"])
+    growth_mib = (peak - before) / 1024
+    print(f"worker RSS before {before / 1024:.1f} MiB, peak {peak / 1024:.1f} MiB, growth {growth_mib:.1f} MiB")
+    assert growth_mib < 32, f"streaming 1 GiB grew the worker by {growth_mib:.1f} MiB"
