@@ -6,11 +6,11 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from flask import Flask, Response, jsonify
-from werkzeug.exceptions import HTTPException
+from flask import Flask, Response, current_app, jsonify
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from .config import Config
-from .errors import ZipStreamError
+from .errors import LimitExceeded, ZipStreamError
 
 __version__ = "0.1.0"
 
@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 def create_app(config: Config | Mapping[str, str] | None = None) -> Flask:
     """Assemble the app: read config, build the repository and sources, register blueprints."""
-    from . import api, openapi
+    from . import api, cors, openapi
     from .repositories import build_repository
     from .sources import build_sources
 
@@ -43,6 +43,7 @@ def create_app(config: Config | Mapping[str, str] | None = None) -> Flask:
     app.extensions["zipstream.sources"] = build_sources(config)
     app.register_blueprint(api.bp)
     app.register_blueprint(openapi.bp)
+    cors.init_app(app, config)
     _register_errors(app)
     return app
 
@@ -61,6 +62,10 @@ def _register_errors(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> Response:
+        if isinstance(error, RequestEntityTooLarge):
+            limit = current_app.config["MAX_CONTENT_LENGTH"]
+            return _error_response(LimitExceeded(
+                f"the request body is larger than {limit} bytes (MAX_BODY_BYTES)", limit="MAX_BODY_BYTES"))
         code = (error.name or "error").lower().replace(" ", "_")
         wrapped = ZipStreamError(error.description or error.name or "error")
         wrapped.status, wrapped.code = error.code or 500, code

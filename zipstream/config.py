@@ -85,6 +85,7 @@ class Config:
     prefetch: int = 4
     preflight_concurrency: int = 32
     api_key: str = ""
+    cors_origins: tuple[str, ...] = ()  # empty = no CORS headers; "*" = any origin
     default_compression: str = "stored"
     extra: Mapping[str, str] = field(default_factory=dict)
 
@@ -147,6 +148,7 @@ class Config:
             prefetch=get("PREFETCH", lambda n, r: _int(n, r, 0), 4),
             preflight_concurrency=get("PREFLIGHT_CONCURRENCY", lambda n, r: _int(n, r, 1), 32),
             api_key=env.get("API_KEY", "").strip(),
+            cors_origins=tuple(origin.rstrip("/") for origin in _csv(env.get("CORS_ORIGINS", ""))),
             default_compression=compression,
         )
 

@@ -43,7 +43,8 @@ class FileRefSchema(Schema):
     @validates("src")
     def _check_src(self, value: str, **_: Any) -> None:
         if len(value) > self.config.max_src_length:
-            raise ValidationError(f"Longer than the maximum of {self.config.max_src_length} characters.")
+            raise ValidationError(
+                f"Longer than the maximum of {self.config.max_src_length} characters (MAX_SRC_LENGTH).")
         if any(ord(char) < 32 or ord(char) == 127 for char in value):
             raise ValidationError("Contains control characters.")
         scheme = urlsplit(value).scheme.lower()
@@ -59,7 +60,8 @@ class FileRefSchema(Schema):
         if value is None:
             return
         if len(value) > self.config.max_name_length:
-            raise ValidationError(f"Longer than the maximum of {self.config.max_name_length} characters.")
+            raise ValidationError(
+                f"Longer than the maximum of {self.config.max_name_length} characters (MAX_NAME_LENGTH).")
         if not safe_name(value):
             raise ValidationError("Leaves no usable file name once made safe (no '..', '.', '/' only paths).")
 
