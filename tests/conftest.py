@@ -14,6 +14,7 @@ from zipstream import create_app
 from zipstream.config import Config
 
 from .support.live import LiveServer, live_server
+from .support.moto import moto_server  # noqa: F401 - fixture
 from .support.readers import zip_readers  # noqa: F401 - fixture
 from .support.upstream import UpstreamServer
 

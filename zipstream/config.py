@@ -17,6 +17,7 @@ T = TypeVar("T")
 DB_INTERFACES = ("sqlite", "postgres", "dynamodb")
 FS_INTERFACES = ("s3", "https", "file")
 COMPRESSIONS = ("stored", "deflate")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
 class ConfigError(ValueError):
@@ -81,12 +82,17 @@ class Config:
     max_bundle_bytes: int = 0  # 0 = unlimited
     s3_buckets: tuple[str, ...] = ()
     s3_path_style: bool = False
+    s3_max_pool: int = 0  # 0 = max(100, 4 x PREFLIGHT_CONCURRENCY)
+    s3_timeout: float = 30.0
     file_root: str = ""
     prefetch: int = 4
+    prefetch_bytes: int = 4 * 1024 * 1024  # read-ahead buffered per download, all members together
     preflight_concurrency: int = 32
     api_key: str = ""
     cors_origins: tuple[str, ...] = ()  # empty = no CORS headers; "*" = any origin
     default_compression: str = "stored"
+    demo: bool = False  # GET /demo, the shopping-cart example page
+    log_level: str = "info"
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -122,6 +128,9 @@ class Config:
         table_name = env.get("TABLE_NAME", "bundles").strip() or "bundles"
         if not table_name.replace("_", "").replace("-", "").replace(".", "").isalnum():
             raise ConfigError(f"TABLE_NAME may only hold letters, digits, '_', '-' and '.', not {table_name!r}")
+        log_level = env.get("LOG_LEVEL", "info").strip().lower() or "info"
+        if log_level not in LOG_LEVELS:
+            raise ConfigError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, not {log_level!r}")
         db_cnxn = env.get("DATABASE_URL") or env.get("DB_CNXN") or cls.db_cnxn
         return cls(
             port=get("PORT", lambda n, r: _int(n, r, 1), 4040),
@@ -144,12 +153,17 @@ class Config:
             max_bundle_bytes=get("MAX_BUNDLE_BYTES", _int, 0),
             s3_buckets=_csv(env.get("S3_BUCKETS", "")),
             s3_path_style=get("S3_PATH_STYLE", _bool, False),
+            s3_max_pool=get("S3_MAX_POOL", lambda n, r: _int(n, r, 1), 0),
+            s3_timeout=get("S3_TIMEOUT", _float, 30.0),
             file_root=os.path.realpath(file_root) if file_root else "",
             prefetch=get("PREFETCH", lambda n, r: _int(n, r, 0), 4),
+            prefetch_bytes=get("PREFETCH_BYTES", lambda n, r: _int(n, r, 64 * 1024), 4 * 1024 * 1024),
             preflight_concurrency=get("PREFLIGHT_CONCURRENCY", lambda n, r: _int(n, r, 1), 32),
             api_key=env.get("API_KEY", "").strip(),
             cors_origins=tuple(origin.rstrip("/") for origin in _csv(env.get("CORS_ORIGINS", ""))),
             default_compression=compression,
+            demo=get("DEMO", _bool, False),
+            log_level=log_level,
         )
 
     def replace(self, **changes: Any) -> Config:

@@ -1,0 +1,68 @@
+"""boto3 clients for the S3 source and the DynamoDB repository: one per process and settings.
+
+Endpoints are left to boto3's own `AWS_ENDPOINT_URL`, `AWS_ENDPOINT_URL_S3` and
+`AWS_ENDPOINT_URL_DYNAMODB` handling (MinIO, Ceph, R2, moto work the same way); credentials come
+from boto3's usual chain. Nothing here translates errors: each caller does that at its own edge.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import TYPE_CHECKING
+
+import boto3
+from botocore.config import Config as BotoConfig
+
+from .config import Config
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+    from mypy_boto3_s3 import S3Client
+
+# botocore's default pool of 10 connections would queue a gevent worker's downloads behind each other.
+MIN_POOL = 100
+
+_lock = threading.Lock()
+_s3_clients: dict[tuple[object, ...], S3Client] = {}
+
+
+def pool_size(config: Config) -> int:
+    """Connections per client: S3_MAX_POOL, or enough for every pre-flight and download at once."""
+    return config.s3_max_pool or max(MIN_POOL, config.preflight_concurrency * 4)
+
+
+def _settings(config: Config, timeout: float, path_style: bool = False) -> BotoConfig:
+    return BotoConfig(
+        region_name=config.aws_region,
+        max_pool_connections=pool_size(config),
+        retries={"mode": "standard", "max_attempts": 4},
+        connect_timeout=min(10.0, timeout),
+        read_timeout=timeout,
+        tcp_keepalive=True,
+        # The zip writer checks every fully read member against the CRC-32 it promised;
+        # botocore re-computing another checksum of every byte would only cost CPU.
+        response_checksum_validation="when_required",
+        s3={"addressing_style": "path" if path_style else "auto"},
+    )
+
+
+def s3_client(config: Config) -> S3Client:
+    """The process's S3 client for these settings (created on first use, shared by all threads)."""
+    # The pid is part of the key: a client (and its sockets) must never be shared across a fork.
+    key = (os.getpid(), config.aws_region, pool_size(config), config.s3_timeout, config.s3_path_style)
+    with _lock:
+        client = _s3_clients.get(key)
+        if client is None:
+            # A Session of our own: boto3's default session is not safe to build clients from threads.
+            client = boto3.session.Session().client(
+                "s3", config=_settings(config, config.s3_timeout, config.s3_path_style)
+            )
+            _s3_clients[key] = client
+        return client
+
+
+def dynamodb_client(config: Config) -> DynamoDBClient:
+    """A new DynamoDB client; the repository that owns it closes it."""
+    with _lock:
+        return boto3.session.Session().client("dynamodb", config=_settings(config, config.db_timeout))
