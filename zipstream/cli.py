@@ -20,7 +20,8 @@ def _config() -> Config:
 def serve(args: argparse.Namespace) -> int:
     """Run gunicorn with the project's settings (gevent worker, PORT, WEB_CONCURRENCY)."""
     config = _config()  # fail here, once, with a clear message, not in every worker
-    argv = ["gunicorn", "--config", "python:zipstream.gunicorn_conf", "--bind", f"{args.host}:{config.port}",
+    # The gunicorn of this interpreter's environment, whether or not its bin/ is on PATH.
+    argv = [sys.executable, "-m", "gunicorn", "--config", "python:zipstream.gunicorn_conf", "--bind", f"{args.host}:{config.port}",
             "zipstream.wsgi:app"]
     os.execvp(argv[0], argv)  # noqa: S606 - replaces this process with gunicorn on purpose
 
