@@ -19,6 +19,7 @@ from .config import Config
 from .errors import LimitExceeded, SourceError, SourcesFailed, StreamAborted
 from .models import FileRef
 from .names import safe_name, unique_names
+from .prefetch import Prefetcher
 from .repositories import BundleRepository
 from .sources import SourceInfo, Sources
 
@@ -78,6 +79,8 @@ class PreparedZip:
     repository: BundleRepository | None
     plan: ZipPlan | None
     learned: dict[int, int] = field(default_factory=dict)
+    prefetch: int = 0  # members fetched ahead of the one streaming out (0: one after another)
+    prefetch_bytes: int = 4 * 1024 * 1024
 
     @property
     def length(self) -> int | None:
@@ -102,8 +105,15 @@ class PreparedZip:
     def last_modified(self) -> datetime:
         return max((entry.modified_at for entry in self.entries), default=datetime.fromtimestamp(0, UTC))
 
+    _prefetcher: Prefetcher | None = None
+
     def _open(self, index: int, start: int) -> Iterator[bytes]:
+        if start == 0 and self._prefetcher is not None:
+            return self._prefetcher.take(index)
         return self.sources.open(self.infos[index], start)
+
+    def _open_whole(self, index: int) -> Iterator[bytes]:
+        return self.sources.open(self.infos[index], 0)
 
     def stream(self, start: int = 0, stop: int | None = None) -> Iterator[bytes]:
         """The zip's bytes [start, stop); raises StreamAborted if a source fails part-way."""
@@ -111,6 +121,12 @@ class PreparedZip:
         if self.length is not None:
             expected = (stop if stop is not None else self.length) - start
         sent = 0
+        # Read ahead only when the stream runs to the end (whole zip or a resume): a range that
+        # stops early would fetch members it never sends.
+        if self.prefetch > 0 and (stop is None or stop == self.length):
+            self._prefetcher = Prefetcher(
+                self._open_whole, len(self.infos), self.prefetch, self.prefetch_bytes
+            )
         try:
             if self.plan is None:
                 chunks = deflate_stream(self.entries, self._open)
@@ -129,6 +145,9 @@ class PreparedZip:
             # A member failed after bytes went out: the only honest answer is to cut the connection.
             raise StreamAborted(f"{type(error).__name__}: {error}") from error
         finally:
+            if self._prefetcher is not None:
+                self._prefetcher.close()
+                self._prefetcher = None
             self._flush_crcs(force=True)
 
     # -- CRC-32s learned while streaming, so a resumed download need not read the files again --
@@ -197,7 +216,7 @@ def prepare(
     plan = ZipPlan(entries) if compression == "stored" else None
     prepared = PreparedZip(
         filename=filename, compression=compression, entries=entries, infos=infos, sources=sources,
-        repository=repository, plan=plan,
+        repository=repository, plan=plan, prefetch=config.prefetch, prefetch_bytes=config.prefetch_bytes,
     )
     if plan is not None and repository is not None:
         identities = {info.identity(): index for index, info in enumerate(infos)

@@ -1,0 +1,195 @@
+"""Bounded parallel read-ahead of zip members: while member k streams out, the next ones are fetched.
+
+No Flask, no network code of its own: a `Prefetcher` is given `open_member(index)` (an iterator of
+chunks per member) and runs each member's iteration in a worker thread (a greenlet under gunicorn's
+gevent worker, which monkey-patches `threading`). All members of one download share one byte
+budget: a member that would overflow it pauses its fetch until the writer drains what is buffered,
+so memory stays flat whatever the client's speed or the members' sizes. Order and bytes are those
+of `open_member`; an error raised by a member's iterator is re-raised where that member's chunks are
+consumed, after the chunks that preceded it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+
+OpenMember = Callable[[int], Iterator[bytes]]
+
+
+class _Fetch:
+    """One member being fetched by a worker thread into the download's shared, bounded buffer."""
+
+    def __init__(self, index: int, owner: Prefetcher) -> None:
+        self.index = index
+        self._owner = owner
+        self._cond = owner._cond  # one lock per download: the budget is shared by all members
+        self._chunks: deque[bytes] = deque()
+        self.buffered = 0
+        self._done = False
+        self._cancelled = False
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=f"prefetch-{index}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        owner = self._owner
+        body: Iterator[bytes] | None = None
+        try:
+            body = owner._open_member(self.index)
+            for chunk in body:
+                if not chunk:
+                    continue
+                with self._cond:
+                    while not self._cancelled and not owner._admits(self, len(chunk)):
+                        self._cond.wait()
+                    if self._cancelled:
+                        return
+                    self._chunks.append(chunk)
+                    self.buffered += len(chunk)
+                    owner._add(len(chunk))
+                    self._cond.notify_all()
+        except BaseException as error:  # noqa: BLE001 - handed to the consumer, raised where it reads
+            with self._cond:
+                self._error = error
+        finally:
+            try:
+                close = getattr(body, "close", None)
+                if close is not None:
+                    close()
+            finally:
+                with self._cond:
+                    self._done = True
+                    self._cond.notify_all()
+                owner._ended(self)
+
+    def chunks(self) -> Iterator[bytes]:
+        """The member's chunks in order; raises the fetch's error once the chunks before it are out."""
+        owner = self._owner
+        try:
+            while True:
+                with self._cond:
+                    while not self._chunks and not self._done:
+                        self._cond.wait()
+                    if self._chunks:
+                        chunk = self._chunks.popleft()
+                        self.buffered -= len(chunk)
+                        owner._add(-len(chunk))
+                        self._cond.notify_all()
+                    elif self._error is not None:
+                        raise self._error
+                    else:
+                        return
+                yield chunk
+        finally:
+            self.cancel()
+
+    def cancel(self) -> None:
+        """Stop fetching: the worker closes the body at its next chunk (at once, if it is waiting)."""
+        with self._cond:
+            if not self._done:
+                self._cancelled = True
+            self._owner._add(-self.buffered)
+            self._chunks.clear()
+            self.buffered = 0
+            self._cond.notify_all()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the worker to end; True if it has."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+
+class Prefetcher:
+    """Serves members 0..count-1 in order, keeping up to `depth` members after the current one in flight.
+
+    `take(index)` returns member `index`'s chunks. At most `budget` bytes are buffered per download
+    (plus the one chunk each worker holds while it waits): half for the member being read, half
+    shared by the members ahead. The member being read may always hold one chunk, so a chunk larger
+    than that still passes. `close()` cancels every fetch; each worker closes its body and ends.
+    """
+
+    def __init__(self, open_member: OpenMember, count: int, depth: int, budget: int) -> None:
+        if depth < 1:
+            raise ValueError("a prefetcher needs depth >= 1; read members directly otherwise")
+        self._open_member = open_member
+        self._count = count
+        self._depth = depth
+        self.budget = max(1, budget)
+        self._cond = threading.Condition()
+        self._buffered = 0  # over every member, guarded by _cond
+        self._head: _Fetch | None = None  # the member being consumed
+        self._fetches: dict[int, _Fetch] = {}  # started, not yet taken
+        self._live: set[_Fetch] = set()  # workers still running (taken or not)
+        self._next = 0  # lowest index not yet started
+        self._closed = False
+        self.peak_buffered = 0  # most bytes buffered at once (tests and benchmarks read it)
+
+    # -- called by the workers, with _cond held --
+    def _admits(self, fetch: _Fetch, size: int) -> bool:
+        half = self.budget // 2
+        if fetch is self._head:
+            # The member being read always progresses (no deadlock on a chunk bigger than the budget).
+            return fetch.buffered == 0 or fetch.buffered + size <= half
+        head = self._head.buffered if self._head is not None else 0
+        return self._buffered - head + size <= self.budget - half
+
+    def _add(self, size: int) -> None:
+        self._buffered += size
+        self.peak_buffered = max(self.peak_buffered, self._buffered)
+
+    def _ended(self, fetch: _Fetch) -> None:
+        with self._cond:
+            self._live.discard(fetch)
+
+    # -- the consumer's side --
+    def _start_through(self, last: int) -> None:
+        last = min(last, self._count - 1)
+        while self._next <= last:
+            fetch = _Fetch(self._next, self)
+            self._fetches[self._next] = fetch
+            with self._cond:
+                self._live.add(fetch)
+            fetch.start()
+            self._next += 1
+
+    def take(self, index: int) -> Iterator[bytes]:
+        """Member `index`'s chunks (starting its fetch now if it was not started yet)."""
+        if self._closed:
+            raise RuntimeError("prefetcher is closed")
+        for skipped in [i for i in self._fetches if i < index]:
+            self._fetches.pop(skipped).cancel()  # passed over: its bytes will never be read
+        if index not in self._fetches:
+            if index < self._next:
+                raise RuntimeError(f"member {index} was already taken")
+            self._next = index
+        self._start_through(index + self._depth)
+        fetch = self._fetches.pop(index)
+        with self._cond:
+            self._head = fetch
+            self._cond.notify_all()
+        return fetch.chunks()
+
+    def close(self) -> None:
+        """Cancel every fetch still running; their workers close their bodies and end."""
+        self._closed = True
+        self._fetches = {}
+        with self._cond:
+            live = list(self._live)
+        for fetch in live:
+            fetch.cancel()
+
+    @property
+    def running(self) -> int:
+        """Workers that have not ended yet."""
+        with self._cond:
+            return len(self._live)
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for every worker still running to end (tests use this); True if all have."""
+        with self._cond:
+            live = list(self._live)
+        return all(fetch.join(timeout) for fetch in live)
