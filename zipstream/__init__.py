@@ -19,12 +19,13 @@ log = logging.getLogger(__name__)
 
 def create_app(config: Config | Mapping[str, str] | None = None) -> Flask:
     """Assemble the app: read config, build the repository and sources, register blueprints."""
-    from . import api, cors, openapi
+    from . import api, cors, demo, docs, logs, metrics, openapi
     from .repositories import build_repository
     from .sources import build_sources
 
     if not isinstance(config, Config):
         config = Config.from_env(config)
+    logs.configure(config.log_level)
     app = Flask(__name__)
     app.config.update(
         MAX_CONTENT_LENGTH=config.max_body_bytes,
@@ -43,6 +44,11 @@ def create_app(config: Config | Mapping[str, str] | None = None) -> Flask:
     app.extensions["zipstream.sources"] = build_sources(config)
     app.register_blueprint(api.bp)
     app.register_blueprint(openapi.bp)
+    app.register_blueprint(docs.bp)
+    app.register_blueprint(metrics.bp)
+    app.register_blueprint(demo.bp)
+    # Outermost, so it sees the real end of a streamed body (and errors no handler caught).
+    app.wsgi_app = logs.RequestLog(app.wsgi_app)  # type: ignore[method-assign]
     cors.init_app(app, config)
     _register_errors(app)
     return app

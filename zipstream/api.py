@@ -12,7 +12,7 @@ from urllib.parse import quote
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from . import ranges
+from . import metrics, ranges
 from .config import Config
 from .download import PreparedZip, prepare
 from .errors import (
@@ -151,13 +151,19 @@ def zip_response(prepared: PreparedZip) -> Response:
         headers["Content-Length"] = str(stop - start)
     if request.method == "HEAD":
         return Response(status=status, headers=headers)
-    body = _counted(prepared.stream(start, stop))
+    body = metrics.track_download(
+        _counted(prepared.stream(start, stop)),
+        kind="one_off" if request.method == "POST" else "bundle",
+        started=request.environ.get("zipstream.started") or time.monotonic(),
+        request_id=request.environ.get("zipstream.request_id"),
+    )
     return Response(body, status=status, headers=headers, direct_passthrough=True)
 
 
 def _prepare(files: tuple[FileRef, ...] | list[FileRef], filename: str, compression: str,
              created_at: int) -> PreparedZip:
-    return prepare(files, filename, compression, created_at, _sources(), _repository(), _config())
+    with metrics.PREFLIGHT_SECONDS.time():
+        return prepare(files, filename, compression, created_at, _sources(), _repository(), _config())
 
 
 @bp.post("/bundle", strict_slashes=False)

@@ -6,6 +6,9 @@ The repository's top-level gunicorn.conf.py re-exports this module; `zipstream s
 import multiprocessing
 import os
 import resource
+import shutil
+import tempfile
+from typing import Any
 
 bind = f"0.0.0.0:{os.environ.get('PORT', '4040')}"
 worker_class = "gevent"
@@ -18,13 +21,22 @@ graceful_timeout = int(os.environ.get("GRACEFUL_TIMEOUT", "3600"))
 timeout = int(os.environ.get("WORKER_TIMEOUT", "60"))
 max_requests = 0
 keepalive = 75
-accesslog = os.environ.get("ACCESS_LOG", "-")
+# The app logs one JSON line per request itself (zipstream.logs.RequestLog, with the real end of a
+# streamed body); gunicorn's own access log is only written when ACCESS_LOG names a file or "-".
+accesslog = os.environ.get("ACCESS_LOG") or None
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 # Secrets are part of the /:id/:secret paths: this logger masks them before anything is written.
 logger_class = "zipstream.logs.MaskingGunicornLogger"
 access_log_format = '%(h)s "%(r)s" %(s)s %(B)s %(M)sms'
 wsgi_app = "zipstream.wsgi:app"
+
+# Prometheus multiprocess mode, so /metrics adds up every worker: the metrics live in files of this
+# directory. Set before any worker imports prometheus_client (it decides at import time).
+# (The marker survives a HUP, which re-reads this file with the variable already set.)
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="zipstream-metrics-")
+    os.environ["ZIPSTREAM_OWNS_METRICS_DIR"] = "1"
 
 
 def on_starting(server):  # noqa: ARG001 - gunicorn hook signature
@@ -43,3 +55,25 @@ def post_fork(server, worker):  # noqa: ARG001 - gunicorn hook signature
     from zipstream import cooperative
 
     cooperative.patch()
+
+
+def when_ready(server: Any) -> None:
+    """Start the metrics from zero: files left by an earlier run would be added to this one's."""
+    directory = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    os.makedirs(directory, exist_ok=True)
+    for name in os.listdir(directory):
+        if name.endswith(".db"):
+            os.unlink(os.path.join(directory, name))
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """Drop a dead worker's live gauges (in-flight downloads) from /metrics."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
+
+
+def on_exit(server: Any) -> None:
+    """Remove the metrics directory this configuration created."""
+    if os.environ.get("ZIPSTREAM_OWNS_METRICS_DIR") == "1":
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)

@@ -72,7 +72,7 @@ def live_server(env: Mapping[str, str], tmp: Path, workers: int = 1) -> Iterator
             try:
                 if requests.get(server.url("/health-check"), timeout=2).status_code in (200, 503):
                     break
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # workers still booting
                 pass
             if time.monotonic() > deadline:
                 raise RuntimeError(f"gunicorn did not start:\n{server.log_text()[-3000:]}")

@@ -14,8 +14,9 @@ from datetime import datetime
 from typing import Protocol
 from urllib.parse import urlsplit
 
+from .. import metrics
 from ..config import Config
-from ..errors import SourceInterrupted, SourceRefused
+from ..errors import SourceError, SourceInterrupted, SourceRefused
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,14 @@ class Sources:
         self.backend(src).check(src)
 
     def stat(self, src: str) -> list[SourceInfo]:
-        return self.backend(src).stat(src)
+        backend = self.backend(src)
+        label = metrics.backend_label(urlsplit(src).scheme)
+        metrics.UPSTREAM_REQUESTS.labels(label, "stat").inc()
+        try:
+            return backend.stat(src)
+        except SourceError as error:
+            metrics.UPSTREAM_ERRORS.labels(label, "stat", error.code).inc()
+            raise
 
     def open(self, info: SourceInfo, start: int = 0, retries: int = 3) -> Iterator[bytes]:
         """Chunks of `info` from `start`; a body cut mid-way is re-opened where it stopped.
@@ -101,16 +109,25 @@ class Sources:
         so a file that changed in between raises SourceChanged instead of splicing two versions.
         """
         backend = self.backend(info.src)
+        label = metrics.backend_label(urlsplit(info.src).scheme)
         position = start
         attempts = 0
         while True:
-            body = backend.open(info, position)
+            metrics.UPSTREAM_REQUESTS.labels(label, "open").inc()
+            try:
+                body = backend.open(info, position)
+            except SourceError as error:
+                metrics.UPSTREAM_ERRORS.labels(label, "open", error.code).inc()
+                raise
             try:
                 for chunk in body:
                     position += len(chunk)
                     yield chunk
                 return
-            except SourceInterrupted as error:
+            except SourceError as error:
+                metrics.UPSTREAM_ERRORS.labels(label, "read", error.code).inc()
+                if not isinstance(error, SourceInterrupted):
+                    raise
                 attempts += 1
                 resumable = info.validated and attempts <= retries
                 if not resumable:
