@@ -1,0 +1,102 @@
+"""Upstream bytes read per download and per resume (issue 4): what a cut download costs at the source.
+
+Run: `python -m bench.upstream_traffic [--files 10] [--size-mib 20] [--cuts 5]`.
+Starts a local upstream and the real service (gunicorn, gevent worker), downloads a stored bundle in full,
+then resumes it from several cut points, once with the CRC-32s learned by the full download and once on a
+fresh service that has learned nothing. Prints a Markdown table and writes bench/results/upstream_traffic.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+import tempfile
+from pathlib import Path
+from statistics import median
+
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.support.live import live_server  # noqa: E402 - after the path set-up
+from tests.support.upstream import UpstreamServer  # noqa: E402
+
+
+def _upstream_bytes(upstream: UpstreamServer) -> int:
+    return sum(upstream.bytes_sent.values())
+
+
+def run(files: int, size_mib: int, cuts: int, seed: int = 1) -> str:
+    rng = random.Random(seed)
+    size = size_mib << 20
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp, UpstreamServer() as upstream:
+        tmp_path = Path(tmp)
+        for i in range(files):
+            path = tmp_path / f"f{i}.bin"
+            with path.open("wb") as handle:  # sparse body, real bytes at both ends
+                handle.truncate(size)
+                handle.write(os.urandom(1024))
+            upstream.add_file(f"/f{i}.bin", path)
+        srcs = [{"src": upstream.url(f"/f{i}.bin")} for i in range(files)]
+        with live_server({}, tmp_path) as server:
+            bundle = requests.post(server.url("/"), json={"files": srcs}, timeout=30).json()
+            url = server.url(f"/{bundle['id']}")
+            upstream.clear_log()
+            before = _upstream_bytes(upstream)
+            full = requests.get(url, timeout=600)
+            length = len(full.content)
+            full_read = _upstream_bytes(upstream) - before
+            rows.append(("full download", length, full_read, full_read / max(1, sum(size for _ in range(files)))))
+            cut_points = sorted(rng.randrange(length // 10, length) for _ in range(cuts))
+            learned = []
+            for cut in cut_points:
+                before = _upstream_bytes(upstream)
+                part = requests.get(url, headers={"Range": f"bytes={cut}-"}, timeout=600)
+                assert part.content == full.content[cut:], "resume differs from the full download"
+                learned.append((_upstream_bytes(upstream) - before) / max(1, length - cut))
+            rows.append(("resume, CRCs learned", cuts, median(learned), max(learned)))
+        with live_server({}, tmp_path) as fresh:  # a new port, so a new SQLite file: nothing learned
+            bundle = requests.post(fresh.url("/"), json={"files": srcs}, timeout=30).json()
+            url = fresh.url(f"/{bundle['id']}")
+            cold = []
+            for cut in cut_points:
+                before = _upstream_bytes(upstream)
+                requests.get(url, headers={"Range": f"bytes={cut}-"}, timeout=600).raise_for_status()
+                cold.append((_upstream_bytes(upstream) - before) / max(1, length - cut))
+                break  # the first resume teaches the CRCs of everything it read; measure it alone
+            rows.append(("resume, nothing learned", 1, median(cold), max(cold)))
+    lines = [
+        f"Bundle: {files} × {size_mib} MiB stored; zip length {length:,} bytes.",
+        "",
+        "| case | n | upstream bytes read | ratio |",
+        "|---|---|---|---|",
+        f"| full download | 1 | {rows[0][2]:,} | {rows[0][3]:.3f} × the files' total size |",
+        f"| resume from a random cut, CRCs learned | {cuts} | median {rows[1][2]:.3f} × bytes after the cut "
+        f"| max {rows[1][3]:.3f} |",
+        f"| resume from a random cut, nothing learned | 1 | {rows[2][2]:.3f} × bytes after the cut "
+        f"| (reads earlier members for their CRC) |",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--files", type=int, default=10)
+    parser.add_argument("--size-mib", type=int, default=20)
+    parser.add_argument("--cuts", type=int, default=5)
+    args = parser.parse_args(argv)
+    table = run(args.files, args.size_mib, args.cuts)
+    out = ROOT / "bench" / "results" / "upstream_traffic.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    command = f"python -m bench.upstream_traffic --files {args.files} --size-mib {args.size_mib} --cuts {args.cuts}"
+    out.write_text(f"# Upstream traffic per download and resume\n\n`{command}`\n\n{table}\n")
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
