@@ -70,14 +70,14 @@ def run(files: int, size_mib: int, cuts: int, seed: int = 1) -> str:
                 break  # the first resume teaches the CRCs of everything it read; measure it alone
             rows.append(("resume, nothing learned", 1, median(cold), max(cold)))
     lines = [
-        f"Bundle: {files} × {size_mib} MiB stored; zip length {length:,} bytes.",
+        f"Bundle: {files} x {size_mib} MiB stored; zip length {length:,} bytes.",
         "",
         "| case | n | upstream bytes read | ratio |",
         "|---|---|---|---|",
-        f"| full download | 1 | {rows[0][2]:,} | {rows[0][3]:.3f} × the files' total size |",
-        f"| resume from a random cut, CRCs learned | {cuts} | median {rows[1][2]:.3f} × bytes after the cut "
+        f"| full download | 1 | {rows[0][2]:,} | {rows[0][3]:.3f} x the files' total size |",
+        f"| resume from a random cut, CRCs learned | {cuts} | median {rows[1][2]:.3f} x bytes after the cut "
         f"| max {rows[1][3]:.3f} |",
-        f"| resume from a random cut, nothing learned | 1 | {rows[2][2]:.3f} × bytes after the cut "
+        f"| resume from a random cut, nothing learned | 1 | {rows[2][2]:.3f} x bytes after the cut "
         f"| (reads earlier members for their CRC) |",
     ]
     return "\n".join(lines)
