@@ -1,0 +1,60 @@
+"""Install every Debian package the tests need (zip readers, chromium) that is missing.
+
+Run by `make unit` (and so by CI) before pytest: `python tests/support/system_deps.py`.
+Idempotent and fast when everything is there (one dpkg-query); installs only as root, quietly,
+and says what it did. Without root it lists what is missing and leaves the tests to skip (or,
+with CI=true, to fail).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tests.support import browser, readers  # noqa: E402 - needs the repository root on sys.path
+
+PACKAGES: tuple[str, ...] = (*readers.DEBIAN_PACKAGES, *browser.DEBIAN_PACKAGES)
+
+
+def missing(packages: tuple[str, ...]) -> list[str]:
+    """The packages dpkg does not report as installed."""
+    result = subprocess.run(
+        ["dpkg-query", "-W", "-f=${Package} ${db:Status-Status}\n", *packages],
+        capture_output=True, text=True, check=False,
+    )
+    installed = {line.split()[0] for line in result.stdout.splitlines() if line.endswith(" installed")}
+    return [package for package in packages if package not in installed]
+
+
+def main() -> int:
+    absent = missing(PACKAGES)
+    if not absent:
+        print(f"system_deps: all {len(PACKAGES)} Debian packages present ({' '.join(PACKAGES)})")
+        return 0
+    if os.geteuid() != 0:
+        print(f"system_deps: missing {' '.join(absent)}; not root, so not installing "
+              f"(run: sudo apt-get install -y {' '.join(absent)})")
+        return 0
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    print(f"system_deps: installing {' '.join(absent)}", flush=True)
+    install = ["apt-get", "install", "-y", "-qq", *absent]
+    if subprocess.run(install, env=env, stdout=subprocess.DEVNULL, check=False).returncode != 0:
+        # A fresh machine has no package lists yet; fetch them once and try again.
+        subprocess.run(["apt-get", "update", "-qq"], env=env, stdout=subprocess.DEVNULL, check=True)
+        subprocess.run(install, env=env, stdout=subprocess.DEVNULL, check=True)
+    still = missing(PACKAGES)
+    if still:
+        print(f"system_deps: still missing after apt-get: {' '.join(still)}", file=sys.stderr)
+        return 1
+    print(f"system_deps: installed {' '.join(absent)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
