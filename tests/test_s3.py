@@ -1,0 +1,293 @@
+"""S3 source and DynamoDB repository against a real endpoint (moto over HTTP); zips checked by real readers."""
+
+from __future__ import annotations
+
+import io
+import os
+import sqlite3
+import time
+import uuid
+import zlib
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import boto3
+import pytest
+import requests
+from boto3.s3.transfer import TransferConfig
+from flask.testing import FlaskClient
+
+from zipstream import create_app
+from zipstream.config import Config
+from zipstream.errors import SourceChanged, SourceNotFound, SourceRefused
+from zipstream.models import Bundle, FileRef
+from zipstream.sources.s3 import S3Source
+
+from .support.dynamo import dynamodb_repository
+from .support.live import LiveServer
+from .support.moto import REGION, MotoServer
+from .support.readers import CheckZip
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+Serve = Callable[..., LiveServer]
+
+UTF8_KEY = "dossier/été — ünï cødé +plus%20 100%.txt"
+MANY = 1005  # more than one ListObjectsV2 page (1,000 keys)
+
+
+class Store:
+    """The test bucket and what was put in it."""
+
+    def __init__(self, client: S3Client, bucket: str) -> None:
+        self.client = client
+        self.bucket = bucket
+        self.data: dict[str, bytes] = {}
+
+    def put(self, key: str, data: bytes, **extra: object) -> None:
+        self.client.put_object(Bucket=self.bucket, Key=key, Body=data, **extra)  # type: ignore[arg-type]
+        self.data[key] = data
+
+    def src(self, key: str) -> str:
+        return f"s3://{self.bucket}/{key}"
+
+
+@pytest.fixture(scope="module")
+def store(moto_server: MotoServer) -> Store:
+    client = boto3.client("s3", region_name=REGION)
+    bucket = "zs-" + uuid.uuid4().hex[:12]
+    client.create_bucket(Bucket=bucket)
+    store = Store(client, bucket)
+    store.put("empty.bin", b"")
+    store.put("crc.bin", os.urandom(70_000), ChecksumAlgorithm="CRC32")
+    store.put(UTF8_KEY, "contenu été\n".encode())
+    big = os.urandom(9 * 1024 * 1024)
+    # Two 8 MiB-or-less parts: the object's checksum is a composite of the parts, not the file's CRC.
+    client.upload_fileobj(io.BytesIO(big), bucket, "big.bin", ExtraArgs={"ChecksumAlgorithm": "CRC32"},
+                          Config=TransferConfig(multipart_threshold=8 * 1024 * 1024,
+                                                multipart_chunksize=8 * 1024 * 1024))
+    store.data["big.bin"] = big
+    store.put("many/", b"")  # a "folder" marker, as the S3 console creates them
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: store.put(f"many/{i:04d}.txt", f"file {i}\n".encode()), range(MANY)))
+    store.put("many/sub/deep é.txt", b"deep")
+    # A small folder for the end-to-end downloads (each member is one GET against moto).
+    store.put("few/", b"")
+    for key in ("few/a.txt", "few/b/c é.txt", "few/z+%.txt"):
+        store.put(key, key.encode() * 100)
+    return store
+
+
+@pytest.fixture
+def source(store: Store) -> S3Source:
+    return S3Source(Config.from_env({"FS_INTERFACES": "s3", "AWS_REGION": REGION, "S3_BUCKETS": store.bucket}))
+
+
+def _read(source: S3Source, src: str, start: int = 0) -> bytes:
+    (info,) = source.stat(src)
+    return b"".join(source.open(info, start))
+
+
+# -- the source ---------------------------------------------------------------------------------
+
+
+def test_check_takes_the_key_literally_and_enforces_the_allowlist(source: S3Source, store: Store) -> None:
+    source.check(store.src("a b/+%20/é.txt"))
+    source.check(store.src("photos/"))
+    for bad in ("s3://", "s3://bucket-only", "s3:///key", "https://x/y"):
+        with pytest.raises(SourceRefused):
+            source.check(bad)
+    with pytest.raises(SourceRefused, match="S3_BUCKETS"):
+        source.check("s3://someone-elses-bucket/secret.txt")
+
+
+def test_zero_byte_object(source: S3Source, store: Store) -> None:
+    (info,) = source.stat(store.src("empty.bin"))
+    assert info.size == 0
+    assert b"".join(source.open(info)) == b""
+
+
+def test_full_object_crc_is_used_composite_is_not(source: S3Source, store: Store) -> None:
+    (single,) = source.stat(store.src("crc.bin"))
+    assert single.crc32 == zlib.crc32(store.data["crc.bin"])
+    (multipart,) = source.stat(store.src("big.bin"))
+    assert multipart.etag is not None and multipart.etag.endswith('-2"')
+    head = store.client.head_object(Bucket=store.bucket, Key="big.bin", ChecksumMode="ENABLED")
+    assert head.get("ChecksumCRC32")  # moto does answer with a (composite) checksum...
+    assert multipart.crc32 is None  # ...which is not the file's CRC-32
+    assert multipart.size == len(store.data["big.bin"])
+    assert multipart.last_modified is not None and multipart.last_modified.utcoffset() is not None
+
+
+def test_utf8_key_with_spaces_plus_and_percent(source: S3Source, store: Store) -> None:
+    (info,) = source.stat(store.src(UTF8_KEY))
+    assert info.name == UTF8_KEY
+    assert b"".join(source.open(info)) == store.data[UTF8_KEY]
+
+
+def test_big_object_from_an_offset(source: S3Source, store: Store) -> None:
+    start = 5 * 1024 * 1024 + 3
+    assert _read(source, store.src("big.bin"), start) == store.data["big.bin"][start:]
+
+
+def test_missing_key_and_bucket_are_not_found(source: S3Source, store: Store) -> None:
+    with pytest.raises(SourceNotFound, match="not found") as missing:
+        source.stat(store.src("nope.bin"))
+    assert missing.value.src == store.src("nope.bin")
+    anywhere = S3Source(Config.from_env({"FS_INTERFACES": "s3", "AWS_REGION": REGION}))
+    with pytest.raises(SourceNotFound):
+        anywhere.stat("s3://zs-no-such-bucket-here/x.bin")
+
+
+def test_changed_object_is_refused_not_spliced(source: S3Source, store: Store) -> None:
+    store.put("changing.txt", b"version one")
+    (info,) = source.stat(store.src("changing.txt"))
+    store.put("changing.txt", b"version two!")
+    with pytest.raises(SourceChanged):
+        b"".join(source.open(info, 3))
+
+
+def test_prefix_lists_every_object_in_key_order(source: S3Source, store: Store) -> None:
+    infos = source.stat(store.src("many/"))
+    names = [info.name for info in infos]
+    assert names == [f"{i:04d}.txt" for i in range(MANY)] + ["sub/deep é.txt"]  # marker skipped, > 1 page
+    assert infos[7].src == store.src("many/0007.txt")
+    assert b"".join(source.open(infos[7])) == b"file 7\n"
+    with pytest.raises(SourceNotFound, match="no objects under prefix"):
+        source.stat(store.src("nothing-here/"))
+
+
+# -- through the API ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def s3_client_app(make_config: Callable[..., Config], store: Store) -> FlaskClient:
+    return create_app(make_config(FS_INTERFACES="s3,https", S3_BUCKETS=store.bucket, AWS_REGION=REGION)).test_client()
+
+
+def test_missing_key_is_422_naming_the_src(s3_client_app: FlaskClient, store: Store) -> None:
+    response = s3_client_app.post("/bundle", json={"files": [{"src": store.src("crc.bin")},
+                                                             {"src": store.src("nope/missing.bin")}]})
+    assert response.status_code == 422
+    assert response.mimetype == "application/json"
+    assert response.json is not None
+    assert [s["src"] for s in response.json["error"]["sources"]] == [store.src("nope/missing.bin")]
+
+
+def test_bucket_not_allowed_is_403_and_nothing_is_stored(s3_client_app: FlaskClient, store: Store,
+                                                         tmp_path: Path) -> None:
+    for method, path in (("post", "/"), ("post", "/bundle")):
+        response = getattr(s3_client_app, method)(path, json={"files": [
+            {"src": store.src("crc.bin")}, {"src": "s3://not-our-bucket/payroll.csv"}]})
+        assert response.status_code == 403, response.get_data(as_text=True)
+        assert response.json["error"]["code"] == "source_refused"
+    with sqlite3.connect(tmp_path / "zipstream.sqlite3") as db:
+        assert db.execute("SELECT COUNT(*) FROM bundles").fetchone() == (0,)
+
+
+@pytest.fixture
+def dynamo_table(moto_server: MotoServer) -> Iterator[str]:
+    repository = dynamodb_repository()
+    repository.migrate()
+    yield repository.table
+    repository.client.delete_table(TableName=repository.table)
+    repository.close()
+
+
+def test_ten_thousand_files_on_dynamodb(make_config: Callable[..., Config], dynamo_table: str) -> None:
+    config = make_config(DB_INTERFACE="dynamodb", TABLE_NAME=dynamo_table, FS_INTERFACES="s3",
+                         AWS_REGION=REGION, MAX_FILES="10000")
+    client = create_app(config).test_client()
+    long = "x" * 300
+    files = [{"src": f"s3://bucket/{long}/{i:05d} é.bin", "dst": f"d/{i}"} for i in range(9999)]
+    created = client.post("/", json={"files": files})
+    assert created.status_code == 201, created.get_data(as_text=True)[:500]
+    bundle = created.json
+    assert bundle is not None
+    url = f"/{bundle['id']}/{bundle['secret']}"
+    appended = client.put(url, json={"files": [{"src": "s3://bucket/last.bin"}]})
+    assert appended.status_code == 200
+    assert appended.json is not None and len(appended.json["files"]) == 10000
+    refused = client.put(url, json={"files": [{"src": "s3://bucket/one-too-many.bin"}]})
+    assert refused.status_code == 413
+    stored = client.get(url).json
+    assert stored is not None
+    assert stored["files"] == [*files, {"src": "s3://bucket/last.bin"}]
+
+
+def test_expired_bundle_on_dynamodb_is_410(make_config: Callable[..., Config], dynamo_table: str) -> None:
+    config = make_config(DB_INTERFACE="dynamodb", TABLE_NAME=dynamo_table, FS_INTERFACES="s3", AWS_REGION=REGION)
+    app = create_app(config)
+    old = Bundle.new("old.zip", (FileRef("s3://bucket/a"),), 1, now=time.time() - 3600)
+    app.extensions["zipstream.repository"].create(old)
+    client = app.test_client()
+    for path in (f"/{old.id}", f"/{old.id}/{old.secret}"):
+        response = client.get(path)
+        assert response.status_code == 410
+        assert response.json is not None and response.json["error"]["code"] == "expired"
+
+
+# -- through the real service (gunicorn + gevent) -----------------------------------------------
+
+
+def _expected(store: Store) -> tuple[list[dict[str, str]], dict[str, bytes]]:
+    files = [
+        {"src": store.src("empty.bin")},
+        {"src": store.src("big.bin"), "dst": "big.bin"},
+        {"src": store.src("crc.bin")},
+        {"src": store.src(UTF8_KEY)},
+        {"src": store.src("few/"), "dst": "folder"},
+    ]
+    expected = {
+        "empty.bin": b"",
+        "big.bin": store.data["big.bin"],
+        "crc.bin": store.data["crc.bin"],
+        UTF8_KEY: store.data[UTF8_KEY],
+    }
+    for key in ("few/a.txt", "few/b/c é.txt", "few/z+%.txt"):
+        expected["folder/" + key.removeprefix("few/")] = store.data[key]
+    return files, expected
+
+
+def test_s3_bundle_on_dynamodb_through_the_service(serve: Serve, store: Store, dynamo_table: str,
+                                                   tmp_path: Path, zip_readers: CheckZip) -> None:
+    files, expected = _expected(store)
+    server = serve(FS_INTERFACES="s3,https", DB_INTERFACE="dynamodb", TABLE_NAME=dynamo_table,
+                   S3_BUCKETS=store.bucket, AWS_REGION=REGION)
+    created = requests.post(server.url("/"), json={"files": files, "filename": "s3.zip"}, timeout=30)
+    assert created.status_code == 201, created.text
+    bundle = created.json()
+    full = requests.get(server.url(f"/{bundle['id']}"), timeout=60)
+    assert full.status_code == 200, full.text[:500]
+    assert int(full.headers["Content-Length"]) == len(full.content)
+    archive = tmp_path / "s3.zip"
+    archive.write_bytes(full.content)
+    zip_readers(archive, expected)
+    start = len(full.content) // 3
+    part = requests.get(server.url(f"/{bundle['id']}"), headers={"Range": f"bytes={start}-"}, timeout=60)
+    assert part.status_code == 206
+    assert part.content == full.content[start:]
+
+
+def pipe_bundle_into_s3(zipstream_url: str, files: list[dict[str, str]], s3: S3Client, bucket: str,
+                        key: str) -> None:
+    """The README's example, verbatim: POST /bundle streamed straight into upload_fileobj."""
+    with requests.post(f"{zipstream_url}/bundle", json={"files": files}, stream=True, timeout=(10, 300)) as response:
+        response.raise_for_status()
+        response.raw.decode_content = True
+        # At most max_concurrency x multipart_chunksize bytes are held in memory, whatever the zip's size.
+        s3.upload_fileobj(response.raw, bucket, key,  # type: ignore[arg-type]  # urllib3 response: a file
+                          Config=TransferConfig(multipart_chunksize=8 * 1024 * 1024, max_concurrency=2))
+
+
+def test_readme_example_pipes_a_bundle_into_s3(serve: Serve, store: Store, tmp_path: Path,
+                                               zip_readers: CheckZip) -> None:
+    files, expected = _expected(store)
+    server = serve(FS_INTERFACES="s3,https", S3_BUCKETS=store.bucket, AWS_REGION=REGION)
+    pipe_bundle_into_s3(server.base_url, files, store.client, store.bucket, "exports/bundle.zip")
+    archive = tmp_path / "piped.zip"
+    store.client.download_file(store.bucket, "exports/bundle.zip", str(archive))
+    zip_readers(archive, expected)
