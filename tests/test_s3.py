@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import sqlite3
+import subprocess
+import sys
 import time
 import uuid
 import zlib
@@ -272,22 +275,41 @@ def test_s3_bundle_on_dynamodb_through_the_service(serve: Serve, store: Store, d
     assert part.content == full.content[start:]
 
 
-def pipe_bundle_into_s3(zipstream_url: str, files: list[dict[str, str]], s3: S3Client, bucket: str,
-                        key: str) -> None:
-    """The README's example, verbatim: POST /bundle streamed straight into upload_fileobj."""
-    with requests.post(f"{zipstream_url}/bundle", json={"files": files}, stream=True, timeout=(10, 300)) as response:
-        response.raise_for_status()
-        response.raw.decode_content = True
-        # At most max_concurrency x multipart_chunksize bytes are held in memory, whatever the zip's size.
-        s3.upload_fileobj(response.raw, bucket, key,  # type: ignore[arg-type]  # urllib3 response: a file
-                          Config=TransferConfig(multipart_chunksize=8 * 1024 * 1024, max_concurrency=2))
+def _readme_pipe_example() -> str:
+    """The Python block of the README's "Piping a bundle straight into S3" section."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("<!-- section:s3 -->", 1)[1].split("<!-- /section:s3 -->", 1)[0]
+    example = section.split("### Piping a bundle straight into S3", 1)[1]
+    return example.split("```python\n", 1)[1].split("```", 1)[0]
 
 
 def test_readme_example_pipes_a_bundle_into_s3(serve: Serve, store: Store, tmp_path: Path,
                                                zip_readers: CheckZip) -> None:
     files, expected = _expected(store)
     server = serve(FS_INTERFACES="s3,https", S3_BUCKETS=store.bucket, AWS_REGION=REGION)
-    pipe_bundle_into_s3(server.base_url, files, store.client, store.bucket, "exports/bundle.zip")
+    code = _readme_pipe_example()
+    assert "upload_fileobj(response.raw" in code and "stream=True" in code
+    # Run the README's code as written, pointed at this service, this bucket and these files.
+    code = code.replace("https://zipstream.example.com", server.base_url).replace('"my-exports"', repr(store.bucket))
+    code = re.sub(r"^files = .*$", "files = FILES", code, count=1, flags=re.MULTILINE)
+    exec(compile(code, "README.md", "exec"), {"FILES": files})  # noqa: S102 - our own README's example
     archive = tmp_path / "piped.zip"
-    store.client.download_file(store.bucket, "exports/bundle.zip", str(archive))
+    store.client.download_file(store.bucket, "exports/summer.zip", str(archive))
     zip_readers(archive, expected)
+
+
+def test_create_table_command_is_idempotent_and_enables_ttl(moto_server: MotoServer) -> None:
+    table = "t_" + uuid.uuid4().hex[:12]
+    env = {**os.environ, "DB_INTERFACE": "dynamodb", "TABLE_NAME": table, "AWS_REGION": REGION}
+    for command in ("create-table", "migrate"):
+        done = subprocess.run([sys.executable, "-m", "zipstream.cli", command], env=env, capture_output=True,
+                              text=True, timeout=60, check=False)
+        assert done.returncode == 0, done.stderr
+    client = boto3.client("dynamodb", region_name=REGION)
+    try:
+        ttl = client.describe_time_to_live(TableName=table)["TimeToLiveDescription"]
+        assert ttl.get("TimeToLiveStatus") == "ENABLED" and ttl.get("AttributeName") == "expirationDate"
+        table_info = client.describe_table(TableName=table)["Table"]
+        assert table_info.get("BillingModeSummary", {}).get("BillingMode") == "PAY_PER_REQUEST"
+    finally:
+        client.delete_table(TableName=table)
