@@ -62,6 +62,13 @@ def _http_date(value: str | None) -> datetime | None:
         return None
 
 
+def _body_chunks(response: requests.Response) -> Iterator[bytes]:
+    """The raw body as it arrives. Not `raw.stream(n)`: a read of n bytes cut short by a reset
+    raises and drops the bytes it already had, so a resume would start over from the same place."""
+    while chunk := response.raw.read1(CHUNK_SIZE, decode_content=False):
+        yield chunk
+
+
 class HttpSource:
     """Reads http(s) URLs; every connection (and redirect hop) is checked by the address policy."""
 
@@ -156,11 +163,14 @@ class HttpSource:
         final_url = response.url or src
         response.close()
         size: int | None = None
-        encoded = headers.get("Content-Encoding", "identity").lower() not in ("", "identity")
+        encoding = headers.get("Content-Encoding", "identity").lower()
+        if encoding not in ("", "identity"):
+            # We asked for identity; an encoded body is not the file's bytes (and its length lies).
+            raise SourceError(src, f"upstream sends a {encoding}-encoded body although asked for identity")
         if response.status_code == 206 and "/" in headers.get("Content-Range", ""):
             total = headers["Content-Range"].rsplit("/", 1)[1]
             size = int(total) if total.isdigit() else None
-        elif not encoded and headers.get("Content-Length", "").isdigit():
+        elif headers.get("Content-Length", "").isdigit():
             size = int(headers["Content-Length"])
         etag = headers.get("ETag")
         return [SourceInfo(
@@ -205,7 +215,7 @@ class HttpSource:
                 raise SourceChanged(info.src, f"upstream announced {announced} bytes, expected {expected}")
             received = 0
             try:
-                for chunk in response.raw.stream(CHUNK_SIZE, decode_content=False):
+                for chunk in _body_chunks(response):
                     if skip:
                         if len(chunk) <= skip:
                             skip -= len(chunk)
