@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+import logging
 import os
 import re
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -24,13 +26,14 @@ from flask.testing import FlaskClient
 
 from zipstream import create_app
 from zipstream.config import Config
-from zipstream.errors import SourceChanged, SourceNotFound, SourceRefused
+from zipstream.errors import ServiceUnavailable, SourceChanged, SourceError, SourceNotFound, SourceRefused
 from zipstream.models import Bundle, FileRef
+from zipstream.sources import build_sources
 from zipstream.sources.s3 import S3Source
 
 from .support.dynamo import dynamodb_repository
 from .support.live import LiveServer
-from .support.moto import REGION, MotoServer
+from .support.moto import REGION, CuttingProxy, MotoServer
 from .support.readers import CheckZip
 
 if TYPE_CHECKING:
@@ -313,3 +316,45 @@ def test_create_table_command_is_idempotent_and_enables_ttl(moto_server: MotoSer
         assert table_info.get("BillingModeSummary", {}).get("BillingMode") == "PAY_PER_REQUEST"
     finally:
         client.delete_table(TableName=table)
+
+
+def test_unreachable_or_missing_backends_never_leak_botocore(moto_server: MotoServer,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    missing_table = dynamodb_repository()  # never migrated
+    with pytest.raises(ServiceUnavailable, match="create-table"):
+        missing_table.get(str(uuid.uuid4()))
+    missing_table.close()
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    monkeypatch.setenv("AWS_ENDPOINT_URL_DYNAMODB", dead)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", dead)
+    unreachable = dynamodb_repository()
+    with pytest.raises(ServiceUnavailable):
+        unreachable.ping()
+    with pytest.raises(ServiceUnavailable):
+        unreachable.create(Bundle.new("x.zip", (FileRef("s3://b/k"),), 60))
+    unreachable.close()
+    source = S3Source(Config.from_env({"FS_INTERFACES": "s3", "AWS_REGION": REGION, "S3_TIMEOUT": "2"}))
+    with pytest.raises(SourceError) as failed:
+        source.stat("s3://bucket/key.bin")
+    assert failed.value.status == 502 and failed.value.src == "s3://bucket/key.bin"
+
+
+def test_body_cut_part_way_is_resumed_where_it_stopped(moto_server: MotoServer, store: Store,
+                                                        monkeypatch: pytest.MonkeyPatch,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    proxy = CuttingProxy(moto_server.port)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", proxy.endpoint)
+    try:
+        config = Config.from_env({"FS_INTERFACES": "s3", "AWS_REGION": REGION, "S3_BUCKETS": store.bucket})
+        sources = build_sources(config)
+        (info,) = sources.stat(store.src("big.bin"))
+        proxy.cut_after(3 * 1024 * 1024)
+        with caplog.at_level(logging.WARNING, logger="zipstream.sources"):
+            data = b"".join(sources.open(info))
+        assert proxy.cuts == 1
+        assert data == store.data["big.bin"]
+        assert any("re-opening" in record.getMessage() for record in caplog.records)
+    finally:
+        proxy.close()

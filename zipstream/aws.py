@@ -50,7 +50,8 @@ def _settings(config: Config, timeout: float, path_style: bool = False) -> BotoC
 def s3_client(config: Config) -> S3Client:
     """The process's S3 client for these settings (created on first use, shared by all threads)."""
     # The pid is part of the key: a client (and its sockets) must never be shared across a fork.
-    key = (os.getpid(), config.aws_region, pool_size(config), config.s3_timeout, config.s3_path_style)
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    key = (os.getpid(), endpoint, config.aws_region, pool_size(config), config.s3_timeout, config.s3_path_style)
     with _lock:
         client = _s3_clients.get(key)
         if client is None:

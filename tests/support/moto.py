@@ -5,7 +5,9 @@ Never combine it with `mock_aws`: that patches botocore in-process and wipes the
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -26,6 +28,7 @@ class MotoServer:
     """Where the server listens and the environment that points boto3 (and gunicorn) at it."""
 
     endpoint: str
+    port: int
     env: dict[str, str]
 
 
@@ -74,7 +77,7 @@ def moto_server() -> Iterator[MotoServer]:
         os.environ.pop(name, None)
     os.environ.update(env)
     try:
-        yield MotoServer(endpoint=endpoint, env=env)
+        yield MotoServer(endpoint=endpoint, port=port, env=env)
     finally:
         server.stop()
         for name, value in saved.items():
@@ -82,3 +85,63 @@ def moto_server() -> Iterator[MotoServer]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+class CuttingProxy:
+    """A TCP pass-through to the moto server that can cut the connection once, part-way through a response.
+
+    `cut_after(n)`: the next n bytes sent towards the client pass, then that connection is closed
+    (once). Used to prove that a body cut mid-way is resumed where it stopped.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._listener.getsockname()[1]
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self._budget: int | None = None
+        self._lock = threading.Lock()
+        self.cuts = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def cut_after(self, n: int) -> None:
+        with self._lock:
+            self._budget = n
+
+    def close(self) -> None:
+        self._listener.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            threading.Thread(target=self._pump, args=(client, upstream, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, True), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, downstream: bool) -> None:
+        try:
+            while data := source.recv(65536):
+                if downstream:
+                    with self._lock:
+                        if self._budget is not None and len(data) >= self._budget:
+                            data, self._budget, cut = data[: self._budget], None, True
+                        else:
+                            if self._budget is not None:
+                                self._budget -= len(data)
+                            cut = False
+                    sink.sendall(data)
+                    if cut:
+                        self.cuts += 1
+                        break
+                else:
+                    sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
