@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
+from datetime import UTC, datetime
 
 from .config import Config, ConfigError
 
@@ -21,8 +23,8 @@ def serve(args: argparse.Namespace) -> int:
     """Run gunicorn with the project's settings (gevent worker, PORT, WEB_CONCURRENCY)."""
     config = _config()  # fail here, once, with a clear message, not in every worker
     # The gunicorn of this interpreter's environment, whether or not its bin/ is on PATH.
-    argv = [sys.executable, "-m", "gunicorn", "--config", "python:zipstream.gunicorn_conf", "--bind", f"{args.host}:{config.port}",
-            "zipstream.wsgi:app"]
+    argv = [sys.executable, "-m", "gunicorn", "--config", "python:zipstream.gunicorn_conf",
+            "--bind", f"{args.host}:{config.port}", "zipstream.wsgi:app"]
     os.execvp(argv[0], argv)  # noqa: S606 - replaces this process with gunicorn on purpose
 
 
@@ -47,6 +49,45 @@ def purge_expired(_args: argparse.Namespace) -> int:
     return 0
 
 
+def bundle_create(args: argparse.Namespace) -> int:
+    """Create a stored bundle through a running service's API; print its download link and secret."""
+    import requests
+
+    base = args.url.rstrip("/")
+    body: dict[str, object] = {"files": [{"src": src} for src in args.srcs]}
+    if args.filename:
+        body["filename"] = args.filename
+    headers = {"Accept": "application/json", "Connection": "close"}  # one request, then exit
+    api_key = args.api_key or os.environ.get("API_KEY", "")
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    try:
+        response = requests.post(f"{base}/", json=body, headers=headers, timeout=args.timeout)
+    except requests.RequestException as error:
+        print(f"zipstream: cannot reach {base}: {error}", file=sys.stderr)
+        return 1
+    try:
+        answer = response.json()
+    except ValueError:
+        answer = {}
+    if response.status_code != 201 or not isinstance(answer, dict) or "id" not in answer:
+        problem = answer.get("error", {}) if isinstance(answer, dict) else {}
+        message = problem.get("message") or response.text[:500] or response.reason
+        print(f"zipstream: {base} answered {response.status_code}: {message}", file=sys.stderr)
+        for source in problem.get("sources") or []:
+            print(f"  {source.get('src')}: {source.get('reason')}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(answer, indent=2))
+        return 0
+    expires = datetime.fromtimestamp(answer["expirationDate"], UTC).isoformat()
+    print(f"download: {base}/{answer['id']}")
+    print(f"secret:   {answer['secret']}")
+    print(f"manage:   {base}/{answer['id']}/{answer['secret']}")
+    print(f"expires:  {expires}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="zipstream", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -58,6 +99,17 @@ def main(argv: list[str] | None = None) -> int:
         func=migrate
     )
     commands.add_parser("purge-expired", help=purge_expired.__doc__).set_defaults(func=purge_expired)
+    bundle_parser = commands.add_parser("bundle", help="Create bundles on a running service")
+    bundle_commands = bundle_parser.add_subparsers(dest="bundle_command", required=True)
+    create = bundle_commands.add_parser("create", help=bundle_create.__doc__)
+    create.add_argument("srcs", nargs="+", metavar="SRC", help="file references (s3://, https://, file://)")
+    create.add_argument("--url", default=os.environ.get("ZIPSTREAM_URL", "http://localhost:4040"),
+                        help="the service's base URL (default $ZIPSTREAM_URL or http://localhost:4040)")
+    create.add_argument("--filename", help="name of the downloaded zip (default bundle.zip)")
+    create.add_argument("--api-key", help="sent as a Bearer token (default $API_KEY)")
+    create.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the service")
+    create.add_argument("--json", action="store_true", help="print the API's JSON answer instead")
+    create.set_defaults(func=bundle_create)
     args = parser.parse_args(argv)
     result: int = args.func(args)
     return result

@@ -1,0 +1,183 @@
+"""Every `zipstream` command: serve, migrate, create-table, purge-expired (SQLite, Postgres), bundle create."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+import zipfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from zipstream import cli
+from zipstream.config import Config
+from zipstream.models import Bundle, FileRef
+from zipstream.repositories import build_repository
+
+from .support.live import LiveServer, free_port
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The CLI reads os.environ: give it a private SQLite file and nothing surprising."""
+    values = {"DB_INTERFACE": "sqlite", "SQLITE_PATH": str(tmp_path / "cli.sqlite3"), "FS_INTERFACES": "https",
+              "HTTP_ALLOW_PRIVATE": "true"}
+    for name in ("DATABASE_URL", "DB_CNXN", "TABLE_NAME", "API_KEY", "ZIPSTREAM_URL"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    return values
+
+
+@pytest.fixture
+def postgres_env(env: dict[str, str], postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    table = "cli_" + uuid.uuid4().hex[:12]
+    monkeypatch.setenv("DB_INTERFACE", "postgres")
+    monkeypatch.setenv("DB_CNXN", postgres_url)
+    monkeypatch.setenv("TABLE_NAME", table)
+    yield table
+    import psycopg2
+
+    with psycopg2.connect(postgres_url) as connection, connection.cursor() as cursor:
+        for suffix in ("_files", "_crcs", "_migrations", ""):
+            cursor.execute(f"DROP TABLE IF EXISTS {table}{suffix} CASCADE")
+    connection.close()
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_migrate_and_create_table_on_sqlite(env: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "migrate")
+    assert code == 0
+    assert "sqlite schema for table 'bundles' is up to date" in out
+    assert Path(env["SQLITE_PATH"]).exists()
+    assert run(capsys, "migrate")[0] == 0  # idempotent
+    assert run(capsys, "create-table")[0] == 0
+
+
+def test_bad_configuration_exits_with_the_variable_named(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DB_INTERFACE", "oracle")
+    with pytest.raises(SystemExit, match="DB_INTERFACE"):
+        cli.main(["migrate"])
+
+
+def _purge_case(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(capsys, "migrate")[0] == 0
+    repository = build_repository(Config.from_env())
+    try:
+        files = (FileRef(src="https://example.com/a.txt"),)
+        expired = Bundle.new("old.zip", files, lifetime_minutes=1, now=time.time() - 3600)
+        fresh = Bundle.new("new.zip", files, lifetime_minutes=60)
+        repository.create(expired)
+        repository.create(fresh)
+        code, out, _ = run(capsys, "purge-expired")
+        assert code == 0
+        assert "removed 1 expired bundle(s)" in out
+        assert repository.get(expired.id) is None
+        assert repository.get(fresh.id) is not None
+        assert "removed 0 expired" in run(capsys, "purge-expired")[1]  # safe to run again (cron)
+    finally:
+        repository.close()
+
+
+def test_purge_expired_on_sqlite(env: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    _purge_case(capsys)
+
+
+def test_purge_expired_on_postgres(postgres_env: str, capsys: pytest.CaptureFixture[str]) -> None:
+    _purge_case(capsys)
+    assert f"postgres schema for table '{postgres_env}'" in run(capsys, "migrate")[1]
+
+
+def test_bundle_create_prints_link_and_secret(
+    serve: Callable[..., LiveServer], upstream: object, capsys: pytest.CaptureFixture[str], env: dict[str, str],
+) -> None:
+    from .support.upstream import UpstreamServer
+
+    assert isinstance(upstream, UpstreamServer)
+    upstream.add("/a.txt", b"alpha")
+    upstream.add("/b.txt", b"beta")
+    server = serve(API_KEY="k3y")
+    srcs = [upstream.url("/a.txt"), upstream.url("/b.txt")]
+    code, out, err = run(capsys, "bundle", "create", "--url", server.url(), "--filename", "two.zip",
+                         "--api-key", "k3y", *srcs)
+    assert code == 0, err
+    fields = dict(line.split(":", 1) for line in out.strip().splitlines())
+    link, secret = fields["download"].strip(), fields["secret"].strip()
+    bundle_id = link.rsplit("/", 1)[1]
+    assert link == server.url(f"/{bundle_id}")
+    stored = requests.get(server.url(f"/{bundle_id}/{secret}"), timeout=10).json()
+    assert [f["src"] for f in stored["files"]] == srcs
+    assert stored["filename"] == "two.zip"
+    download = requests.get(link, timeout=10)
+    assert download.status_code == 200
+    assert download.headers["Content-Disposition"] == 'attachment; filename="two.zip"'
+    zip_path = Path(str(server.log)).with_name("two.zip")
+    zip_path.write_bytes(download.content)
+    with zipfile.ZipFile(zip_path) as archive:
+        assert archive.namelist() == ["a.txt", "b.txt"]
+
+    # Errors come back as the API's message, with a non-zero exit.
+    code, _, err = run(capsys, "bundle", "create", "--url", server.url(), *srcs)
+    assert code == 1
+    assert "401" in err
+    code, _, err = run(capsys, "bundle", "create", "--url", server.url(), "--api-key", "k3y", "ftp://x/y")
+    assert code == 1
+    assert "422" in err
+
+
+def test_bundle_create_without_a_service(env: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as closed:  # bound, never listening: connections are refused
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        code, _, err = run(capsys, "bundle", "create", "--url", f"http://127.0.0.1:{port}", "--timeout", "2",
+                           "https://example.com/a.txt")
+    assert code == 1
+    assert "cannot reach" in err
+
+
+def test_serve_runs_gunicorn_with_the_project_config(env: dict[str, str], tmp_path: Path) -> None:
+    port = free_port()
+    log = tmp_path / "serve.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "zipstream.cli", "serve", "--host", "127.0.0.1"],
+            env={**os.environ, "PORT": str(port), "WEB_CONCURRENCY": "1", "PYTHONWARNINGS": "ignore"},
+            stdout=sink, stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert process.poll() is None, log.read_text()
+            try:
+                response = requests.get(f"http://127.0.0.1:{port}/health-check", timeout=2,
+                                        headers={"Connection": "close"})
+                break
+            except (requests.ConnectionError, requests.Timeout):
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.1)
+        assert response.json() == {"status": "ok", "database": "sqlite"}
+        assert "X-Request-ID" in response.headers
+    finally:
+        process.send_signal(signal.SIGINT)  # quick shutdown: nothing is downloading
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    text = log.read_text()
+    assert "gevent" in text  # the project's worker class, from zipstream.gunicorn_conf
+    assert '"event": "request"' in text
