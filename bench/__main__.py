@@ -33,7 +33,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
                         help="directory for test files (kept between runs; default: a temporary one)")
     parser.add_argument("--b1-big-mib", type=int, default=None, help="size of the 2 big files (MiB)")
     parser.add_argument("--b2-files", type=int, default=1000)
-    parser.add_argument("--b2-depths", default="0,4,16,32,64", help="PREFETCH values to compare")
+    parser.add_argument("--b2-depths", default="0,4,16,32", help="PREFETCH values to compare")
     parser.add_argument("--b3-counts", default=None, help="simultaneous downloads, e.g. 1000,5000,10000")
     parser.add_argument("--b3-prefetch", default="default,0", help="PREFETCH values for B3 ('default' = unset)")
     parser.add_argument("--b4-gib", type=float, default=None, help="size of the huge member (GiB)")

@@ -369,10 +369,12 @@ def _checked(entry: Entry, chunks: Iterator[bytes]) -> Iterator[bytes]:
     """Pass chunks through, failing if their total differs from the promised size or CRC."""
     seen = 0
     crc = 0
+    check_crc = entry.crc32 is not None  # stream-zip computes the CRC it writes; don't do it twice
     try:
         for chunk in chunks:
             seen += len(chunk)
-            crc = zlib.crc32(chunk, crc)
+            if check_crc:
+                crc = zlib.crc32(chunk, crc)
             if entry.size is not None and seen > entry.size:
                 raise ArchiveError(f"{entry.name}: source sent more than its {entry.size} bytes")
             yield chunk

@@ -112,6 +112,20 @@ class PreparedZip:
             return self._prefetcher.take(index)
         return self.sources.open(self.infos[index], start)
 
+    def _open_yielding(self, index: int, start: int) -> Iterator[bytes]:
+        """Member chunks with a pause after each: stream-zip can deflate many input chunks (very
+        compressible data) before it yields output, and under gevent that would freeze every other
+        download on the worker. time.sleep(0) is a greenlet switch there, a no-op with threads."""
+        chunks = self._open(index, start)
+        try:
+            for chunk in chunks:
+                yield chunk
+                time.sleep(0)
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
+
     def _open_whole(self, index: int) -> Iterator[bytes]:
         return self.sources.open(self.infos[index], 0)
 
@@ -129,7 +143,7 @@ class PreparedZip:
             )
         try:
             if self.plan is None:
-                chunks = deflate_stream(self.entries, self._open)
+                chunks = deflate_stream(self.entries, self._open_yielding)
             else:
                 chunks = self.plan.stream(self._open, start, stop, self.learned, self._learn)
             for chunk in chunks:
