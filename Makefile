@@ -29,6 +29,10 @@ unit: $(STAMP)
 	$(BIN)/python tests/support/system_deps.py
 	$(BIN)/pytest
 
+## make fuzz: schemathesis against /openapi.json, 200 examples per operation (thousands of requests)
+fuzz: $(STAMP)
+	ZIPSTREAM_FUZZ_EXAMPLES=200 $(BIN)/pytest -q -s tests/test_fuzz.py
+
 ## make bench: the benchmarks of bench/ (minutes; results in bench/results/)
 bench: $(STAMP)
 	$(BIN)/python -m bench

@@ -197,10 +197,12 @@ def create_bundle() -> tuple[Response, int]:
     return jsonify(bundle.to_json()), 201
 
 
-@bp.route("/<bundle_id>", methods=["GET", "HEAD"], strict_slashes=False)
-def download_bundle(bundle_id: str) -> Response:
+# uuid: so `/bundle`, `/health-check` and friends are not also "a download", and OPTIONS on them
+# does not advertise GET.
+@bp.route("/<uuid:bundle_id>", methods=["GET", "HEAD"], strict_slashes=False)
+def download_bundle(bundle_id: uuid.UUID) -> Response:
     """Stream the bundle's zip (resumable: exact length, ETag, Range)."""
-    bundle = _load_bundle(bundle_id)
+    bundle = _load_bundle(str(bundle_id))
     prepared = _prepare(bundle.files, bundle.filename, bundle.compression, bundle.created_at)
     return zip_response(prepared)
 
