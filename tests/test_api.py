@@ -257,9 +257,15 @@ def test_wrong_secret_is_403_everywhere(client: FlaskClient, files: dict[str, st
     assert client.get(f"/{bundle['id']}/{bundle['secret']}").status_code == 200
 
 
-@pytest.mark.parametrize("bundle_id", [str(uuid.uuid4()), "not-a-uuid", "bundle"])
+@pytest.mark.parametrize("bundle_id", [str(uuid.uuid4()), "not-a-uuid"])
 def test_unknown_id_is_404(client: FlaskClient, bundle_id: str) -> None:
     _error(client.get(f"/{bundle_id}"), 404)
+
+
+def test_get_on_post_only_route_is_405_json(client: FlaskClient) -> None:
+    response = client.get("/bundle")
+    _error(response, 405)
+    assert "POST" in response.headers["Allow"]
 
 
 def test_expired_bundle_is_410_on_every_route(make_config: Callable[..., Config], files: dict[str, str]) -> None:

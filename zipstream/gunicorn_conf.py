@@ -3,6 +3,7 @@
 The repository's top-level gunicorn.conf.py re-exports this module; `zipstream serve` uses it directly.
 """
 
+import contextlib
 import multiprocessing
 import os
 import resource
@@ -39,18 +40,16 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     os.environ["ZIPSTREAM_OWNS_METRICS_DIR"] = "1"
 
 
-def on_starting(server):  # noqa: ARG001 - gunicorn hook signature
+def on_starting(server: Any) -> None:
     """Raise the open-file limit to the hard limit: every download holds two sockets."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY or hard > soft:
         target = hard if hard != resource.RLIM_INFINITY else 1_048_576
-        try:
+        with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        except (ValueError, OSError):
-            pass
 
 
-def post_fork(server, worker):  # noqa: ARG001 - gunicorn hook signature
+def post_fork(server: Any, worker: Any) -> None:
     """Make psycopg2 cooperative in each worker (gevent has patched the socket module by now)."""
     from zipstream import cooperative
 

@@ -93,7 +93,7 @@ def translate(src: str, error: Exception) -> SourceError:
 class S3Source:
     """Reads objects through one boto3 client per process (see zipstream.aws)."""
 
-    schemes = ("s3",)
+    schemes: tuple[str, ...] = ("s3",)
 
     def __init__(self, config: Config) -> None:
         self.config = config
