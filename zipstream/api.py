@@ -6,13 +6,12 @@ import hmac
 import logging
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from . import metrics, ranges
+from . import cooperative, metrics, ranges
 from .config import Config
 from .download import PreparedZip, prepare
 from .errors import (
@@ -109,18 +108,6 @@ def content_disposition(filename: str) -> str:
     return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
-def _counted(chunks: Iterator[bytes]) -> Iterator[bytes]:
-    """Yield to other greenlets between chunks so one CPU-bound (deflate) download can't starve them."""
-    try:
-        for chunk in chunks:
-            yield chunk
-            time.sleep(0)
-    finally:
-        close = getattr(chunks, "close", None)
-        if close is not None:
-            close()
-
-
 def zip_response(prepared: PreparedZip) -> Response:
     """The download response, honouring HEAD, Range, If-Range and If-None-Match."""
     headers = {
@@ -152,7 +139,7 @@ def zip_response(prepared: PreparedZip) -> Response:
     if request.method == "HEAD":
         return Response(status=status, headers=headers)
     body = metrics.track_download(
-        _counted(prepared.stream(start, stop)),
+        cooperative.yielding(prepared.stream(start, stop)),
         kind="one_off" if request.method == "POST" else "bundle",
         started=request.environ.get("zipstream.started") or time.monotonic(),
         request_id=request.environ.get("zipstream.request_id"),

@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from . import cooperative
 from .archive import Entry, ZipPlan, clamp_time, deflate_stream
 from .config import Config
 from .errors import LimitExceeded, SourceError, SourcesFailed, StreamAborted
@@ -113,18 +114,9 @@ class PreparedZip:
         return self.sources.open(self.infos[index], start)
 
     def _open_yielding(self, index: int, start: int) -> Iterator[bytes]:
-        """Member chunks with a pause after each: stream-zip can deflate many input chunks (very
-        compressible data) before it yields output, and under gevent that would freeze every other
-        download on the worker. time.sleep(0) is a greenlet switch there, a no-op with threads."""
-        chunks = self._open(index, start)
-        try:
-            for chunk in chunks:
-                yield chunk
-                time.sleep(0)
-        finally:
-            close = getattr(chunks, "close", None)
-            if close is not None:
-                close()
+        """Member chunks with a greenlet switch after each: stream-zip can deflate many input chunks
+        (very compressible data) before it yields output."""
+        return cooperative.yielding(self._open(index, start))
 
     def _open_whole(self, index: int) -> Iterator[bytes]:
         return self.sources.open(self.infos[index], 0)
