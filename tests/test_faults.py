@@ -250,6 +250,20 @@ def _abort_download(port: int, path: str, read: int = 64 * 1024) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
 
 
+def _quiet(upstream: UpstreamServer, seconds: float = 0.5) -> Callable[[], bool]:
+    """A predicate: no upstream bytes were sent during the last `seconds`."""
+    last = {"sent": -1}
+
+    def check() -> bool:
+        sent = sum(upstream.bytes_sent.values())
+        quiet = sent == last["sent"]
+        last["sent"] = sent
+        time.sleep(seconds)
+        return quiet and sum(upstream.bytes_sent.values()) == sent
+
+    return check
+
+
 def _wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -270,6 +284,12 @@ def test_client_disconnect_closes_every_upstream_body(live: LiveServer, upstream
     assert _wait_for(lambda: not upstream._connections), len(upstream._connections)
     assert upstream.bytes_sent.get("/big.bin", 0) < len(big)
 
+
+# 4 clients x (1 member + PREFETCH ahead) upstream connections at most, pooled when idle.
+IDLE_POOL_BOUND = 4 * (1 + 16)
+# The pool may settle a little differently after the run than after the warm-up; a leak of one
+# socket per aborted download would be 200+.
+FD_SLACK = 24
 
 SLOW = pytest.mark.skipif(not os.environ.get("ZIPSTREAM_SLOW"), reason="set ZIPSTREAM_SLOW=1 (about 45 s)")
 
@@ -292,17 +312,21 @@ def test_aborted_downloads_leak_no_fds_or_memory(live: LiveServer, upstream: Ups
         for thread in workers:
             thread.join()
 
-    # Idle keep-alive connections (a HEAD's, say) may stay pooled; bodies in flight may not.
-    settled = lambda: len(upstream._connections) <= 2  # noqa: E731
+    # Idle keep-alive connections stay pooled (bounded by the pool's size, reached during the
+    # warm-up at this same concurrency); bodies in flight may not (checked by bytes_sent below).
+    settled = lambda: len(upstream._connections) <= IDLE_POOL_BOUND  # noqa: E731
     run(20)  # warm up: pools, caches and lazy imports reach their steady size
     assert _wait_for(settled)
     fds, rss = _open_fds(worker), _rss_kb(worker)
     run(count)
     assert _wait_for(settled), len(upstream._connections)
+    # Transfers that were in flight when the last client hung up end within moments (their
+    # bodies are closed); after that, nothing may still be reading an upstream body.
+    assert _wait_for(_quiet(upstream)), "upstream bodies still being read 10 s after the last abort"
     sent = sum(upstream.bytes_sent.values())
-    time.sleep(0.5)
-    assert sum(upstream.bytes_sent.values()) == sent  # nothing is still reading an upstream body
-    assert _wait_for(lambda: _open_fds(worker) <= fds + 2), (fds, _open_fds(worker))
+    time.sleep(1.0)
+    assert sum(upstream.bytes_sent.values()) == sent
+    assert _wait_for(lambda: _open_fds(worker) <= fds + FD_SLACK), (fds, _open_fds(worker))
     grown = _rss_kb(worker) - rss
     print(f"{count} aborted downloads: fds {fds} -> {_open_fds(worker)}, RSS {rss} kB -> +{grown} kB")
     assert grown < 32 * 1024, f"RSS grew by {grown} kB"

@@ -196,7 +196,11 @@ def test_dns_rebinding_connects_to_the_checked_address(
         # Had urllib3 looked the name up again to connect, it would have seen loopback.
         assert calls == ["rebind.test"]
         assert [r.method for r in public.requests] == ["HEAD"]
-        # The next connection gets the rebinding answer, and that answer is checked and refused.
+        # A kept-alive connection stays with the address that was checked.
+        assert b"".join(source.open(info)) == b"public data"
+        # The next new connection gets the rebinding answer, and that answer is checked and refused.
+        for adapter in source.session.adapters.values():
+            adapter.poolmanager.clear()
         with pytest.raises(SourceRefused, match=r"non-public address: 127\.0\.0\.1 is loopback"):
             b"".join(source.open(info))
         assert internal.requests == []
