@@ -291,7 +291,10 @@ IDLE_POOL_BOUND = 4 * (1 + 16)
 # socket per aborted download would be 200+.
 FD_SLACK = 24
 
-SLOW = pytest.mark.skipif(not os.environ.get("ZIPSTREAM_SLOW"), reason="set ZIPSTREAM_SLOW=1 (about 45 s)")
+SLOW = pytest.mark.skipif(
+    not (os.environ.get("ZIPSTREAM_SLOW") or os.environ.get("CI") == "true"),
+    reason="runs on CI or with ZIPSTREAM_SLOW=1 (about 45 s)",
+)
 
 
 @pytest.mark.parametrize("count", [200, pytest.param(1000, marks=[pytest.mark.slow, SLOW])])

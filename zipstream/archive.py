@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import stat
+import types
 import zlib
 from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
@@ -26,6 +27,16 @@ from typing import Any
 
 from stream_zip import NO_COMPRESSION_32, NO_COMPRESSION_64, ZIP_32, ZIP_64, stream_zip
 
+_zlib: types.ModuleType
+try:  # zlib-ng: the same CRC-32 and deflate formats, 4-5x faster (SIMD); plain zlib where it has no wheel
+    from zlib_ng import zlib_ng as _zlib
+except ImportError:  # pragma: no cover - zlib-ng is a dependency; this keeps odd platforms working
+    _zlib = zlib
+
+crc32 = _zlib.crc32
+
+# zlib's default level: level 9 (stream-zip's default) costs ~3x the CPU for ~1% smaller media.
+DEFLATE_LEVEL = 6
 # Bumped whenever the bytes written for the same members change, so old ETags stop matching.
 FORMAT_VERSION = 1
 CHUNK_SIZE = 256 * 1024
@@ -328,7 +339,7 @@ class ZipPlan:
                 if limit is not None and seen + len(chunk) > limit:
                     raise ArchiveError(f"{entry.name}: source sent more than its {limit} bytes")
                 if read_from == 0:
-                    crc = zlib.crc32(chunk, crc)
+                    crc = crc32(chunk, crc)
                 at = data_start + seen
                 seen += len(chunk)
                 if part := emit(chunk, at):
@@ -362,7 +373,15 @@ def deflate_stream(entries: list[Entry], open_member: OpenMember) -> Iterator[by
                 offset_hint += entry.size
             yield entry.name, entry.modified_at, FILE_MODE, method, _checked(entry, open_member(index, 0))
 
-    yield from stream_zip(members(), chunk_size=CHUNK_SIZE)
+    yield from stream_zip(
+        members(), chunk_size=CHUNK_SIZE,
+        get_compressobj=_compressobj,
+    )
+
+
+def _compressobj() -> Any:
+    """A raw-deflate compressor (zlib-ng's, when installed) for stream-zip."""
+    return _zlib.compressobj(level=DEFLATE_LEVEL, wbits=-zlib.MAX_WBITS)
 
 
 def _checked(entry: Entry, chunks: Iterator[bytes]) -> Iterator[bytes]:
@@ -374,7 +393,7 @@ def _checked(entry: Entry, chunks: Iterator[bytes]) -> Iterator[bytes]:
         for chunk in chunks:
             seen += len(chunk)
             if check_crc:
-                crc = zlib.crc32(chunk, crc)
+                crc = crc32(chunk, crc)
             if entry.size is not None and seen > entry.size:
                 raise ArchiveError(f"{entry.name}: source sent more than its {entry.size} bytes")
             yield chunk
