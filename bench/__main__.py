@@ -16,7 +16,7 @@ from pathlib import Path
 from . import suite
 from .harness import RESULTS, Table
 
-ALL = ("b1", "b2", "b3", "b4", "b5", "b6")
+ALL = ("b1", "b2", "b3", "b4", "b5", "b6", "traffic")
 
 
 def _ints(text: str) -> list[int]:
@@ -79,6 +79,11 @@ def run(args: argparse.Namespace, tmp: Path) -> list[Table]:
         elif name == "b6":
             size = (args.b6_mib or (4 if small else 1024 if full else 128)) * suite.MiB
             tables.append(suite.cpu_per_gb(tmp, size, env))
+        elif name == "traffic":  # issue 4: upstream bytes per download and per resume
+            from . import upstream_traffic
+
+            sizes = ["--files", "3", "--size-mib", "1", "--cuts", "2"] if small else []
+            upstream_traffic.main([*sizes, "--results", str(args.results)])
         else:
             raise SystemExit(f"unknown benchmark {name!r}; known: {', '.join(ALL)}")
         print(f"   {name} took {time.perf_counter() - began:.0f} s", file=sys.stderr, flush=True)

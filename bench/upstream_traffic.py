@@ -88,9 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--files", type=int, default=10)
     parser.add_argument("--size-mib", type=int, default=20)
     parser.add_argument("--cuts", type=int, default=5)
+    parser.add_argument("--results", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args(argv)
     table = run(args.files, args.size_mib, args.cuts)
-    out = ROOT / "bench" / "results" / "upstream_traffic.md"
+    out = args.results / "upstream_traffic.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     command = f"python -m bench.upstream_traffic --files {args.files} --size-mib {args.size_mib} --cuts {args.cuts}"
     out.write_text(f"# Upstream traffic per download and resume\n\n`{command}`\n\n{table}\n")

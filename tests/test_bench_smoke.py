@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from bench.__main__ import main
@@ -15,3 +16,14 @@ def test_bench_runs_at_tiny_sizes(tmp_path: Path) -> None:
     assert written == {"b1_big_files.md", "b3_concurrency.md"}
     b3 = (results / "b3_concurrency.md").read_text()
     assert "| 20 | default | 20 | 0 |" in b3  # every download complete and byte-correct, no errors
+
+
+def test_upstream_traffic_bench_runs_at_tiny_sizes(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    assert main(["--small", "--only", "traffic", "--results", str(results)]) == 0
+    table = (results / "upstream_traffic.md").read_text()
+    # A full download reads each source exactly once; a resume with learned CRCs reads only what follows the cut.
+    assert "| full download | 1 | 3,145,728 | 1.000 x the files' total size |" in table
+    learned = re.search(r"CRCs learned \| 2 \| median ([0-9.]+) x bytes after the cut \| max ([0-9.]+)", table)
+    assert learned, table
+    assert float(learned.group(2)) <= 1.0
