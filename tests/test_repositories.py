@@ -197,3 +197,20 @@ def test_large_bundle_round_trips(repo: BundleRepository) -> None:
     bundle = Bundle.new("big.zip", refs, 60)
     repo.create(bundle)
     assert repo.get(bundle.id) == bundle
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_a_foreign_table_of_the_same_name_is_refused_untouched(request: pytest.FixtureRequest, backend: str) -> None:
+    """The Node ZipStream's `bundles` table (another shape) must not be used or changed."""
+    from zipstream.repositories.sql import SchemaConflict, SqlRepository
+
+    repository = BACKENDS[backend](request)
+    assert isinstance(repository, SqlRepository)
+    with repository.transaction() as cursor:
+        cursor.execute(f"CREATE TABLE {repository.table} (id TEXT PRIMARY KEY, files TEXT, expirationdate BIGINT)")
+        cursor.execute(f"INSERT INTO {repository.table} VALUES ('old', '[]', 1)")  # noqa: S608 - test table name
+    with pytest.raises(SchemaConflict, match="TABLE_NAME"):
+        repository.migrate()
+    with repository.transaction() as cursor:
+        cursor.execute(f"SELECT id, files FROM {repository.table}")  # noqa: S608 - test table name
+        assert cursor.fetchall() == [("old", "[]")]

@@ -31,10 +31,14 @@ def serve(args: argparse.Namespace) -> int:
 def migrate(_args: argparse.Namespace) -> int:
     """Create or update the database schema (SQL backends) or table (DynamoDB)."""
     from .repositories import build_repository
+    from .repositories.sql import SchemaConflict
 
     config = _config()
     repository = build_repository(config)
-    repository.migrate()
+    try:
+        repository.migrate()
+    except SchemaConflict as error:
+        sys.exit(f"zipstream: {error}")
     print(f"zipstream: {config.db_interface} schema for table {config.table_name!r} is up to date")
     return 0
 

@@ -23,6 +23,13 @@ def migration_scripts(table: str) -> list[tuple[str, str]]:
     return [(path.name, path.read_text().replace("{table}", table)) for path in sorted(directory.glob("*.sql"))]
 
 
+class SchemaConflict(RuntimeError):
+    """TABLE_NAME names an existing table of another shape (the Node ZipStream's, say): nothing is touched."""
+
+
+_EXPECTED_COLUMNS = "id, secret, filename, compression, expiration_date, created_at, file_count"
+
+
 class SqlRepository(ABC):
     """Bundles in two tables: `{table}` (one row a bundle) and `{table}_files` (one row a file)."""
 
@@ -39,6 +46,12 @@ class SqlRepository(ABC):
         return statement.replace("{t}", self.table).replace("?", self.placeholder)
 
     def migrate(self) -> None:
+        conflict = self._foreign_table()
+        if conflict:
+            raise SchemaConflict(
+                f"table {self.table!r} exists but is not a ZipStream bundles table ({conflict}); "
+                "set TABLE_NAME to a new name (bundles of the Node ZipStream are not imported)"
+            )
         with self.transaction() as cursor:
             cursor.execute(self._sql("CREATE TABLE IF NOT EXISTS {t}_migrations (name TEXT PRIMARY KEY)"))
             cursor.execute(self._sql("SELECT name FROM {t}_migrations"))
@@ -49,6 +62,26 @@ class SqlRepository(ABC):
                 for statement in _statements(script):
                     cursor.execute(statement)
                 cursor.execute(self._sql("INSERT INTO {t}_migrations (name) VALUES (?)"), (name,))
+
+    def _foreign_table(self) -> str | None:
+        """Why an existing `{t}` is not ours, or None (absent, or ours).
+
+        CREATE TABLE IF NOT EXISTS would keep a foreign table of the same name and every request
+        would then fail (or write into someone else's rows), so it is refused before anything runs.
+        """
+        try:
+            with self.transaction() as cursor:
+                cursor.execute(self._sql("SELECT * FROM {t} WHERE 1 = 0"))
+                cursor.fetchall()
+        except Exception:  # noqa: BLE001 - no such table (each driver words it differently)
+            return None
+        try:
+            with self.transaction() as cursor:
+                cursor.execute(self._sql(f"SELECT {_EXPECTED_COLUMNS} FROM {{t}} WHERE 1 = 0"))  # noqa: S608
+                cursor.fetchall()
+        except Exception as error:  # noqa: BLE001 - a missing column, whatever the driver
+            return str(getattr(error, "message", error)).strip().splitlines()[0]
+        return None
 
     def ping(self) -> None:
         with self.transaction() as cursor:
