@@ -202,7 +202,8 @@ def test_large_bundle_round_trips(repo: BundleRepository) -> None:
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 def test_a_foreign_table_of_the_same_name_is_refused_untouched(request: pytest.FixtureRequest, backend: str) -> None:
     """The Node ZipStream's `bundles` table (another shape) must not be used or changed."""
-    from zipstream.repositories.sql import SchemaConflict, SqlRepository
+    from zipstream.repositories import SchemaConflict
+    from zipstream.repositories.sql import SqlRepository
 
     repository = BACKENDS[backend](request)
     assert isinstance(repository, SqlRepository)
@@ -214,3 +215,23 @@ def test_a_foreign_table_of_the_same_name_is_refused_untouched(request: pytest.F
     with repository.transaction() as cursor:
         cursor.execute(f"SELECT id, files FROM {repository.table}")  # noqa: S608 - test table name
         assert cursor.fetchall() == [("old", "[]")]
+
+
+def test_a_foreign_dynamodb_table_is_refused(request: pytest.FixtureRequest) -> None:
+    """A DynamoDB table keyed differently (the Node ZipStream's `id` key) is not used."""
+    if "dynamodb" not in BACKENDS:
+        pytest.skip("DynamoDB backend not available")
+    from zipstream.aws import dynamodb_client
+    from zipstream.repositories import SchemaConflict
+
+    repository = BACKENDS["dynamodb"](request)
+    client = dynamodb_client(repository.config)  # type: ignore[attr-defined]
+    client.create_table(
+        TableName=repository.table,  # type: ignore[attr-defined]
+        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    client.close()
+    with pytest.raises(SchemaConflict, match="TABLE_NAME"):
+        repository.migrate()

@@ -30,8 +30,7 @@ def serve(args: argparse.Namespace) -> int:
 
 def migrate(_args: argparse.Namespace) -> int:
     """Create or update the database schema (SQL backends) or table (DynamoDB)."""
-    from .repositories import build_repository
-    from .repositories.sql import SchemaConflict
+    from .repositories import SchemaConflict, build_repository
 
     config = _config()
     repository = build_repository(config)

@@ -9,6 +9,10 @@ from ..config import Config
 from ..models import Bundle, FileRef
 
 
+class SchemaConflict(RuntimeError):
+    """TABLE_NAME names an existing table of another shape (the Node ZipStream's, say): nothing is touched."""
+
+
 class BundleRepository(Protocol):
     """Stores bundles. Every backend passes the same contract tests (tests/test_repositories.py).
 

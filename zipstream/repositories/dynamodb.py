@@ -33,6 +33,7 @@ from ..aws import dynamodb_client
 from ..config import Config
 from ..errors import LimitExceeded, ServiceUnavailable, ZipStreamError
 from ..models import Bundle, FileRef
+from . import SchemaConflict
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -146,6 +147,12 @@ class DynamoRepository:
             self.client.get_waiter("table_exists").wait(
                 TableName=self.table, WaiterConfig={"Delay": 1, "MaxAttempts": 120}
             )
+            keys = self.client.describe_table(TableName=self.table)["Table"].get("KeySchema", [])
+            if sorted((key["AttributeName"], key["KeyType"]) for key in keys) != [("pk", "HASH"), ("sk", "RANGE")]:
+                raise SchemaConflict(
+                    f"DynamoDB table {self.table!r} exists with another key schema ({keys}); set TABLE_NAME to "
+                    "a new name (bundles of the Node ZipStream are not imported)"
+                )
             ttl = self.client.describe_time_to_live(TableName=self.table).get("TimeToLiveDescription", {})
             if ttl.get("TimeToLiveStatus") not in ("ENABLED", "ENABLING"):
                 self.client.update_time_to_live(

@@ -11,6 +11,7 @@ from typing import Any
 
 from ..errors import LimitExceeded
 from ..models import Bundle, FileRef
+from . import SchemaConflict
 
 MIGRATIONS = Path(__file__).resolve().parent.parent.parent / "migrations"
 
@@ -21,10 +22,6 @@ def migration_scripts(table: str) -> list[tuple[str, str]]:
     if not directory.is_dir():  # installed as a package: migrations ship inside it
         directory = Path(__file__).resolve().parent.parent / "migrations"
     return [(path.name, path.read_text().replace("{table}", table)) for path in sorted(directory.glob("*.sql"))]
-
-
-class SchemaConflict(RuntimeError):
-    """TABLE_NAME names an existing table of another shape (the Node ZipStream's, say): nothing is touched."""
 
 
 _EXPECTED_COLUMNS = "id, secret, filename, compression, expiration_date, created_at, file_count"
