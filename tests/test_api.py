@@ -82,7 +82,7 @@ def test_default_names_are_decoded_paths_and_duplicates_renamed(client: FlaskCli
     ("/abs/path.txt", "abs/path.txt"),
     ("a\\b\\c.txt", "a/b/c.txt"),
     ("./x/./y.txt", "x/y.txt"),
-    ("bad\x00\x1bname.txt", "badname.txt"),
+    ("bad\x01\x1bname.txt", "badname.txt"),
     ("C:\\Windows\\x.txt", "Windows/x.txt"),
     ("ok/ünï.txt", "ok/ünï.txt"),
 ])

@@ -280,3 +280,36 @@ def test_five_gib_member_is_zip64_and_verifies(serve: Serve, upstream: UpstreamS
         assert infos[1].header_offset > 0xFFFFFFFF
         assert archive.read("after.txt") == b"after the big one\n"
     out.unlink()
+
+
+def test_curl_resume_after_source_changed_never_splices(serve: Serve, upstream: UpstreamServer,
+                                                        tmp_path: Path) -> None:
+    """`curl -C -` sends no If-Range: a version never served must not be resumed into old bytes."""
+    upstream.add("/a.bin", os.urandom(20_000_000))
+    server = serve()
+    bundle = _create(server, [{"src": upstream.url("/a.bin")}])
+    url = server.url(f"/{bundle['id']}")
+    partial = tmp_path / "partial.zip"
+    first = _curl(url, partial, "--limit-rate", "4M")
+    time.sleep(1.5)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert 0 < partial.stat().st_size < 20_000_000
+    upstream.add("/a.bin", os.urandom(20_000_000))  # same size, new content and ETag
+    resumed = subprocess.run(["curl", "-sS", "--fail", "-C", "-", "-o", str(partial), url],
+                             capture_output=True, check=False, timeout=120)
+    # curl refuses to resume when the server answers 200 to its range (exit 33): the user starts
+    # again; what it must never do is exit 0 with a file made of two versions.
+    assert resumed.returncode == 33, resumed.stderr
+    # Once the new version has been served, resuming it works as usual.
+    fresh = tmp_path / "fresh.zip"
+    second = _curl(url, fresh, "--limit-rate", "4M")
+    time.sleep(1.5)
+    second.send_signal(signal.SIGKILL)
+    second.wait()
+    assert subprocess.run(["curl", "-sS", "--fail", "-C", "-", "-o", str(fresh), url],
+                          check=False, timeout=120).returncode == 0
+    import zipfile
+
+    with zipfile.ZipFile(fresh) as archive:
+        assert archive.testzip() is None

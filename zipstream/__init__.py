@@ -36,6 +36,8 @@ def create_app(config: Config | Mapping[str, str] | None = None) -> Flask:
     )
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.url_map.strict_slashes = False
+    # "/bundle//" should be a JSON 404, not Werkzeug's HTML redirect to "/bundle/".
+    app.url_map.merge_slashes = False
     repository = build_repository(config)
     if config.db_interface == "sqlite":
         repository.migrate()  # embedded database: nothing else would create the schema

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import io
 import logging
 import time
 import uuid
@@ -18,6 +19,7 @@ from .errors import (
     BadRequest,
     Forbidden,
     Gone,
+    LimitExceeded,
     NotFound,
     ServiceUnavailable,
     Unauthorized,
@@ -50,6 +52,30 @@ def _sources() -> Sources:
     return sources
 
 
+@bp.before_app_request
+def _bound_chunked_body() -> None:
+    """Read a body sent without Content-Length (chunked) ourselves, refusing it past MAX_BODY_BYTES.
+
+    Werkzeug stops reading such a body at MAX_CONTENT_LENGTH without a word, so a long form post
+    would be parsed from its first part and stored as a smaller bundle.
+    """
+    if request.content_length is not None or request.method not in ("POST", "PUT", "PATCH", "DELETE"):
+        return
+    environ = request.environ
+    if not environ.get("wsgi.input_terminated") and "chunked" not in environ.get("HTTP_TRANSFER_ENCODING", ""):
+        return
+    limit = _config().max_body_bytes
+    data = environ["wsgi.input"].read(limit + 1)
+    if len(data) > limit:
+        raise LimitExceeded(
+            f"the request body is larger than {limit} bytes (MAX_BODY_BYTES)", limit="MAX_BODY_BYTES"
+        )
+    environ["wsgi.input"] = io.BytesIO(data)
+    environ["CONTENT_LENGTH"] = str(len(data))
+    environ.pop("HTTP_TRANSFER_ENCODING", None)
+    environ["wsgi.input_terminated"] = False
+
+
 def _body() -> Any:
     """The request body as a dict, from JSON or from a browser form."""
     mimetype = request.mimetype
@@ -63,6 +89,8 @@ def _body() -> Any:
             return current_app.json.loads(data)
         except ValueError as error:
             raise BadRequest(f"the request body is not valid JSON: {error}") from None
+        except RecursionError:
+            raise BadRequest("the request body is nested too deeply") from None
     raise UnsupportedMediaType(
         f"send application/json, application/x-www-form-urlencoded or multipart/form-data, not {mimetype}"
     )
@@ -87,7 +115,7 @@ def _check_sources(files: list[FileRef]) -> None:
 
 def _load_bundle(bundle_id: str, secret: str | None = None) -> Bundle:
     try:
-        uuid.UUID(bundle_id)
+        bundle_id = str(uuid.UUID(bundle_id))  # one spelling: lower case, hyphenated
     except ValueError:
         raise NotFound(f"no bundle with id {bundle_id}") from None
     bundle = _repository().get(bundle_id)
@@ -121,14 +149,20 @@ def zip_response(prepared: PreparedZip) -> Response:
     etag = prepared.etag
     length = prepared.length
     start, stop, status = 0, length, 200
+    served = False
     if prepared.rangeable and length is not None:
         headers["Accept-Ranges"] = "bytes"
         headers["ETag"] = etag or ""
         if ranges.none_match(request.headers.get("If-None-Match"), etag):
             return Response(status=304, headers={k: headers[k] for k in ("ETag", "Cache-Control", "Last-Modified")})
-        if ranges.if_range_matches(request.headers.get("If-Range"), etag, prepared.last_modified):
+        if ranges.if_range_matches(request.headers.get("If-Range"), etag):
             wanted = ranges.parse_range(request.headers.get("Range"), length)
-            if wanted is not None:
+            # curl -C - and wget -c resume without If-Range: if this version of the zip was never
+            # served, the bytes they hold are of another version, and a 206 would splice the two.
+            served = request.method != "HEAD" and prepared.was_served()
+            unvouched = (wanted is not None and wanted[0] > 0 and not request.headers.get("If-Range")
+                         and request.method != "HEAD" and not served)
+            if wanted is not None and not unvouched:
                 start, stop = wanted
                 status = 206
                 headers["Content-Range"] = f"bytes {start}-{stop - 1}/{length}"
@@ -137,7 +171,13 @@ def zip_response(prepared: PreparedZip) -> Response:
     if stop is not None:
         headers["Content-Length"] = str(stop - start)
     if request.method == "HEAD":
-        return Response(status=status, headers=headers)
+        response = Response(status=status, headers=headers)
+        if stop is None:  # unknown length: say nothing rather than Werkzeug's "0" for the empty body
+            response.automatically_set_content_length = False
+            response.headers.pop("Content-Length", None)
+        return response
+    if prepared.rangeable and not served:
+        prepared.mark_served()
     body = metrics.track_download(
         cooperative.yielding(prepared.stream(start, stop)),
         kind="one_off" if request.method == "POST" else "bundle",

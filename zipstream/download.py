@@ -156,6 +156,35 @@ class PreparedZip:
                 self._prefetcher = None
             self._flush_crcs(force=True)
 
+    # -- which versions of zips were served: a resume without If-Range is only safe for those --
+    def _served_key(self) -> str | None:
+        etag = self.etag
+        if etag is None:
+            return None
+        # The learned-CRC cache doubles as this record (same table, distinct keys, value unused).
+        return hashlib.sha256(f"served\x00{etag}".encode()).hexdigest()
+
+    def was_served(self) -> bool:
+        """Whether this exact zip (by ETag) has been sent to someone before (unknown counts as no)."""
+        key = self._served_key()
+        if key is None or self.repository is None:
+            return False
+        try:
+            return key in self.repository.get_crcs([key])
+        except Exception as error:  # noqa: BLE001 - a cache miss only costs a restart of the download
+            log.warning("could not check served versions: %s", error)
+            return False
+
+    def mark_served(self) -> None:
+        """Remember that this exact zip is being sent (before its first byte)."""
+        key = self._served_key()
+        if key is None or self.repository is None:
+            return
+        try:
+            self.repository.put_crcs({key: 0})
+        except Exception as error:  # noqa: BLE001 - losing a cache write must never break a download
+            log.warning("could not record the served version: %s", error)
+
     # -- CRC-32s learned while streaming, so a resumed download need not read the files again --
     _pending: dict[str, int] = field(default_factory=dict)
     _last_flush: float = field(default_factory=time.monotonic)

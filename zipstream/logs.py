@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import IO, TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 from gunicorn.glogging import Logger
 
@@ -22,7 +23,16 @@ _SECRET_PATH = re.compile(rf"(/{_UUID}/)({_UUID}|[^/?\s]+)")
 
 
 def mask_path(path: str) -> str:
-    """`/<id>/<secret>` with the secret replaced by `***`."""
+    """`/<id>/<secret>` with the secret replaced by `***`, however the path was percent-encoded.
+
+    The path is decoded first (repeatedly: `%252F` is a `%2F` the router would decode too), so
+    `/<id>%2F<secret>` or `/%34...` cannot slip a secret past the pattern.
+    """
+    for _ in range(3):
+        decoded = unquote(path)
+        if decoded == path:
+            break
+        path = decoded
     return _SECRET_PATH.sub(r"\1***", path)
 
 

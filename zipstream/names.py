@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import posixpath
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from urllib.parse import unquote, urlsplit
 
 # Extensions that should stay whole when "(1)" is inserted: "a.tar.gz" -> "a (1).tar.gz".
@@ -57,13 +57,22 @@ def _split_extension(name: str) -> tuple[str, str]:
     return posixpath.join(directory, stem) if directory else stem, ext
 
 
+def _parents(name: str) -> list[str]:
+    """The folders `name` sits in, outermost first: "a/b/c.txt" -> ["a", "a/b"]."""
+    parts = name.split("/")[:-1]
+    return ["/".join(parts[: depth + 1]) for depth in range(len(parts))]
+
+
 def unique_names(names: Iterable[str]) -> list[str]:
     """The names in order, later duplicates renamed `name (1).ext`, `name (2).ext`, ...
 
     Compared case-insensitively (and Unicode-normalised) because Windows and macOS extract
-    "A.txt" and "a.txt" to the same file.
+    "A.txt" and "a.txt" to the same file. A file may not share its name with a folder either
+    ("docs" and "docs/b.txt" cannot both be extracted): the later one is renamed — the file, or
+    the folder segment of the later path ("docs (1)/b.txt").
     """
-    taken: set[str] = set()
+    files: set[str] = set()
+    folders: set[str] = set()
     result: list[str] = []
 
     def key(candidate: str) -> str:
@@ -71,11 +80,26 @@ def unique_names(names: Iterable[str]) -> list[str]:
 
     for name in names:
         candidate = name
-        if key(candidate) in taken:
-            stem, ext = _split_extension(name)
-            counter = 1
-            while key(candidate := f"{stem} ({counter}){ext}") in taken:
-                counter += 1
-        taken.add(key(candidate))
+        while True:
+            clash = next((parent for parent in _parents(candidate) if key(parent) in files), None)
+            if clash is not None:  # a folder of this path is already a file: rename that folder
+                candidate = _numbered(clash, lambda c: key(c) in files or key(c) in folders, keep_ext=False) \
+                    + candidate[len(clash):]
+                continue
+            if key(candidate) in files or key(candidate) in folders:
+                candidate = _numbered(candidate, lambda c: key(c) in files or key(c) in folders, keep_ext=True)
+                continue
+            break
+        files.add(key(candidate))
+        folders.update(key(parent) for parent in _parents(candidate))
         result.append(candidate)
     return result
+
+
+def _numbered(name: str, taken: Callable[[str], bool], keep_ext: bool) -> str:
+    """`name (1)`, `name (2)`, ... (before the extension when keep_ext): the first one not taken."""
+    stem, ext = _split_extension(name) if keep_ext else (name, "")
+    counter = 1
+    while taken(candidate := f"{stem} ({counter}){ext}"):
+        counter += 1
+    return candidate

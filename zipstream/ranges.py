@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from email.utils import format_datetime, parsedate_to_datetime
+from email.utils import format_datetime
 
 from .errors import RangeNotSatisfiable
 
@@ -44,17 +44,17 @@ def http_date(moment: datetime) -> str:
     return format_datetime(moment, usegmt=True)
 
 
-def if_range_matches(header: str | None, etag: str | None, last_modified: datetime) -> bool:
-    """Whether a Range may be honoured given If-Range (absent = yes; only strong matches count)."""
+def if_range_matches(header: str | None, etag: str | None) -> bool:
+    """Whether a Range may be honoured given If-Range: absent, or the current strong ETag.
+
+    A date never matches: Last-Modified is the newest source's time, which does not move when a
+    file is appended or an older one changes, so a date could splice two versions of the zip.
+    (RFC 9110 lets a server answer 200 whenever it cannot be sure.)
+    """
     if not header:
         return True
     header = header.strip()
-    if header.startswith('"') or header.startswith("W/"):
-        return etag is not None and header == etag
-    try:
-        return parsedate_to_datetime(header) == last_modified.replace(microsecond=0)
-    except (TypeError, ValueError):
-        return False
+    return etag is not None and not header.startswith("W/") and header == etag
 
 
 def none_match(header: str | None, etag: str | None) -> bool:

@@ -18,6 +18,16 @@ SCHEMES = {"s3": ("s3",), "https": ("http", "https"), "file": ("file",)}
 _FORBIDDEN_IN_FILENAME = set('/\\"') | {chr(code) for code in range(32)} | {"\x7f"}
 
 
+def _check_text(value: str) -> None:
+    """Refuse what no database or zip can hold: lone surrogates (not UTF-8) and NUL."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError("Contains a lone surrogate: not valid UTF-8 text.") from None
+    if "\x00" in value:
+        raise ValidationError("Contains a NUL character.")
+
+
 class FileRefSchema(Schema):
     """`{"src": ..., "dst"?: ..., "crc32"?: ...}`."""
 
@@ -32,7 +42,8 @@ class FileRefSchema(Schema):
         "description": "Path of the file inside the zip; defaults to the path of src.", "example": "foo.jpg",
     })
     crc32 = fields.Integer(
-        allow_none=True, strict=False, validate=validate.Range(0, 0xFFFFFFFF),
+        # strict: "12" or 1.5 is a mistake, and a wrong CRC-32 makes every download of the file fail.
+        allow_none=True, strict=True, validate=validate.Range(0, 0xFFFFFFFF),
         metadata={"description": "Optional CRC-32 of the file: lets a resumed download skip re-reading it."},
     )
 
@@ -42,6 +53,7 @@ class FileRefSchema(Schema):
 
     @validates("src")
     def _check_src(self, value: str, **_: Any) -> None:
+        _check_text(value)
         if len(value) > self.config.max_src_length:
             raise ValidationError(
                 f"Longer than the maximum of {self.config.max_src_length} characters (MAX_SRC_LENGTH).")
@@ -59,6 +71,7 @@ class FileRefSchema(Schema):
     def _check_dst(self, value: str | None, **_: Any) -> None:
         if value is None:
             return
+        _check_text(value)
         if len(value) > self.config.max_name_length:
             raise ValidationError(
                 f"Longer than the maximum of {self.config.max_name_length} characters (MAX_NAME_LENGTH).")
@@ -88,6 +101,7 @@ class _BundleBodySchema(Schema):
 
     @validates("filename")
     def _check_filename(self, value: str, **_: Any) -> None:
+        _check_text(value)
         if not value.strip():
             raise ValidationError("Must not be empty.")
         if len(value) > 255:
@@ -144,10 +158,13 @@ def form_to_body(form: Mapping[str, Any]) -> dict[str, Any]:
     for key in ("filename", "compression"):
         if form.get(key):
             body[key] = form[key]
+    if form.get("files") and getlist is not None and getlist("src"):
+        raise InvalidInput("send either a 'files' field or 'src' fields, not both",
+                           fields={"files": ["Given together with 'src' fields."]})
     if form.get("files"):
         try:
             body["files"] = json.loads(form["files"])
-        except ValueError:
+        except (ValueError, RecursionError):
             raise BadRequest("the 'files' form field must hold a JSON list of {src, dst} objects") from None
     elif getlist is not None and getlist("src"):
         srcs, dsts = getlist("src"), getlist("dst")

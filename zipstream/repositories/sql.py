@@ -24,6 +24,7 @@ def migration_scripts(table: str) -> list[tuple[str, str]]:
     return [(path.name, path.read_text().replace("{table}", table)) for path in sorted(directory.glob("*.sql"))]
 
 
+CRC_MAX_AGE = 30 * 24 * 3600  # seconds a learned CRC-32 is kept by purge-expired
 _EXPECTED_COLUMNS = "id, secret, filename, compression, expiration_date, created_at, file_count"
 
 
@@ -168,7 +169,11 @@ class SqlRepository(ABC):
                 (now,),
             )
             cursor.execute(self._sql("DELETE FROM {t} WHERE expiration_date <= ?"), (now,))
-            return int(cursor.rowcount)
+            removed = int(cursor.rowcount)
+            # Learned CRC-32s are a cache: forget those learned over 30 days ago, as DynamoDB's TTL does
+            # for its copy (a download needing one again just reads the file).
+            cursor.execute(self._sql("DELETE FROM {t}_crcs WHERE learned_at <= ?"), (now - CRC_MAX_AGE,))
+            return removed
 
     def get_crcs(self, identities: Sequence[str]) -> dict[str, int]:
         found: dict[str, int] = {}
