@@ -27,8 +27,11 @@ from .sources import SourceInfo, Sources
 log = logging.getLogger(__name__)
 
 # How often learned CRC-32s are written back while a download runs (members, seconds).
+# A member this big is written back at once: the cost is nothing next to its bytes, and a client
+# that resumes right after a cut must find the CRC-32s of every member it already has.
 CRC_FLUSH_MEMBERS = 64
 CRC_FLUSH_SECONDS = 5.0
+CRC_FLUSH_BYTES = 4 * 1024 * 1024
 
 
 def preflight(files: Sequence[FileRef], sources: Sources, concurrency: int) -> list[list[SourceInfo]]:
@@ -187,6 +190,7 @@ class PreparedZip:
 
     # -- CRC-32s learned while streaming, so a resumed download need not read the files again --
     _pending: dict[str, int] = field(default_factory=dict)
+    _pending_bytes: int = 0
     _last_flush: float = field(default_factory=time.monotonic)
 
     def _learn(self, index: int, crc: int) -> None:
@@ -194,7 +198,8 @@ class PreparedZip:
         if info.validated and self.entries[index].crc32 is None and self.learned.get(index) != crc:
             self.learned[index] = crc
             self._pending[info.identity()] = crc
-            self._flush_crcs()
+            self._pending_bytes += info.size or 0
+            self._flush_crcs(force=self._pending_bytes >= CRC_FLUSH_BYTES)
 
     def _flush_crcs(self, force: bool = False) -> None:
         if not self._pending or self.repository is None:
@@ -202,7 +207,7 @@ class PreparedZip:
         due = len(self._pending) >= CRC_FLUSH_MEMBERS or time.monotonic() - self._last_flush > CRC_FLUSH_SECONDS
         if not (force or due):
             return
-        pending, self._pending = self._pending, {}
+        pending, self._pending, self._pending_bytes = self._pending, {}, 0
         self._last_flush = time.monotonic()
         try:
             self.repository.put_crcs(pending)
@@ -233,7 +238,8 @@ def prepare(
                 name=names[position],
                 size=info.size,
                 modified_at=clamp_time(info.last_modified) if info.last_modified else fallback_time,
-                crc32=given if given is not None else info.crc32,
+                # An empty file's CRC-32 is 0: known up front, so it never needs reading for it.
+                crc32=given if given is not None else info.crc32 if info.size != 0 else 0,
             ))
             infos.append(info)
             position += 1
