@@ -169,6 +169,15 @@ def test_ranges_conditionals_and_etag_changes(serve: Serve, upstream: UpstreamSe
     assert requests.head(url, timeout=30).headers["ETag"] not in (etag, appended)
 
 
+def _cut_download(url: str, output: Path, rate: str, seconds: float) -> int:
+    """A slow curl download killed part-way (the file then ends at an arbitrary byte); its size."""
+    process = _curl(url, output, "--limit-rate", rate)
+    time.sleep(seconds)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    return output.stat().st_size
+
+
 def _member_data_ranges(path: Path) -> list[tuple[int, int]]:
     """(offset of the data, size) of every member of a stored zip, from its local headers."""
     import struct
@@ -200,12 +209,7 @@ def test_curl_resume_is_byte_identical(serve: Serve, upstream: UpstreamServer, t
     bundle = _create(server, [{"src": upstream.url(f"/s/{i}.bin")} for i in range(len(sizes))])
     url = server.url(f"/{bundle['id']}")
     partial = tmp_path / "partial.zip"
-    # A slow first download, killed part-way (the file then ends at an arbitrary byte).
-    first = _curl(url, partial, "--limit-rate", "20M")
-    time.sleep(2.5)
-    first.send_signal(signal.SIGKILL)
-    first.wait()
-    cut_at = partial.stat().st_size
+    cut_at = _cut_download(url, partial, rate="20M", seconds=2.5)
     assert 0 < cut_at < 200_000_000
     upstream.clear_log()
     resumed = _curl(url, partial, "-C", "-")
@@ -308,11 +312,7 @@ def test_curl_resume_after_source_changed_never_splices(serve: Serve, upstream: 
     bundle = _create(server, [{"src": upstream.url("/a.bin")}])
     url = server.url(f"/{bundle['id']}")
     partial = tmp_path / "partial.zip"
-    first = _curl(url, partial, "--limit-rate", "4M")
-    time.sleep(1.5)
-    first.send_signal(signal.SIGKILL)
-    first.wait()
-    assert 0 < partial.stat().st_size < 20_000_000
+    assert 0 < _cut_download(url, partial, rate="4M", seconds=1.5) < 20_000_000
     upstream.add("/a.bin", os.urandom(20_000_000))  # same size, new content and ETag
     resumed = subprocess.run(["curl", "-sS", "--fail", "-C", "-", "-o", str(partial), url],
                              capture_output=True, check=False, timeout=120)
@@ -321,10 +321,7 @@ def test_curl_resume_after_source_changed_never_splices(serve: Serve, upstream: 
     assert resumed.returncode == 33, resumed.stderr
     # Once the new version has been served, resuming it works as usual.
     fresh = tmp_path / "fresh.zip"
-    second = _curl(url, fresh, "--limit-rate", "4M")
-    time.sleep(1.5)
-    second.send_signal(signal.SIGKILL)
-    second.wait()
+    _cut_download(url, fresh, rate="4M", seconds=1.5)
     assert subprocess.run(["curl", "-sS", "--fail", "-C", "-", "-o", str(fresh), url],
                           check=False, timeout=120).returncode == 0
     import zipfile
