@@ -13,12 +13,12 @@ from flask.testing import FlaskClient
 from zipstream import create_app
 from zipstream.config import Config
 
+from .support import ci
 from .support.live import LiveServer, live_server
 from .support.moto import moto_server  # noqa: F401 - fixture
 from .support.readers import zip_readers  # noqa: F401 - fixture
 from .support.upstream import UpstreamServer
 
-ON_CI = os.environ.get("CI", "").lower() == "true"
 POSTGRES_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
@@ -75,8 +75,5 @@ def postgres_url() -> str:
     try:
         psycopg2.connect(POSTGRES_URL, connect_timeout=3).close()
     except psycopg2.OperationalError as error:
-        message = f"PostgreSQL not reachable at {POSTGRES_URL}: {error}"
-        if ON_CI:
-            pytest.fail(message)
-        pytest.skip(message)
+        ci.missing(f"PostgreSQL not reachable at {POSTGRES_URL}: {error}")
     return POSTGRES_URL

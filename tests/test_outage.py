@@ -23,6 +23,7 @@ import requests
 
 from zipstream.repositories.postgres import PostgresRepository
 
+from .support import ci
 from .support.live import LiveServer, free_port
 from .support.upstream import UpstreamServer
 
@@ -58,7 +59,7 @@ class Cluster:
 @pytest.fixture
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     if not (PG_BIN / "initdb").exists():
-        pytest.skip(f"no initdb in {PG_BIN}")
+        ci.missing(f"no initdb in {PG_BIN}")
     user = "postgres" if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
     root = tmp_path_factory.mktemp("pg")
     if os.geteuid() == 0:

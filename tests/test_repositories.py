@@ -15,6 +15,8 @@ from zipstream.repositories import BundleRepository
 from zipstream.repositories.postgres import PostgresRepository
 from zipstream.repositories.sqlite import SqliteRepository
 
+from .support.dynamo import dynamodb_backend
+
 # Each backend registers a factory: request -> repository (fresh, migrated, isolated table).
 BACKENDS: dict[str, Callable[[pytest.FixtureRequest], BundleRepository]] = {}
 
@@ -41,12 +43,7 @@ def _postgres(request: pytest.FixtureRequest) -> BundleRepository:
 
 BACKENDS["sqlite"] = _sqlite
 BACKENDS["postgres"] = _postgres
-try:  # the DynamoDB backend registers itself when its module and the moto fixture exist
-    from .support.dynamo import dynamodb_backend
-
-    BACKENDS["dynamodb"] = dynamodb_backend
-except ImportError:  # pragma: no cover - only while that backend is being built
-    pass
+BACKENDS["dynamodb"] = dynamodb_backend
 
 
 @pytest.fixture(params=sorted(BACKENDS))
@@ -219,8 +216,6 @@ def test_a_foreign_table_of_the_same_name_is_refused_untouched(request: pytest.F
 
 def test_a_foreign_dynamodb_table_is_refused(request: pytest.FixtureRequest) -> None:
     """A DynamoDB table keyed differently (the Node ZipStream's `id` key) is not used."""
-    if "dynamodb" not in BACKENDS:
-        pytest.skip("DynamoDB backend not available")
     from zipstream.aws import dynamodb_client
     from zipstream.repositories import SchemaConflict
 

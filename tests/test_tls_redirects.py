@@ -16,6 +16,7 @@ from zipstream.config import Config
 from zipstream.errors import SourceRefused
 from zipstream.sources.http import HttpSource
 
+from .support import ci
 from .support.upstream import UpstreamServer
 
 
@@ -23,7 +24,7 @@ from .support.upstream import UpstreamServer
 def tls_redirector(tmp_path: Path, upstream: UpstreamServer) -> Iterator[tuple[str, Path]]:
     """An HTTPS server on 127.0.0.1 whose every path redirects to the plain-http upstream (same path)."""
     if shutil.which("openssl") is None:
-        pytest.skip("openssl not installed")
+        ci.missing("openssl not installed")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",

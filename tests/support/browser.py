@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Final
 
-import pytest
+from . import ci
 
 # Debian packages the browser tests need; tests/support/system_deps.py installs them.
 DEBIAN_PACKAGES: Final[tuple[str, ...]] = ("chromium", "chromium-driver")
@@ -30,10 +30,8 @@ def require_chromium() -> None:
     missing = [path for path in (CHROMIUM, CHROMEDRIVER) if not (os.path.exists(path) or shutil.which(path))]
     if not missing:
         return
-    message = f"{', '.join(missing)} not installed (apt-get install -y {' '.join(DEBIAN_PACKAGES)})"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{message}; CI must run tests/support/system_deps.py", pytrace=False)
-    pytest.skip(message)
+    ci.missing(f"{', '.join(missing)} not installed (apt-get install -y {' '.join(DEBIAN_PACKAGES)})",
+               "CI must run tests/support/system_deps.py")
 
 
 @contextmanager

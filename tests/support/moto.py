@@ -1,6 +1,7 @@
 """A real S3/DynamoDB endpoint for tests: moto's ThreadedMotoServer on 127.0.0.1, spoken to over HTTP.
 
-Never combine it with `mock_aws`: that patches botocore in-process and wipes the server's state.
+Never combine it with moto's in-process decorator: that patches botocore inside the test process and
+wipes the server's state, so the code under test would no longer speak HTTP to a real endpoint.
 """
 
 from __future__ import annotations

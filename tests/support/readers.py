@@ -20,6 +20,8 @@ from typing import Final
 
 import pytest
 
+from . import ci
+
 # Debian packages providing every reader below; .ci/run installs exactly these.
 # default-jdk-headless is usually preinstalled but is listed so a bare machine gets java too.
 DEBIAN_PACKAGES: Final[tuple[str, ...]] = ("unzip", "p7zip-full", "libarchive-tools", "default-jdk-headless")
@@ -100,20 +102,14 @@ def missing_readers(readers: Iterable[str] = ALL) -> list[str]:
     return missing
 
 
-def _on_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in {"true", "1", "yes"}
-
-
 def require_readers(readers: Iterable[str] = ALL) -> None:
     """Skip the test when a reader is missing, or fail it on CI where skipping would hide gaps."""
     missing = missing_readers(readers)
     if not missing:
         return
     packages = " ".join(sorted({_PACKAGE_OF[m] for m in missing}))
-    message = f"zip readers not installed: {', '.join(missing)} (apt-get install -y {packages})"
-    if _on_ci():
-        pytest.fail(f"{message}; CI must install tests.support.readers.DEBIAN_PACKAGES", pytrace=False)
-    pytest.skip(message)
+    ci.missing(f"zip readers not installed: {', '.join(missing)} (apt-get install -y {packages})",
+               "CI must install tests.support.readers.DEBIAN_PACKAGES")
 
 
 @pytest.fixture(scope="session")
