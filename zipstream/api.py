@@ -149,7 +149,6 @@ def zip_response(prepared: PreparedZip) -> Response:
     etag = prepared.etag
     length = prepared.length
     start, stop, status = 0, length, 200
-    served = False
     if prepared.rangeable and length is not None:
         headers["Accept-Ranges"] = "bytes"
         headers["ETag"] = etag or ""
@@ -159,9 +158,8 @@ def zip_response(prepared: PreparedZip) -> Response:
             wanted = ranges.parse_range(request.headers.get("Range"), length)
             # curl -C - and wget -c resume without If-Range: if this version of the zip was never
             # served, the bytes they hold are of another version, and a 206 would splice the two.
-            served = request.method != "HEAD" and prepared.was_served()
             unvouched = (wanted is not None and wanted[0] > 0 and not request.headers.get("If-Range")
-                         and request.method != "HEAD" and not served)
+                         and request.method != "HEAD" and not prepared.served)
             if wanted is not None and not unvouched:
                 start, stop = wanted
                 status = 206
@@ -176,7 +174,7 @@ def zip_response(prepared: PreparedZip) -> Response:
             response.automatically_set_content_length = False
             response.headers.pop("Content-Length", None)
         return response
-    if prepared.rangeable and not served:
+    if prepared.rangeable:
         prepared.mark_served()
     body = metrics.track_download(
         cooperative.yielding(prepared.stream(start, stop)),

@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 
 from . import cooperative
 from .archive import Entry, ZipPlan, clamp_time, deflate_stream
@@ -83,6 +84,7 @@ class PreparedZip:
     repository: BundleRepository | None
     plan: ZipPlan | None
     learned: dict[int, int] = field(default_factory=dict)
+    served: bool = False  # this exact zip (by ETag) was sent to someone before; unknown counts as no
     prefetch: int = 0  # members fetched ahead of the one streaming out (0: one after another)
     prefetch_bytes: int = 4 * 1024 * 1024
 
@@ -95,7 +97,7 @@ class PreparedZip:
         """Byte ranges (and resume) need a stored zip whose every source has a size and a validator."""
         return self.plan is not None and self.plan.sized and all(info.validated for info in self.infos)
 
-    @property
+    @cached_property
     def etag(self) -> str | None:
         """A strong ETag: changes whenever any byte of the zip would change."""
         if not self.rangeable or self.plan is None:
@@ -160,29 +162,19 @@ class PreparedZip:
             self._flush_crcs(force=True)
 
     # -- which versions of zips were served: a resume without If-Range is only safe for those --
-    def _served_key(self) -> str | None:
-        etag = self.etag
-        if etag is None:
+    @cached_property
+    def served_key(self) -> str | None:
+        """This zip version's key in the learned-CRC cache, which doubles as the record (value unused)."""
+        if self.etag is None:
             return None
-        # The learned-CRC cache doubles as this record (same table, distinct keys, value unused).
-        return hashlib.sha256(f"served\x00{etag}".encode()).hexdigest()
-
-    def was_served(self) -> bool:
-        """Whether this exact zip (by ETag) has been sent to someone before (unknown counts as no)."""
-        key = self._served_key()
-        if key is None or self.repository is None:
-            return False
-        try:
-            return key in self.repository.get_crcs([key])
-        except Exception as error:  # noqa: BLE001 - a cache miss only costs a restart of the download
-            log.warning("could not check served versions: %s", error)
-            return False
+        return hashlib.sha256(f"served\x00{self.etag}".encode()).hexdigest()
 
     def mark_served(self) -> None:
         """Remember that this exact zip is being sent (before its first byte)."""
-        key = self._served_key()
-        if key is None or self.repository is None:
+        key = self.served_key
+        if key is None or self.repository is None or self.served:
             return
+        self.served = True
         try:
             self.repository.put_crcs({key: 0})
         except Exception as error:  # noqa: BLE001 - losing a cache write must never break a download
@@ -262,11 +254,15 @@ def prepare(
     if plan is not None and repository is not None:
         identities = {info.identity(): index for index, info in enumerate(infos)
                       if info.validated and entries[index].crc32 is None}
-        if identities:
+        served_key = prepared.served_key
+        # One read for both caches: learned CRC-32s and whether this version was served before.
+        keys = [*identities, *([served_key] if served_key else [])]
+        if keys:
             try:
-                known = repository.get_crcs(list(identities))
-            except Exception as error:  # noqa: BLE001 - a cache miss only costs upstream reads
+                known = repository.get_crcs(keys)
+            except Exception as error:  # noqa: BLE001 - a cache miss only costs upstream reads / a restart
                 log.warning("could not read learned CRC-32s: %s", error)
                 known = {}
-            prepared.learned = {identities[identity]: crc for identity, crc in known.items()}
+            prepared.learned = {identities[key]: crc for key, crc in known.items() if key in identities}
+            prepared.served = served_key is not None and served_key in known
     return prepared
