@@ -11,14 +11,32 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from stream_zip import NO_COMPRESSION_32, ZIP_32, stream_zip
+from stream_zip import NO_COMPRESSION_32, NO_COMPRESSION_64, ZIP_32, ZIP_64, stream_zip
 
-from zipstream.archive import ArchiveError, Entry, ZipPlan, clamp_time, deflate_stream, stream_zip_reference
+from zipstream.archive import CHUNK_SIZE, FILE_MODE, ArchiveError, Entry, ZipPlan, clamp_time, deflate_stream
 
 from .support.readers import CheckZip
 
 WHEN = datetime(2024, 2, 29, 13, 37, 42, tzinfo=UTC)
 SIZES_AROUND_64K = [0, 1, 65535, 65536, 65537, 131071, 131072, 131073, 262144, 262145]
+
+
+def stream_zip_reference(entries: list[Entry], datas: list[bytes]) -> bytes:
+    """stream-zip's own bytes for `entries` (stored where the CRC is known): the yardstick ours must equal."""
+
+    def members() -> Iterator[tuple[str, datetime, int, object, tuple[bytes]]]:
+        offset = 0
+        for entry, data in zip(entries, datas, strict=True):
+            size = len(data)
+            zip64 = size >= 0xFFFFFFFF or offset >= 0xFFFFFFFF
+            if entry.crc32 is not None:
+                method = (NO_COMPRESSION_64 if zip64 else NO_COMPRESSION_32)(size, entry.crc32)
+            else:
+                method = ZIP_64 if zip64 else ZIP_32
+            offset += size
+            yield entry.name, entry.modified_at, FILE_MODE, method, (data,)
+
+    return b"".join(stream_zip(members(), chunk_size=CHUNK_SIZE))
 
 
 def _datas(sizes: list[int], seed: int = 7) -> list[bytes]:

@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from struct import Struct
 from typing import Any
 
-from stream_zip import NO_COMPRESSION_32, NO_COMPRESSION_64, ZIP_32, ZIP_64, stream_zip
+from stream_zip import ZIP_32, ZIP_64, stream_zip
 
 _zlib: types.ModuleType
 try:  # zlib-ng: the same CRC-32 and deflate formats, 4-5x faster (SIMD); plain zlib where it has no wheel
@@ -195,7 +195,6 @@ class ZipPlan:
                 offset = -1
                 break
             offset += len(member.header) + entry.size + member.descriptor_length
-        self._any_zip64 = any(member.zip64 for member in self.members)
         self.central_offset = offset if self.sized else -1
         if self.sized:
             self.central_size = sum(
@@ -203,7 +202,8 @@ class ZipPlan:
             )
             self.length: int | None = (
                 self.central_offset + self.central_size
-                + len(_end_records(len(entries), self.central_offset, self.central_size, self._any_zip64))
+                + len(_end_records(len(entries), self.central_offset, self.central_size,
+                                 any(member.zip64 for member in self.members)))
             )
         else:
             self.length = None
@@ -216,29 +216,6 @@ class ZipPlan:
                 repr((entry.name, entry.size, int(entry.modified_at.timestamp()), entry.crc32)).encode()
             )
         return digest.hexdigest()
-
-    def crcs_needed(self, start: int, stop: int, known: dict[int, int]) -> list[int]:
-        """Members that must be read in full for their CRC although their data is outside the range.
-
-        These are the cost of serving [start, stop) beyond the bytes themselves.
-        """
-        assert self.sized
-        needed_all = stop > self.central_offset
-        result = []
-        for index, member in enumerate(self.members):
-            if index in known or not member.descriptor:
-                continue
-            data_start = member.offset + len(member.header)
-            data_end = data_start + (member.entry.size or 0)
-            descriptor_end = data_end + member.descriptor_length
-            fully_read = start <= data_start and data_end <= stop
-            if fully_read:
-                continue
-            partly_read = start < data_end and data_start < stop
-            descriptor_in_range = start < descriptor_end and data_end < stop
-            if needed_all or descriptor_in_range or partly_read:
-                result.append(index)
-        return result
 
     def stream(
         self,
@@ -405,21 +382,3 @@ def _checked(entry: Entry, chunks: Iterator[bytes]) -> Iterator[bytes]:
         raise ArchiveError(f"{entry.name}: source ended after {seen} of {entry.size} bytes")
     if entry.crc32 is not None and crc != entry.crc32:
         raise ArchiveError(f"{entry.name}: CRC-32 {crc:08x} differs from the expected {entry.crc32:08x}")
-
-
-def stream_zip_reference(entries: list[Entry], datas: list[bytes]) -> bytes:
-    """stream-zip's own bytes for `entries` (stored where CRC is known): the yardstick tests compare with."""
-
-    def members() -> Iterable[tuple[str, datetime, int, Any, Iterable[bytes]]]:
-        offset = 0
-        for entry, data in zip(entries, datas, strict=True):
-            size = len(data)
-            zip64 = size >= _LIMIT_32 or offset >= _LIMIT_32
-            if entry.crc32 is not None:
-                method = (NO_COMPRESSION_64 if zip64 else NO_COMPRESSION_32)(size, entry.crc32)
-            else:
-                method = ZIP_64 if zip64 else ZIP_32
-            offset += size
-            yield entry.name, entry.modified_at, FILE_MODE, method, (data,)
-
-    return b"".join(stream_zip(members(), chunk_size=CHUNK_SIZE))
