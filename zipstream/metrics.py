@@ -72,12 +72,13 @@ def track_download(
     IN_FLIGHT.inc()
     sent = 0
     outcome, reason = "aborted", "client_disconnected"
+    bytes_sent = BYTES_SENT.labels(kind)  # resolved once: the loop below runs for every chunk
     try:
         for chunk in chunks:
             if sent == 0:
                 TTFB_SECONDS.observe(time.monotonic() - started)
             sent += len(chunk)
-            BYTES_SENT.labels(kind).inc(len(chunk))
+            bytes_sent.inc(len(chunk))
             yield chunk
         outcome, reason = "completed", ""
     except StreamAborted as error:
