@@ -33,7 +33,6 @@ def parse(argv: list[str]) -> argparse.Namespace:
                         help="directory for test files (kept between runs; default: a temporary one)")
     parser.add_argument("--b1-big-mib", type=int, default=None, help="size of the 2 big files (MiB)")
     parser.add_argument("--b2-files", type=int, default=1000)
-    parser.add_argument("--b2-depths", default="0,4,16,32", help="PREFETCH values to compare")
     parser.add_argument("--b3-counts", default=None, help="simultaneous downloads, e.g. 1000,5000,10000")
     parser.add_argument("--b3-prefetch", default="default,0", help="PREFETCH values for B3 ('default' = unset)")
     parser.add_argument("--b4-gib", type=float, default=None, help="size of the huge member (GiB)")
@@ -62,8 +61,15 @@ def run(args: argparse.Namespace, tmp: Path) -> list[Table]:
             tables.append(suite.big_files(tmp, runs, cases, env))
         elif name == "b2":
             count = 20 if small else args.b2_files
-            depths = [0, 4] if small else _ints(args.b2_depths)
-            tables.append(suite.small_files(tmp, runs, count, 16 * 1024, 0.02, depths, env))
+            head = {"PREFLIGHT_FETCH_BYTES": "0"}
+            variants = [head, {}] if small else [
+                {**head, "PREFLIGHT_CONCURRENCY": "32"},  # the first release: HEAD, then GET while streaming
+                {**head},
+                {"PREFLIGHT_CONCURRENCY": "32"},
+                {},  # the defaults
+                {"PREFETCH": "0"},
+            ]
+            tables.append(suite.small_files(tmp, runs, count, 16 * 1024, 0.02, variants, env))
         elif name == "b3":
             counts = _ints(args.b3_counts) if args.b3_counts else [20] if small else \
                 [1000, 5000, 10000] if full else [1000]

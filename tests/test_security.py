@@ -180,7 +180,8 @@ def test_bundle_bytes_limit_at_preflight(make_config: Callable[..., Config], ups
     for method in ("GET", "HEAD"):
         response = client.open(f"/{bundle['id']}", method=method)
         assert response.status_code == 413
-    assert upstream.requests_for("/big.bin", "GET") == []  # refused before any body was fetched
+    # Refused at pre-flight: nothing was fetched beyond pre-flight's first 64 KiB.
+    assert {r.range for r in upstream.requests_for("/big.bin", "GET")} == {"bytes=0-65535"}
     assert client.post("/bundle", json={"files": files[:1]}).status_code == 200
 
 

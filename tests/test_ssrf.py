@@ -199,8 +199,7 @@ def test_dns_rebinding_connects_to_the_checked_address(
         # A kept-alive connection stays with the address that was checked.
         assert b"".join(source.open(info)) == b"public data"
         # The next new connection gets the rebinding answer, and that answer is checked and refused.
-        for adapter in source.session.adapters.values():
-            adapter.poolmanager.clear()
+        source.adapter.poolmanager.clear()
         with pytest.raises(SourceRefused, match=r"non-public address: 127\.0\.0\.1 is loopback"):
             b"".join(source.open(info))
         assert internal.requests == []

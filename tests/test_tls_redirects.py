@@ -63,7 +63,7 @@ def test_https_to_http_redirect_is_refused(tls_redirector: tuple[str, Path], ups
     base, cert = tls_redirector
     upstream.add("/a.txt", b"plain")
     source = HttpSource(make_config())
-    source.session.verify = str(cert)  # trust the test's own certificate, nothing else changes
+    source.verify = str(cert)  # trust the test's own certificate, nothing else changes
     with pytest.raises(SourceRefused, match="redirect from https to http"):
         source.stat(f"{base}/a.txt")
     assert upstream.requests_for("/a.txt") == []  # the plain-http target was never contacted

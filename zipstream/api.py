@@ -187,8 +187,10 @@ def zip_response(prepared: PreparedZip) -> Response:
 
 def _prepare(files: tuple[FileRef, ...] | list[FileRef], filename: str, compression: str,
              created_at: int) -> PreparedZip:
+    # Only a request for the whole zip lets pre-flight keep small files' bytes for the stream.
+    hold = request.method != "HEAD" and "Range" not in request.headers
     with metrics.PREFLIGHT_SECONDS.time():
-        return prepare(files, filename, compression, created_at, _sources(), _repository(), _config())
+        return prepare(files, filename, compression, created_at, _sources(), _repository(), _config(), hold)
 
 
 @bp.post("/bundle", strict_slashes=False)

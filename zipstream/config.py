@@ -87,7 +87,11 @@ class Config:
     file_root: str = ""
     prefetch: int = 16  # chosen by bench B2: see README, performance
     prefetch_bytes: int = 4 * 1024 * 1024  # read-ahead buffered per download, all members together
-    preflight_concurrency: int = 32
+    preflight_concurrency: int = 64  # chosen by bench B2: see README, performance
+    # Pre-flight GETs this many first bytes of each http(s) file instead of a HEAD (0: HEAD only);
+    # files this small need no second request. See sources/held.py and README, performance.
+    preflight_fetch_bytes: int = 64 * 1024
+    preflight_hold_bytes: int = 64 * 1024 * 1024  # per worker; one download holds at most half
     api_key: str = ""
     cors_origins: tuple[str, ...] = ()  # empty = no CORS headers; "*" = any origin
     default_compression: str = "stored"
@@ -158,7 +162,9 @@ class Config:
             file_root=os.path.realpath(file_root) if file_root else "",
             prefetch=get("PREFETCH", lambda n, r: _int(n, r, 0), 16),
             prefetch_bytes=get("PREFETCH_BYTES", lambda n, r: _int(n, r, 64 * 1024), 4 * 1024 * 1024),
-            preflight_concurrency=get("PREFLIGHT_CONCURRENCY", lambda n, r: _int(n, r, 1), 32),
+            preflight_concurrency=get("PREFLIGHT_CONCURRENCY", lambda n, r: _int(n, r, 1), 64),
+            preflight_fetch_bytes=get("PREFLIGHT_FETCH_BYTES", lambda n, r: _int(n, r, 0), 64 * 1024),
+            preflight_hold_bytes=get("PREFLIGHT_HOLD_BYTES", lambda n, r: _int(n, r, 0), 64 * 1024 * 1024),
             api_key=env.get("API_KEY", "").strip(),
             cors_origins=tuple(origin.rstrip("/") for origin in _csv(env.get("CORS_ORIGINS", ""))),
             default_compression=compression,

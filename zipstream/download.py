@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -24,6 +24,7 @@ from .names import safe_name, unique_names
 from .prefetch import Prefetcher
 from .repositories import BundleRepository
 from .sources import SourceInfo, Sources
+from .sources.held import Holding
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +36,16 @@ CRC_FLUSH_SECONDS = 5.0
 CRC_FLUSH_BYTES = 4 * 1024 * 1024
 
 
-def preflight(files: Sequence[FileRef], sources: Sources, concurrency: int) -> list[list[SourceInfo]]:
-    """Stat every src concurrently; raises SourcesFailed listing every src that cannot be read."""
+def preflight(files: Sequence[FileRef], sources: Sources, concurrency: int,
+              holding: Holding | None = None) -> list[list[SourceInfo]]:
+    """Stat every src concurrently; raises SourcesFailed listing every src that cannot be read.
+
+    With a `holding`, sources may keep the first bytes of files (`SourceInfo.head`) within it.
+    """
 
     def stat(ref: FileRef) -> list[SourceInfo] | SourceError:
         try:
-            return sources.stat(ref.src)
+            return sources.stat(ref.src, holding)
         except SourceError as error:
             return error
 
@@ -52,8 +57,16 @@ def preflight(files: Sequence[FileRef], sources: Sources, concurrency: int) -> l
             results = list(pool.map(stat, files))
     failures = [result for result in results if isinstance(result, SourceError)]
     if failures:
+        discard_heads(info for result in results if not isinstance(result, SourceError) for info in result)
         raise SourcesFailed(failures)
     return [result for result in results if not isinstance(result, SourceError)]
+
+
+def discard_heads(infos: Iterable[SourceInfo]) -> None:
+    """Give the bytes pre-flight held back to the budget (a download that ended or never started)."""
+    for info in infos:
+        if info.head is not None:
+            info.head.discard()
 
 
 def entry_names(files: Sequence[FileRef], stats: Sequence[Sequence[SourceInfo]]) -> list[str]:
@@ -159,6 +172,7 @@ class PreparedZip:
             if self._prefetcher is not None:
                 self._prefetcher.close()
                 self._prefetcher = None
+            discard_heads(self.infos)
             self._flush_crcs(force=True)
 
     # -- which versions of zips were served: a resume without If-Range is only safe for those --
@@ -215,9 +229,31 @@ def prepare(
     sources: Sources,
     repository: BundleRepository | None,
     config: Config,
+    hold: bool = False,
 ) -> PreparedZip:
-    """Pre-flight every source and lay out the zip; raises before anything is sent."""
-    stats = preflight(files, sources, config.preflight_concurrency)
+    """Pre-flight every source and lay out the zip; raises before anything is sent.
+
+    `hold`: let pre-flight keep small files' bytes for the stream (a whole-zip GET; not for HEAD
+    or a range, which would hold bytes they never send).
+    """
+    stats = preflight(files, sources, config.preflight_concurrency, sources.holding() if hold else None)
+    try:
+        return _lay_out(files, stats, filename, compression, created_at, sources, repository, config)
+    except BaseException:
+        discard_heads(info for infos in stats for info in infos)
+        raise
+
+
+def _lay_out(
+    files: Sequence[FileRef],
+    stats: list[list[SourceInfo]],
+    filename: str,
+    compression: str,
+    created_at: int,
+    sources: Sources,
+    repository: BundleRepository | None,
+    config: Config,
+) -> PreparedZip:
     names = entry_names(files, stats)
     fallback_time = clamp_time(datetime.fromtimestamp(created_at, UTC))
     entries: list[Entry] = []

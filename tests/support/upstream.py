@@ -222,6 +222,7 @@ class UpstreamServer:
         self._bytes_sent: Counter[str] = Counter()
         self._errors: list[str] = []
         self._connections: set[socket.socket] = set()
+        self._accepted = 0
         self._idle = threading.Condition(self._lock)
         self._stop = threading.Event()
         self._httpd: _HTTPServer | None = None
@@ -394,6 +395,12 @@ class UpstreamServer:
         return [r.range for r in self.requests_for(path, "GET")]
 
     @property
+    def connections_accepted(self) -> int:
+        """TCP connections accepted since start (a kept-alive connection counts once)."""
+        with self._lock:
+            return self._accepted
+
+    @property
     def bytes_sent(self) -> dict[str, int]:
         """Response body bytes written per path (what reached the socket, before any reset)."""
         with self._lock:
@@ -427,6 +434,8 @@ class UpstreamServer:
     def _track(self, conn: socket.socket, active: bool) -> None:
         with self._lock:
             if active:
+                if conn not in self._connections:
+                    self._accepted += 1
                 self._connections.add(conn)
             else:
                 self._connections.discard(conn)

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from .. import metrics
 from ..config import Config
 from ..errors import SourceError, SourceInterrupted, SourceRefused
+from .held import Head, HoldBudget, Holding
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,8 @@ class SourceInfo:
     crc32: int | None = None  # a full-object CRC-32 the store vouches for
     # Backend-specific handles (bucket/key, final URL after redirects, path on disk).
     location: tuple[str, ...] = field(default=())
+    # The file's first bytes (or all of it) if pre-flight fetched them; not part of its identity.
+    head: Head | None = field(default=None, compare=False, repr=False)
 
     @property
     def validated(self) -> bool:
@@ -60,8 +63,12 @@ class Source(Protocol):
         Called at validation time, before anything is stored or fetched; must not do network I/O.
         """
 
-    def stat(self, src: str) -> list[SourceInfo]:
-        """Metadata of the file(s) `src` names (several for an S3 prefix), raising SourceError."""
+    def stat(self, src: str, holding: Holding | None = None) -> list[SourceInfo]:
+        """Metadata of the file(s) `src` names (several for an S3 prefix), raising SourceError.
+
+        With a `holding`, a backend may also fetch a file's first bytes while it is at it and return
+        them as `SourceInfo.head`, within the holding's budget (see held.py).
+        """
 
     def open(self, info: SourceInfo, start: int = 0) -> Iterator[bytes]:
         """The file's bytes from offset `start`, only if it is still the version `info` describes.
@@ -74,7 +81,8 @@ class Source(Protocol):
 class Sources:
     """The enabled filestore backends, by scheme."""
 
-    def __init__(self, backends: list[Source]) -> None:
+    def __init__(self, backends: list[Source], hold_bytes: int = 0) -> None:
+        self.budget = HoldBudget(hold_bytes)
         self.by_scheme: dict[str, Source] = {}
         for backend in backends:
             for scheme in backend.schemes:
@@ -92,12 +100,16 @@ class Sources:
     def check(self, src: str) -> None:
         self.backend(src).check(src)
 
-    def stat(self, src: str) -> list[SourceInfo]:
+    def holding(self) -> Holding | None:
+        """One download's share of the bytes pre-flight may hold (half the worker's), or None if off."""
+        return Holding(self.budget, self.budget.total // 2) if self.budget.total > 0 else None
+
+    def stat(self, src: str, holding: Holding | None = None) -> list[SourceInfo]:
         backend = self.backend(src)
         label = metrics.backend_label(urlsplit(src).scheme)
         metrics.UPSTREAM_REQUESTS.labels(label, "stat").inc()
         try:
-            return backend.stat(src)
+            return backend.stat(src, holding)
         except SourceError as error:
             metrics.UPSTREAM_ERRORS.labels(label, "stat", error.code).inc()
             raise
@@ -111,6 +123,13 @@ class Sources:
         backend = self.backend(info.src)
         label = metrics.backend_label(urlsplit(info.src).scheme)
         position = start
+        held = info.head.take() if info.head is not None else None
+        if held is not None and (start < len(held) or len(held) == info.size):
+            if start < len(held):
+                yield held[start:] if start else held
+            position = len(held)
+            if position == info.size:
+                return
         attempts = 0
         while True:
             metrics.UPSTREAM_REQUESTS.labels(label, "open").inc()
@@ -154,4 +173,4 @@ def build_sources(config: Config) -> Sources:
         from .file import FileSource
 
         backends.append(FileSource(config))
-    return Sources(backends)
+    return Sources(backends, hold_bytes=config.preflight_hold_bytes if config.preflight_fetch_bytes else 0)

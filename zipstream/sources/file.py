@@ -19,6 +19,7 @@ from urllib.parse import unquote, urlsplit
 from ..config import Config
 from ..errors import SourceChanged, SourceError, SourceNotFound, SourceRefused
 from . import CHUNK_SIZE, SourceInfo
+from .held import Holding
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +79,9 @@ class FileSource:
         except UnicodeDecodeError:
             raise SourceRefused(src, "the path is not valid UTF-8 once percent-decoded") from None
 
-    def stat(self, src: str) -> list[SourceInfo]:
+    def stat(self, src: str, holding: Holding | None = None) -> list[SourceInfo]:
         """One SourceInfo for a file, or one per regular file below a directory src ending in '/'."""
+        # `holding` is not used: reading a local file while streaming costs no round trip.
         self.check(src)
         relative = self._relative(src)
         real = self._resolve(src, relative)

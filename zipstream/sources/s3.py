@@ -20,6 +20,7 @@ from ..aws import s3_client
 from ..config import Config
 from ..errors import SourceChanged, SourceError, SourceInterrupted, SourceNotFound, SourceRefused
 from . import CHUNK_SIZE, SourceInfo
+from .held import Holding
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -108,7 +109,9 @@ class S3Source:
         if self.buckets and bucket not in self.buckets:
             raise SourceRefused(src, f"bucket {bucket} is not in S3_BUCKETS")
 
-    def stat(self, src: str) -> list[SourceInfo]:
+    def stat(self, src: str, holding: Holding | None = None) -> list[SourceInfo]:
+        # `holding` is not used: the HEAD returns the object's stored CRC-32 (ChecksumMode), which a
+        # ranged GET does not, and a known CRC-32 decides the zip's layout.
         self.check(src)
         bucket, key = parse_src(src)
         if key == "" or key.endswith("/"):

@@ -1,0 +1,235 @@
+"""Pre-flight by ranged GET: small files are fetched once and held for the stream (sources/held.py).
+
+Against a real local upstream: which requests are sent, that no byte is read twice, that the bytes
+are the file's, that the budget is always given back, and that holding never changes the zip.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import requests
+
+from zipstream.config import Config
+from zipstream.download import prepare
+from zipstream.errors import SourceChanged, SourceError, SourcesFailed
+from zipstream.models import FileRef
+from zipstream.sources import Sources, build_sources
+
+from .support.live import LiveServer
+from .support.readers import CheckZip
+from .support.upstream import UpstreamServer
+
+FETCH = 64 * 1024
+FIRST = f"bytes=0-{FETCH - 1}"
+
+
+@pytest.fixture
+def sources(make_config: Callable[..., Config]) -> Sources:
+    return build_sources(make_config())
+
+
+def _methods_and_ranges(upstream: UpstreamServer, path: str) -> list[tuple[str, str | None]]:
+    return [(record.method, record.range) for record in upstream.requests_for(path)]
+
+
+def test_small_file_costs_one_request(sources: Sources, upstream: UpstreamServer) -> None:
+    data = os.urandom(5000)
+    upstream.add("/a.bin", data)
+    holding = sources.holding()
+    assert holding is not None
+    [info] = sources.stat(upstream.url("/a.bin"), holding)
+    assert info.size == 5000
+    assert info.etag is not None
+    assert holding.used == 5000  # the rest of the 64 KiB reservation went back at once
+    assert b"".join(sources.open(info)) == data
+    assert _methods_and_ranges(upstream, "/a.bin") == [("GET", FIRST)]
+    assert holding.used == 0
+    assert sources.budget.used == 0
+
+
+def test_big_file_continues_after_the_held_part_without_reading_a_byte_twice(
+        sources: Sources, upstream: UpstreamServer) -> None:
+    data = os.urandom(300_000)
+    upstream.add("/big.bin", data)
+    [info] = sources.stat(upstream.url("/big.bin"), sources.holding())
+    assert info.size == 300_000
+    assert info.head is not None
+    assert info.head.size == FETCH
+    assert b"".join(sources.open(info)) == data
+    assert _methods_and_ranges(upstream, "/big.bin") == [("GET", FIRST), ("GET", f"bytes={FETCH}-")]
+    assert upstream.requests_for("/big.bin")[1].headers["if-range"] == info.etag
+    assert upstream.bytes_sent["/big.bin"] == len(data)
+    assert sources.budget.used == 0
+
+
+def test_a_range_inside_the_held_part_is_served_from_it(sources: Sources, upstream: UpstreamServer) -> None:
+    data = os.urandom(9000)
+    upstream.add("/a.bin", data)
+    [info] = sources.stat(upstream.url("/a.bin"), sources.holding())
+    assert b"".join(sources.open(info, 1234)) == data[1234:]
+    assert len(upstream.requests_for("/a.bin")) == 1
+
+
+def test_file_changed_after_preflight_is_refused_not_spliced(sources: Sources, upstream: UpstreamServer) -> None:
+    upstream.add("/big.bin", os.urandom(200_000))
+    [info] = sources.stat(upstream.url("/big.bin"), sources.holding())
+    upstream.add("/big.bin", os.urandom(200_000))  # new content, new ETag
+    with pytest.raises(SourceChanged):
+        b"".join(sources.open(info))
+    assert sources.budget.used == 0
+
+
+def test_empty_file(sources: Sources, upstream: UpstreamServer) -> None:
+    upstream.add("/empty.bin", b"")
+    [info] = sources.stat(upstream.url("/empty.bin"), sources.holding())
+    assert info.size == 0
+    assert b"".join(sources.open(info)) == b""
+    # "bytes=0-65535" of nothing is a 416, which need not carry the validators: a HEAD gets them.
+    assert _methods_and_ranges(upstream, "/empty.bin") == [("GET", FIRST), ("HEAD", None)]
+
+
+def test_server_that_ignores_range(sources: Sources, upstream: UpstreamServer) -> None:
+    small, big = os.urandom(3000), os.urandom(400_000)
+    upstream.add("/small.bin", small)
+    upstream.add("/big.bin", big)
+    upstream.set_behaviour(no_range=True)
+    holding = sources.holding()
+    [small_info] = sources.stat(upstream.url("/small.bin"), holding)
+    [big_info] = sources.stat(upstream.url("/big.bin"), holding)
+    assert small_info.head is not None  # the whole file came in the 200: kept
+    assert big_info.head is None  # a whole big file we didn't ask for: dropped, not read
+    assert big_info.size == 400_000
+    assert b"".join(sources.open(small_info)) == small
+    assert b"".join(sources.open(big_info)) == big
+    assert len(upstream.requests_for("/small.bin")) == 1
+    assert len(upstream.requests_for("/big.bin")) == 2
+    assert sources.budget.used == 0
+
+
+def test_encoded_answer_is_refused(sources: Sources, upstream: UpstreamServer) -> None:
+    upstream.add("/a.txt", b"hello " * 1000)
+    upstream.set_behaviour("/a.txt", gzip=True)
+    with pytest.raises(SourceError, match="gzip-encoded"):
+        sources.stat(upstream.url("/a.txt"), sources.holding())
+    assert sources.budget.used == 0
+
+
+def test_small_files_share_one_kept_alive_connection(sources: Sources, upstream: UpstreamServer) -> None:
+    holding = sources.holding()
+    for index in range(20):
+        upstream.add(f"/f{index}.bin", os.urandom(100 * index))
+        sources.stat(upstream.url(f"/f{index}.bin"), holding)
+    upstream.add("/big.bin", os.urandom(FETCH + 1))
+    [big] = sources.stat(upstream.url("/big.bin"), holding)
+    b"".join(sources.open(big))
+    assert upstream.connections_accepted == 1
+
+
+def test_spent_budget_falls_back_to_head(make_config: Callable[..., Config], upstream: UpstreamServer) -> None:
+    upstream.add("/a.bin", b"a" * 100)
+    # A download may hold half the worker's budget: 50,000 bytes is less than one 64 KiB reservation.
+    sources = build_sources(make_config(PREFLIGHT_HOLD_BYTES="100000"))
+    [info] = sources.stat(upstream.url("/a.bin"), sources.holding())
+    assert info.head is None
+    assert b"".join(sources.open(info)) == b"a" * 100
+    assert _methods_and_ranges(upstream, "/a.bin") == [("HEAD", None), ("GET", None)]
+
+
+def test_fetch_bytes_zero_means_head_only(make_config: Callable[..., Config], upstream: UpstreamServer) -> None:
+    upstream.add("/a.bin", b"a" * 100)
+    sources = build_sources(make_config(PREFLIGHT_FETCH_BYTES="0"))
+    assert sources.holding() is None
+    [info] = sources.stat(upstream.url("/a.bin"), sources.holding())
+    assert info.head is None
+    assert [record.method for record in upstream.requests] == ["HEAD"]
+
+
+def test_per_download_limit_leaves_room_for_others(make_config: Callable[..., Config],
+                                                   upstream: UpstreamServer) -> None:
+    for index in range(8):
+        upstream.add(f"/f{index}.bin", os.urandom(40_000))
+    # Worker budget 512 KiB: one download may reserve 256 KiB, i.e. four 64 KiB reservations at once.
+    sources = build_sources(make_config(PREFLIGHT_HOLD_BYTES=str(512 * 1024)))
+    first = sources.holding()
+    infos = [info for index in range(8) for info in sources.stat(upstream.url(f"/f{index}.bin"), first)]
+    held = [info for info in infos if info.head is not None]
+    assert 4 <= len(held) < 8  # 40,000 bytes kept per file: six fit in 256 KiB after the first ones
+    assert first is not None
+    assert first.used == 40_000 * len(held) <= 256 * 1024
+    second = sources.holding()
+    [other] = sources.stat(upstream.url("/f0.bin"), second)
+    assert other.head is not None  # the other half of the worker's budget is still there
+
+
+def test_failed_preflight_gives_the_bytes_back(make_config: Callable[..., Config], upstream: UpstreamServer) -> None:
+    config = make_config()
+    sources = build_sources(config)
+    files = [FileRef(upstream.url(f"/f{index}.bin")) for index in range(10)] + [FileRef(upstream.url("/gone"))]
+    for index in range(10):
+        upstream.add(f"/f{index}.bin", os.urandom(1000))
+    with pytest.raises(SourcesFailed):
+        prepare(files, "x.zip", "stored", 0, sources, None, config, hold=True)
+    assert sources.budget.used == 0
+
+
+def test_abandoned_download_gives_the_bytes_back(make_config: Callable[..., Config],
+                                                 upstream: UpstreamServer) -> None:
+    config = make_config()
+    sources = build_sources(config)
+    for index in range(10):
+        upstream.add(f"/f{index}.bin", os.urandom(30_000))
+    files = [FileRef(upstream.url(f"/f{index}.bin")) for index in range(10)]
+    prepared = prepare(files, "x.zip", "stored", 0, sources, None, config, hold=True)
+    assert sources.budget.used == 300_000
+    stream = prepared.stream()
+    next(stream)
+    stream.close()  # the client went away after the first chunk
+    assert sources.budget.used == 0
+    # A prepared zip that is never streamed (HEAD, 304) gives them back when it goes.
+    prepared = prepare(files, "x.zip", "stored", 0, sources, None, config, hold=True)
+    assert sources.budget.used == 300_000
+    del prepared
+    assert sources.budget.used == 0
+
+
+def test_holding_never_changes_a_byte_of_the_zip(serve: Callable[..., LiveServer], upstream: UpstreamServer,
+                                                 tmp_path: Path, zip_readers: CheckZip) -> None:
+    expected = {}
+    files = []
+    for index, size in enumerate([0, 1, 1000, FETCH - 1, FETCH, FETCH + 1, 300_000, 16 * 1024]):
+        data = os.urandom(size)
+        upstream.add(f"/f{index}.bin", data)
+        files.append({"src": upstream.url(f"/f{index}.bin")})
+        expected[f"f{index}.bin"] = data
+    holding = serve()
+    heads_only = serve(PREFLIGHT_FETCH_BYTES="0")
+    response = requests.post(holding.url("/"), json={"files": files}, timeout=30)
+    bundle_id = response.json()["id"]
+    response = requests.post(heads_only.url("/"), json={"files": files}, timeout=30)
+    other_id = response.json()["id"]
+    upstream.clear_log()
+    held = requests.get(holding.url(f"/{bundle_id}"), timeout=60)
+    assert held.status_code == 200
+    # One GET per file, plus a HEAD for the empty one (its 416 has no validators) and a second GET
+    # for the two bigger than 64 KiB, which continue after their first part.
+    methods = [record.method for record in upstream.requests]
+    assert (methods.count("GET"), methods.count("HEAD")) == (len(files) + 2, 1)
+    not_held = requests.get(heads_only.url(f"/{other_id}"), timeout=60)
+    assert not_held.content == held.content
+    assert not_held.headers["ETag"] == held.headers["ETag"]
+    path = tmp_path / "held.zip"
+    path.write_bytes(held.content)
+    zip_readers(path, expected)
+    # A HEAD of the zip or a range of it holds nothing: HEADs, then only the members the range needs.
+    upstream.clear_log()
+    assert requests.head(holding.url(f"/{bundle_id}"), timeout=30).status_code == 200
+    assert {record.method for record in upstream.requests} == {"HEAD"}
+    upstream.clear_log()
+    tail = requests.get(holding.url(f"/{bundle_id}"), headers={"Range": "bytes=-100"}, timeout=30)
+    assert tail.status_code == 206
+    assert tail.content == held.content[-100:]
+    assert not [record for record in upstream.requests if record.range == FIRST]
