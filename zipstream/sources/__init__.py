@@ -22,7 +22,7 @@ from .held import Head, HoldBudget, Holding
 log = logging.getLogger(__name__)
 
 # Read size for every upstream body: large enough that per-chunk Python work is negligible.
-CHUNK_SIZE = 256 * 1024
+CHUNK_SIZE = 1024 * 1024
 
 
 @dataclass(frozen=True)
