@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import zipfile
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -108,7 +110,7 @@ def test_upstream_errors_are_counted_by_backend(file_client: FlaskClient, upstre
 def test_metrics_add_up_every_gunicorn_worker(
     serve: Callable[..., LiveServer], root: Path, upstream: UpstreamServer,
 ) -> None:
-    upstream.add("/x.txt", b"x" * 10_000)
+    upstream.add("/x.bin", os.urandom(2_000_000))
     server = serve(workers=2, FS_INTERFACES="https,file", FILE_ROOT=str(root))
     downloads = 0
 
@@ -116,12 +118,16 @@ def test_metrics_add_up_every_gunicorn_worker(
         lines = [json.loads(line) for line in server.log_text().splitlines() if line.startswith("{")]
         return {line["pid"] for line in lines if line.get("event") == "download"}
 
-    # A fresh connection each time, so the kernel spreads them over both workers.
-    while downloads < 6 or (len(workers_that_served()) < 2 and downloads < 40):
-        response = requests.post(server.url("/bundle"), json={"files": [{"src": upstream.url("/x.txt")}]},
-                                 timeout=10, headers={"Connection": "close"})
+    def download(_: int) -> None:
+        # Deflate keeps a worker busy compressing, so the other one takes the next connections.
+        response = requests.post(server.url("/bundle"), timeout=30, headers={"Connection": "close"},
+                                 json={"files": [{"src": upstream.url("/x.bin")}], "compression": "deflate"})
         assert response.status_code == 200
-        downloads += 1
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        while downloads < 8 or (len(workers_that_served()) < 2 and downloads < 40):
+            list(pool.map(download, range(4)))
+            downloads += 4
     assert len(workers_that_served()) == 2
     for _ in range(4):  # whichever worker answers, it reports every worker's downloads
         text = requests.get(server.url("/metrics"), timeout=10, headers={"Connection": "close"}).text
