@@ -104,6 +104,7 @@ def fetch_each(session: requests.Session, urls: Sequence[str]) -> int:
 @dataclass(frozen=True)
 class ProcStat:
     cpu_seconds: float
+    system_seconds: float  # the part of cpu_seconds spent in the kernel
     rss: int
     hwm: int
 
@@ -112,13 +113,14 @@ def proc_stat(pid: int) -> ProcStat:
     """CPU time (user + system), resident and peak resident bytes of a process, from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     cpu = (int(fields[11]) + int(fields[12])) / _TICK
+    system = int(fields[12]) / _TICK
     rss = hwm = 0
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             rss = int(line.split()[1]) * 1024
         elif line.startswith("VmHWM:"):
             hwm = int(line.split()[1]) * 1024
-    return ProcStat(cpu, rss, hwm)
+    return ProcStat(cpu, system, rss, hwm)
 
 
 def reset_peak_rss(pid: int) -> None:

@@ -233,3 +233,20 @@ def test_holding_never_changes_a_byte_of_the_zip(serve: Callable[..., LiveServer
     assert tail.status_code == 206
     assert tail.content == held.content[-100:]
     assert not [record for record in upstream.requests if record.range == FIRST]
+
+
+def test_deflate_bundle_streams_held_and_continued_members(serve: Callable[..., LiveServer],
+                                                           upstream: UpstreamServer, tmp_path: Path,
+                                                           zip_readers: CheckZip) -> None:
+    expected = {}
+    for index, size in enumerate([10, 20_000, 3 * FETCH + 5]):
+        expected[f"f{index}.txt"] = (f"line {index}\n" * (size // 7 + 1)).encode()[:size]
+        upstream.add(f"/f{index}.txt", expected[f"f{index}.txt"])
+    server = serve()
+    files = [{"src": upstream.url(f"/{name}")} for name in expected]
+    response = requests.post(server.url("/bundle"), json={"files": files, "compression": "deflate"}, timeout=30)
+    assert response.status_code == 200
+    path = tmp_path / "deflate.zip"
+    path.write_bytes(response.content)
+    zip_readers(path, expected)
+    assert len(upstream.requests) == len(files) + 1  # the big one continues after its first 64 KiB
