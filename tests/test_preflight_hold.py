@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from flask.testing import FlaskClient
 
 from zipstream.config import Config
 from zipstream.download import prepare
@@ -250,3 +251,83 @@ def test_deflate_bundle_streams_held_and_continued_members(serve: Callable[..., 
     path.write_bytes(response.content)
     zip_readers(path, expected)
     assert len(upstream.requests) == len(files) + 1  # the big one continues after its first 64 KiB
+
+
+# -- servers whose ranged answer says less than their HEAD: the HEAD decides, the zip is the same --
+
+
+def _zip(sources: Sources, config: Config, files: list[FileRef], hold: bool) -> tuple[bytes, str | None]:
+    prepared = prepare(files, "x.zip", "stored", 0, sources, None, config, hold=hold)
+    return b"".join(prepared.stream()), prepared.etag
+
+
+@pytest.mark.parametrize("behaviour", [
+    {"omit_on_206": ("Last-Modified",)},
+    {"omit_on_206": ("ETag",)},
+    {"omit_on_206": ("ETag", "Last-Modified")},
+    {"no_validators": ("ETag",)},
+    {"no_validators": ("ETag", "Last-Modified")},
+    {"no_range": True, "no_length": True},  # whole body, chunked; the HEAD has a Content-Length
+], ids=lambda behaviour: ",".join(f"{key}={value}" for key, value in behaviour.items()))
+def test_zip_is_the_same_whichever_preflight_ran(make_config: Callable[..., Config], upstream: UpstreamServer,
+                                                  behaviour: dict[str, object]) -> None:
+    config = make_config()
+    sources = build_sources(config)
+    files = []
+    for index, size in enumerate([0, 700, 30_000, 200_000]):
+        upstream.add(f"/f{index}.bin", os.urandom(size))
+        files.append(FileRef(upstream.url(f"/f{index}.bin")))
+    upstream.set_behaviour(**behaviour)
+    held, held_etag = _zip(sources, config, files, hold=True)
+    assert sources.budget.used == 0
+    not_held, not_held_etag = _zip(sources, config, files, hold=False)
+    assert held == not_held
+    assert held_etag == not_held_etag
+
+
+def test_a_first_part_needs_a_strong_etag(sources: Sources, upstream: UpstreamServer) -> None:
+    upstream.add("/weak-big.bin", os.urandom(200_000), etag='W/"v1"')
+    upstream.add("/weak-small.bin", os.urandom(2000), etag='W/"v1"')
+    upstream.add("/dated-big.bin", os.urandom(200_000))
+    upstream.set_behaviour("/dated-big.bin", no_validators=("ETag",))
+    holding = sources.holding()
+    [weak_big] = sources.stat(upstream.url("/weak-big.bin"), holding)
+    [weak_small] = sources.stat(upstream.url("/weak-small.bin"), holding)
+    [dated_big] = sources.stat(upstream.url("/dated-big.bin"), holding)
+    # A continuation after a weak ETag or a date could splice two versions: read those whole later.
+    assert weak_big.head is None
+    assert dated_big.head is None
+    assert weak_small.head is not None  # a whole file needs no continuation
+    assert b"".join(sources.open(weak_big)) and upstream.ranges_for("/weak-big.bin")[-1] is None
+    for info in (weak_small, dated_big):
+        b"".join(sources.open(info))
+    assert sources.budget.used == 0
+
+
+def test_content_range_beyond_its_total_is_not_trusted() -> None:
+    from zipstream.sources.http import _content_range
+
+    assert _content_range("bytes 0-5999/5000") is None
+    assert _content_range("bytes 0-4999/5000") == (0, 4999, 5000)
+    assert _content_range("bytes 0-99/*") == (0, 99, None)
+    assert _content_range("bytes 5-4/10") is None
+
+
+def test_empty_file_on_a_server_without_head(sources: Sources, upstream: UpstreamServer) -> None:
+    upstream.add("/empty.bin", b"")
+    upstream.set_behaviour(no_head=True)  # HEAD -> 405, and "bytes=0-0" of nothing -> 416
+    [held] = sources.stat(upstream.url("/empty.bin"), sources.holding())
+    [not_held] = sources.stat(upstream.url("/empty.bin"))
+    assert held.size == 0
+    assert held == not_held
+    assert b"".join(sources.open(held)) == b"" == b"".join(sources.open(not_held))
+
+
+def test_conditional_get_holds_nothing(client: FlaskClient, upstream: UpstreamServer) -> None:
+    upstream.add("/a.bin", os.urandom(1000))
+    bundle = client.post("/", json={"files": [{"src": upstream.url("/a.bin")}]}).get_json()
+    etag = client.head(f"/{bundle['id']}").headers["ETag"]
+    upstream.clear_log()
+    response = client.get(f"/{bundle['id']}", headers={"If-None-Match": etag})
+    assert response.status_code == 304
+    assert [record.method for record in upstream.requests] == ["HEAD"]

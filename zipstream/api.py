@@ -187,8 +187,9 @@ def zip_response(prepared: PreparedZip) -> Response:
 
 def _prepare(files: tuple[FileRef, ...] | list[FileRef], filename: str, compression: str,
              created_at: int) -> PreparedZip:
-    # Only a request for the whole zip lets pre-flight keep small files' bytes for the stream.
-    hold = request.method != "HEAD" and "Range" not in request.headers
+    # Only a request for the whole zip lets pre-flight keep small files' bytes for the stream (not a
+    # HEAD, a range, or a conditional request that may well end in 304).
+    hold = request.method != "HEAD" and not {"Range", "If-None-Match"} & set(request.headers.keys())
     with metrics.PREFLIGHT_SECONDS.time():
         return prepare(files, filename, compression, created_at, _sources(), _repository(), _config(), hold)
 

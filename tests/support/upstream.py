@@ -70,6 +70,8 @@ class Behaviour:
     redirect_to: str | None = None  # answer 302 with this Location
     no_head: bool = False  # HEAD -> 405
     no_range: bool = False  # ignore Range/If-Range, always 200 full body, Accept-Ranges: none
+    omit_on_206: tuple[str, ...] = ()  # header names left out of 206 answers (RFC 9110 requires only ETag)
+    no_validators: tuple[str, ...] = ()  # "ETag" / "Last-Modified": never sent, on any answer
 
 
 _BEHAVIOUR_FIELDS: Final = frozenset(f.name for f in dataclasses.fields(Behaviour))
@@ -527,8 +529,11 @@ class _Handler(BaseHTTPRequestHandler):
 
         self.send_response(HTTPStatus.PARTIAL_CONTENT if span else HTTPStatus.OK)
         self.send_header("Content-Type", resource.content_type)
-        self.send_header("ETag", etag)
-        self.send_header("Last-Modified", email.utils.formatdate(mtime, usegmt=True))
+        omitted = {*behaviour.no_validators, *(behaviour.omit_on_206 if span else ())}
+        if "ETag" not in omitted:
+            self.send_header("ETag", etag)
+        if "Last-Modified" not in omitted:
+            self.send_header("Last-Modified", email.utils.formatdate(mtime, usegmt=True))
         self.send_header("Accept-Ranges", "none" if behaviour.no_range else "bytes")
         if span:
             self.send_header("Content-Range", f"bytes {start}-{end - 1}/{size}")

@@ -125,9 +125,10 @@ class Sources:
         position = start
         held = info.head.take() if info.head is not None else None
         if held is not None and (start < len(held) or len(held) == info.size):
-            if start < len(held):
-                yield held[start:] if start else held
             position = len(held)
+            if start < position:
+                yield held[start:] if start else held
+            held = None  # the budget has it back: don't keep it alive while the rest streams
             if position == info.size:
                 return
         attempts = 0

@@ -73,7 +73,34 @@ def _content_range(value: str | None) -> tuple[int, int, int | None] | None:
     first, _, last = span.partition("-")
     if unit.lower() != "bytes" or not first.isdigit() or not last.isdigit() or int(last) < int(first):
         return None
+    if total.isdigit() and int(last) >= int(total):
+        return None
     return int(first), int(last), int(total) if total.isdigit() else None
+
+
+def _strong(etag: str | None) -> bool:
+    return etag is not None and not etag.startswith("W/")
+
+
+def _same_version(a: SourceInfo, b: SourceInfo) -> bool:
+    """Could `a` and `b` describe the same version of a file? (What one of them lacks can't differ.)"""
+    return (a.size == b.size
+            and (a.etag is None or b.etag is None or a.etag == b.etag)
+            and (a.last_modified is None or b.last_modified is None or a.last_modified == b.last_modified))
+
+
+def _read_small_body(response: requests.Response, expected: int | None, limit: int) -> bytes | None:
+    """The body if it is exactly `expected` (at most `limit`) bytes as announced, else None; either way
+    the response is finished: read out (its connection kept) or closed."""
+    if expected is None or expected > limit or response.headers.get("Content-Length") != str(expected):
+        _release(response)  # read out if small, else drop the connection (a server ignoring Range)
+        return None
+    try:
+        data: bytes | None = response.content
+    except requests.RequestException:
+        data = None
+    response.close()
+    return data if data is not None and len(data) == expected else None
 
 
 def _body_chunks(response: requests.Response) -> Iterator[bytes]:
@@ -205,6 +232,9 @@ class HttpSource:
         if response.status_code in (405, 501):
             # No HEAD support: ask for the first byte instead and read the size off Content-Range.
             response = self._request("GET", src, src, {"Range": "bytes=0-0"})
+            if response.status_code == 416 and response.headers.get("Content-Range", "").endswith("/0"):
+                _release(response)
+                return self._info(src, response, 0)  # an empty file has no byte 0
         if response.status_code >= 400:
             raise self._fail(src, response)
         _release(response)
@@ -218,24 +248,29 @@ class HttpSource:
 
     def _stat_get(self, src: str, want: int) -> tuple[SourceInfo, bytes | None]:
         """Pre-flight by `GET Range: bytes=0-{want-1}`: the info, and the bytes worth keeping (the
-        whole file, or a first part the member can continue from with If-Range), or None."""
+        whole file, or a first part the member can continue from with If-Range), or None.
+
+        The zip is built from this info, and a HEAD pre-flight (a range request, a spent budget) must
+        build the same zip. So the answer is trusted only when it carries everything a HEAD could:
+        a size, an ETag and a Last-Modified (RFC 9110 requires only the ETag on a 206). Otherwise the
+        HEAD decides, and the bytes are kept only if they are of the version it describes.
+        """
         response = self._request("GET", src, src, {"Range": f"bytes=0-{want - 1}"})
         status = response.status_code
-        if status == 416:  # an empty file has no byte 0
-            # Ask again by HEAD: a 416 need not carry the ETag and Last-Modified the zip is built from.
+        if status == 416:  # an empty file has no byte 0; a 416 need not carry the validators
             _release(response)
             info = self._stat_head(src)
             return info, b"" if info.size == 0 else None
         if status >= 400:
             raise self._fail(src, response)
-        expected: int | None = None  # how many body bytes the answer carries, if we want them
+        size: int | None
+        expected: int | None
         if status == 206:
             content_range = _content_range(response.headers.get("Content-Range"))
             if content_range is None or content_range[0] != 0:
-                response.close()
+                response.close()  # multipart/byteranges, or not what was asked: let a HEAD answer
                 return self._stat_head(src), None
-            size = content_range[2]
-            expected = content_range[1] + 1
+            size, expected = content_range[2], content_range[1] + 1
         else:  # 200: the server ignored the range and sends the whole file
             length = response.headers.get("Content-Length", "")
             size = int(length) if length.isdigit() else None
@@ -245,19 +280,17 @@ class HttpSource:
         except SourceError:
             response.close()
             raise
-        length = response.headers.get("Content-Length", "")
-        # Keep the whole file, or a first part if the rest can be fetched safely (If-Range) later.
-        keep = (expected is not None and size is not None and length == str(expected) and expected <= want
-                and (expected == size or info.validated))
-        if not keep:
-            _release(response)  # read out if small, else drop the connection (a server ignoring Range)
-            return info, None
-        try:
-            data = response.content  # reads it out, so the connection goes back to the pool
-        except requests.RequestException:
+        data = _read_small_body(response, expected, want)
+        if size is None or info.etag is None or info.last_modified is None:
+            head_info = self._stat_head(src)
+            if data is not None and not _same_version(head_info, info):
+                data = None
+            info = head_info
+        # A first part is only worth keeping if the rest can be asked for safely: If-Range needs a
+        # strong ETag (a weak one or a date can't promise the same bytes).
+        if data is not None and len(data) != info.size and not _strong(info.etag):
             data = None
-        response.close()
-        return info, data if data is not None and len(data) == expected else None
+        return info, data
 
     @staticmethod
     def _info(src: str, response: requests.Response, size: int | None) -> SourceInfo:
