@@ -331,3 +331,21 @@ def test_conditional_get_holds_nothing(client: FlaskClient, upstream: UpstreamSe
     response = client.get(f"/{bundle['id']}", headers={"If-None-Match": etag})
     assert response.status_code == 304
     assert [record.method for record in upstream.requests] == ["HEAD"]
+
+
+def test_weak_etag_alone_is_not_a_validator(make_config: Callable[..., Config], upstream: UpstreamServer) -> None:
+    """Equal weak ETags need not mean equal bytes: a zip of such a file is not resumable, and a body cut
+    part-way is not continued (that could splice two versions); the download fails visibly instead."""
+    config = make_config()
+    sources = build_sources(config)
+    upstream.add("/weak.bin", os.urandom(300_000), etag='W/"v1"')
+    upstream.set_behaviour("/weak.bin", no_validators=("Last-Modified",), reset_after=100_000)
+    [info] = sources.stat(upstream.url("/weak.bin"))
+    assert info.etag == 'W/"v1"'
+    assert not info.validated
+    prepared = prepare([FileRef(upstream.url("/weak.bin"))], "x.zip", "stored", 0, sources, None, config)
+    assert not prepared.rangeable
+    assert prepared.etag is None
+    with pytest.raises(SourceError):
+        b"".join(sources.open(info))
+    assert upstream.ranges_for("/weak.bin")[-1] is None  # never continued with a bare Range
