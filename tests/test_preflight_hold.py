@@ -349,3 +349,27 @@ def test_weak_etag_alone_is_not_a_validator(make_config: Callable[..., Config], 
     with pytest.raises(SourceError):
         b"".join(sources.open(info))
     assert upstream.ranges_for("/weak.bin")[-1] is None  # never continued with a bare Range
+
+
+def test_giving_back_from_a_finalizer_inside_reserve_does_not_deadlock() -> None:
+    """The garbage collector may free a Head (caught in a cycle) while this thread is inside reserve()."""
+    import threading
+
+    from zipstream.sources.held import HoldBudget, Holding
+
+    budget = HoldBudget(1000)
+    holding = Holding(budget, 500)
+    assert holding.reserve(100)
+    head = holding.keep(b"x" * 40, 100)
+
+    def free_inside_reserve() -> None:
+        nonlocal head
+        with holding._lock, budget._lock:  # where reserve() is when the collector strikes
+            del head
+
+    worker = threading.Thread(target=free_inside_reserve, daemon=True)
+    worker.start()
+    worker.join(timeout=5)
+    assert not worker.is_alive(), "deadlocked"
+    assert holding.used == 0
+    assert budget.used == 0

@@ -19,12 +19,16 @@ import threading
 
 
 class HoldBudget:
-    """One worker's allowance of held bytes, shared by all its downloads."""
+    """One worker's allowance of held bytes, shared by all its downloads.
+
+    The locks are re-entrant: a `Head` caught in a reference cycle is given back from `__del__`,
+    which the garbage collector may run while this very thread is inside `reserve`.
+    """
 
     def __init__(self, total: int) -> None:
         self.total = total
         self.used = 0
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
 
     def reserve(self, count: int) -> bool:
         with self._lock:
@@ -45,7 +49,7 @@ class Holding:
         self._budget = budget
         self.limit = limit
         self.used = 0
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
 
     def reserve(self, count: int) -> bool:
         with self._lock:
