@@ -134,3 +134,23 @@ def test_metrics_add_up_every_gunicorn_worker(
         assert sample(text, "zipstream_downloads_completed_total", kind="one_off") == downloads
         assert sample(text, "zipstream_upstream_requests_total", backend="https", operation="stat") == downloads
         assert sample(text, "zipstream_downloads_in_flight") == 0
+
+
+def test_metrics_token_locks_the_endpoint(make_config: Callable[..., Config]) -> None:
+    client = create_app(make_config(METRICS_TOKEN="s3cret-scrape")).test_client()
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic s3cret-scrape"}):
+        response = client.get("/metrics", headers=headers)
+        assert response.status_code == 401
+        assert response.get_json()["error"]["code"] == "unauthorized"
+        assert "zipstream_" not in response.get_data(as_text=True)
+    response = client.get("/metrics", headers={"Authorization": "Bearer s3cret-scrape"})
+    assert response.status_code == 200
+    assert "zipstream_downloads_started_total" in response.get_data(as_text=True)
+    # The token guards only /metrics: downloads and bundle creation are unaffected by it.
+    assert client.get("/health-check").status_code == 200
+
+
+def test_secrets_stay_out_of_the_config_repr() -> None:
+    config = Config.from_env({"API_KEY": "key-123", "METRICS_TOKEN": "tok-456", "DB_CNXN": "postgres://u:pw-789@h/db"})
+    assert config.api_key == "key-123"
+    assert not any(secret in repr(config) for secret in ("key-123", "tok-456", "pw-789"))

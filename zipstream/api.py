@@ -13,6 +13,7 @@ from urllib.parse import quote
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from . import cooperative, metrics, ranges
+from .auth import bearer_matches
 from .config import Config
 from .download import PreparedZip, prepare
 from .errors import (
@@ -100,9 +101,7 @@ def _check_api_key() -> None:
     key = _config().api_key
     if not key:
         return
-    given = request.headers.get("Authorization", "")
-    scheme, _, token = given.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
+    if not bearer_matches(key):
         raise Unauthorized("creating bundles needs 'Authorization: Bearer <API_KEY>'")
 
 

@@ -64,7 +64,7 @@ class Config:
     port: int = 4040
     db_interface: str = "sqlite"
     # The seed's default; DATABASE_URL (Heroku) takes precedence when set.
-    db_cnxn: str = "postgres://localhost:5432/zipstream"
+    db_cnxn: str = field(default="postgres://localhost:5432/zipstream", repr=False)  # may hold a password
     sqlite_path: str = "zipstream.sqlite3"
     db_pool_size: int = 10
     db_timeout: float = 5.0
@@ -92,7 +92,8 @@ class Config:
     # files this small need no second request. See sources/held.py and README, performance.
     preflight_fetch_bytes: int = 64 * 1024
     preflight_hold_bytes: int = 64 * 1024 * 1024  # per worker; one download holds at most half
-    api_key: str = ""
+    api_key: str = field(default="", repr=False)  # secrets stay out of reprs and tracebacks
+    metrics_token: str = field(default="", repr=False)  # when set, /metrics needs "Bearer <METRICS_TOKEN>"
     cors_origins: tuple[str, ...] = ()  # empty = no CORS headers; "*" = any origin
     default_compression: str = "stored"
     demo: bool = False  # GET /demo, the shopping-cart example page
@@ -166,6 +167,7 @@ class Config:
             preflight_fetch_bytes=get("PREFLIGHT_FETCH_BYTES", lambda n, r: _int(n, r, 0), 64 * 1024),
             preflight_hold_bytes=get("PREFLIGHT_HOLD_BYTES", lambda n, r: _int(n, r, 0), 64 * 1024 * 1024),
             api_key=env.get("API_KEY", "").strip(),
+            metrics_token=env.get("METRICS_TOKEN", "").strip(),
             cors_origins=tuple(origin.rstrip("/") for origin in _csv(env.get("CORS_ORIGINS", ""))),
             default_compression=compression,
             demo=get("DEMO", _bool, False),

@@ -13,7 +13,7 @@ import os
 import time
 from collections.abc import Iterator
 
-from flask import Blueprint, Response
+from flask import Blueprint, Response, current_app
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -25,7 +25,8 @@ from prometheus_client import (
 )
 from prometheus_client import generate_latest as _generate_latest
 
-from .errors import StreamAborted
+from .auth import bearer_matches
+from .errors import StreamAborted, Unauthorized
 
 bp = Blueprint("metrics", __name__)
 log = logging.getLogger("zipstream.download")
@@ -114,7 +115,10 @@ def generate_latest() -> bytes:
 
 @bp.get("/metrics")
 def metrics() -> Response:
-    """Prometheus text exposition format."""
+    """Prometheus text exposition format (behind a bearer token when METRICS_TOKEN is set)."""
+    token = current_app.extensions["zipstream.config"].metrics_token
+    if token and not bearer_matches(token):
+        raise Unauthorized("/metrics needs 'Authorization: Bearer <METRICS_TOKEN>'")
     response = Response(generate_latest(), headers={"Cache-Control": "no-store"})
     response.headers["Content-Type"] = CONTENT_TYPE_LATEST
     return response
