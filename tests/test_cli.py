@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -137,6 +138,25 @@ def test_bundle_create_prints_link_and_secret(
     code, _, err = run(capsys, "bundle", "create", "--url", server.url(), "--api-key", "k3y", "ftp://x/y")
     assert code == 1
     assert "422" in err
+
+    # show: by id and secret, or by the manage link; a wrong secret is the API's 403.
+    code, out, err = run(capsys, "bundle", "show", "--url", server.url(), bundle_id, secret)
+    assert code == 0, err
+    assert [f["src"] for f in json.loads(out)["files"]] == srcs
+    code, out, _ = run(capsys, "bundle", "show", fields["manage"].strip())
+    assert code == 0
+    assert json.loads(out)["filename"] == "two.zip"
+    code, _, err = run(capsys, "bundle", "show", "--url", server.url(), bundle_id, "not-the-secret")
+    assert code == 1
+    assert "403" in err
+    # delete: the download link stops working.
+    code, out, err = run(capsys, "bundle", "delete", "--url", server.url(), bundle_id, secret)
+    assert code == 0, err
+    assert bundle_id in out
+    assert requests.get(link, timeout=10).status_code == 404
+    code, _, err = run(capsys, "bundle", "show", "--url", server.url(), bundle_id, secret)
+    assert code == 1
+    assert "404" in err
 
 
 def test_bundle_create_without_a_service(env: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:

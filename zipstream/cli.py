@@ -1,4 +1,4 @@
-"""The `zipstream` command: serve, migrate, purge-expired, create-table, bundle."""
+"""The `zipstream` command: serve, migrate, purge-expired, create-table, bundle create/show/delete."""
 
 from __future__ import annotations
 
@@ -52,42 +52,80 @@ def purge_expired(_args: argparse.Namespace) -> int:
     return 0
 
 
-def bundle_create(args: argparse.Namespace) -> int:
-    """Create a stored bundle through a running service's API; print its download link and secret."""
+def _call(args: argparse.Namespace, method: str, base: str, path: str, expected: int,
+          body: dict[str, object] | None = None) -> dict[str, object] | None:
+    """One request to a running service; its JSON answer, or None after printing why it failed."""
     import requests
 
-    base = args.url.rstrip("/")
-    body: dict[str, object] = {"files": [{"src": src} for src in args.srcs]}
-    if args.filename:
-        body["filename"] = args.filename
     headers = {"Accept": "application/json", "Connection": "close"}  # one request, then exit
-    api_key = args.api_key or os.environ.get("API_KEY", "")
+    api_key = getattr(args, "api_key", None) or os.environ.get("API_KEY", "")
     if api_key:
         headers["Authorization"] = f"Bearer {api_key}"
     try:
-        response = requests.post(f"{base}/", json=body, headers=headers, timeout=args.timeout)
+        response = requests.request(method, f"{base}{path}", json=body, headers=headers, timeout=args.timeout)
     except requests.RequestException as error:
         print(f"zipstream: cannot reach {base}: {error}", file=sys.stderr)
-        return 1
+        return None
     try:
         answer = response.json()
     except ValueError:
         answer = {}
-    if response.status_code != 201 or not isinstance(answer, dict) or "id" not in answer:
+    if response.status_code != expected or not isinstance(answer, dict):
         problem = answer.get("error", {}) if isinstance(answer, dict) else {}
         message = problem.get("message") or response.text[:500] or response.reason
         print(f"zipstream: {base} answered {response.status_code}: {message}", file=sys.stderr)
         for source in problem.get("sources") or []:
             print(f"  {source.get('src')}: {source.get('reason')}", file=sys.stderr)
+        return None
+    return answer
+
+
+def _bundle_target(args: argparse.Namespace) -> tuple[str, str]:
+    """(service base URL, `/<id>/<secret>`) from an id and a secret, or from a whole manage link."""
+    given = args.bundle.rstrip("/")
+    if "://" in given and args.secret is None and given.count("/") >= 4:
+        base, bundle_id, secret = given.rsplit("/", 2)
+        return base, f"/{bundle_id}/{secret}"
+    if args.secret is None:
+        sys.exit("zipstream: give the bundle's secret too (or its manage link: <url>/<id>/<secret>)")
+    return args.url.rstrip("/"), f"/{given.rsplit('/', 1)[-1]}/{args.secret}"
+
+
+def bundle_create(args: argparse.Namespace) -> int:
+    """Create a stored bundle through a running service's API; print its download link and secret."""
+    body: dict[str, object] = {"files": [{"src": src} for src in args.srcs]}
+    if args.filename:
+        body["filename"] = args.filename
+    answer = _call(args, "POST", args.url.rstrip("/"), "/", 201, body)
+    if answer is None or "id" not in answer:
         return 1
     if args.json:
         print(json.dumps(answer, indent=2))
         return 0
-    expires = datetime.fromtimestamp(answer["expirationDate"], UTC).isoformat()
+    base = args.url.rstrip("/")
+    expires = datetime.fromtimestamp(int(str(answer["expirationDate"])), UTC).isoformat()
     print(f"download: {base}/{answer['id']}")
     print(f"secret:   {answer['secret']}")
     print(f"manage:   {base}/{answer['id']}/{answer['secret']}")
     print(f"expires:  {expires}")
+    return 0
+
+
+def bundle_show(args: argparse.Namespace) -> int:
+    """Print a stored bundle (its files, filename, expiry) as JSON."""
+    answer = _call(args, "GET", *_bundle_target(args), 200)
+    if answer is None:
+        return 1
+    print(json.dumps(answer, indent=2, ensure_ascii=False))
+    return 0
+
+
+def bundle_delete(args: argparse.Namespace) -> int:
+    """Delete a stored bundle; its download link stops working at once."""
+    base, path = _bundle_target(args)
+    if _call(args, "DELETE", base, path, 200) is None:
+        return 1
+    print(f"zipstream: deleted bundle {path.split('/')[1]}")
     return 0
 
 
@@ -102,17 +140,24 @@ def main(argv: list[str] | None = None) -> int:
         func=migrate
     )
     commands.add_parser("purge-expired", help=purge_expired.__doc__).set_defaults(func=purge_expired)
-    bundle_parser = commands.add_parser("bundle", help="Create bundles on a running service")
+    bundle_parser = commands.add_parser("bundle", help="Create, show and delete bundles on a running service")
     bundle_commands = bundle_parser.add_subparsers(dest="bundle_command", required=True)
     create = bundle_commands.add_parser("create", help=bundle_create.__doc__)
     create.add_argument("srcs", nargs="+", metavar="SRC", help="file references (s3://, https://, file://)")
-    create.add_argument("--url", default=os.environ.get("ZIPSTREAM_URL", "http://localhost:4040"),
-                        help="the service's base URL (default $ZIPSTREAM_URL or http://localhost:4040)")
     create.add_argument("--filename", help="name of the downloaded zip (default bundle.zip)")
     create.add_argument("--api-key", help="sent as a Bearer token (default $API_KEY)")
-    create.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the service")
     create.add_argument("--json", action="store_true", help="print the API's JSON answer instead")
     create.set_defaults(func=bundle_create)
+    for name, func in (("show", bundle_show), ("delete", bundle_delete)):
+        command = bundle_commands.add_parser(name, help=func.__doc__)
+        command.add_argument("bundle", metavar="ID|LINK",
+                             help="the bundle's id, or its manage link <url>/<id>/<secret>")
+        command.add_argument("secret", nargs="?", help="the bundle's secret (not needed with a manage link)")
+        command.set_defaults(func=func)
+    for command in bundle_commands.choices.values():
+        command.add_argument("--url", default=os.environ.get("ZIPSTREAM_URL", "http://localhost:4040"),
+                             help="the service's base URL (default $ZIPSTREAM_URL or http://localhost:4040)")
+        command.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the service")
     args = parser.parse_args(argv)
     result: int = args.func(args)
     return result
