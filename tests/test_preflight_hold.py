@@ -373,3 +373,18 @@ def test_giving_back_from_a_finalizer_inside_reserve_does_not_deadlock() -> None
     assert not worker.is_alive(), "deadlocked"
     assert holding.used == 0
     assert budget.used == 0
+
+
+def test_a_zip_refused_after_preflight_gives_the_bytes_back(make_config: Callable[..., Config],
+                                                            upstream: UpstreamServer) -> None:
+    from zipstream.errors import LimitExceeded
+
+    config = make_config(MAX_BUNDLE_BYTES="100")
+    sources = build_sources(config)
+    upstream.add("/a.bin", b"a" * 60)
+    upstream.add("/b.bin", b"b" * 60)
+    files = [FileRef(upstream.url("/a.bin")), FileRef(upstream.url("/b.bin"))]
+    with pytest.raises(LimitExceeded):
+        prepare(files, "x.zip", "stored", 0, sources, None, config, hold=True)
+    assert sources.budget.used == 0
+    assert all(record.range == FIRST for record in upstream.requests)  # they were held, then given back

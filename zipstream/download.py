@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
@@ -221,6 +222,16 @@ class PreparedZip:
             log.warning("could not store %d learned CRC-32s: %s", len(pending), error)
 
 
+@contextmanager
+def _heads_given_back_on_error(stats: Sequence[Sequence[SourceInfo]]) -> Iterator[None]:
+    """A zip that fails to lay out (too many files, too big) never streams: give its held bytes back."""
+    try:
+        yield
+    except BaseException:
+        discard_heads(info for infos in stats for info in infos)
+        raise
+
+
 def prepare(
     files: Sequence[FileRef],
     filename: str,
@@ -237,68 +248,52 @@ def prepare(
     or a range, which would hold bytes they never send).
     """
     stats = preflight(files, sources, config.preflight_concurrency, sources.holding() if hold else None)
-    try:
-        return _lay_out(files, stats, filename, compression, created_at, sources, repository, config)
-    except BaseException:
-        discard_heads(info for infos in stats for info in infos)
-        raise
-
-
-def _lay_out(
-    files: Sequence[FileRef],
-    stats: list[list[SourceInfo]],
-    filename: str,
-    compression: str,
-    created_at: int,
-    sources: Sources,
-    repository: BundleRepository | None,
-    config: Config,
-) -> PreparedZip:
-    names = entry_names(files, stats)
-    fallback_time = clamp_time(datetime.fromtimestamp(created_at, UTC))
-    entries: list[Entry] = []
-    infos: list[SourceInfo] = []
-    position = 0
-    for ref, expanded in zip(files, stats, strict=True):
-        for info in expanded:
-            given = ref.crc32 if len(expanded) == 1 else None
-            entries.append(Entry(
-                name=names[position],
-                size=info.size,
-                modified_at=clamp_time(info.last_modified) if info.last_modified else fallback_time,
-                # An empty file's CRC-32 is 0: known up front, so it never needs reading for it.
-                crc32=given if given is not None else info.crc32 if info.size != 0 else 0,
-            ))
-            infos.append(info)
-            position += 1
-    if len(entries) > config.max_files:
-        raise LimitExceeded(
-            f"the bundle expands to {len(entries)} files; at most {config.max_files} are allowed (MAX_FILES)",
-            limit="MAX_FILES",
+    with _heads_given_back_on_error(stats):
+        names = entry_names(files, stats)
+        fallback_time = clamp_time(datetime.fromtimestamp(created_at, UTC))
+        entries: list[Entry] = []
+        infos: list[SourceInfo] = []
+        position = 0
+        for ref, expanded in zip(files, stats, strict=True):
+            for info in expanded:
+                given = ref.crc32 if len(expanded) == 1 else None
+                entries.append(Entry(
+                    name=names[position],
+                    size=info.size,
+                    modified_at=clamp_time(info.last_modified) if info.last_modified else fallback_time,
+                    # An empty file's CRC-32 is 0: known up front, so it never needs reading for it.
+                    crc32=given if given is not None else info.crc32 if info.size != 0 else 0,
+                ))
+                infos.append(info)
+                position += 1
+        if len(entries) > config.max_files:
+            raise LimitExceeded(
+                f"the bundle expands to {len(entries)} files; at most {config.max_files} are allowed (MAX_FILES)",
+                limit="MAX_FILES",
+            )
+        total = sum(entry.size or 0 for entry in entries)
+        if config.max_bundle_bytes and total > config.max_bundle_bytes:
+            raise LimitExceeded(
+                f"the files add up to {total} bytes; at most {config.max_bundle_bytes} are allowed (MAX_BUNDLE_BYTES)",
+                limit="MAX_BUNDLE_BYTES",
+            )
+        plan = ZipPlan(entries) if compression == "stored" else None
+        prepared = PreparedZip(
+            filename=filename, compression=compression, entries=entries, infos=infos, sources=sources,
+            repository=repository, plan=plan, prefetch=config.prefetch, prefetch_bytes=config.prefetch_bytes,
         )
-    total = sum(entry.size or 0 for entry in entries)
-    if config.max_bundle_bytes and total > config.max_bundle_bytes:
-        raise LimitExceeded(
-            f"the files add up to {total} bytes; at most {config.max_bundle_bytes} are allowed (MAX_BUNDLE_BYTES)",
-            limit="MAX_BUNDLE_BYTES",
-        )
-    plan = ZipPlan(entries) if compression == "stored" else None
-    prepared = PreparedZip(
-        filename=filename, compression=compression, entries=entries, infos=infos, sources=sources,
-        repository=repository, plan=plan, prefetch=config.prefetch, prefetch_bytes=config.prefetch_bytes,
-    )
-    if plan is not None and repository is not None:
-        identities = {info.identity(): index for index, info in enumerate(infos)
-                      if info.validated and entries[index].crc32 is None}
-        served_key = prepared.served_key
-        # One read for both caches: learned CRC-32s and whether this version was served before.
-        keys = [*identities, *([served_key] if served_key else [])]
-        if keys:
-            try:
-                known = repository.get_crcs(keys)
-            except Exception as error:  # noqa: BLE001 - a cache miss only costs upstream reads / a restart
-                log.warning("could not read learned CRC-32s: %s", error)
-                known = {}
-            prepared.learned = {identities[key]: crc for key, crc in known.items() if key in identities}
-            prepared.served = served_key is not None and served_key in known
-    return prepared
+        if plan is not None and repository is not None:
+            identities = {info.identity(): index for index, info in enumerate(infos)
+                          if info.validated and entries[index].crc32 is None}
+            served_key = prepared.served_key
+            # One read for both caches: learned CRC-32s and whether this version was served before.
+            keys = [*identities, *([served_key] if served_key else [])]
+            if keys:
+                try:
+                    known = repository.get_crcs(keys)
+                except Exception as error:  # noqa: BLE001 - a cache miss only costs upstream reads / a restart
+                    log.warning("could not read learned CRC-32s: %s", error)
+                    known = {}
+                prepared.learned = {identities[key]: crc for key, crc in known.items() if key in identities}
+                prepared.served = served_key is not None and served_key in known
+        return prepared
