@@ -172,8 +172,9 @@ def test_failed_preflight_gives_the_bytes_back(make_config: Callable[..., Config
     files = [FileRef(upstream.url(f"/f{index}.bin")) for index in range(10)] + [FileRef(upstream.url("/gone"))]
     for index in range(10):
         upstream.add(f"/f{index}.bin", os.urandom(1000))
-    with pytest.raises(SourcesFailed):
+    with pytest.raises(SourcesFailed) as failed:
         prepare(files, "x.zip", "stored", 0, sources, None, config, hold=True)
+    assert failed.value.__traceback__ is not None  # its frames still see the held bytes: given back anyway
     assert sources.budget.used == 0
 
 
@@ -384,7 +385,9 @@ def test_a_zip_refused_after_preflight_gives_the_bytes_back(make_config: Callabl
     upstream.add("/a.bin", b"a" * 60)
     upstream.add("/b.bin", b"b" * 60)
     files = [FileRef(upstream.url("/a.bin")), FileRef(upstream.url("/b.bin"))]
-    with pytest.raises(LimitExceeded):
+    with pytest.raises(LimitExceeded) as refused:
         prepare(files, "x.zip", "stored", 0, sources, None, config, hold=True)
+    # Given back at once, not whenever the exception (whose frames still see them) is collected.
+    assert refused.value.__traceback__ is not None
     assert sources.budget.used == 0
     assert all(record.range == FIRST for record in upstream.requests)  # they were held, then given back
