@@ -10,11 +10,13 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import uuid
 import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -358,3 +360,49 @@ def test_body_cut_part_way_is_resumed_where_it_stopped(moto_server: MotoServer, 
         assert any("re-opening" in record.getMessage() for record in caplog.records)
     finally:
         proxy.close()
+
+
+class _DenyingS3(BaseHTTPRequestHandler):
+    """An S3 endpoint whose credentials may read nothing: what AWS answers for a missing permission
+    (moto does not enforce IAM, so the denial comes from this real HTTP server instead)."""
+
+    BODY = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code>'
+            b"<Message>Access Denied</Message><RequestId>X</RequestId></Error>")
+
+    def _deny(self, body: bool) -> None:
+        self.send_response(403)
+        self.send_header("Content-Type", "application/xml")
+        self.send_header("Content-Length", str(len(self.BODY)))
+        self.end_headers()
+        if body:
+            self.wfile.write(self.BODY)
+
+    def do_HEAD(self) -> None:
+        self._deny(body=False)  # a HEAD has no body: botocore sees only the status
+
+    def do_GET(self) -> None:
+        self._deny(body=True)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_access_denied_is_a_422_naming_each_src(monkeypatch: pytest.MonkeyPatch,
+                                                 make_config: Callable[..., Config]) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _DenyingS3)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{server.server_address[1]}")
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        client = create_app(make_config(FS_INTERFACES="s3", AWS_REGION=REGION, S3_PATH_STYLE="true")).test_client()
+        srcs = ["s3://private-bucket/report.pdf", "s3://private-bucket/folder/"]
+        response = client.post("/bundle", json={"files": [{"src": src} for src in srcs]})
+        assert response.status_code == 422
+        error = response.get_json()["error"]
+        assert error["code"] == "source_unavailable"
+        assert [(item["src"], item["reason"]) for item in error["sources"]] == [
+            (src, "access denied") for src in srcs]
+    finally:
+        server.shutdown()
+        server.server_close()
