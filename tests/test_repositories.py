@@ -230,3 +230,59 @@ def test_a_foreign_dynamodb_table_is_refused(request: pytest.FixtureRequest) -> 
     client.close()
     with pytest.raises(SchemaConflict, match="TABLE_NAME"):
         repository.migrate()
+
+
+def test_dynamodb_full_meta_item_refuses_an_append_and_changes_nothing(request: pytest.FixtureRequest) -> None:
+    """The meta item lists every chunk key; past DynamoDB's 400 KB item limit an append is a 413 that
+    leaves the bundle as it was (and removes the chunk item it had written)."""
+    from botocore.exceptions import ClientError
+
+    from zipstream.aws import dynamodb_client
+    from zipstream.repositories.dynamodb import CHUNK_PREFIX, META
+
+    repository = BACKENDS["dynamodb"](request)
+    repository.migrate()
+    bundle = _bundle(files=1)
+    repository.create(bundle)
+    client = dynamodb_client(repository.config)  # type: ignore[attr-defined]
+    table = repository.table  # type: ignore[attr-defined]
+    key = {"pk": {"S": bundle.id}, "sk": {"S": META}}
+
+    def pad(count: int) -> bool:
+        """Add `count` chunk keys of the real shape to the meta item, as thousands of appends would."""
+        keys = [{"S": CHUNK_PREFIX + uuid.uuid4().hex} for _ in range(count)]
+        try:
+            client.update_item(TableName=table, Key=key, UpdateExpression="SET chunks = list_append(chunks, :k)",
+                               ExpressionAttributeValues={":k": {"L": keys}})
+        except ClientError as error:
+            if "size" not in str(error).lower():
+                raise
+            return False
+        return True
+
+    try:
+        while pad(100):  # fill the item to within one key of the limit
+            pass
+        while pad(1):
+            pass
+        meta_before = client.get_item(TableName=table, Key=key)["Item"]
+
+        def chunk_items() -> int:
+            return int(client.query(
+                TableName=table, KeyConditionExpression="pk = :pk AND begins_with(sk, :prefix)",
+                ExpressionAttributeValues={":pk": {"S": bundle.id}, ":prefix": {"S": CHUNK_PREFIX}},
+                Select="COUNT")["Count"])
+
+        chunks_before = chunk_items()
+        with pytest.raises(LimitExceeded) as refused:
+            repository.append(bundle.id, [FileRef("https://example.com/one-more.txt")], max_files=10**6)
+        assert refused.value.status == 413
+        assert refused.value.to_dict()["error"]["limit"] == "DYNAMODB_ITEM_SIZE"
+        meta_after = client.get_item(TableName=table, Key=key)["Item"]
+        # moto applies `file_count + :n` before it refuses the size (DynamoDB's UpdateItem is atomic),
+        # so the counter is left out here; the list of chunks is what the bundle's files are read from.
+        assert {k: v for k, v in meta_after.items() if k != "file_count"} == \
+            {k: v for k, v in meta_before.items() if k != "file_count"}
+        assert chunk_items() == chunks_before  # the chunk it wrote first was removed again
+    finally:
+        client.close()
