@@ -155,7 +155,11 @@ class HttpSource:
     def _send(self, method: str, url: str, headers: dict[str, str]) -> requests.Response:
         """One HTTP exchange, body not read (redirects are not followed here)."""
         request = requests.PreparedRequest()
-        request.prepare(method=method, url=url, headers={**BASE_HEADERS, **headers})
+        # Only the parts a body-less GET/HEAD needs: no auth from the URL (refused at check()), no
+        # cookie jar (one per request costs a lock), no body.
+        request.prepare_method(method)
+        request.prepare_url(url, None)
+        request.prepare_headers({**BASE_HEADERS, **headers})
         return self.adapter.send(request, stream=True, timeout=self.timeout, verify=self.verify)
 
     def _request(self, method: str, src: str, url: str, headers: dict[str, str],
