@@ -103,6 +103,20 @@ def test_fetches_run_ahead_but_only_depth_members() -> None:
     assert prefetcher.join(5)
 
 
+def test_members_already_in_memory_are_not_fetched_ahead() -> None:
+    bodies = Bodies([CHUNK] * 10)
+    local = {0, 2, 3, 7}  # e.g. small files pre-flight fetched whole: the consumer reads them itself
+    prefetcher = Prefetcher(bodies.open, 10, depth=4, budget=1024 * 1024, local=local.__contains__)
+    try:
+        for index in range(10):
+            if index not in local:
+                assert b"".join(prefetcher.take(index)) == bodies.expected(index)
+    finally:
+        prefetcher.close()
+    assert prefetcher.join(5)
+    assert bodies.opened == set(range(10)) - local
+
+
 def test_error_in_prefetched_member_surfaces_where_it_is_consumed() -> None:
     bodies = Bodies([3 * CHUNK] * 6, fail_at={2: 1})
     prefetcher = Prefetcher(bodies.open, 6, depth=4, budget=4 * 1024 * 1024)

@@ -127,8 +127,13 @@ class PreparedZip:
 
     _prefetcher: Prefetcher | None = None
 
+    def _held_whole(self, index: int) -> bool:
+        """Pre-flight fetched this whole file: its bytes are in memory, nothing to fetch ahead."""
+        head = self.infos[index].head
+        return head is not None and head.size == self.infos[index].size
+
     def _open(self, index: int, start: int) -> Iterator[bytes]:
-        if start == 0 and self._prefetcher is not None:
+        if start == 0 and self._prefetcher is not None and not self._held_whole(index):
             return self._prefetcher.take(index)
         return self.sources.open(self.infos[index], start)
 
@@ -150,7 +155,7 @@ class PreparedZip:
         # stops early would fetch members it never sends.
         if self.prefetch > 0 and (stop is None or stop == self.length):
             self._prefetcher = Prefetcher(
-                self._open_whole, len(self.infos), self.prefetch, self.prefetch_bytes
+                self._open_whole, len(self.infos), self.prefetch, self.prefetch_bytes, local=self._held_whole
             )
         try:
             if self.plan is None:

@@ -112,10 +112,14 @@ class Prefetcher:
     than that still passes. `close()` cancels every fetch; each worker closes its body and ends.
     """
 
-    def __init__(self, open_member: OpenMember, count: int, depth: int, budget: int) -> None:
+    def __init__(self, open_member: OpenMember, count: int, depth: int, budget: int,
+                 local: Callable[[int], bool] | None = None) -> None:
         if depth < 1:
             raise ValueError("a prefetcher needs depth >= 1; read members directly otherwise")
         self._open_member = open_member
+        # Members whose bytes are already in memory: fetching them ahead would only cost a worker.
+        # The consumer reads those directly, never through take().
+        self._local = local
         self._count = count
         self._depth = depth
         self.budget = max(1, budget)
@@ -149,6 +153,9 @@ class Prefetcher:
     def _start_through(self, last: int) -> None:
         last = min(last, self._count - 1)
         while self._next <= last:
+            if self._local is not None and self._local(self._next):
+                self._next += 1
+                continue
             fetch = _Fetch(self._next, self)
             self._fetches[self._next] = fetch
             with self._cond:
