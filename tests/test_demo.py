@@ -69,6 +69,21 @@ def test_demo_lists_files_under_file_root(root: Path, make_config: Callable[...,
     assert 'action="/bundle"' in page
 
 
+def test_demo_says_so_when_an_api_key_locks_bundle_creation(root: Path, make_config: Callable[..., Config]) -> None:
+    app = create_app(make_config(DEMO="true", FS_INTERFACES="file", FILE_ROOT=str(root), API_KEY="sekrit-demo-42"))
+    with app.test_client().get("/demo") as response:
+        page = response.get_data(as_text=True)
+    assert 'id="locked"' in page
+    assert '<button type="submit" id="download" disabled>' in page
+    assert '<button type="button" id="create-link" disabled>' in page
+    assert "sekrit-demo-42" not in page  # the key itself never reaches the browser
+    unlocked = create_app(make_config(DEMO="true", FS_INTERFACES="file", FILE_ROOT=str(root)))
+    with unlocked.test_client().get("/demo") as response:
+        page = response.get_data(as_text=True)
+    assert 'id="locked"' not in page
+    assert '<button type="submit" id="download">' in page
+
+
 def test_shopping_cart_in_headless_chromium(
     serve: Callable[..., LiveServer], root: Path, tmp_path: Path,
 ) -> None:

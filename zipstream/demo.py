@@ -43,4 +43,5 @@ def demo() -> str:
     if not config.demo:
         raise NotFound("the demo page is off; start the service with DEMO=true")
     files = list_files(config.file_root) if "file" in config.fs_interfaces and config.file_root else []
-    return render_template("demo.html", files=files, file_enabled="file" in config.fs_interfaces)
+    return render_template("demo.html", files=files, file_enabled="file" in config.fs_interfaces,
+                           locked=bool(config.api_key))
