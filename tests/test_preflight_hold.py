@@ -269,6 +269,7 @@ def _zip(sources: Sources, config: Config, files: list[FileRef], hold: bool) -> 
     {"no_validators": ("ETag",)},
     {"no_validators": ("ETag", "Last-Modified")},
     {"no_range": True, "no_length": True},  # whole body, chunked; the HEAD has a Content-Length
+    {"no_range": True, "no_validators": ("ETag",)},  # a plain static server: 200, Last-Modified only
 ], ids=lambda behaviour: ",".join(f"{key}={value}" for key, value in behaviour.items()))
 def test_zip_is_the_same_whichever_preflight_ran(make_config: Callable[..., Config], upstream: UpstreamServer,
                                                   behaviour: dict[str, object]) -> None:
@@ -284,6 +285,18 @@ def test_zip_is_the_same_whichever_preflight_ran(make_config: Callable[..., Conf
     not_held, not_held_etag = _zip(sources, config, files, hold=False)
     assert held == not_held
     assert held_etag == not_held_etag
+
+
+def test_a_server_without_range_or_etag_costs_one_request_per_small_file(sources: Sources,
+                                                                         upstream: UpstreamServer) -> None:
+    data = os.urandom(3000)
+    upstream.add("/a.bin", data)
+    upstream.set_behaviour(no_range=True, no_validators=("ETag",))  # like `python -m http.server`
+    [info] = sources.stat(upstream.url("/a.bin"), sources.holding())
+    assert info.etag is None
+    assert info.last_modified is not None
+    assert b"".join(sources.open(info)) == data
+    assert _methods_and_ranges(upstream, "/a.bin") == [("GET", FIRST)]  # its 200 said all a HEAD would
 
 
 def test_a_first_part_needs_a_strong_etag(sources: Sources, upstream: UpstreamServer) -> None:

@@ -256,8 +256,9 @@ class HttpSource:
 
         The zip is built from this info, and a HEAD pre-flight (a range request, a spent budget) must
         build the same zip. So the answer is trusted only when it carries everything a HEAD could:
-        a size, an ETag and a Last-Modified (RFC 9110 requires only the ETag on a 206). Otherwise the
-        HEAD decides, and the bytes are kept only if they are of the version it describes.
+        a size, and on a 206 an ETag and a Last-Modified too (RFC 9110 requires only the ETag there;
+        a 200 has the same fields as a HEAD). Otherwise the HEAD decides, and the bytes are kept only
+        if they are of the version it describes.
         """
         response = self._request("GET", src, src, {"Range": f"bytes=0-{want - 1}"})
         status = response.status_code
@@ -285,7 +286,8 @@ class HttpSource:
             response.close()
             raise
         data = _read_small_body(response, expected, want)
-        if size is None or info.etag is None or info.last_modified is None:
+        # A 200 carries the header fields a HEAD would (RFC 9110 §9.3.2); a 206 need not.
+        if size is None or (status == 206 and (info.etag is None or info.last_modified is None)):
             head_info = self._stat_head(src)
             if data is not None and not _same_version(head_info, info):
                 data = None
