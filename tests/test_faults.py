@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import requests
 
+from .support import ci
 from .support.live import LiveServer, free_port, live_server
 from .support.readers import check_zip
 from .support.upstream import UpstreamServer
@@ -297,7 +298,7 @@ IDLE_POOL_BOUND = 4 * (1 + 16)
 FD_SLACK = 24
 
 SLOW = pytest.mark.skipif(
-    not (os.environ.get("ZIPSTREAM_SLOW") or os.environ.get("CI") == "true"),
+    not (os.environ.get("ZIPSTREAM_SLOW") or ci.on_ci()),
     reason="runs on CI or with ZIPSTREAM_SLOW=1 (about 45 s)",
 )
 
