@@ -41,14 +41,18 @@ class SourceInfo:
     head: Head | None = field(default=None, compare=False, repr=False)
 
     @property
+    def strong_etag(self) -> str | None:
+        """The ETag if it is a strong one (the only kind If-Range can use), else None."""
+        return self.etag if self.etag is not None and not self.etag.startswith("W/") else None
+
+    @property
     def validated(self) -> bool:
         """True when a change to the file would show in its metadata (so resumes can be safe).
 
         A weak ETag (`W/"..."`) does not count: equal weak tags need not mean equal bytes, and
         If-Range can't use one, so a source with nothing better can't be continued mid-file.
         """
-        strong_etag = self.etag is not None and not self.etag.startswith("W/")
-        return self.size is not None and (strong_etag or self.last_modified is not None)
+        return self.size is not None and (self.strong_etag is not None or self.last_modified is not None)
 
     def identity(self) -> str:
         """A key for 'this exact version of this file': learned CRCs are stored under it."""

@@ -78,10 +78,6 @@ def _content_range(value: str | None) -> tuple[int, int, int | None] | None:
     return int(first), int(last), int(total) if total.isdigit() else None
 
 
-def _strong(etag: str | None) -> bool:
-    return etag is not None and not etag.startswith("W/")
-
-
 def _same_version(a: SourceInfo, b: SourceInfo) -> bool:
     """Could `a` and `b` describe the same version of a file? (What one of them lacks can't differ.)"""
     return (a.size == b.size
@@ -294,7 +290,7 @@ class HttpSource:
             info = head_info
         # A first part is only worth keeping if the rest can be asked for safely: If-Range needs a
         # strong ETag (a weak one or a date can't promise the same bytes).
-        if data is not None and len(data) != info.size and not _strong(info.etag):
+        if data is not None and len(data) != info.size and info.strong_etag is None:
             data = None
         return info, data
 
@@ -365,8 +361,8 @@ class HttpSource:
 
     @staticmethod
     def _validator(info: SourceInfo) -> str | None:
-        if info.etag and not info.etag.startswith("W/"):
-            return info.etag
+        if info.strong_etag:
+            return info.strong_etag
         if info.last_modified is not None:
             return format_datetime(info.last_modified, usegmt=True)
         return None
