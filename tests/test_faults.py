@@ -162,11 +162,16 @@ def test_stall_mid_body_resumes(live: LiveServer, upstream: UpstreamServer, tmp_
 # -- after the first byte: not repairable, so the connection is cut --
 
 
-def test_5xx_mid_stream_cuts_the_connection(sequential: LiveServer, upstream: UpstreamServer) -> None:
+def _slow_first_member(server: LiveServer, upstream: UpstreamServer, second: str, data: bytes) -> str:
+    """A bundle of a 2 MB member that pauses after 1 kB, then `second`: time to break `second` meanwhile."""
     upstream.add("/first.bin", _data(2 * MB))
-    upstream.add("/second.bin", _data(1000))
+    upstream.add(second, data)
     upstream.set_behaviour("/first.bin", stall_after=1000, stall_seconds=0.5)
-    bundle_id = _create(sequential, [upstream.url("/first.bin"), upstream.url("/second.bin")])
+    return _create(server, [upstream.url("/first.bin"), upstream.url(second)])
+
+
+def test_5xx_mid_stream_cuts_the_connection(sequential: LiveServer, upstream: UpstreamServer) -> None:
+    bundle_id = _slow_first_member(sequential, upstream, "/second.bin", _data(1000))
     announced, received = _incomplete(
         sequential, f"/{bundle_id}", during=lambda: upstream.set_behaviour("/second.bin", status=500))
     assert received < announced
@@ -174,10 +179,7 @@ def test_5xx_mid_stream_cuts_the_connection(sequential: LiveServer, upstream: Up
 
 
 def test_source_changed_after_preflight_cuts_the_connection(sequential: LiveServer, upstream: UpstreamServer) -> None:
-    upstream.add("/first.bin", _data(2 * MB))
-    upstream.add("/second.bin", _data(1000))
-    upstream.set_behaviour("/first.bin", stall_after=1000, stall_seconds=0.5)
-    bundle_id = _create(sequential, [upstream.url("/first.bin"), upstream.url("/second.bin")])
+    bundle_id = _slow_first_member(sequential, upstream, "/second.bin", _data(1000))
     announced, received = _incomplete(
         sequential, f"/{bundle_id}", during=lambda: upstream.add("/second.bin", _data(1000, 9)))
     assert received < announced
@@ -202,10 +204,7 @@ def test_changed_between_resumes_cuts_the_connection(live: LiveServer, upstream:
 @pytest.mark.parametrize("wrong_length", [+10, -10])
 def test_wrong_length_after_preflight_cuts_the_connection(sequential: LiveServer, upstream: UpstreamServer,
                                                           wrong_length: int) -> None:
-    upstream.add("/first.bin", _data(2 * MB))
-    upstream.add("/second.bin", _data(1000))
-    upstream.set_behaviour("/first.bin", stall_after=1000, stall_seconds=0.5)
-    bundle_id = _create(sequential, [upstream.url("/first.bin"), upstream.url("/second.bin")])
+    bundle_id = _slow_first_member(sequential, upstream, "/second.bin", _data(1000))
     announced, received = _incomplete(
         sequential, f"/{bundle_id}", during=lambda: upstream.set_behaviour("/second.bin", wrong_length=wrong_length))
     assert received < announced
@@ -220,10 +219,7 @@ def test_short_body_from_the_start_cuts_the_connection(live: LiveServer, upstrea
 
 
 def test_gzip_only_on_get_cuts_the_connection(sequential: LiveServer, upstream: UpstreamServer) -> None:
-    upstream.add("/first.bin", _data(2 * MB))
-    upstream.add("/second.txt", b"hello " * 1000)
-    upstream.set_behaviour("/first.bin", stall_after=1000, stall_seconds=0.5)
-    bundle_id = _create(sequential, [upstream.url("/first.bin"), upstream.url("/second.txt")])
+    bundle_id = _slow_first_member(sequential, upstream, "/second.txt", b"hello " * 1000)
     announced, received = _incomplete(
         sequential, f"/{bundle_id}", during=lambda: upstream.set_behaviour("/second.txt", gzip=True))
     assert received < announced

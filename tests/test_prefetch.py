@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from zipstream.config import Config
-from zipstream.download import prepare
+from zipstream.download import PreparedZip, prepare
 from zipstream.errors import StreamAborted
 from zipstream.models import FileRef
 from zipstream.prefetch import Prefetcher
@@ -217,15 +217,21 @@ def test_zip_of_many_members_is_byte_correct_with_prefetch(
         assert archive.read(path[1:]) == data
 
 
+def _prepared(tmp_path: Path, upstream: UpstreamServer, prefix: str, count: int, size: int,
+              prefetch: int) -> tuple[PreparedZip, dict[str, bytes]]:
+    """A stored zip of `count` members of `size` bytes served by `upstream`, and their contents by path."""
+    contents = {f"/{prefix}{i}.bin": bytes([i]) * size for i in range(count)}
+    for path, data in contents.items():
+        upstream.add(path, data)
+    config = _config(tmp_path, PREFETCH=str(prefetch))
+    files = [FileRef(src=upstream.url(path)) for path in contents]
+    return prepare(files, "b.zip", "stored", 0, build_sources(config), None, config), contents
+
+
 def test_resume_from_the_middle_uses_prefetch_and_matches_the_whole(
     tmp_path: Path, upstream: UpstreamServer
 ) -> None:
-    contents = {f"/r{i}.bin": bytes([i]) * 50_000 for i in range(10)}
-    for path, data in contents.items():
-        upstream.add(path, data)
-    config = _config(tmp_path, PREFETCH="3")
-    files = [FileRef(src=upstream.url(path)) for path in contents]
-    prepared = prepare(files, "b.zip", "stored", 0, build_sources(config), None, config)
+    prepared, _ = _prepared(tmp_path, upstream, "r", 10, 50_000, prefetch=3)
     whole = b"".join(prepared.stream())
     assert b"".join(prepared.stream(123_456)) == whole[123_456:]
     assert b"".join(prepared.stream(1000, 300_000)) == whole[1000:300_000]
@@ -234,12 +240,7 @@ def test_resume_from_the_middle_uses_prefetch_and_matches_the_whole(
 def test_failing_member_aborts_the_zip_after_earlier_members(
     tmp_path: Path, upstream: UpstreamServer
 ) -> None:
-    contents = {f"/e{i}.bin": bytes([i]) * 100_000 for i in range(6)}
-    for path, data in contents.items():
-        upstream.add(path, data)
-    config = _config(tmp_path, PREFETCH="4")
-    files = [FileRef(src=upstream.url(path)) for path in contents]
-    prepared = prepare(files, "b.zip", "stored", 0, build_sources(config), None, config)
+    prepared, contents = _prepared(tmp_path, upstream, "e", 6, 100_000, prefetch=4)
     upstream.set_behaviour("/e3.bin", status=404)  # after pre-flight: fails inside a read-ahead
     received = bytearray()
 
