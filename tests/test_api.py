@@ -233,6 +233,24 @@ def test_create_without_files_then_append(client: FlaskClient, files: dict[str, 
     assert archive.namelist() == ["docs/readme.txt", "docs/readme (1).txt"]
 
 
+def test_put_can_change_only_the_filename_or_compression(client: FlaskClient, files: dict[str, str]) -> None:
+    bundle = _create(client, [{"src": files["readme"]}], filename="before.zip")
+    url = f"/{bundle['id']}/{bundle['secret']}"
+    renamed = client.put(url, json={"filename": "after.zip"})
+    assert renamed.status_code == 200, renamed.json
+    assert renamed.json["filename"] == "after.zip"
+    assert renamed.json["files"] == bundle["files"]
+    recompressed = client.put(url, json={"compression": "deflate"})
+    assert recompressed.status_code == 200, recompressed.json
+    assert recompressed.json["compression"] == "deflate"
+    assert recompressed.json["filename"] == "after.zip"
+    assert client.get(f"/{bundle['id']}").headers["Content-Disposition"] == 'attachment; filename="after.zip"'
+    # A body that changes nothing, or an empty list of files, is refused and changes nothing.
+    for body in ({}, {"files": []}):
+        _error(client.put(url, json=body), 422, "invalid")
+    assert client.get(url).json == recompressed.json
+
+
 def test_download_get_info_and_delete(client: FlaskClient, files: dict[str, str]) -> None:
     bundle = _create(client, [{"src": files["rock"], "dst": "foo.jpg"}], filename="x.zip")
     download = client.get(f"/{bundle['id']}/")

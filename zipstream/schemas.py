@@ -7,7 +7,17 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, post_load, validate, validates
+from marshmallow import (
+    EXCLUDE,
+    RAISE,
+    Schema,
+    ValidationError,
+    fields,
+    post_load,
+    validate,
+    validates,
+    validates_schema,
+)
 
 from .config import COMPRESSIONS, Config
 from .errors import BadRequest, InvalidInput, LimitExceeded
@@ -123,9 +133,19 @@ class OneOffBundleSchema(_BundleBodySchema):
 
 
 class AppendFilesSchema(_BundleBodySchema):
-    """Body of `PUT /:id/:secret`: files to append (and, as in the Node service, an optional filename)."""
+    """Body of `PUT /:id/:secret`: files to append and/or a new `filename` / `compression`.
 
-    files = fields.List(fields.Nested(FileRefSchema), required=True, validate=validate.Length(min=1))
+    The Node service's body is `{"files": [...]}`; `files` may be left out to only rename the zip or
+    change its compression. A body that changes nothing is refused (422), as is an empty `files` list.
+    """
+
+    files = fields.List(fields.Nested(FileRefSchema), load_default=list, validate=validate.Length(min=1))
+
+    @validates_schema(pass_original=True)
+    def _check_changes_something(self, _data: Mapping[str, Any], original: Any, **_: Any) -> None:
+        # The original body: `files` has a load_default, so the loaded data always holds it.
+        if isinstance(original, Mapping) and not ({"files", "filename", "compression"} & set(original)):
+            raise ValidationError("Give files to append, a filename or a compression.", field_name="files")
 
 
 class BundleSchema(Schema):
