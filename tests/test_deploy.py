@@ -7,6 +7,7 @@ and `zipstream serve`'s address.
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import io
 import json
 import os
@@ -174,6 +175,23 @@ def _platform_env(tmp: Path, port: int, database_url: str, upstream_port: int) -
     }
 
 
+def _console_scripts(python: Path, shared: Path) -> None:
+    """The dependencies' commands (gunicorn...) in the fresh environment's bin/, as pip would write them there.
+
+    pip finds them already installed in the shared environment, so it writes none; the Procfile needs them
+    on PATH, running the fresh interpreter (the shared environment's own scripts would run its zipstream).
+    """
+    for distribution in importlib.metadata.distributions(path=[str(shared)]):
+        if distribution.metadata["Name"] == "zipstream":
+            continue
+        for entry in distribution.entry_points.select(group="console_scripts"):
+            module, _, attribute = entry.value.partition(":")
+            script = python.parent / entry.name
+            script.write_text(f"#!{python}\nimport sys\nfrom {module} import {attribute.split('.')[0]}\n"
+                              f"sys.exit({attribute}())\n")
+            script.chmod(0o755)
+
+
 def test_buildpack_install_then_release_then_web(tmp_path: Path, postgres_url: str) -> None:
     """Install as the buildpack does into a fresh Python, run the Procfile's release then web lines."""
     app_dir = tmp_path / "app"
@@ -184,6 +202,7 @@ def test_buildpack_install_then_release_then_web(tmp_path: Path, postgres_url: s
     site = Path(sysconfig.get_path("purelib", vars={"base": str(tmp_path / "python")}))
     (site / "shared.pth").write_text(sysconfig.get_path("purelib") + "\n")
     python = tmp_path / "python" / "bin" / "python"
+    _console_scripts(python, Path(sysconfig.get_path("purelib")))
     install = subprocess.run([str(python), "-m", "pip", *BUILDPACK_PIP], cwd=app_dir, capture_output=True,
                              text=True, check=False)
     assert install.returncode == 0, install.stdout[-3000:] + install.stderr[-3000:]
@@ -213,22 +232,25 @@ def test_buildpack_install_then_release_then_web(tmp_path: Path, postgres_url: s
             while True:
                 assert web.poll() is None, (tmp_path / "web.log").read_text()[-3000:]
                 with contextlib.suppress(requests.ConnectionError):
-                    if requests.get(f"{base}/health-check", timeout=5).status_code == 200:
+                    if requests.get(f"{base}/health-check", headers={"Connection": "close"}, timeout=5).ok:
                         break
                 assert time.monotonic() < deadline, (tmp_path / "web.log").read_text()[-3000:]
                 time.sleep(0.2)
             assert listening_addresses(port) == {"0.0.0.0"}  # the platform's router reaches $PORT on any address
             files = [{"src": upstream.url("/a.txt")}, {"src": upstream.url("/b.bin"), "dst": "dir/b.bin"}]
-            created = requests.post(f"{base}/", json={"files": files}, timeout=30)
+            # One request per connection: an idle keep-alive connection would hold the worker's graceful exit.
+            close = {"Connection": "close"}
+            created = requests.post(f"{base}/", json={"files": files}, headers=close, timeout=30)
             assert created.status_code == 201, created.text
-            download = requests.get(f"{base}/{created.json()['id']}", timeout=30)
+            download = requests.get(f"{base}/{created.json()['id']}", headers=close, timeout=30)
             assert download.status_code == 200, download.text
             with zipfile.ZipFile(io.BytesIO(download.content)) as archive:
                 assert archive.testzip() is None
                 assert archive.read("a.txt") == b"alpha " * 1000
                 assert archive.read("dir/b.bin") == bytes(range(256)) * 400
         finally:
-            os.killpg(web.pid, signal.SIGTERM)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(web.pid, signal.SIGTERM)
             try:
                 web.wait(timeout=20)
             except subprocess.TimeoutExpired:
@@ -261,7 +283,8 @@ def _zipstream_serve(tmp: Path, **env: str) -> Iterator[int]:
         while True:
             assert process.poll() is None, (tmp / f"serve-{port}.log").read_text()[-3000:]
             with contextlib.suppress(requests.ConnectionError):
-                if requests.get(f"http://{host}:{port}/health-check", timeout=5).status_code == 200:
+                if requests.get(f"http://{host}:{port}/health-check", headers={"Connection": "close"},
+                                timeout=5).ok:
                     break
             assert time.monotonic() < deadline, (tmp / f"serve-{port}.log").read_text()[-3000:]
             time.sleep(0.2)
@@ -288,7 +311,7 @@ def test_serve_binds_the_host_setting(tmp_path: Path) -> None:
 
 
 def _make(*args: str) -> str:
-    return subprocess.run(["make", "-n", "-C", str(ROOT), *args, "VENV=/nonexistent-venv"],
+    return subprocess.run(["make", "-n", "--no-print-directory", "-C", str(ROOT), *args, "VENV=/nonexistent-venv"],
                           capture_output=True, text=True, check=True).stdout
 
 
