@@ -178,8 +178,10 @@ def _wait_for(condition: Callable[[], bool], seconds: float, what: str) -> None:
         time.sleep(0.05)
 
 
-def test_sigterm_lets_an_in_flight_download_finish(serve: Callable[..., LiveServer],
-                                                   upstream_files: UpstreamServer, tmp_path: Path) -> None:
+@pytest.mark.parametrize("everyone", [False, True], ids=["master", "every-process"])
+def test_sigterm_lets_an_in_flight_download_finish(serve: Callable[..., LiveServer], upstream_files: UpstreamServer,
+                                                   tmp_path: Path, everyone: bool) -> None:
+    """A restart (SIGTERM to the master; Heroku sends it to every process of the dyno) waits for the download."""
     server = serve(GRACEFUL_TIMEOUT="20")
     bundle = _create(server, upstream_files)
     full = requests.get(server.url(f"/{bundle['id']}"), headers=CLOSE, timeout=30).content
@@ -188,7 +190,8 @@ def test_sigterm_lets_an_in_flight_download_finish(serve: Callable[..., LiveServ
     _wait_for(lambda: written() > 400_000, 10, "the download never started")
 
     began = time.monotonic()
-    server.process.send_signal(signal.SIGTERM)
+    for pid in [server.process.pid, *(server.worker_pids() if everyone else [])]:
+        os.kill(pid, signal.SIGTERM)
     assert curl.wait(timeout=20) == 0, (tmp_path / "slow.err").read_text()
     assert (tmp_path / "slow.zip").read_bytes() == full
     assert server.process.wait(timeout=20) == 0
