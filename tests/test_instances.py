@@ -10,6 +10,7 @@ import hashlib
 import io
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -219,3 +220,20 @@ def test_sigterm_cuts_a_download_longer_than_graceful_timeout(serve: Callable[..
     assert status == 18, (status, error)
     assert "remaining" in error
     assert stopped < 10  # GRACEFUL_TIMEOUT=1, plus gunicorn's own shutdown
+
+
+@pytest.mark.xfail(strict=True, reason="gunicorn's gevent worker waits for idle keep-alive connections until they "
+                   "time out (keepalive 75 s) or GRACEFUL_TIMEOUT ends; the fix belongs in the gunicorn settings")
+def test_sigterm_does_not_wait_for_an_idle_keepalive_connection(serve: Callable[..., LiveServer]) -> None:
+    """A proxy's idle connection to a backend must not hold a restart (nothing is in flight on it)."""
+    server = serve(GRACEFUL_TIMEOUT="6")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as idle:
+        idle.sendall(b"GET /health-check HTTP/1.1\r\nHost: zipstream\r\n\r\n")
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            answer += idle.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 200")
+        began = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        server.process.wait(timeout=20)
+        assert time.monotonic() - began < 3
