@@ -122,9 +122,10 @@ def test_procfile_python_version_and_gunicorn_config() -> None:
 
 
 # --- Heroku's Python buildpack -------------------------------------------------------------------------
-# heroku/heroku-buildpack-python (lib/package_manager.sh, lib/pip.sh; PRs #1897, #1992): exactly one package
-# manager file at the root picks the installer; setup.py alone is no longer one. With requirements.txt it runs
-# this command in the app's directory (pip into the Python it installed from .python-version).
+# heroku/heroku-buildpack-python (lib/package_manager.sh, lib/pip.sh; PRs #1897/#1992: setup.py alone is no
+# longer enough, #1993: several package manager files fail the build): exactly one package manager file at the
+# root picks the installer. With requirements.txt it runs this command in the app's directory (pip of the
+# Python it installed from .python-version).
 PACKAGE_MANAGER_FILES = ("requirements.txt", "Pipfile", "Pipfile.lock", "poetry.lock", "uv.lock")
 BUILDPACK_PIP = ["install", "-r", "requirements.txt", "--disable-pip-version-check", "--exists-action=w",
                  "--no-cache-dir", "--no-input", "--progress-bar", "off"]
