@@ -2,40 +2,56 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+# `make run` serves on loopback only: with HTTP_ALLOW_PRIVATE=true a LAN-wide listener would fetch
+# intranet URLs for anyone who can reach it. `make run HOST=0.0.0.0` to serve others on purpose.
+HOST ?= 127.0.0.1
+# `make bench` writes to an untracked directory; `make bench BENCH_OUT=bench/results` to update the
+# committed tables. ARGS go to `python -m bench` (see `make bench ARGS=--help`).
+BENCH_OUT ?= bench/results/local
+ARGS ?=
+# Two stamps: serving needs the package and its dependencies only; the test tools (moto, mypy,
+# schemathesis, selenium, ...) are installed by the targets that use them.
+SERVE_STAMP := $(VENV)/.installed-serve
+TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: run test lint typecheck unit bench fuzz clean
 
-$(STAMP): setup.cfg setup.py
+$(BIN)/pip:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
-	touch $(STAMP)
 
-## make run: start the service on :4040 (SQLite, nothing else to start)
-run: $(STAMP)
-	$(BIN)/zipstream serve
+$(SERVE_STAMP): setup.cfg setup.py | $(BIN)/pip
+	$(BIN)/pip install --quiet -e .
+	touch $(SERVE_STAMP)
+
+$(TEST_STAMP): setup.cfg setup.py | $(BIN)/pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(TEST_STAMP) $(SERVE_STAMP)
+
+## make run: start the service on http://127.0.0.1:4040 (SQLite, nothing else to start; HOST=, PORT= to change)
+run: $(SERVE_STAMP)
+	$(BIN)/zipstream serve --host '$(HOST)'
 
 ## make test: lint, type-check, then the whole test suite against real services and zip readers
 test: lint typecheck unit
 
-lint: $(STAMP)
+lint: $(TEST_STAMP)
 	$(BIN)/ruff check zipstream tests bench
 
-typecheck: $(STAMP)
+typecheck: $(TEST_STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP)
+unit: $(TEST_STAMP)
 	$(BIN)/python tests/support/system_deps.py
 	$(BIN)/pytest
 
 ## make fuzz: schemathesis against /openapi.json, 200 examples per operation (thousands of requests)
-fuzz: $(STAMP)
+fuzz: $(TEST_STAMP)
 	ZIPSTREAM_FUZZ_EXAMPLES=200 $(BIN)/pytest -q -s tests/test_fuzz.py
 
-## make bench: the benchmarks of bench/ (minutes; results in bench/results/)
-bench: $(STAMP)
-	$(BIN)/python -m bench
+## make bench: the benchmarks of bench/ (minutes); tables in $(BENCH_OUT)/, options in ARGS="..."
+bench: $(TEST_STAMP)
+	$(BIN)/python -m bench --results '$(BENCH_OUT)' $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -1,1 +1,1 @@
-"""ZipStream's benchmarks (issue 5): `python -m bench --help`. Results go to bench/results/<name>.md."""
+"""ZipStream's benchmarks: `make bench ARGS=--help`. Results go to bench/results/local/ (make) or --results."""

@@ -1,6 +1,6 @@
 """`python -m bench [--only b1,b2,...] [--full] [--runs N] ...`: run benchmarks, print and save tables.
 
-The default run keeps sizes small: about 2 minutes on 2 cores. `--full` uses the sizes of issue 5
+The default run keeps sizes small: about 2 minutes on 2 cores. `--full` uses the full sizes
 (2 x 1 GiB, 5 GiB member, 10,000 files, 10,000 concurrent downloads): about 5 minutes.
 """
 
@@ -27,7 +27,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", default=",".join(ALL), help="comma-separated benchmarks (default: all)")
-    parser.add_argument("--full", action="store_true", help="the full sizes of issue 5 (much longer)")
+    parser.add_argument("--full", action="store_true",
+                        help="full sizes: 2 x 1 GiB, a 5 GiB member, 10,000 files, 10,000 downloads (~5 min)")
     parser.add_argument("--runs", type=int, default=3, help="runs per measurement; the median is reported")
     parser.add_argument("--tmp", type=Path, default=None,
                         help="directory for test files (kept between runs; default: a temporary one)")
@@ -85,7 +86,7 @@ def run(args: argparse.Namespace, tmp: Path) -> list[Table]:
         elif name == "b6":
             size = (args.b6_mib or (4 if small else 1024 if full else 128)) * suite.MiB
             tables.append(suite.cpu_per_gb(tmp, size, env))
-        elif name == "traffic":  # issue 4: upstream bytes per download and per resume
+        elif name == "traffic":  # upstream bytes per download and per resume
             from . import upstream_traffic
 
             sizes = ["--files", "3", "--size-mib", "1", "--cuts", "2"] if small else []

@@ -1,4 +1,4 @@
-"""Upstream bytes read per download and per resume (issue 4): what a cut download costs at the source.
+"""Upstream bytes read per download and per resume: what a cut download costs at the source.
 
 Run: `python -m bench.upstream_traffic [--files 10] [--size-mib 20] [--cuts 5]`.
 Starts a local upstream and the real service (gunicorn, gevent worker), downloads a stored bundle in full,

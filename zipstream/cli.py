@@ -133,7 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="zipstream", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     serve_parser = commands.add_parser("serve", help=serve.__doc__)
-    serve_parser.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")  # noqa: S104
+    # Loopback unless asked: with HTTP_ALLOW_PRIVATE=true a LAN-wide listener fetches intranet URLs for
+    # anyone who reaches it. Platforms bind through the Procfile's gunicorn line (0.0.0.0:$PORT) instead.
+    serve_parser.add_argument("--host", default=os.environ.get("HOST") or "127.0.0.1",
+                              help="address to bind (default $HOST, else 127.0.0.1)")
     serve_parser.set_defaults(func=serve)
     commands.add_parser("migrate", help=migrate.__doc__).set_defaults(func=migrate)
     commands.add_parser("create-table", help="Create the DynamoDB table with its TTL (same as migrate)").set_defaults(
