@@ -274,6 +274,7 @@ def health_check() -> tuple[Response, int]:
 
     The 503's message names the fix: `zipstream migrate` for a missing or old schema.
     """
+    unavailable: ServiceUnavailable | None = None
     try:
         _repository().ping()
     except ServiceUnavailable as error:  # its message already says what is unavailable, and why
@@ -282,8 +283,6 @@ def health_check() -> tuple[Response, int]:
         unavailable = error
     except ZipStreamError as error:
         unavailable = ServiceUnavailable(f"database unavailable: {error.message}")
-    else:
-        unavailable = None
     if unavailable is not None:
         response = jsonify({"status": "unavailable", **unavailable.to_dict()})
         response.headers.update(unavailable.headers())
