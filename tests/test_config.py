@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -44,6 +45,7 @@ def test_db_interface_and_db_cnxn_keep_their_meaning_and_win() -> None:
     ({"DB_INTERFACE": "dynamodb", "DATABASE_URL": HEROKU_URL}, ["DB_INTERFACE=dynamodb", "DATABASE_URL"]),
     ({"DB_INTERFACE": "postgres"}, ["DB_INTERFACE=postgres", "DB_CNXN", "DATABASE_URL"]),
     ({"DATABASE_URL": "mysql://u@h/db"}, ["DATABASE_URL", "postgres://"]),
+    ({"DB_CNXN": "host=h password=s3cret dbname"}, ["DB_CNXN", "libpq"]),
     ({"DB_INTERFACE": "oracle"}, ["DB_INTERFACE"]),
 ])
 def test_a_contradiction_refuses_to_start_with_one_line(env: dict[str, str], words: list[str]) -> None:
@@ -73,7 +75,8 @@ def test_passwords_are_masked_in_the_database_line() -> None:
     assert mask_dsn("host=h password='a b' dbname=x") == "host=h password=*** dbname=x"
     assert Config.from_env({"DATABASE_URL": HEROKU_URL}).describe_database() == (
         "postgres postgres://u:***@db.internal:5432/d1 table bundles")
-    assert Config.from_env({"SQLITE_PATH": "/srv/z.sqlite3"}).describe_database() == "sqlite /srv/z.sqlite3 table bundles"
+    sqlite = Config.from_env({"SQLITE_PATH": "/srv/z.sqlite3"})
+    assert sqlite.describe_database() == "sqlite /srv/z.sqlite3 table bundles"
     dynamo = Config.from_env({"DB_INTERFACE": "dynamodb", "AWS_REGION": "eu-west-1", "TABLE_NAME": "zs"})
     assert dynamo.describe_database().startswith("dynamodb region eu-west-1 table zs endpoint ")
 
@@ -104,3 +107,20 @@ def test_start_up_line_masks_the_postgres_password(caplog: pytest.LogCaptureFixt
     text = "\n".join(record.getMessage() for record in caplog.records)
     assert "database: postgres postgresql://zs:***@127.0.0.1:1/nowhere table bundles" in text
     assert "hunter2" not in text
+
+
+def test_gunicorn_refuses_a_contradiction_with_one_line_and_stops(tmp_path: Path) -> None:
+    """The web process stops (no endless re-forking of workers) and says why once per worker, no traceback."""
+    from .support.live import ROOT, free_port
+
+    env = {**os.environ, "DB_INTERFACE": "sqlite", "DATABASE_URL": HEROKU_URL, "WEB_CONCURRENCY": "1",
+           "SQLITE_PATH": str(tmp_path / "x.sqlite3"), "PYTHONWARNINGS": "ignore"}
+    result = subprocess.run(
+        [sys.executable, "-m", "gunicorn", "--config", str(ROOT / "gunicorn.conf.py"),
+         "--bind", f"127.0.0.1:{free_port()}", "zipstream.wsgi:app"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode != 0
+    assert "zipstream: configuration error: DB_INTERFACE=sqlite but DATABASE_URL is set" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "s3cret" not in result.stderr

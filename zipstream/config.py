@@ -91,6 +91,15 @@ def _database(env: Mapping[str, str]) -> tuple[str, str]:
     scheme = urlsplit(target).scheme.lower() if "://" in target else ""
     if scheme and scheme not in ("postgres", "postgresql"):
         raise ConfigError(f"{name} must be a postgres:// or postgresql:// URL, not a {scheme}:// one")
+    from psycopg2 import ProgrammingError
+    from psycopg2.extensions import parse_dsn
+
+    try:
+        parse_dsn(target)  # libpq's own parser: both URL spellings and the key=value form
+    except ProgrammingError:
+        # libpq's message may quote the string, password included: not repeated here.
+        raise ConfigError(f"{name} is not a PostgreSQL connection string libpq accepts "
+                          "(postgres://user:password@host:5432/database)") from None
     return interface, target
 
 
