@@ -117,6 +117,7 @@ def test_migrate_without_scripts_is_an_error(monkeypatch: pytest.MonkeyPatch, tm
 
     monkeypatch.setattr(sql, "TREE_MIGRATIONS", tmp_path / "nowhere")
     monkeypatch.setattr(sql, "_CHECKOUT", tmp_path)
+    monkeypatch.setattr(sql, "MIGRATIONS_PACKAGE", "zipstream.no_migrations_here")
     sql._shipped_scripts.cache_clear()
     monkeypatch.setenv("SQLITE_PATH", str(tmp_path / "x.sqlite3"))
     for name in ("DATABASE_URL", "DB_INTERFACE", "DB_CNXN"):

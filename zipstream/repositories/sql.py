@@ -19,28 +19,30 @@ from . import MigrationsMissing, SchemaConflict, SchemaState
 # `zipstream.migrations`, so a wheel carries it. This path only exists in a checkout.
 _CHECKOUT = Path(__file__).resolve().parents[2]
 TREE_MIGRATIONS = _CHECKOUT / "migrations"
+MIGRATIONS_PACKAGE = "zipstream.migrations"
 
 
 @functools.cache
 def _shipped_scripts() -> tuple[tuple[str, str], ...]:
     """(file name, SQL with `{table}` unfilled) of every shipped migration, in order.
 
-    From the installed package first (importlib.resources: a wheel, any working directory), else from
-    the checkout's migrations/ folder (running from the tree, where no `zipstream.migrations` exists).
+    Running from a checkout (setup.cfg beside migrations/): the tree's folder, so an editable
+    install elsewhere never lends its copy. Installed (a wheel, any working directory): the package
+    data `zipstream.migrations`, through importlib.resources.
     """
     scripts: list[tuple[str, str]] = []
-    try:
-        package = importlib.resources.files("zipstream.migrations")
-        scripts = [(entry.name, entry.read_text(encoding="utf-8")) for entry in package.iterdir()
-                   if entry.name.endswith(".sql") and entry.is_file()]
-    except ModuleNotFoundError:  # a checkout: the folder is mapped into the package only at build time
-        pass
-    # setup.cfg marks a checkout: a stray top-level `migrations` folder in site-packages is not ours.
-    if not scripts and (_CHECKOUT / "setup.cfg").is_file() and TREE_MIGRATIONS.is_dir():
+    if (_CHECKOUT / "setup.cfg").is_file() and TREE_MIGRATIONS.is_dir():
         scripts = [(path.name, path.read_text(encoding="utf-8")) for path in TREE_MIGRATIONS.glob("*.sql")]
+    else:
+        try:
+            package = importlib.resources.files(MIGRATIONS_PACKAGE)
+            scripts = [(entry.name, entry.read_text(encoding="utf-8")) for entry in package.iterdir()
+                       if entry.name.endswith(".sql") and entry.is_file()]
+        except ModuleNotFoundError:  # the package data is missing: reported below
+            pass
     if not scripts:
         raise MigrationsMissing(
-            "no migration scripts found (neither package data zipstream.migrations nor "
+            f"no migration scripts found (neither package data {MIGRATIONS_PACKAGE} nor "
             f"{TREE_MIGRATIONS}): the installed zipstream package is incomplete; reinstall it"
         )
     return tuple(sorted(scripts))
