@@ -11,14 +11,14 @@ import sysconfig
 import time
 import uuid
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg2
 import pytest
 import requests
 
-from .support.live import free_port
+from .support.live import LiveServer, free_port
 from .support.moto import MotoServer
 from .support.upstream import UpstreamServer
 
@@ -220,3 +220,37 @@ def test_a_wheel_in_a_fresh_venv_migrates_postgres_and_serves(
     text = log.read_text()
     assert f"database: postgres {fresh_database} table bundles" in text
     assert "Traceback" not in text
+
+
+def test_web_process_started_before_the_release_step_becomes_ready_by_itself(
+    fresh_database: str, serve: Callable[..., LiveServer], upstream: UpstreamServer,
+) -> None:
+    """gunicorn on a fresh Postgres, no migrate yet: 503s naming the command (it was 200 health and 500s),
+    then `zipstream migrate` from another process, and the same workers serve without a restart."""
+    server = serve(DB_INTERFACE="", DB_CNXN="", DATABASE_URL=fresh_database)
+    upstream.add("/a.txt", b"alpha")
+    files = {"files": [{"src": upstream.url("/a.txt")}]}
+    for method, path in [("GET", "/health-check"), ("POST", "/"), ("GET", f"/{uuid.uuid4()}"),
+                         ("POST", "/bundle")]:
+        response = requests.request(method, server.url(path), json=files if method == "POST" else None, timeout=10)
+        assert response.status_code == 503, (method, path, response.text)
+        assert "run `zipstream migrate`" in response.json()["error"]["message"], response.text
+    log = server.log_text()
+    assert f"database: postgres {fresh_database} table bundles" in log
+    assert log.count("not ready: the database schema for table 'bundles' is missing: run `zipstream migrate`") == 1
+    workers = server.worker_pids()
+
+    migrate = subprocess.run([sys.executable, "-m", "zipstream.cli", "migrate"], cwd=ROOT, capture_output=True,
+                             text=True, timeout=60, env=_clean_env(DATABASE_URL=fresh_database))
+    assert migrate.returncode == 0, migrate.stderr
+    deadline = time.monotonic() + 15
+    while (health := requests.get(server.url("/health-check"), timeout=10)).status_code != 200:
+        assert time.monotonic() < deadline, health.text
+        time.sleep(0.2)
+    created = requests.post(server.url("/"), json=files, timeout=10)
+    assert created.status_code == 201, created.text
+    download = requests.get(server.url(f"/{created.json()['id']}"), timeout=10)
+    assert download.status_code == 200
+    assert zipfile.ZipFile(io.BytesIO(download.content)).read("a.txt") == b"alpha"
+    assert server.worker_pids() == workers  # no restart
+    assert "Traceback" not in server.log_text()
