@@ -201,3 +201,53 @@ def test_serve_runs_gunicorn_with_the_project_config(env: dict[str, str], tmp_pa
     text = log.read_text()
     assert "gevent" in text  # the project's worker class, from zipstream.gunicorn_conf
     assert '"event": "request"' in text
+
+
+@pytest.mark.parametrize("command", ["migrate", "purge-expired"])
+def test_database_down_is_one_line_without_a_traceback(env: dict[str, str], command: str) -> None:
+    """They used to print a psycopg2 traceback; an operator gets one line and a non-zero exit."""
+    port = free_port()  # nothing listens there
+    result = subprocess.run(
+        [sys.executable, "-m", "zipstream.cli", command], capture_output=True, text=True, timeout=60,
+        env={**os.environ, "DB_INTERFACE": "postgres", "DB_CNXN": f"postgresql://postgres@127.0.0.1:{port}/x",
+             "DB_TIMEOUT": "1", "PYTHONWARNINGS": "ignore"},
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith(f"zipstream: {command} failed: database unavailable: ")
+
+
+def test_migrate_names_the_database_it_migrates(postgres_env: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "migrate")
+    assert code == 0
+    assert out.splitlines()[0] == f"zipstream: database: postgres {os.environ['DB_CNXN']} table {postgres_env}"
+
+
+def test_bundle_create_with_a_missing_source_fails_and_keeps_nothing(
+    serve: Callable[..., LiveServer], capsys: pytest.CaptureFixture[str], env: dict[str, str],
+) -> None:
+    """It used to print a link that could only fail, and exit 0."""
+    from .support.upstream import UpstreamServer
+
+    with UpstreamServer() as upstream:
+        upstream.add("/a.txt", b"alpha")
+        server = serve()
+        srcs = [upstream.url("/a.txt"), upstream.url("/missing.txt")]
+        code, out, err = run(capsys, "bundle", "create", "--url", server.url(), *srcs)
+        assert code == 1
+        assert out == ""
+        assert "bundle not created" in err and "422" in err
+        assert f"{upstream.url('/missing.txt')}: not found (HTTP 404)" in err
+        assert "Traceback" not in err
+        # Deleted again: the service holds no bundle for it.
+        repository = build_repository(Config.from_env({**env, "SQLITE_PATH": str(server.log.parent /
+                                                                                   f"live-{server.port}.sqlite3")}))
+        try:
+            assert repository.purge_expired(2**62) == 0
+        finally:
+            repository.close()
+        # --no-check keeps it (files that will be uploaded later), exit 0.
+        code, out, err = run(capsys, "bundle", "create", "--no-check", "--url", server.url(), *srcs)
+        assert code == 0, err
+        assert out.startswith("download: ")

@@ -2,20 +2,31 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import sqlite3
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
+import psycopg2
 import pytest
+from flask.testing import FlaskClient
+from werkzeug.test import TestResponse
 
-from zipstream.errors import LimitExceeded
+from zipstream import create_app
+from zipstream.config import Config
+from zipstream.errors import LimitExceeded, SchemaNotReady, ServiceUnavailable
 from zipstream.models import Bundle, FileRef
-from zipstream.repositories import BundleRepository
+from zipstream.repositories import BundleRepository, Readiness, SchemaState, build_repository
 from zipstream.repositories.postgres import PostgresRepository
+from zipstream.repositories.sql import SqlRepository
 from zipstream.repositories.sqlite import SqliteRepository
 
 from .support.dynamo import dynamodb_backend
+from .support.live import free_port
 
 # Each backend registers a factory: request -> repository (fresh, migrated, isolated table).
 BACKENDS: dict[str, Callable[[pytest.FixtureRequest], BundleRepository]] = {}
@@ -286,3 +297,184 @@ def test_dynamodb_full_meta_item_refuses_an_append_and_changes_nothing(request: 
         assert chunk_items() == chunks_before  # the chunk it wrote first was removed again
     finally:
         client.close()
+
+
+# -- readiness: an unmigrated or unreachable database is a 503 naming the fix, never a 500 ------------
+
+def _routes(client: FlaskClient) -> dict[str, TestResponse]:
+    """Every route that needs the database, with requests that would otherwise succeed or 404."""
+    some_id, some_secret = str(uuid.uuid4()), str(uuid.uuid4())
+    files = {"files": [{"src": "http://127.0.0.1:9/a.txt"}]}
+    return {
+        "POST /": client.post("/", json=files),
+        "POST /bundle": client.post("/bundle", json=files),
+        "GET /<id>": client.get(f"/{some_id}"),
+        "HEAD /<id>": client.head(f"/{some_id}"),
+        "GET /<id>/<secret>": client.get(f"/{some_id}/{some_secret}"),
+        "PUT /<id>/<secret>": client.put(f"/{some_id}/{some_secret}", json=files),
+        "DELETE /<id>/<secret>": client.delete(f"/{some_id}/{some_secret}"),
+        "GET /health-check": client.get("/health-check"),
+    }
+
+
+def _all_503(client: FlaskClient, words: str) -> None:
+    for route, response in _routes(client).items():
+        assert response.status_code == 503, (route, response.status_code, response.data[:300])
+        assert int(response.headers["Retry-After"]) > 0, route
+        if route.startswith("HEAD"):
+            continue  # no body
+        error = response.get_json()["error"]
+        assert words in error["message"], (route, error)
+        assert "database unavailable: database unavailable" not in error["message"]
+
+
+def _unmigrated_config(request: pytest.FixtureRequest, backend: str) -> Config:
+    """Settings pointing at a database where this backend's schema does not exist yet."""
+    table = "t_" + uuid.uuid4().hex[:12]
+    base = {"FS_INTERFACES": "https", "HTTP_ALLOW_PRIVATE": "true", "TABLE_NAME": table}
+    if backend == "postgres":
+        url = request.getfixturevalue("postgres_url")
+
+        def drop() -> None:
+            with psycopg2.connect(url) as connection, connection.cursor() as cursor:
+                for suffix in ("_files", "_crcs", "_migrations", ""):
+                    cursor.execute(f"DROP TABLE IF EXISTS {table}{suffix} CASCADE")
+            connection.close()
+
+        request.addfinalizer(drop)
+        return Config.from_env({**base, "DB_INTERFACE": "postgres", "DB_CNXN": url})
+    request.getfixturevalue("moto_server")
+
+    def delete() -> None:
+        from zipstream.aws import dynamodb_client
+
+        client = dynamodb_client(config)
+        with contextlib.suppress(Exception):
+            client.delete_table(TableName=table)
+        client.close()
+
+    config = Config.from_env({**base, "DB_INTERFACE": "dynamodb", "AWS_REGION": "us-east-1"})
+    request.addfinalizer(delete)
+    return config
+
+
+def _until_ready(client: FlaskClient, seconds: float = 15) -> None:
+    deadline = time.monotonic() + seconds
+    while (response := client.get("/health-check")).status_code != 200:
+        assert time.monotonic() < deadline, response.get_json()
+        time.sleep(0.2)
+
+
+@pytest.mark.parametrize("backend", ["postgres", "dynamodb"])
+def test_unmigrated_database_answers_503_naming_migrate_then_becomes_ready(
+    request: pytest.FixtureRequest, backend: str, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Web process started before the release step: 503s naming the command (never a 500, never a 200
+    health-check), one log line saying so, and ready without a restart once `migrate` has run."""
+    config = _unmigrated_config(request, backend)
+    with caplog.at_level(logging.INFO, logger="zipstream"):
+        app = create_app(config)
+    not_ready = [r.getMessage() for r in caplog.records if r.getMessage().startswith("not ready: ")]
+    assert len(not_ready) == 1 and "zipstream migrate" in not_ready[0], not_ready
+    client = app.test_client()
+    _all_503(client, "run `zipstream migrate`")
+    health = client.get("/health-check").get_json()
+    assert health["status"] == "unavailable"
+    assert health["error"]["code"] == "not_migrated"
+    assert "missing" in health["error"]["message"]
+
+    build_repository(config).migrate()  # the release step, from another process in real life
+    _until_ready(client)
+    created = client.post("/", json={"files": [{"src": "http://127.0.0.1:9/a.txt"}]})
+    assert created.status_code == 201
+    assert client.get(f"/{created.get_json()['id']}/{created.get_json()['secret']}").status_code == 200
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_a_schema_older_than_the_code_is_not_ready(request: pytest.FixtureRequest, backend: str) -> None:
+    """Only the first migration applied (no learned-CRC table): 503 naming migrate, not a quiet warning."""
+    repository = BACKENDS[backend](request)
+    assert repository.schema_state() is SchemaState.MISSING
+    repository.migrate()
+    assert repository.schema_state() is SchemaState.CURRENT
+    assert isinstance(repository, SqlRepository)
+    with repository.transaction() as cursor:
+        cursor.execute(f"DELETE FROM {repository.table}_migrations WHERE name = '0002_source_crcs.sql'")  # noqa: S608
+        cursor.execute(f"DROP TABLE {repository.table}_crcs")
+    assert repository.schema_state() is SchemaState.OUTDATED
+    readiness = Readiness(repository, repository.table)
+    problem = readiness.check()
+    assert isinstance(problem, SchemaNotReady)
+    assert "older than the code: run `zipstream migrate`" in problem.message
+    repository.migrate()
+    assert repository.schema_state() is SchemaState.CURRENT
+    repository.close()
+
+
+def test_dynamodb_schema_state(request: pytest.FixtureRequest) -> None:
+    repository = BACKENDS["dynamodb"](request)
+    assert repository.schema_state() is SchemaState.MISSING
+    repository.migrate()
+    assert repository.schema_state() is SchemaState.CURRENT
+    repository.close()
+
+
+def test_sqlite_tables_gone_under_a_running_app_name_the_fix_and_come_back(tmp_path: Path) -> None:
+    """SQLite answered "no such table", naming no fix; the embedded file is re-created by itself."""
+    path = tmp_path / "z.sqlite3"
+    app = create_app({"SQLITE_PATH": str(path), "FS_INTERFACES": "https", "HTTP_ALLOW_PRIVATE": "true"})
+    client = app.test_client()
+    assert client.get("/health-check").status_code == 200
+    with sqlite3.connect(path) as connection:
+        for suffix in ("_files", "_crcs", "_migrations", ""):
+            connection.execute(f"DROP TABLE bundles{suffix}")
+    connection.close()
+    response = client.get(f"/{uuid.uuid4()}")
+    assert response.status_code == 503
+    assert "run `zipstream migrate`" in response.get_json()["error"]["message"]
+    _until_ready(client)  # the web process migrates its own embedded file again
+    assert client.post("/", json={"files": [{"src": "http://127.0.0.1:9/a.txt"}]}).status_code == 201
+
+
+def _down_config(request: pytest.FixtureRequest, backend: str, monkeypatch: pytest.MonkeyPatch,
+                 tmp_path: Path) -> Config:
+    base = {"FS_INTERFACES": "https", "HTTP_ALLOW_PRIVATE": "true", "DB_TIMEOUT": "1"}
+    closed = free_port()  # nothing listens there
+    if backend == "sqlite":
+        return Config.from_env({**base, "SQLITE_PATH": str(tmp_path / "no-such-dir" / "z.sqlite3")})
+    if backend == "postgres":
+        return Config.from_env({**base, "DATABASE_URL": f"postgresql://postgres@127.0.0.1:{closed}/test"})
+    for name, value in {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{closed}", "AWS_ACCESS_KEY_ID": "testing",
+                        "AWS_SECRET_ACCESS_KEY": "testing"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL_DYNAMODB", raising=False)
+    return Config.from_env({**base, "DB_INTERFACE": "dynamodb", "AWS_REGION": "us-east-1"})
+
+
+@pytest.mark.parametrize("backend", sorted(BACKENDS))
+def test_database_down_answers_503_on_every_route(
+    request: pytest.FixtureRequest, backend: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    """The app starts (no crash in create_app), answers 503 + Retry-After everywhere, never a 500."""
+    app = create_app(_down_config(request, backend, monkeypatch, tmp_path))
+    started = time.monotonic()
+    _all_503(app.test_client(), "")
+    assert time.monotonic() - started < 60
+
+
+@pytest.mark.parametrize("backend", sorted(BACKENDS))
+def test_no_library_error_escapes_a_repository(
+    request: pytest.FixtureRequest, backend: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    """Every method against a database that is down raises the service's errors, not the driver's."""
+    repository = build_repository(_down_config(request, backend, monkeypatch, tmp_path))
+    calls: list[Callable[[], object]] = [
+        repository.migrate, repository.schema_state, repository.ping, lambda: repository.create(_bundle()),
+        lambda: repository.get(str(uuid.uuid4())), lambda: repository.append(str(uuid.uuid4()), (), 10),
+        lambda: repository.delete(str(uuid.uuid4())), lambda: repository.purge_expired(0),
+        lambda: repository.get_crcs(["a" * 64]), lambda: repository.put_crcs({"a" * 64: 1}),
+    ]
+    for call in calls:
+        with pytest.raises(ServiceUnavailable):
+            call()
+    repository.close()

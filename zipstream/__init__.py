@@ -10,7 +10,7 @@ from flask import Flask, Response, current_app, jsonify
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from .config import Config
-from .errors import LimitExceeded, ZipStreamError
+from .errors import LimitExceeded, SchemaNotReady, ZipStreamError
 
 __version__ = "0.1.0"
 
@@ -19,8 +19,7 @@ log = logging.getLogger(__name__)
 
 def create_app(config: Config | Mapping[str, str] | None = None) -> Flask:
     """Assemble the app: read config, build the repository and sources, register blueprints."""
-    from . import api, cors, demo, docs, logs, metrics, openapi
-    from .repositories import build_repository
+    from . import api, cors, demo, docs, logs, metrics, openapi, repositories
     from .sources import build_sources
 
     if not isinstance(config, Config):
@@ -38,11 +37,8 @@ def create_app(config: Config | Mapping[str, str] | None = None) -> Flask:
     app.url_map.strict_slashes = False
     # "/bundle//" should be a JSON 404, not Werkzeug's HTML redirect to "/bundle/".
     app.url_map.merge_slashes = False
-    repository = build_repository(config)
-    if config.db_interface == "sqlite":
-        repository.migrate()  # embedded database: nothing else would create the schema
     app.extensions["zipstream.config"] = config
-    app.extensions["zipstream.repository"] = repository
+    repositories.init_app(app, config)
     app.extensions["zipstream.sources"] = build_sources(config)
     app.register_blueprint(api.bp)
     app.register_blueprint(openapi.bp)
@@ -66,6 +62,10 @@ def _error_response(error: ZipStreamError) -> Response:
 def _register_errors(app: Flask) -> None:
     @app.errorhandler(ZipStreamError)
     def zipstream_error(error: ZipStreamError) -> Response:
+        if isinstance(error, SchemaNotReady):
+            from .repositories import schema_gone
+
+            schema_gone(app, error)
         return _error_response(error)
 
     @app.errorhandler(HTTPException)

@@ -22,13 +22,14 @@ from .errors import (
     Gone,
     LimitExceeded,
     NotFound,
+    SchemaNotReady,
     ServiceUnavailable,
     Unauthorized,
     UnsupportedMediaType,
     ZipStreamError,
 )
 from .models import Bundle, FileRef
-from .repositories import BundleRepository
+from .repositories import BundleRepository, get_repository, schema_gone
 from .schemas import AppendFilesSchema, CreateBundleSchema, OneOffBundleSchema, form_to_body, load
 from .sources import Sources
 
@@ -44,8 +45,8 @@ def _config() -> Config:
 
 
 def _repository() -> BundleRepository:
-    repository: BundleRepository = current_app.extensions["zipstream.repository"]
-    return repository
+    """The repository, once ready: until then every route that needs it answers 503 naming the fix."""
+    return get_repository(current_app)
 
 
 def _sources() -> Sources:
@@ -269,11 +270,20 @@ def delete_bundle(bundle_id: str, secret: str) -> Response:
 
 @bp.get("/health-check", strict_slashes=False)
 def health_check() -> tuple[Response, int]:
-    """200 when the service and its database answer, 503 otherwise."""
+    """200 when the database answers and its schema is current; 503 otherwise (a readiness probe).
+
+    The 503's message names the fix: `zipstream migrate` for a missing or old schema.
+    """
+    unavailable: ServiceUnavailable | None = None
     try:
         _repository().ping()
+    except ServiceUnavailable as error:  # its message already says what is unavailable, and why
+        if isinstance(error, SchemaNotReady):
+            schema_gone(current_app, error)
+        unavailable = error
     except ZipStreamError as error:
         unavailable = ServiceUnavailable(f"database unavailable: {error.message}")
+    if unavailable is not None:
         response = jsonify({"status": "unavailable", **unavailable.to_dict()})
         response.headers.update(unavailable.headers())
         return response, 503

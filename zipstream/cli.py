@@ -10,6 +10,11 @@ import time
 from datetime import UTC, datetime
 
 from .config import Config, ConfigError
+from .errors import ZipStreamError
+
+
+class CommandError(Exception):
+    """A command failed; `main` prints the message as one line (no traceback) and exits 1."""
 
 
 def _config() -> Config:
@@ -29,15 +34,18 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def migrate(_args: argparse.Namespace) -> int:
-    """Create or update the database schema (SQL backends) or table (DynamoDB)."""
-    from .repositories import SchemaConflict, build_repository
+    """Create or update the database schema (SQL backends) or table (DynamoDB); safe to run concurrently."""
+    from .repositories import SchemaError, build_repository
 
     config = _config()
+    print(f"zipstream: database: {config.describe_database()}", flush=True)
     repository = build_repository(config)
     try:
         repository.migrate()
-    except SchemaConflict as error:
-        sys.exit(f"zipstream: {error}")
+    except (SchemaError, ZipStreamError) as error:
+        raise CommandError(f"migrate failed: {getattr(error, 'message', error)}") from None
+    finally:
+        repository.close()
     print(f"zipstream: {config.db_interface} schema for table {config.table_name!r} is up to date")
     return 0
 
@@ -47,7 +55,12 @@ def purge_expired(_args: argparse.Namespace) -> int:
     from .repositories import build_repository
 
     repository = build_repository(_config())
-    removed = repository.purge_expired(int(time.time()))
+    try:
+        removed = repository.purge_expired(int(time.time()))
+    except ZipStreamError as error:
+        raise CommandError(f"purge-expired failed: {error.message}") from None
+    finally:
+        repository.close()
     print(f"zipstream: removed {removed} expired bundle(s)")
     return 0
 
@@ -99,6 +112,8 @@ def bundle_create(args: argparse.Namespace) -> int:
     answer = _call(args, "POST", args.url.rstrip("/"), "/", 201, body)
     if answer is None or "id" not in answer:
         return 1
+    if not args.no_check and not _sources_readable(args, str(answer["id"]), str(answer["secret"])):
+        return 1
     if args.json:
         print(json.dumps(answer, indent=2))
         return 0
@@ -109,6 +124,36 @@ def bundle_create(args: argparse.Namespace) -> int:
     print(f"manage:   {base}/{answer['id']}/{answer['secret']}")
     print(f"expires:  {expires}")
     return 0
+
+
+def _sources_readable(args: argparse.Namespace, bundle_id: str, secret: str) -> bool:
+    """Whether the new bundle downloads: the service's pre-flight reads every source (one byte asked for).
+
+    The API stores a bundle without reading its files; a link whose files are missing would only fail
+    when someone downloads it. If it would, the bundle is deleted again and the reasons are printed.
+    """
+    import requests
+
+    base = args.url.rstrip("/")
+    headers = {"Range": "bytes=0-0", "Connection": "close"}
+    try:
+        with requests.get(f"{base}/{bundle_id}", headers=headers, stream=True, timeout=args.timeout) as response:
+            if response.status_code in (200, 206):
+                return True
+            try:
+                problem = response.json().get("error", {})
+            except ValueError:
+                problem = {}
+    except requests.RequestException as error:
+        print(f"zipstream: cannot check the bundle's files at {base}: {error}", file=sys.stderr)
+        return False
+    message = problem.get("message") or response.reason
+    print(f"zipstream: bundle not created, {base} cannot zip it ({response.status_code}): {message}",
+          file=sys.stderr)
+    for source in problem.get("sources") or []:
+        print(f"  {source.get('src')}: {source.get('reason')}", file=sys.stderr)
+    _call(args, "DELETE", base, f"/{bundle_id}/{secret}", 200)
+    return False
 
 
 def bundle_show(args: argparse.Namespace) -> int:
@@ -150,6 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     create.add_argument("--filename", help="name of the downloaded zip (default bundle.zip)")
     create.add_argument("--api-key", help="sent as a Bearer token (default $API_KEY)")
     create.add_argument("--json", action="store_true", help="print the API's JSON answer instead")
+    create.add_argument("--no-check", action="store_true",
+                        help="keep the bundle even if its files cannot be read now (default: check, and "
+                             "delete it again with a non-zero exit if they cannot)")
     create.set_defaults(func=bundle_create)
     for name, func in (("show", bundle_show), ("delete", bundle_delete)):
         command = bundle_commands.add_parser(name, help=func.__doc__)
@@ -162,7 +210,19 @@ def main(argv: list[str] | None = None) -> int:
                              help="the service's base URL (default $ZIPSTREAM_URL or http://localhost:4040)")
         command.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the service")
     args = parser.parse_args(argv)
-    result: int = args.func(args)
+    try:
+        result: int = args.func(args)
+    except CommandError as error:
+        print(f"zipstream: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("zipstream: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # noqa: BLE001 - one line for an operator, never a traceback
+        text = str(error).strip().splitlines()
+        print(f"zipstream: {args.command} failed: {type(error).__name__}: {text[0] if text else ''}",
+              file=sys.stderr)
+        return 1
     return result
 
 

@@ -8,9 +8,11 @@ an addition. Tests pass a plain mapping instead of patching `os.environ`.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 T = TypeVar("T")
 
@@ -57,14 +59,73 @@ def _csv(raw: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
 
 
+def _database(env: Mapping[str, str]) -> tuple[str, str]:
+    """(backend, Postgres connection string or "") by convention; ConfigError on a contradiction.
+
+    - DB_INTERFACE set: it decides (the seed's meaning). postgres connects to DB_CNXN, else to
+      DATABASE_URL; with neither there is nothing to connect to. sqlite or dynamodb with a
+      DATABASE_URL is a contradiction: the platform attached a database this instance would ignore,
+      and each instance would keep its own bundles.
+    - DB_INTERFACE unset: DATABASE_URL (Heroku, Render, Fly, Dokku set only that) or DB_CNXN selects
+      postgres; neither selects the embedded SQLite file.
+    A DB_CNXN next to DB_INTERFACE=sqlite/dynamodb is ignored, as in the seed (.env files copied
+    from the seed's example carry one).
+    """
+    interface = env.get("DB_INTERFACE", "").strip().lower()
+    database_url = env.get("DATABASE_URL", "").strip()
+    cnxn = env.get("DB_CNXN", "").strip()
+    if interface and interface not in DB_INTERFACES:
+        raise ConfigError(f"DB_INTERFACE must be one of {', '.join(DB_INTERFACES)}, not {interface!r}")
+    if interface in ("sqlite", "dynamodb") and database_url:
+        raise ConfigError(
+            f"DB_INTERFACE={interface} but DATABASE_URL is set (a PostgreSQL database this instance would "
+            "ignore): unset DB_INTERFACE to use DATABASE_URL, or unset DATABASE_URL"
+        )
+    if not interface:
+        interface = "postgres" if database_url or cnxn else "sqlite"
+    if interface != "postgres":
+        return interface, ""
+    target, name = (cnxn, "DB_CNXN") if cnxn else (database_url, "DATABASE_URL")
+    if not target:
+        raise ConfigError("DB_INTERFACE=postgres but neither DB_CNXN nor DATABASE_URL says which database to use")
+    scheme = urlsplit(target).scheme.lower() if "://" in target else ""
+    if scheme and scheme not in ("postgres", "postgresql"):
+        raise ConfigError(f"{name} must be a postgres:// or postgresql:// URL, not a {scheme}:// one")
+    from psycopg2 import ProgrammingError
+    from psycopg2.extensions import parse_dsn
+
+    try:
+        parse_dsn(target)  # libpq's own parser: both URL spellings and the key=value form
+    except ProgrammingError:
+        # libpq's message may quote the string, password included: not repeated here.
+        raise ConfigError(f"{name} is not a PostgreSQL connection string libpq accepts "
+                          "(postgres://user:password@host:5432/database)") from None
+    return interface, target
+
+
+def mask_dsn(dsn: str) -> str:
+    """A Postgres URL or `key=value` connection string with its password replaced by `***`."""
+    if "://" not in dsn:
+        return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", dsn)
+    parts = urlsplit(dsn)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, host = netloc.rpartition("@")
+        user, colon, _password = userinfo.partition(":")
+        netloc = f"{user}{':***' if colon else ''}@{host}"
+    query = re.sub(r"(^|&)(password=)[^&]*", r"\1\2***", parts.query)
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
 @dataclass(frozen=True)
 class Config:
     """Every setting the service reads; see the README's configuration table."""
 
     port: int = 4040
     db_interface: str = "sqlite"
-    # The seed's default; DATABASE_URL (Heroku) takes precedence when set.
-    db_cnxn: str = field(default="postgres://localhost:5432/zipstream", repr=False)  # may hold a password
+    # The PostgreSQL connection string in use (DB_CNXN or DATABASE_URL, see _database); "" for the
+    # other backends.
+    db_cnxn: str = field(default="", repr=False)  # may hold a password
     sqlite_path: str = "zipstream.sqlite3"
     db_pool_size: int = 10
     db_timeout: float = 5.0
@@ -111,9 +172,7 @@ class Config:
                 return default
             return convert(name, raw)
 
-        db_interface = env.get("DB_INTERFACE", "sqlite").strip().lower() or "sqlite"
-        if db_interface not in DB_INTERFACES:
-            raise ConfigError(f"DB_INTERFACE must be one of {', '.join(DB_INTERFACES)}, not {db_interface!r}")
+        db_interface, db_cnxn = _database(env)
         fs = tuple(name.lower() for name in _csv(env.get("FS_INTERFACES", "s3,https")))
         unknown = [name for name in fs if name not in FS_INTERFACES]
         if unknown:
@@ -136,11 +195,10 @@ class Config:
         log_level = env.get("LOG_LEVEL", "info").strip().lower() or "info"
         if log_level not in LOG_LEVELS:
             raise ConfigError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, not {log_level!r}")
-        db_cnxn = env.get("DATABASE_URL") or env.get("DB_CNXN") or cls.db_cnxn
         return cls(
             port=get("PORT", lambda n, r: _int(n, r, 1), 4040),
             db_interface=db_interface,
-            db_cnxn=db_cnxn.strip(),
+            db_cnxn=db_cnxn,
             sqlite_path=env.get("SQLITE_PATH", "").strip() or "zipstream.sqlite3",
             db_pool_size=get("DB_POOL_SIZE", lambda n, r: _int(n, r, 1), 10),
             db_timeout=get("DB_TIMEOUT", _float, 5.0),
@@ -173,6 +231,20 @@ class Config:
             demo=get("DEMO", _bool, False),
             log_level=log_level,
         )
+
+    def describe_database(self) -> str:
+        """One line naming the backend and its target, password masked (logged at start-up).
+
+        e.g. `postgres postgres://app:***@db:5432/zs table bundles`, `sqlite /srv/zipstream.sqlite3
+        table bundles`, `dynamodb region us-west-2 table bundles endpoint http://localhost:8000`.
+        """
+        if self.db_interface == "postgres":
+            return f"postgres {mask_dsn(self.db_cnxn)} table {self.table_name}"
+        if self.db_interface == "sqlite":
+            return f"sqlite {os.path.abspath(self.sqlite_path)} table {self.table_name}"
+        # boto3 reads the endpoint from the environment itself (see aws.py); named here so the log says it.
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_DYNAMODB") or os.environ.get("AWS_ENDPOINT_URL") or "AWS"
+        return f"dynamodb region {self.aws_region} table {self.table_name} endpoint {endpoint}"
 
     def replace(self, **changes: Any) -> Config:
         """A copy with some settings changed (tests use this)."""

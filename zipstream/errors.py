@@ -166,5 +166,12 @@ class ServiceUnavailable(ZipStreamError):
         return {"Retry-After": str(self.retry_after)}
 
 
+class SchemaNotReady(ServiceUnavailable):
+    """The database answers but its schema is missing or older than the code: `zipstream migrate` fixes it."""
+
+    code = "not_migrated"
+    reason = ""  # the database's own words (e.g. "no such table: bundles"), for logs and SchemaConflict
+
+
 class StreamAborted(Exception):
     """Raised inside a download once bytes are on the wire: the connection must be cut, not answered."""

@@ -31,9 +31,9 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from ..aws import dynamodb_client
 from ..config import Config
-from ..errors import LimitExceeded, ServiceUnavailable, ZipStreamError
+from ..errors import LimitExceeded, SchemaNotReady, ServiceUnavailable, ZipStreamError
 from ..models import Bundle, FileRef
-from . import SchemaConflict
+from . import MIGRATE_HINT, SchemaConflict, SchemaState
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -116,8 +116,9 @@ class DynamoRepository:
         code = str(error.response.get("Error", {}).get("Code", ""))
         status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
         if code == "ResourceNotFoundException":
-            message = f"DynamoDB table {self.table} does not exist: run `zipstream create-table`"
-            return ServiceUnavailable(message, retry_after=30)
+            not_ready = SchemaNotReady(f"DynamoDB table {self.table} does not exist: {MIGRATE_HINT}", retry_after=10)
+            not_ready.reason = f"table {self.table} does not exist"
+            return not_ready
         if code in _RETRYABLE or status >= 500:
             return ServiceUnavailable(f"DynamoDB is unavailable ({action}: {code or status})")
         return ZipStreamError(f"DynamoDB refused {action}: {code or status}")
@@ -147,19 +148,43 @@ class DynamoRepository:
             self.client.get_waiter("table_exists").wait(
                 TableName=self.table, WaiterConfig={"Delay": 1, "MaxAttempts": 120}
             )
-            keys = self.client.describe_table(TableName=self.table)["Table"].get("KeySchema", [])
-            if sorted((key["AttributeName"], key["KeyType"]) for key in keys) != [("pk", "HASH"), ("sk", "RANGE")]:
-                raise SchemaConflict(
-                    f"DynamoDB table {self.table!r} exists with another key schema ({keys}); set TABLE_NAME to "
-                    "a new name (bundles of the Node ZipStream are not imported)"
-                )
-            ttl = self.client.describe_time_to_live(TableName=self.table).get("TimeToLiveDescription", {})
-            if ttl.get("TimeToLiveStatus") not in ("ENABLED", "ENABLING"):
-                self.client.update_time_to_live(
-                    TableName=self.table,
-                    TimeToLiveSpecification={"Enabled": True, "AttributeName": TTL_ATTRIBUTE},
-                )
-                log.info("enabled TTL on %s.%s", self.table, TTL_ATTRIBUTE)
+            self._check_keys(self.client.describe_table(TableName=self.table)["Table"])
+            if not self._ttl_on():
+                try:
+                    self.client.update_time_to_live(
+                        TableName=self.table,
+                        TimeToLiveSpecification={"Enabled": True, "AttributeName": TTL_ATTRIBUTE},
+                    )
+                    log.info("enabled TTL on %s.%s", self.table, TTL_ATTRIBUTE)
+                except ClientError as error:
+                    # Another `migrate` enabled it between our look and our update: that is success.
+                    if error.response.get("Error", {}).get("Code") != "ValidationException" or not self._ttl_on():
+                        raise
+
+    def _ttl_on(self) -> bool:
+        ttl = self.client.describe_time_to_live(TableName=self.table).get("TimeToLiveDescription", {})
+        return ttl.get("TimeToLiveStatus") in ("ENABLED", "ENABLING")
+
+    def _check_keys(self, table: Mapping[str, Any]) -> None:
+        keys = table.get("KeySchema", [])
+        if sorted((key["AttributeName"], key["KeyType"]) for key in keys) != [("pk", "HASH"), ("sk", "RANGE")]:
+            raise SchemaConflict(
+                f"DynamoDB table {self.table!r} exists with another key schema ({keys}); set TABLE_NAME to "
+                "a new name (bundles of the Node ZipStream are not imported)"
+            )
+
+    def schema_state(self) -> SchemaState:
+        """MISSING until the table exists and is ACTIVE; OUTDATED without TTL; SchemaConflict if keyed otherwise."""
+        try:
+            with self._errors("describe-table"):
+                table = self.client.describe_table(TableName=self.table)["Table"]
+                ttl_on = self._ttl_on()
+        except SchemaNotReady:
+            return SchemaState.MISSING
+        if table.get("TableStatus") not in ("ACTIVE", "UPDATING"):  # CREATING (another migrate) or DELETING
+            return SchemaState.MISSING
+        self._check_keys(table)
+        return SchemaState.CURRENT if ttl_on else SchemaState.OUTDATED
 
     def ping(self) -> None:
         with self._errors("describe-table"):

@@ -8,6 +8,8 @@ psycopg2's ThreadedConnectionPool, which raises at once when empty and knows not
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import logging
 import queue
 import threading
 from collections.abc import Iterator
@@ -17,8 +19,14 @@ from typing import Any
 import psycopg2
 import psycopg2.extensions
 
-from ..errors import ServiceUnavailable
+from ..errors import SchemaNotReady, ServiceUnavailable, ZipStreamError
+from . import MIGRATE_HINT
 from .sql import SqlRepository
+
+log = logging.getLogger(__name__)
+
+# SQLSTATEs of a schema that is missing or older than the code: undefined_table, undefined_column.
+_SCHEMA_NOT_READY = frozenset({"42P01", "42703"})
 
 
 class PostgresRepository(SqlRepository):
@@ -52,16 +60,17 @@ class PostgresRepository(SqlRepository):
                 connection = self._idle.get_nowait()
             except queue.Empty:
                 connection = self._connect()
-        except psycopg2.OperationalError as error:
+        except psycopg2.Error as error:
             self._slots.release()
-            raise ServiceUnavailable(f"database unavailable: {_first_line(error)}") from None
+            raise _translate(error) from None
         reusable = True
         try:
             with connection, connection.cursor() as cursor:  # commits, or rolls back on error
                 yield cursor
-        except (psycopg2.OperationalError, psycopg2.InterfaceError) as error:
-            reusable = False
-            raise ServiceUnavailable(f"database unavailable: {_first_line(error)}") from None
+        except psycopg2.Error as error:
+            # `with connection` rolled back; only a broken connection is not given back.
+            reusable = not isinstance(error, (psycopg2.OperationalError, psycopg2.InterfaceError))
+            raise _translate(error) from None
         finally:
             if reusable and not connection.closed:
                 self._idle.put(connection)
@@ -70,12 +79,38 @@ class PostgresRepository(SqlRepository):
                     connection.close()
             self._slots.release()
 
+    def _lock_migrations(self, cursor: Any) -> None:
+        # A transaction-scoped advisory lock: released at commit, or when a crashed run's session ends.
+        # A waiter may wait as long as the migration before it takes, not DB_TIMEOUT.
+        cursor.execute("SET LOCAL statement_timeout = 0")
+        cursor.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_key(f"zipstream migrate {self.table}"),))
+
     def close(self) -> None:
         while True:
             try:
                 self._idle.get_nowait().close()
             except queue.Empty:
                 return
+
+
+def _lock_key(name: str) -> int:
+    """A stable signed 64-bit advisory-lock key for `name`."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+
+
+def _translate(error: psycopg2.Error) -> ZipStreamError:
+    """Every psycopg2 error as the service's: schema not ready, database unavailable, or (a bug) a 500."""
+    if error.pgcode in _SCHEMA_NOT_READY:
+        not_ready = SchemaNotReady(f"the database schema is not ready ({_first_line(error)}): {MIGRATE_HINT}",
+                                   retry_after=10)
+        not_ready.reason = _first_line(error)
+        return not_ready
+    if isinstance(error, (psycopg2.IntegrityError, psycopg2.ProgrammingError, psycopg2.DataError,
+                          psycopg2.NotSupportedError)):
+        # Our statement is wrong for this database: not the client's fault, not transient.
+        log.error("database refused a statement: %s", _first_line(error))
+        return ZipStreamError(f"database error: {_first_line(error)}")
+    return ServiceUnavailable(f"database unavailable: {_first_line(error)}")
 
 
 def _first_line(error: Exception) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import importlib.resources
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
@@ -9,19 +11,46 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
-from ..errors import LimitExceeded
+from ..errors import LimitExceeded, SchemaNotReady
 from ..models import Bundle, FileRef
-from . import SchemaConflict
+from . import MigrationsMissing, SchemaConflict, SchemaState
 
-MIGRATIONS = Path(__file__).resolve().parent.parent.parent / "migrations"
+# The repository's top-level migrations/ folder; setup.py maps it into the package as
+# `zipstream.migrations`, so a wheel carries it. This path only exists in a checkout.
+_CHECKOUT = Path(__file__).resolve().parents[2]
+TREE_MIGRATIONS = _CHECKOUT / "migrations"
+MIGRATIONS_PACKAGE = "zipstream.migrations"
+
+
+@functools.cache
+def _shipped_scripts() -> tuple[tuple[str, str], ...]:
+    """(file name, SQL with `{table}` unfilled) of every shipped migration, in order.
+
+    Running from a checkout (setup.cfg beside migrations/): the tree's folder, so an editable
+    install elsewhere never lends its copy. Installed (a wheel, any working directory): the package
+    data `zipstream.migrations`, through importlib.resources.
+    """
+    scripts: list[tuple[str, str]] = []
+    if (_CHECKOUT / "setup.cfg").is_file() and TREE_MIGRATIONS.is_dir():
+        scripts = [(path.name, path.read_text(encoding="utf-8")) for path in TREE_MIGRATIONS.glob("*.sql")]
+    else:
+        try:
+            package = importlib.resources.files(MIGRATIONS_PACKAGE)
+            scripts = [(entry.name, entry.read_text(encoding="utf-8")) for entry in package.iterdir()
+                       if entry.name.endswith(".sql") and entry.is_file()]
+        except ModuleNotFoundError:  # the package data is missing: reported below
+            pass
+    if not scripts:
+        raise MigrationsMissing(
+            f"no migration scripts found (neither package data {MIGRATIONS_PACKAGE} nor "
+            f"{TREE_MIGRATIONS}): the installed zipstream package is incomplete; reinstall it"
+        )
+    return tuple(sorted(scripts))
 
 
 def migration_scripts(table: str) -> list[tuple[str, str]]:
-    """(name, SQL) of every migration in order, with {table} filled in."""
-    directory = MIGRATIONS
-    if not directory.is_dir():  # installed as a package: migrations ship inside it
-        directory = Path(__file__).resolve().parent.parent / "migrations"
-    return [(path.name, path.read_text().replace("{table}", table)) for path in sorted(directory.glob("*.sql"))]
+    """(name, SQL) of every migration in order, with {table} filled in; MigrationsMissing if none."""
+    return [(name, script.replace("{table}", table)) for name, script in _shipped_scripts()]
 
 
 CRC_MAX_AGE = 30 * 24 * 3600  # seconds a learned CRC-32 is kept by purge-expired
@@ -43,7 +72,15 @@ class SqlRepository(ABC):
     def _sql(self, statement: str) -> str:
         return statement.replace("{t}", self.table).replace("?", self.placeholder)
 
+    def _lock_migrations(self, cursor: Any) -> None:
+        """Serialise concurrent `migrate` runs on one database until the transaction ends.
+
+        SQLite: nothing to add, `transaction()` begins IMMEDIATE (the write lock, waited for).
+        """
+        return None
+
     def migrate(self) -> None:
+        scripts = migration_scripts(self.table)  # none found: refuse before touching anything
         conflict = self._foreign_table()
         if conflict:
             raise SchemaConflict(
@@ -51,15 +88,31 @@ class SqlRepository(ABC):
                 "set TABLE_NAME to a new name (bundles of the Node ZipStream are not imported)"
             )
         with self.transaction() as cursor:
+            # Six pods' init containers at once: without the lock two CREATE TABLE IF NOT EXISTS race
+            # in the catalogue (UniqueViolation) or two runs apply the same script.
+            self._lock_migrations(cursor)
             cursor.execute(self._sql("CREATE TABLE IF NOT EXISTS {t}_migrations (name TEXT PRIMARY KEY)"))
             cursor.execute(self._sql("SELECT name FROM {t}_migrations"))
             done = {row[0] for row in cursor.fetchall()}
-            for name, script in migration_scripts(self.table):
+            for name, script in scripts:
                 if name in done:
                     continue
                 for statement in _statements(script):
                     cursor.execute(statement)
                 cursor.execute(self._sql("INSERT INTO {t}_migrations (name) VALUES (?)"), (name,))
+
+    def schema_state(self) -> SchemaState:
+        shipped = {name for name, _ in migration_scripts(self.table)}
+        try:
+            with self.transaction() as cursor:
+                cursor.execute(self._sql("SELECT name FROM {t}_migrations"))
+                applied = {row[0] for row in cursor.fetchall()}
+        except SchemaNotReady:  # no bookkeeping table: never migrated
+            return SchemaState.MISSING
+        if not applied:
+            return SchemaState.MISSING
+        # Names applied that this code does not ship are a newer release's: still usable (rolling deploy).
+        return SchemaState.CURRENT if shipped <= applied else SchemaState.OUTDATED
 
     def _foreign_table(self) -> str | None:
         """Why an existing `{t}` is not ours, or None (absent, or ours).
@@ -78,7 +131,8 @@ class SqlRepository(ABC):
                 cursor.execute(self._sql(f"SELECT {_EXPECTED_COLUMNS} FROM {{t}} WHERE 1 = 0"))  # noqa: S608
                 cursor.fetchall()
         except Exception as error:  # noqa: BLE001 - a missing column, whatever the driver
-            return str(getattr(error, "message", error)).strip().splitlines()[0]
+            text = getattr(error, "reason", "") or str(getattr(error, "message", error))
+            return text.strip().splitlines()[0]
         return None
 
     def ping(self) -> None:

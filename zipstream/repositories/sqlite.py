@@ -7,8 +7,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from ..errors import ServiceUnavailable
+from ..errors import SchemaNotReady, ServiceUnavailable
+from . import MIGRATE_HINT
 from .sql import SqlRepository
+
+
+def _translate(error: sqlite3.Error) -> ServiceUnavailable:
+    """Every sqlite3 error as the service's: a missing table names the fix, the rest is a 503."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if text.startswith(("no such table", "no such column")):
+        not_ready = SchemaNotReady(f"the database schema is not ready ({text}): {MIGRATE_HINT}", retry_after=10)
+        not_ready.reason = text
+        return not_ready
+    return ServiceUnavailable(f"database unavailable: {text}")
 
 
 class SqliteRepository(SqlRepository):
@@ -24,7 +35,7 @@ class SqliteRepository(SqlRepository):
         try:
             connection = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
         except sqlite3.Error as error:
-            raise ServiceUnavailable(f"database unavailable: {error}") from None
+            raise _translate(error) from None
         try:
             connection.execute("PRAGMA journal_mode=WAL")
             # IMMEDIATE takes the write lock up front: concurrent appends wait instead of failing.
@@ -36,8 +47,8 @@ class SqliteRepository(SqlRepository):
                 connection.execute("ROLLBACK")
                 raise
             connection.execute("COMMIT")
-        except sqlite3.OperationalError as error:
-            raise ServiceUnavailable(f"database unavailable: {error}") from None
+        except sqlite3.Error as error:
+            raise _translate(error) from None
         finally:
             connection.close()
 

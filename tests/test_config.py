@@ -1,0 +1,126 @@
+"""Configuration by convention: which database a set of variables selects, and what refuses to start."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from zipstream import create_app
+from zipstream.config import Config, ConfigError, mask_dsn
+from zipstream.repositories.postgres import PostgresRepository
+
+HEROKU_URL = "postgres://u:s3cret@db.internal:5432/d1"
+
+
+def _db(**env: str) -> tuple[str, str]:
+    config = Config.from_env(env)
+    return config.db_interface, config.db_cnxn
+
+
+def test_database_url_alone_selects_postgres() -> None:
+    """Heroku, Render, Fly and Dokku set only DATABASE_URL (it used to be ignored: a SQLite file per dyno)."""
+    assert _db(DATABASE_URL=HEROKU_URL) == ("postgres", HEROKU_URL)
+    assert _db(DATABASE_URL="postgresql://h/db") == ("postgres", "postgresql://h/db")
+
+
+def test_db_interface_and_db_cnxn_keep_their_meaning_and_win() -> None:
+    assert _db() == ("sqlite", "")
+    assert _db(DB_INTERFACE="postgres", DB_CNXN="postgres://a/x") == ("postgres", "postgres://a/x")
+    assert _db(DB_INTERFACE="postgres", DB_CNXN="postgres://a/x", DATABASE_URL=HEROKU_URL) == (
+        "postgres", "postgres://a/x")
+    assert _db(DB_INTERFACE="postgres", DATABASE_URL=HEROKU_URL) == ("postgres", HEROKU_URL)
+    assert _db(DB_CNXN="host=a dbname=x") == ("postgres", "host=a dbname=x")
+    # The seed's example file sets DB_CNXN next to DB_INTERFACE=sqlite: it is not used, as before.
+    assert _db(DB_INTERFACE="sqlite", DB_CNXN="postgres://localhost:5432/zipstream") == ("sqlite", "")
+    assert _db(DB_INTERFACE="dynamodb", DATABASE_URL="") == ("dynamodb", "")
+
+
+@pytest.mark.parametrize(("env", "words"), [
+    ({"DB_INTERFACE": "sqlite", "DATABASE_URL": HEROKU_URL}, ["DB_INTERFACE=sqlite", "DATABASE_URL"]),
+    ({"DB_INTERFACE": "dynamodb", "DATABASE_URL": HEROKU_URL}, ["DB_INTERFACE=dynamodb", "DATABASE_URL"]),
+    ({"DB_INTERFACE": "postgres"}, ["DB_INTERFACE=postgres", "DB_CNXN", "DATABASE_URL"]),
+    ({"DATABASE_URL": "mysql://u@h/db"}, ["DATABASE_URL", "postgres://"]),
+    ({"DB_CNXN": "host=h password=s3cret dbname"}, ["DB_CNXN", "libpq"]),
+    ({"DB_INTERFACE": "oracle"}, ["DB_INTERFACE"]),
+])
+def test_a_contradiction_refuses_to_start_with_one_line(env: dict[str, str], words: list[str]) -> None:
+    with pytest.raises(ConfigError) as refused:
+        Config.from_env(env)
+    message = str(refused.value)
+    assert "\n" not in message
+    for word in words:
+        assert word in message
+    assert "s3cret" not in message
+
+
+def test_the_cli_refuses_a_contradiction_in_one_line(tmp_path: Path) -> None:
+    env = {"PATH": "/usr/bin:/bin", "DB_INTERFACE": "sqlite", "DATABASE_URL": HEROKU_URL,
+           "SQLITE_PATH": str(tmp_path / "x.sqlite3")}
+    result = subprocess.run([sys.executable, "-m", "zipstream.cli", "migrate"], env=env, capture_output=True,
+                            text=True, timeout=60, cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode != 0
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("zipstream: configuration error: DB_INTERFACE=sqlite but DATABASE_URL is set")
+    assert not (tmp_path / "x.sqlite3").exists()  # nothing was touched
+
+
+def test_passwords_are_masked_in_the_database_line() -> None:
+    assert mask_dsn(HEROKU_URL) == "postgres://u:***@db.internal:5432/d1"
+    assert mask_dsn("postgres://u@h/db?sslmode=require&password=p") == "postgres://u@h/db?sslmode=require&password=***"
+    assert mask_dsn("host=h password='a b' dbname=x") == "host=h password=*** dbname=x"
+    assert Config.from_env({"DATABASE_URL": HEROKU_URL}).describe_database() == (
+        "postgres postgres://u:***@db.internal:5432/d1 table bundles")
+    sqlite = Config.from_env({"SQLITE_PATH": "/srv/z.sqlite3"})
+    assert sqlite.describe_database() == "sqlite /srv/z.sqlite3 table bundles"
+    dynamo = Config.from_env({"DB_INTERFACE": "dynamodb", "AWS_REGION": "eu-west-1", "TABLE_NAME": "zs"})
+    assert dynamo.describe_database().startswith("dynamodb region eu-west-1 table zs endpoint ")
+
+
+def test_heroku_spelling_connects(postgres_url: str) -> None:
+    """libpq takes `postgres://` as well as `postgresql://`: Heroku's DATABASE_URL works unchanged."""
+    heroku = "postgres://" + postgres_url.split("://", 1)[1]
+    config = Config.from_env({"DATABASE_URL": heroku})
+    repository = PostgresRepository(config.db_cnxn, "t_unused")
+    try:
+        repository.ping()
+    finally:
+        repository.close()
+
+
+def test_start_up_logs_one_line_naming_the_database(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "z.sqlite3"
+    with caplog.at_level(logging.INFO, logger="zipstream"):
+        create_app({"SQLITE_PATH": str(path), "FS_INTERFACES": "https"})
+    lines = [record.getMessage() for record in caplog.records if record.getMessage().startswith("database: ")]
+    assert lines == [f"database: sqlite {path} table bundles"]
+
+
+def test_start_up_line_masks_the_postgres_password(caplog: pytest.LogCaptureFixture) -> None:
+    url = "postgresql://zs:hunter2@127.0.0.1:1/nowhere"  # nothing listens: the app still starts (503s)
+    with caplog.at_level(logging.INFO, logger="zipstream"):
+        create_app({"DATABASE_URL": url, "DB_TIMEOUT": "1", "FS_INTERFACES": "https"})
+    text = "\n".join(record.getMessage() for record in caplog.records)
+    assert "database: postgres postgresql://zs:***@127.0.0.1:1/nowhere table bundles" in text
+    assert "hunter2" not in text
+
+
+def test_gunicorn_refuses_a_contradiction_with_one_line_and_stops(tmp_path: Path) -> None:
+    """The web process stops (no endless re-forking of workers) and says why once per worker, no traceback."""
+    from .support.live import ROOT, free_port
+
+    env = {**os.environ, "DB_INTERFACE": "sqlite", "DATABASE_URL": HEROKU_URL, "WEB_CONCURRENCY": "1",
+           "SQLITE_PATH": str(tmp_path / "x.sqlite3"), "PYTHONWARNINGS": "ignore"}
+    result = subprocess.run(
+        [sys.executable, "-m", "gunicorn", "--config", str(ROOT / "gunicorn.conf.py"),
+         "--bind", f"127.0.0.1:{free_port()}", "zipstream.wsgi:app"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode != 0
+    assert "zipstream: configuration error: DB_INTERFACE=sqlite but DATABASE_URL is set" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "s3cret" not in result.stderr
