@@ -68,6 +68,7 @@ class Config:
     sqlite_path: str = "zipstream.sqlite3"
     db_pool_size: int = 10
     db_timeout: float = 5.0
+    db_idle_timeout: float = 60.0  # seconds a pooled PostgreSQL connection may sit unused before it is closed
     fs_interfaces: tuple[str, ...] = ("s3", "https")
     aws_region: str = "us-west-2"
     table_name: str = "bundles"
@@ -144,6 +145,7 @@ class Config:
             sqlite_path=env.get("SQLITE_PATH", "").strip() or "zipstream.sqlite3",
             db_pool_size=get("DB_POOL_SIZE", lambda n, r: _int(n, r, 1), 10),
             db_timeout=get("DB_TIMEOUT", _float, 5.0),
+            db_idle_timeout=get("DB_IDLE_TIMEOUT", _float, 60.0),
             fs_interfaces=fs,
             aws_region=env.get("AWS_REGION", "").strip() or "us-west-2",
             table_name=table_name,

@@ -49,8 +49,14 @@ def on_starting(server: Any) -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
-def post_fork(server: Any, worker: Any) -> None:
-    """Make psycopg2 cooperative in each worker (gevent has patched the socket module by now)."""
+def post_worker_init(worker: Any) -> None:
+    """Make psycopg2 cooperative in each worker.
+
+    Not in `post_fork`: gunicorn calls that before the gevent worker's `init_process` runs
+    `monkey.patch_all()`, so `cooperative.patch()` saw an unpatched socket module and did nothing
+    (one slow query then froze every request of the worker). `post_worker_init` runs after the
+    patch and after the app was loaded, before the first request is accepted.
+    """
     from zipstream import cooperative
 
     cooperative.patch()
