@@ -99,6 +99,8 @@ class Config:
     default_compression: str = "stored"
     demo: bool = False  # GET /demo, the shopping-cart example page
     log_level: str = "info"
+    worker_connections: int = 10000  # requests one gunicorn worker serves at once; past it, 503 (middleware.py)
+    trusted_proxy_hops: int = 0  # proxies appending to X-Forwarded-For in front of us; 0 = header ignored
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -174,6 +176,8 @@ class Config:
             default_compression=compression,
             demo=get("DEMO", _bool, False),
             log_level=log_level,
+            worker_connections=get("WORKER_CONNECTIONS", lambda n, r: _int(n, r, 1), 10000),
+            trusted_proxy_hops=get("TRUSTED_PROXY_HOPS", lambda n, r: _int(n, r, 0), 0),
         )
 
     def replace(self, **changes: Any) -> Config:

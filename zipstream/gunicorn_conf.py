@@ -4,18 +4,29 @@ The repository's top-level gunicorn.conf.py re-exports this module; `zipstream s
 """
 
 import contextlib
-import multiprocessing
 import os
 import resource
 import shutil
 import tempfile
 from typing import Any
 
+from zipstream import sizing
+
 bind = f"0.0.0.0:{os.environ.get('PORT', '4040')}"
 worker_class = "gevent"
-workers = int(os.environ.get("WEB_CONCURRENCY", max(2, multiprocessing.cpu_count())))
+# One per CPU this process may use (CPU set and cgroup quota, not the host's count); WEB_CONCURRENCY wins.
+workers = sizing.default_workers()
+# gunicorn 25.1+ opens a control socket at $XDG_RUNTIME_DIR or $HOME/.gunicorn/gunicorn.ctl: one path
+# per user, so several instances on a host fight over it, and a read-only home logs "Control server
+# error" at every start. Nothing here uses gunicornc. (Older gunicorn ignores the unknown name.)
+control_socket_disable = True
 # Each open download is one greenlet; memory per download is what bounds this, not threads.
-worker_connections = int(os.environ.get("WORKER_CONNECTIONS", "10000"))
+# WORKER_CONNECTIONS is the app's limit of requests in flight per worker (zipstream.middleware answers
+# 503 past it). gunicorn stops accepting connections when its own pool is full, and a client then
+# waits with no answer at all, so its pool is larger: room for the refused clients and for idle
+# keep-alive connections, which hold a pool slot but no request (an idle greenlet costs a few KB).
+_request_limit = int(os.environ.get("WORKER_CONNECTIONS", "").strip() or "10000")
+worker_connections = max(2 * _request_limit, _request_limit + 100)
 # Downloads take hours on slow links: a worker restart must wait for them, and nothing may
 # recycle a worker mid-download.
 graceful_timeout = int(os.environ.get("GRACEFUL_TIMEOUT", "3600"))

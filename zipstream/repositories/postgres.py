@@ -51,15 +51,20 @@ class PostgresRepository(SqlRepository):
 
     def _connect(self) -> psycopg2.extensions.connection:
         # pg_stat_activity then tells which process holds a connection (unless the DSN names itself).
-        named = "application_name" in psycopg2.extensions.parse_dsn(self.dsn)
-        return psycopg2.connect(
+        try:
+            named = "application_name" in psycopg2.extensions.parse_dsn(self.dsn)
+        except psycopg2.Error:  # a malformed DSN: connect() below reports it
+            named = False
+        extra: dict[str, Any] = {} if named else {"application_name": f"zipstream-{os.getpid()}"}
+        connection: psycopg2.extensions.connection = psycopg2.connect(
             self.dsn,
             connect_timeout=max(1, int(self.timeout)),
             options=f"-c statement_timeout={int(self.timeout * 1000)}",
             # Notice a dead server quickly instead of hanging on a half-open socket.
             keepalives=1, keepalives_idle=10, keepalives_interval=5, keepalives_count=2,
-            **({} if named else {"application_name": f"zipstream-{os.getpid()}"}),
+            **extra,
         )
+        return connection
 
     def _take_idle(self) -> psycopg2.extensions.connection | None:
         with self._lock:
