@@ -96,7 +96,8 @@ class PostgresRepository(SqlRepository):
         return len(stale)
 
     @contextmanager
-    def transaction(self) -> Iterator[Any]:
+    def transaction(self, write: bool = True) -> Iterator[Any]:
+        # `write` is for SQLite's sake: PostgreSQL's reads never wait for writers (MVCC).
         if not self._slots.acquire(timeout=self.timeout):
             raise ServiceUnavailable("database pool exhausted; try again shortly")
         try:
