@@ -96,7 +96,8 @@ class SqliteRepository(SqlRepository):
                 free = connection.execute("PRAGMA freelist_count").fetchone()[0]
                 for _ in range(free // VACUUM_PAGES + 1):
                     started = time.monotonic()
-                    connection.execute(f"PRAGMA incremental_vacuum({VACUUM_PAGES})").fetchall()
+                    # executescript steps the pragma to the end; execute() would free a single page.
+                    connection.executescript(f"PRAGMA incremental_vacuum({VACUUM_PAGES});")
                     self._between_batches(time.monotonic() - started)
             # The WAL grew by everything the purge wrote; fold it back into the file and truncate it.
             connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
