@@ -111,6 +111,7 @@ def test_a_row_lock_blocks_one_greenlet_not_the_worker(
     during = connections(database, f"zipstream-{worker}")
     holder.join()
     putter.join()
+    print(f"/health-check during a {HOLD:.0f} s row lock: {took * 1000:.0f} ms; worker connections: {during}")
     assert health.status_code == 200, health.text
     assert took < 1.0, f"/health-check took {took:.2f} s while a PUT waited on a row lock"
     assert during >= 2, f"{during} connection(s) of the worker while two requests used the database"

@@ -87,6 +87,9 @@ def test_a_held_write_lock_stalls_only_the_writers(serve: Callable[..., LiveServ
     holder.join()
     writer.join()
 
+    print(f"write lock held {HOLD:.0f} s elsewhere: GET bundle {read_took * 1000:.0f} ms; with a POST waiting:"
+          f" /openapi.json {spec_took * 1000:.0f} ms, GET bundle {again_took * 1000:.0f} ms,"
+          f" /health-check {health_took * 1000:.0f} ms; the POST {created['took']:.1f} s -> {created['status']}")
     assert (read_status, spec_status, again_status, health_status) == (200, 200, 200, 200)
     assert read_took < 1.0, f"GET of a bundle took {read_took:.2f} s while another process held the write lock"
     assert spec_took < 1.0, f"/openapi.json took {spec_took:.2f} s while a write waited for the lock"
@@ -164,5 +167,6 @@ def test_purge_while_serving_never_stalls_and_reclaims_space(
           f"slowest {slowest * 1000:.0f} ms")
     assert slowest < 1.0, f"a request waited {slowest:.2f} s during the purge"
     after = _size(path)
+    print(f"file size: {before / 1e6:.1f} MB before, {after / 1e6:.1f} MB after")
     assert after < before / 4, (before, after)  # the freed pages went back to the filesystem
     assert requests.get(server.url(secret_path), timeout=10).status_code == 200

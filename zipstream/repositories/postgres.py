@@ -79,10 +79,15 @@ class PostgresRepository(SqlRepository):
                 self._reaper.start()
 
     def _reap(self) -> None:
-        """Close pooled connections idle longer than idle_timeout, for as long as the pool is open."""
+        """Close pooled connections idle longer than idle_timeout; ends when none is left (the next
+        connection put back starts a new reaper), so a forgotten repository holds no thread."""
         while not self._closed:
             time.sleep(min(max(self.idle_timeout / 4, 0.05), 15.0))
             self.close_idle(older_than=self.idle_timeout)
+            with self._lock:
+                if not self._idle:
+                    self._reaper = None
+                    return
 
     def close_idle(self, older_than: float = 0.0) -> int:
         """Close pooled connections unused for more than `older_than` seconds; how many were closed."""
