@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from zipstream import create_app, logs
-from zipstream.config import Config
+from zipstream.config import Config, ConfigError
 from zipstream.middleware import RequestLimit
 
 from .support.live import LiveServer
@@ -128,3 +128,10 @@ def test_forwarded_for_trusted_for_the_configured_hops(make_config: Callable[...
     # Fewer entries than trusted hops: not forwarded by the whole chain, so the peer's address stays.
     assert _logged_addr(two, {"X-Forwarded-For": "203.0.113.7"}) == "10.0.0.2"
     assert _logged_addr(one, {}) == "10.0.0.2"
+
+
+@pytest.mark.parametrize(("name", "value"), [("TRUSTED_PROXY_HOPS", "-1"), ("TRUSTED_PROXY_HOPS", "one"),
+                                             ("WORKER_CONNECTIONS", "0"), ("DB_IDLE_TIMEOUT", "0")])
+def test_bad_settings_name_the_variable(make_config: Callable[..., Config], name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        make_config(**{name: value})
