@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 def create_app(config: Config | Mapping[str, str] | None = None) -> Flask:
     """Assemble the app: read config, build the repository and sources, register blueprints."""
-    from . import api, cors, demo, docs, logs, metrics, openapi, repositories
+    from . import api, cors, demo, docs, logs, metrics, middleware, openapi, repositories
     from .sources import build_sources
 
     if not isinstance(config, Config):
@@ -45,8 +45,9 @@ def create_app(config: Config | Mapping[str, str] | None = None) -> Flask:
     app.register_blueprint(docs.bp)
     app.register_blueprint(metrics.bp)
     app.register_blueprint(demo.bp)
-    # Outermost, so it sees the real end of a streamed body (and errors no handler caught).
-    app.wsgi_app = logs.RequestLog(app.wsgi_app)  # type: ignore[method-assign]
+    # Outermost: the client's address, the request log (the real end of a streamed body, and errors no
+    # handler caught) and the per-worker request limit (middleware.py).
+    app.wsgi_app = middleware.wrap(app.wsgi_app, config)  # type: ignore[method-assign, assignment]
     cors.init_app(app, config)
     _register_errors(app)
     return app

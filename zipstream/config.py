@@ -129,6 +129,7 @@ class Config:
     sqlite_path: str = "zipstream.sqlite3"
     db_pool_size: int = 10
     db_timeout: float = 5.0
+    db_idle_timeout: float = 60.0  # seconds a pooled PostgreSQL connection may sit unused before it is closed
     fs_interfaces: tuple[str, ...] = ("s3", "https")
     aws_region: str = "us-west-2"
     table_name: str = "bundles"
@@ -159,6 +160,8 @@ class Config:
     default_compression: str = "stored"
     demo: bool = False  # GET /demo, the shopping-cart example page
     log_level: str = "info"
+    worker_connections: int = 10000  # requests one gunicorn worker serves at once; past it, 503 (middleware.py)
+    trusted_proxy_hops: int = 0  # proxies appending to X-Forwarded-For in front of us; 0 = header ignored
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -202,6 +205,7 @@ class Config:
             sqlite_path=env.get("SQLITE_PATH", "").strip() or "zipstream.sqlite3",
             db_pool_size=get("DB_POOL_SIZE", lambda n, r: _int(n, r, 1), 10),
             db_timeout=get("DB_TIMEOUT", _float, 5.0),
+            db_idle_timeout=get("DB_IDLE_TIMEOUT", _float, 60.0),
             fs_interfaces=fs,
             aws_region=env.get("AWS_REGION", "").strip() or "us-west-2",
             table_name=table_name,
@@ -230,6 +234,8 @@ class Config:
             default_compression=compression,
             demo=get("DEMO", _bool, False),
             log_level=log_level,
+            worker_connections=get("WORKER_CONNECTIONS", lambda n, r: _int(n, r, 1), 10000),
+            trusted_proxy_hops=get("TRUSTED_PROXY_HOPS", lambda n, r: _int(n, r, 0), 0),
         )
 
     def describe_database(self) -> str:

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +31,36 @@ def patch() -> None:
 
     patch_psycopg()
     log.debug("psycopg2 made cooperative for gevent")
+
+
+_pools: dict[str, Any] = {}  # lane -> gevent ThreadPool, in this process
+_pools_pid = 0
+_pools_lock = threading.Lock()
+
+
+def offload(lane: str, size: int, func: Callable[..., T], *args: Any) -> T:
+    """`func(*args)`, run in a real OS thread of `lane`'s pool (at most `size` threads) under gevent.
+
+    For C calls that block without yielding (sqlite3 waiting for a lock with its busy timeout): the
+    calling greenlet waits for the result while the others run. Without gevent this is a plain call.
+    Each lane has its own pool, so calls that may wait long (writes queued on a lock) cannot take the
+    threads quick ones need (reads); gevent's hub pool is not used, as DNS lookups depend on it.
+    Exceptions raised by `func` are raised here.
+    """
+    if not gevent_active():
+        return func(*args)
+    global _pools_pid
+    with _pools_lock:
+        if _pools_pid != os.getpid():  # pools do not survive a fork: each worker makes its own
+            _pools.clear()
+            _pools_pid = os.getpid()
+        pool = _pools.get(lane)
+        if pool is None:
+            from gevent.threadpool import ThreadPool
+
+            pool = _pools[lane] = ThreadPool(size)
+    result: T = pool.apply(func, args)
+    return result
 
 
 # How long one greenlet may keep the worker busy before it lets the others run.

@@ -4,18 +4,29 @@ The repository's top-level gunicorn.conf.py re-exports this module; `zipstream s
 """
 
 import contextlib
-import multiprocessing
 import os
 import resource
 import shutil
 import tempfile
 from typing import Any
 
+from zipstream import sizing
+
 bind = f"0.0.0.0:{os.environ.get('PORT', '4040')}"
 worker_class = "gevent"
-workers = int(os.environ.get("WEB_CONCURRENCY", max(2, multiprocessing.cpu_count())))
+# One per CPU this process may use (CPU set and cgroup quota, not the host's count); WEB_CONCURRENCY wins.
+workers = sizing.default_workers()
+# gunicorn 25.1+ opens a control socket at $XDG_RUNTIME_DIR or $HOME/.gunicorn/gunicorn.ctl: one path
+# per user, so several instances on a host fight over it, and a read-only home logs "Control server
+# error" at every start. Nothing here uses gunicornc. (Older gunicorn ignores the unknown name.)
+control_socket_disable = True
 # Each open download is one greenlet; memory per download is what bounds this, not threads.
-worker_connections = int(os.environ.get("WORKER_CONNECTIONS", "10000"))
+# WORKER_CONNECTIONS is the app's limit of requests in flight per worker (zipstream.middleware answers
+# 503 past it). gunicorn stops accepting connections when its own pool is full, and a client then
+# waits with no answer at all, so its pool is larger: room for the refused clients and for idle
+# keep-alive connections, which hold a pool slot but no request (an idle greenlet costs a few KB).
+_request_limit = int(os.environ.get("WORKER_CONNECTIONS", "").strip() or "10000")
+worker_connections = max(2 * _request_limit, _request_limit + 100)
 # Downloads take hours on slow links: a worker restart must wait for them, and nothing may
 # recycle a worker mid-download.
 graceful_timeout = int(os.environ.get("GRACEFUL_TIMEOUT", "3600"))
@@ -49,8 +60,14 @@ def on_starting(server: Any) -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
-def post_fork(server: Any, worker: Any) -> None:
-    """Make psycopg2 cooperative in each worker (gevent has patched the socket module by now)."""
+def post_worker_init(worker: Any) -> None:
+    """Make psycopg2 cooperative in each worker.
+
+    Not in `post_fork`: gunicorn calls that before the gevent worker's `init_process` runs
+    `monkey.patch_all()`, so `cooperative.patch()` saw an unpatched socket module and did nothing
+    (one slow query then froze every request of the worker). `post_worker_init` runs after the
+    patch and after the app was loaded, before the first request is accepted.
+    """
     from zipstream import cooperative
 
     cooperative.patch()

@@ -108,7 +108,8 @@ def build_repository(config: Config) -> BundleRepository:
         from .postgres import PostgresRepository
 
         return PostgresRepository(
-            config.db_cnxn, config.table_name, pool_size=config.db_pool_size, timeout=config.db_timeout
+            config.db_cnxn, config.table_name, pool_size=config.db_pool_size, timeout=config.db_timeout,
+            idle_timeout=config.db_idle_timeout,
         )
     from .dynamodb import DynamoRepository
 

@@ -1,8 +1,13 @@
 """PostgreSQL (`DB_INTERFACE=postgres`, `DB_CNXN` or Heroku's `DATABASE_URL`) through psycopg2.
 
 Under gevent, psycopg2 is made cooperative by psycogreen's wait callback (installed by
-`zipstream.cooperative.patch()`); the pool below hands out connections with a timeout instead of
-psycopg2's ThreadedConnectionPool, which raises at once when empty and knows nothing of greenlets.
+`zipstream.cooperative.patch()` from gunicorn's `post_worker_init`); the pool below hands out
+connections with a timeout instead of psycopg2's ThreadedConnectionPool, which raises at once when
+empty and knows nothing of greenlets. Its lock and semaphore are `threading`'s, which gevent's
+monkey-patching makes greenlet-aware, so a greenlet waiting for a slot lets the others run.
+
+Connections idle for `idle_timeout` seconds are closed by a reaper (a daemon thread, a greenlet
+under gevent), so a quiet service gives its slots of the server's `max_connections` back.
 """
 
 from __future__ import annotations
@@ -10,8 +15,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import queue
+import os
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -34,32 +40,81 @@ class PostgresRepository(SqlRepository):
 
     placeholder = "%s"
 
-    def __init__(self, dsn: str, table: str = "bundles", pool_size: int = 10, timeout: float = 5.0) -> None:
+    def __init__(self, dsn: str, table: str = "bundles", pool_size: int = 10, timeout: float = 5.0,
+                 idle_timeout: float = 60.0) -> None:
+        """`pool_size` connections at most (per process); `timeout` seconds for a slot, a connection and
+        a statement; pooled connections unused for `idle_timeout` seconds are closed."""
         super().__init__(table)
         # Heroku and the Node service write postgres://; libpq takes both spellings.
         self.dsn = dsn
         self.timeout = timeout
-        self._idle: queue.LifoQueue[psycopg2.extensions.connection] = queue.LifoQueue()
+        self.idle_timeout = idle_timeout
+        # (connection, when it was put back), most recently used last: reuse takes from the end, so
+        # the ones at the front are those a lull left unused, and the reaper closes them.
+        self._idle: list[tuple[psycopg2.extensions.connection, float]] = []
+        self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(pool_size)
+        self._reaper: threading.Thread | None = None
+        self._closed = False
 
     def _connect(self) -> psycopg2.extensions.connection:
-        return psycopg2.connect(
+        # pg_stat_activity then tells which process holds a connection (unless the DSN names itself).
+        try:
+            named = "application_name" in psycopg2.extensions.parse_dsn(self.dsn)
+        except psycopg2.Error:  # a malformed DSN: connect() below reports it
+            named = False
+        extra: dict[str, Any] = {} if named else {"application_name": f"zipstream-{os.getpid()}"}
+        connection: psycopg2.extensions.connection = psycopg2.connect(
             self.dsn,
             connect_timeout=max(1, int(self.timeout)),
             options=f"-c statement_timeout={int(self.timeout * 1000)}",
             # Notice a dead server quickly instead of hanging on a half-open socket.
             keepalives=1, keepalives_idle=10, keepalives_interval=5, keepalives_count=2,
+            **extra,
         )
+        return connection
+
+    def _take_idle(self) -> psycopg2.extensions.connection | None:
+        with self._lock:
+            return self._idle.pop()[0] if self._idle else None
+
+    def _put_idle(self, connection: psycopg2.extensions.connection) -> None:
+        with self._lock:
+            self._idle.append((connection, time.monotonic()))
+            if self._reaper is None and not self._closed:
+                # Started on first use, so in the gunicorn worker (after gevent patched `threading`).
+                self._reaper = threading.Thread(target=self._reap, name="zipstream-pg-reaper", daemon=True)
+                self._reaper.start()
+
+    def _reap(self) -> None:
+        """Close pooled connections idle longer than idle_timeout; ends when none is left (the next
+        connection put back starts a new reaper), so a forgotten repository holds no thread."""
+        while not self._closed:
+            time.sleep(min(max(self.idle_timeout / 4, 0.05), 15.0))
+            self.close_idle(older_than=self.idle_timeout)
+            with self._lock:
+                if not self._idle:
+                    self._reaper = None
+                    return
+
+    def close_idle(self, older_than: float = 0.0) -> int:
+        """Close pooled connections unused for more than `older_than` seconds; how many were closed."""
+        cutoff = time.monotonic() - older_than
+        with self._lock:
+            stale = [connection for connection, since in self._idle if since <= cutoff]
+            self._idle = [(connection, since) for connection, since in self._idle if since > cutoff]
+        for connection in stale:
+            with contextlib.suppress(psycopg2.Error):
+                connection.close()
+        return len(stale)
 
     @contextmanager
-    def transaction(self) -> Iterator[Any]:
+    def transaction(self, write: bool = True) -> Iterator[Any]:
+        # `write` is for SQLite's sake: PostgreSQL's reads never wait for writers (MVCC).
         if not self._slots.acquire(timeout=self.timeout):
             raise ServiceUnavailable("database pool exhausted; try again shortly")
         try:
-            try:
-                connection = self._idle.get_nowait()
-            except queue.Empty:
-                connection = self._connect()
+            connection = self._take_idle() or self._connect()
         except psycopg2.Error as error:
             self._slots.release()
             raise _translate(error) from None
@@ -73,7 +128,7 @@ class PostgresRepository(SqlRepository):
             raise _translate(error) from None
         finally:
             if reusable and not connection.closed:
-                self._idle.put(connection)
+                self._put_idle(connection)
             else:
                 with contextlib.suppress(psycopg2.Error):
                     connection.close()
@@ -86,11 +141,8 @@ class PostgresRepository(SqlRepository):
         cursor.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_key(f"zipstream migrate {self.table}"),))
 
     def close(self) -> None:
-        while True:
-            try:
-                self._idle.get_nowait().close()
-            except queue.Empty:
-                return
+        self._closed = True
+        self.close_idle()
 
 
 def _lock_key(name: str) -> int:

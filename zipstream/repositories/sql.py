@@ -54,6 +54,11 @@ def migration_scripts(table: str) -> list[tuple[str, str]]:
 
 
 CRC_MAX_AGE = 30 * 24 * 3600  # seconds a learned CRC-32 is kept by purge-expired
+# purge-expired deletes in batches, each its own short write transaction, so the service keeps
+# writing in between: at most this many bundles, and (bundles being up to MAX_FILES files) at most
+# about this many file rows, per batch.
+PURGE_BATCH_BUNDLES = 500
+PURGE_BATCH_FILES = 5000
 _EXPECTED_COLUMNS = "id, secret, filename, compression, expiration_date, created_at, file_count"
 
 
@@ -66,8 +71,19 @@ class SqlRepository(ABC):
         self.table = table
 
     @abstractmethod
-    def transaction(self) -> AbstractContextManager[Any]:
-        """A cursor inside a transaction that commits on success and rolls back on error."""
+    def transaction(self, write: bool = True) -> AbstractContextManager[Any]:
+        """A cursor inside a transaction that commits on success and rolls back on error.
+
+        `write=False` promises only reads: SQLite then never takes its write lock for it.
+        """
+
+    def _between_batches(self, batch_seconds: float) -> None:
+        """Called between two purge batches that took `batch_seconds`; a backend may pause here."""
+        return  # PostgreSQL: row locks queue fairly, nothing to leave room for
+
+    def _reclaim_space(self) -> None:
+        """Called after a purge: give freed space back to the filesystem where the backend can."""
+        return  # PostgreSQL: autovacuum makes the space reusable
 
     def _sql(self, statement: str) -> str:
         return statement.replace("{t}", self.table).replace("?", self.placeholder)
@@ -136,7 +152,7 @@ class SqlRepository(ABC):
         return None
 
     def ping(self) -> None:
-        with self.transaction() as cursor:
+        with self.transaction(write=False) as cursor:
             cursor.execute("SELECT 1")
             cursor.fetchone()
 
@@ -160,7 +176,7 @@ class SqlRepository(ABC):
             )
 
     def get(self, bundle_id: str) -> Bundle | None:
-        with self.transaction() as cursor:
+        with self.transaction(write=False) as cursor:
             return self._read(cursor, bundle_id)
 
     def _read(self, cursor: Any, bundle_id: str) -> Bundle | None:
@@ -217,21 +233,56 @@ class SqlRepository(ABC):
             return bundle
 
     def purge_expired(self, now: int) -> int:
-        with self.transaction() as cursor:
-            cursor.execute(
-                self._sql("DELETE FROM {t}_files WHERE bundle_id IN (SELECT id FROM {t} WHERE expiration_date <= ?)"),
-                (now,),
-            )
-            cursor.execute(self._sql("DELETE FROM {t} WHERE expiration_date <= ?"), (now,))
-            removed = int(cursor.rowcount)
-            # Learned CRC-32s are a cache: forget those learned over 30 days ago, as DynamoDB's TTL does
-            # for its copy (a download needing one again just reads the file).
-            cursor.execute(self._sql("DELETE FROM {t}_crcs WHERE learned_at <= ?"), (now - CRC_MAX_AGE,))
-            return removed
+        """Delete bundles expired at `now` (epoch seconds); how many.
+
+        In batches (PURGE_BATCH_BUNDLES bundles, about PURGE_BATCH_FILES files), each its own short
+        write transaction, so a purge of 200,000 bundles never holds the database for long.
+        """
+        removed = 0
+        while True:
+            started = time.monotonic()
+            with self.transaction() as cursor:
+                cursor.execute(
+                    self._sql("SELECT id, file_count FROM {t} WHERE expiration_date <= ?"
+                              " ORDER BY expiration_date LIMIT ?"),
+                    (now, PURGE_BATCH_BUNDLES),
+                )
+                rows = cursor.fetchall()
+                ids: list[str] = []
+                files = 0
+                for bundle_id, file_count in rows:
+                    if ids and files + int(file_count) > PURGE_BATCH_FILES:
+                        break
+                    ids.append(bundle_id)
+                    files += int(file_count)
+                if ids:
+                    marks = ", ".join("?" for _ in ids)  # only "?" marks are interpolated
+                    cursor.execute(self._sql(f"DELETE FROM {{t}}_files WHERE bundle_id IN ({marks})"), ids)  # noqa: S608
+                    cursor.execute(self._sql(f"DELETE FROM {{t}} WHERE id IN ({marks})"), ids)  # noqa: S608
+                    removed += int(cursor.rowcount)
+            if len(rows) < PURGE_BATCH_BUNDLES and len(ids) == len(rows):
+                break
+            self._between_batches(time.monotonic() - started)
+        # Learned CRC-32s are a cache: forget those learned over 30 days ago, as DynamoDB's TTL does
+        # for its copy (a download needing one again just reads the file).
+        while True:
+            started = time.monotonic()
+            with self.transaction() as cursor:
+                cursor.execute(
+                    self._sql("DELETE FROM {t}_crcs WHERE identity IN"
+                              " (SELECT identity FROM {t}_crcs WHERE learned_at <= ? LIMIT ?)"),
+                    (now - CRC_MAX_AGE, PURGE_BATCH_FILES),
+                )
+                forgotten = int(cursor.rowcount)
+            if forgotten < PURGE_BATCH_FILES:
+                break
+            self._between_batches(time.monotonic() - started)
+        self._reclaim_space()
+        return removed
 
     def get_crcs(self, identities: Sequence[str]) -> dict[str, int]:
         found: dict[str, int] = {}
-        with self.transaction() as cursor:
+        with self.transaction(write=False) as cursor:
             for batch in _batches(list(identities), 500):
                 marks = ", ".join("?" for _ in batch)
                 # Only "?" placeholders are interpolated; the values travel as parameters.

@@ -1,15 +1,39 @@
-"""SQLite: the embedded default (`DB_INTERFACE=sqlite`, `SQLITE_PATH`), nothing to install."""
+"""SQLite: the embedded default (`DB_INTERFACE=sqlite`, `SQLITE_PATH`), nothing to install.
+
+Built so one SQLite file never stops a gevent worker:
+
+- WAL journal: readers see a snapshot and never wait for a writer, nor a writer for them.
+- Reads (`transaction(write=False)`: get, get_crcs, ping) are deferred transactions that only
+  read, so they never take the write lock; writes take it up front (`BEGIN IMMEDIATE`), so
+  concurrent appends queue instead of failing on a lock upgrade.
+- Every sqlite3 call runs in a real thread under gevent (`cooperative.offload`): waiting for the
+  write lock (the busy timeout, DB_TIMEOUT) is a C-level sleep that would otherwise freeze every
+  greenlet of the worker. Reads and writes have separate thread pools, so writers queued on the
+  lock cannot take the threads reads need.
+- Space: new files are created with `auto_vacuum=INCREMENTAL`, and purge-expired gives freed pages
+  back (`PRAGMA incremental_vacuum`) and truncates the WAL. A file created before this keeps
+  `auto_vacuum=NONE` (SQLite can only change it with a full `VACUUM`, which holds the write lock
+  for its whole run): convert it once, service stopped, with
+  `sqlite3 zipstream.sqlite3 'PRAGMA auto_vacuum=INCREMENTAL; VACUUM;'`.
+"""
 
 from __future__ import annotations
 
+import functools
 import sqlite3
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from ..cooperative import offload
 from ..errors import SchemaNotReady, ServiceUnavailable
 from . import MIGRATE_HINT
 from .sql import SqlRepository
+
+READ_THREADS = 4  # per worker; a read waits for nothing in WAL mode, so few are needed
+WRITE_THREADS = 4  # per worker; SQLite has one writer at a time, the others wait for it in these
+VACUUM_PAGES = 2000  # pages freed per incremental_vacuum transaction (8 MB at 4 KiB pages)
 
 
 def _translate(error: sqlite3.Error) -> ServiceUnavailable:
@@ -26,27 +50,68 @@ class SqliteRepository(SqlRepository):
     """Bundles in a local SQLite file; a short-lived connection per operation (WAL, busy timeout)."""
 
     def __init__(self, path: str, table: str = "bundles", timeout: float = 5.0) -> None:
+        """`timeout`: seconds an operation may wait for the write lock before ServiceUnavailable."""
         super().__init__(table)
         self.path = path
         self.timeout = timeout
+        self._prepared = False
+
+    def _open(self) -> sqlite3.Connection:
+        # Used from the pool's threads one call at a time, never concurrently: hence check_same_thread.
+        connection = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None,
+                                     check_same_thread=False)
+        if not self._prepared:
+            # Both persist in the file. auto_vacuum only takes effect on a file with no table yet
+            # (it must come before WAL, which writes the first page); on others it is a no-op.
+            connection.execute("PRAGMA auto_vacuum=INCREMENTAL")
+            connection.execute("PRAGMA journal_mode=WAL")
+            self._prepared = True
+        return connection
 
     @contextmanager
-    def transaction(self) -> Iterator[Any]:
+    def transaction(self, write: bool = True) -> Iterator[Any]:
+        run: Callable[..., Any] = functools.partial(
+            offload, "sqlite-write" if write else "sqlite-read", WRITE_THREADS if write else READ_THREADS)
         try:
-            connection = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
+            connection: sqlite3.Connection = run(self._open)
         except sqlite3.Error as error:
             raise _translate(error) from None
         try:
-            connection.execute("PRAGMA journal_mode=WAL")
-            # IMMEDIATE takes the write lock up front: concurrent appends wait instead of failing.
-            connection.execute("BEGIN IMMEDIATE")
-            cursor = connection.cursor()
+            run(connection.execute, "BEGIN IMMEDIATE" if write else "BEGIN DEFERRED")
+            cursor = _Cursor(connection.cursor(), run)
             try:
                 yield cursor
             except BaseException:
-                connection.execute("ROLLBACK")
+                run(connection.execute, "ROLLBACK")
                 raise
-            connection.execute("COMMIT")
+            run(connection.execute, "COMMIT")
+        except sqlite3.Error as error:
+            raise _translate(error) from None
+        finally:
+            connection.close()
+
+    def _between_batches(self, batch_seconds: float) -> None:
+        # SQLite's busy handler polls (every 100 ms once it has waited a while) and is not fair:
+        # without a gap the purge would take the lock again before a waiting request saw it free.
+        # Sleeping as long as the batch took leaves writers at least half of the time.
+        time.sleep(max(batch_seconds, 0.05))
+
+    def _reclaim_space(self) -> None:
+        """Give the pages purge freed back to the filesystem, a few thousand per short transaction."""
+        try:
+            connection = self._open()
+        except sqlite3.Error as error:
+            raise _translate(error) from None
+        try:
+            if connection.execute("PRAGMA auto_vacuum").fetchone()[0] == 2:  # 2: INCREMENTAL
+                free = connection.execute("PRAGMA freelist_count").fetchone()[0]
+                for _ in range(free // VACUUM_PAGES + 1):
+                    started = time.monotonic()
+                    # executescript steps the pragma to the end; execute() would free a single page.
+                    connection.executescript(f"PRAGMA incremental_vacuum({VACUUM_PAGES});")
+                    self._between_batches(time.monotonic() - started)
+            # The WAL grew by everything the purge wrote; fold it back into the file and truncate it.
+            connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
         except sqlite3.Error as error:
             raise _translate(error) from None
         finally:
@@ -54,3 +119,30 @@ class SqliteRepository(SqlRepository):
 
     def close(self) -> None:
         """Nothing is held between operations."""
+
+
+class _Cursor:
+    """A sqlite3 cursor whose calls go through `run` (a thread of the pool, under gevent)."""
+
+    def __init__(self, cursor: sqlite3.Cursor, run: Callable[..., Any]) -> None:
+        self._cursor = cursor
+        self._run = run
+
+    def execute(self, statement: str, parameters: Sequence[Any] = ()) -> _Cursor:
+        self._run(self._cursor.execute, statement, parameters)
+        return self
+
+    def executemany(self, statement: str, rows: Sequence[Sequence[Any]]) -> _Cursor:
+        self._run(self._cursor.executemany, statement, rows)
+        return self
+
+    def fetchone(self) -> Any:
+        return self._run(self._cursor.fetchone)
+
+    def fetchall(self) -> list[Any]:
+        rows: list[Any] = self._run(self._cursor.fetchall)
+        return rows
+
+    @property
+    def rowcount(self) -> int:
+        return self._cursor.rowcount
