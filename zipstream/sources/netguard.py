@@ -10,11 +10,14 @@ from __future__ import annotations
 import ipaddress
 import socket
 from dataclasses import dataclass
+from typing import Any
 
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import NewConnectionError
 from urllib3.poolmanager import PoolManager
+
+from ..deadline import current, shut
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -153,6 +156,15 @@ def guarded_pool_manager(policy: Policy, **kwargs: object) -> PoolManager:
     """A urllib3 PoolManager whose every connection goes through `policy`."""
 
     class GuardedHTTPConnection(HTTPConnection):
+        def getresponse(self, *args: Any, **kwargs: Any) -> Any:
+            # While waiting for the answer's head, a pre-flight deadline that passes (or a client
+            # that leaves) wakes this wait at once rather than after the read timeout.
+            deadline = current()
+            if deadline is None:
+                return super().getresponse(*args, **kwargs)
+            with deadline.aborting(lambda: shut(self.sock)):
+                return super().getresponse(*args, **kwargs)
+
         def _new_conn(self) -> socket.socket:
             try:
                 return _connect(policy, self._dns_host, self.port, self.timeout,
