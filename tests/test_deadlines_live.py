@@ -160,3 +160,23 @@ def test_a_silent_s3_endpoint_is_a_504_and_botocore_stops_retrying(
     assert took < SLACK
     time.sleep(1.0)
     assert len(upstream.requests) == 1  # no retry was started after the deadline
+
+
+def test_a_connect_that_hangs_is_a_504_within_the_deadline(app_client: Callable[..., FlaskClient]) -> None:
+    # A listener whose accept queue is full: the kernel drops further SYNs, so connect() just waits
+    # (loopback's stand-in for a black-holed address). Before: 4 x 10 s connect timeouts + back-off.
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)):  # fills the queue (nobody accepts)
+            src = f"http://127.0.0.1:{port}/never.bin"
+            client = app_client(PREFLIGHT_TIMEOUT="1.5")
+            started = time.monotonic()
+            response = client.post("/bundle", json={"files": [{"src": src}]})
+            took = time.monotonic() - started
+    assert response.status_code == 504, response.get_data(as_text=True)
+    error = response.get_json()["error"]
+    assert error["code"] == "upstream_timeout"
+    assert error["sources"][0]["src"] == src
+    assert took < SLACK
