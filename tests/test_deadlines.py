@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -65,3 +66,16 @@ def test_preflight_timeout_setting() -> None:
     assert Config.from_env({"PREFLIGHT_TIMEOUT": "2.5"}).preflight_timeout == 2.5
     with pytest.raises(ConfigError, match="PREFLIGHT_TIMEOUT"):
         Config.from_env({"PREFLIGHT_TIMEOUT": "0"})
+
+
+def test_a_connect_timeout_is_a_timeout(make_config: Callable[..., Config]) -> None:
+    # A full accept queue: connect() waits. Each attempt gives up after HTTP_TIMEOUT (connect part),
+    # and that is a SourceTimeout (504) like a read timeout, not "connection failed" (502).
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)):
+            sources = build_sources(make_config(HTTP_TIMEOUT="0.2"))
+            with pytest.raises(SourceTimeout, match=r"HTTP_TIMEOUT\), 4 attempts"):
+                sources.stat(f"http://127.0.0.1:{port}/never.bin", None, Deadline(20))

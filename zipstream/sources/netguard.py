@@ -14,7 +14,7 @@ from typing import Any
 
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-from urllib3.exceptions import NewConnectionError
+from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 from urllib3.poolmanager import PoolManager
 
 from ..deadline import current, shut
@@ -171,6 +171,8 @@ def guarded_pool_manager(policy: Policy, **kwargs: object) -> PoolManager:
                                 self.socket_options)
             except AddressRefused:
                 raise
+            except TimeoutError as error:  # a timeout, not a refusal: requests makes it a ConnectTimeout (504)
+                raise ConnectTimeoutError(self, f"Connection timed out (connect timeout={self.timeout})") from error
             except OSError as error:
                 raise NewConnectionError(self, f"Failed to establish a new connection: {error}") from error
 
