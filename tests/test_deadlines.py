@@ -11,6 +11,7 @@ import pytest
 
 from zipstream.config import Config, ConfigError
 from zipstream.deadline import Deadline
+from zipstream.disconnect import client_gone
 from zipstream.download import preflight
 from zipstream.errors import ClientGone, SourceError, SourceNotFound, SourcesFailed, SourceTimeout
 from zipstream.models import FileRef
@@ -79,3 +80,14 @@ def test_a_connect_timeout_is_a_timeout(make_config: Callable[..., Config]) -> N
             sources = build_sources(make_config(HTTP_TIMEOUT="0.2"))
             with pytest.raises(SourceTimeout, match=r"HTTP_TIMEOUT\), 4 attempts"):
                 sources.stat(f"http://127.0.0.1:{port}/never.bin", None, Deadline(20))
+
+
+def test_client_gone_means_eof_or_reset_only() -> None:
+    server, client = socket.socketpair()
+    with server, client:
+        assert not client_gone(server)  # nothing to read
+        client.sendall(b"GET /next HTTP/1.1\r\n")
+        assert not client_gone(server)  # a pipelined request: peeked at, not consumed
+        assert server.recv(100) == b"GET /next HTTP/1.1\r\n"
+        client.close()
+        assert client_gone(server)

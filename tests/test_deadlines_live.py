@@ -180,3 +180,22 @@ def test_a_connect_that_hangs_is_a_504_within_the_deadline(app_client: Callable[
     assert error["code"] == "upstream_timeout"
     assert error["sources"][0]["src"] == src
     assert took < SLACK
+
+
+def test_a_pipelined_request_is_not_a_hang_up(live: LiveServer, upstream: UpstreamServer) -> None:
+    # The next request arrives while pre-flight still waits on the source: bytes to read are not EOF.
+    upstream.add("/p.bin", b"p" * 100)
+    upstream.set_behaviour("/p.bin", latency=1.0)
+    body = json.dumps({"files": [{"src": upstream.url("/p.bin")}]}).encode()
+    with socket.create_connection(("127.0.0.1", live.port), timeout=SLACK) as client:
+        client.sendall(b"POST /bundle HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                       + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        time.sleep(0.5)
+        client.sendall(b"GET /health-check HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        received = b""
+        while chunk := client.recv(65536):
+            received += chunk
+    first, _, rest = received.partition(b"\r\n")
+    assert first == b"HTTP/1.1 200 OK", received[:300]
+    assert b"application/zip" in received.split(b"\r\n\r\n", 1)[0]
+    assert b"HTTP/1.1 200 OK" in rest  # the pipelined health-check was answered too
