@@ -144,6 +144,22 @@ def test_retries_fit_inside_the_deadline(app_client: Callable[..., FlaskClient],
     assert took < 4
 
 
+def test_a_5xx_is_not_retried_past_the_deadline(app_client: Callable[..., FlaskClient],
+                                                upstream: UpstreamServer) -> None:
+    upstream.add("/busy.bin", b"x")
+    upstream.set_behaviour("/busy.bin", status=503)
+    client = app_client(PREFLIGHT_TIMEOUT="1")
+    started = time.monotonic()
+    response = client.post("/bundle", json={"files": [{"src": upstream.url("/busy.bin")}]})
+    took = time.monotonic() - started
+    assert response.status_code == 502  # it answered, wrongly: the last answer stands
+    assert "HTTP 503" in response.get_json()["error"]["sources"][0]["reason"]
+    # 0 s, back-off 0.2 s, then the 0.6 s back-off would leave too little of the second: stop.
+    # Before: all 4 attempts, 2.3 s of back-off, past the deadline.
+    assert 1 <= len(upstream.requests_for("/busy.bin")) <= 2
+    assert took < 1.5
+
+
 def test_a_silent_s3_endpoint_is_a_504_and_botocore_stops_retrying(
         app_client: Callable[..., FlaskClient], upstream: UpstreamServer, monkeypatch: pytest.MonkeyPatch) -> None:
     # The "S3 endpoint" accepts and never answers; S3_TIMEOUT (30 s) x botocore's 4 attempts would be 2 min.

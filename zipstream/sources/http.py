@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 MAX_REDIRECTS = 5
 RETRY_STATUSES = frozenset({500, 502, 503, 504, 429})
 BACKOFF = (0.2, 0.6, 1.5)
+# A retry is worth starting only with at least this long left for it before the pre-flight deadline.
+MIN_ATTEMPT = 0.25
 BASE_HEADERS = {"Accept-Encoding": "identity", "User-Agent": "zipstream", "Accept": "*/*"}
 _NO_DEADLINE = Deadline(None)
 
@@ -215,7 +217,7 @@ class HttpSource:
                                            f"{attempts + 1} attempts") from None
                 # A 5xx is retried only if the retry fits; otherwise it is the answer (a 502).
                 if (response.status_code in RETRY_STATUSES and retry and attempts < len(BACKOFF)
-                        and deadline.remaining() > BACKOFF[attempts]):
+                        and deadline.remaining() > BACKOFF[attempts] + MIN_ATTEMPT):
                     response.close()
                     if not self._back_off(deadline, attempts):
                         deadline.check(src)  # cancelled during the back-off
@@ -241,7 +243,10 @@ class HttpSource:
 
     @staticmethod
     def _back_off(deadline: Deadline, attempts: int) -> bool:
-        """Wait before retry `attempts + 1`; False (not waiting) if no retry fits before the deadline."""
+        """Wait before retry `attempts + 1`; False (not waiting) if no retry fits before the deadline
+        (the back-off plus MIN_ATTEMPT), or if the deadline is cancelled meanwhile."""
+        if BACKOFF[attempts] + MIN_ATTEMPT >= deadline.remaining():
+            return False
         return deadline.sleep(BACKOFF[attempts])
 
     @staticmethod
