@@ -21,8 +21,11 @@ from schemathesis.specs.openapi.checks import negative_data_rejection, positive_
 from zipstream import create_app
 from zipstream.config import Config
 
+from .test_openapi import undocumented
+
 EXAMPLES = int(os.environ.get("ZIPSTREAM_FUZZ_EXAMPLES", "30"))
 CALLS: list[int] = []
+SEEN: set[tuple[str, str, int]] = set()  # (method, path template, status) of every generated request
 
 
 def _app(root: Path) -> object:
@@ -55,7 +58,17 @@ def test_api_conforms_to_its_openapi_document(case: schemathesis.Case) -> None:
     if case.media_type in (None, "application/json"):
         # Schema-valid is not always acceptable: enabled schemes, bucket and host allowlists and
         # safe entry names are rules of the running config that JSON Schema cannot carry (422/403).
-        case.call_and_validate(excluded_checks=[positive_data_acceptance])
+        response = case.call_and_validate(excluded_checks=[positive_data_acceptance])
     else:
         # A form's `files` field holds JSON, which a form schema cannot describe either.
-        case.call_and_validate(excluded_checks=[positive_data_acceptance, negative_data_rejection])
+        response = case.call_and_validate(excluded_checks=[positive_data_acceptance, negative_data_rejection])
+    SEEN.add((case.method.upper(), case.operation.path, response.status_code))
+
+
+def test_every_status_the_fuzzing_run_saw_is_documented() -> None:
+    """Runs after the fuzzing above (file order): each status it saw is listed for its operation."""
+    if not SEEN:
+        pytest.skip("the fuzzing run did not run in this session (deselected)")
+    print(f"\nstatuses seen: {sorted(SEEN)}")
+    assert {path for _method, path, _status in SEEN} >= {"/", "/bundle", "/{id}", "/{id}/{secret}"}
+    assert undocumented(SEEN) == []

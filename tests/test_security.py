@@ -190,9 +190,9 @@ def test_per_source_timeout(make_config: Callable[..., Config], upstream: Upstre
     upstream.add("/slow.txt", b"slow")
     upstream.set_behaviour("/slow.txt", latency=2)
     response = client.post("/bundle", json={"files": [{"src": upstream.url("/slow.txt")}]})
-    assert response.status_code == 502
+    assert response.status_code == 504  # no timely answer (RFC 9110 §15.6.5), not a wrong one
     error = _error(response)
-    assert error["code"] == "upstream_error"
+    assert error["code"] == "upstream_timeout"
     assert "HTTP_TIMEOUT" in error["sources"][0]["reason"]
     assert len(upstream.requests_for("/slow.txt")) == 4  # first try and three retries with backoff
 

@@ -12,9 +12,10 @@ from urllib.parse import quote
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from . import cooperative, metrics, ranges
+from . import cooperative, disconnect, metrics, ranges
 from .auth import bearer_matches
 from .config import Config
+from .deadline import Deadline
 from .download import PreparedZip, prepare
 from .errors import (
     BadRequest,
@@ -190,8 +191,11 @@ def _prepare(files: tuple[FileRef, ...] | list[FileRef], filename: str, compress
     # Only a request for the whole zip lets pre-flight keep small files' bytes for the stream (not a
     # HEAD, a range, or a conditional request that may well end in 304).
     hold = request.method != "HEAD" and not {"Range", "If-None-Match"} & set(request.headers.keys())
-    with metrics.PREFLIGHT_SECONDS.time():
-        return prepare(files, filename, compression, created_at, _sources(), _repository(), _config(), hold)
+    # One deadline for all of pre-flight (PREFLIGHT_TIMEOUT), cancelled if the client hangs up meanwhile.
+    deadline = Deadline(_config().preflight_timeout)
+    with metrics.PREFLIGHT_SECONDS.time(), disconnect.watching(request.environ, deadline):
+        return prepare(files, filename, compression, created_at, _sources(), _repository(), _config(), hold,
+                       deadline)
 
 
 @bp.post("/bundle", strict_slashes=False)

@@ -15,6 +15,7 @@ import boto3
 from botocore.config import Config as BotoConfig
 
 from .config import Config
+from .deadline import current
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -47,18 +48,37 @@ def _settings(config: Config, timeout: float, path_style: bool = False) -> BotoC
     )
 
 
-def s3_client(config: Config) -> S3Client:
-    """The process's S3 client for these settings (created on first use, shared by all threads)."""
+class DeadlinePassed(Exception):
+    """Raised by the S3 client instead of sending a request (first or retry) once the calling
+    thread's pre-flight deadline has passed or been cancelled (see zipstream.deadline.current)."""
+
+
+def _refuse_after_deadline(**_kwargs: object) -> None:
+    """botocore `before-send` hook: runs before every attempt, including botocore's own retries."""
+    deadline = current()
+    if deadline is not None and (deadline.expired or deadline.cancelled):
+        raise DeadlinePassed()
+
+
+def s3_client(config: Config, preflight: bool = False) -> S3Client:
+    """The process's S3 client for these settings (created on first use, shared by all threads).
+
+    `preflight`: the client pre-flight uses, whose read timeout is also capped by PREFLIGHT_TIMEOUT
+    (botocore takes no per-call timeout, so an attempt started just before the deadline could
+    otherwise outlive it by S3_TIMEOUT).
+    """
     # The pid is part of the key: a client (and its sockets) must never be shared across a fork.
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    key = (os.getpid(), endpoint, config.aws_region, pool_size(config), config.s3_timeout, config.s3_path_style)
+    timeout = min(config.s3_timeout, config.preflight_timeout) if preflight else config.s3_timeout
+    key = (os.getpid(), endpoint, config.aws_region, pool_size(config), timeout, config.s3_path_style)
     with _lock:
         client = _s3_clients.get(key)
         if client is None:
             # A Session of our own: boto3's default session is not safe to build clients from threads.
             client = boto3.session.Session().client(
-                "s3", config=_settings(config, config.s3_timeout, config.s3_path_style)
+                "s3", config=_settings(config, timeout, config.s3_path_style)
             )
+            client.meta.events.register("before-send.s3", _refuse_after_deadline)
             _s3_clients[key] = client
         return client
 

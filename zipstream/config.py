@@ -137,6 +137,9 @@ class Config:
     http_allow_private: bool = False
     http_hosts: tuple[str, ...] = ()
     http_timeout: float = 30.0
+    # The whole pre-flight (every source, retries included) must fit in this: under Heroku's 30 s
+    # to first byte with room for queueing and the database. See README, deploying.
+    preflight_timeout: float = 20.0
     max_files: int = 10000
     max_body_bytes: int = 16 * 1024 * 1024
     max_name_length: int = 1024
@@ -213,6 +216,7 @@ class Config:
             http_allow_private=get("HTTP_ALLOW_PRIVATE", _bool, False),
             http_hosts=tuple(h.lower().lstrip(".") for h in _csv(env.get("HTTP_HOSTS", ""))),
             http_timeout=get("HTTP_TIMEOUT", _float, 30.0),
+            preflight_timeout=get("PREFLIGHT_TIMEOUT", _float, 20.0),
             max_files=get("MAX_FILES", lambda n, r: _int(n, r, 1), 10000),
             max_body_bytes=get("MAX_BODY_BYTES", lambda n, r: _int(n, r, 1024), 16 * 1024 * 1024),
             max_name_length=get("MAX_NAME_LENGTH", lambda n, r: _int(n, r, 16), 1024),

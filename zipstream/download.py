@@ -10,7 +10,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -19,7 +19,8 @@ from functools import cached_property
 from . import cooperative
 from .archive import Entry, ZipPlan, clamp_time, deflate_stream
 from .config import Config
-from .errors import LimitExceeded, SourceError, SourcesFailed, StreamAborted
+from .deadline import Deadline
+from .errors import ClientGone, LimitExceeded, SourceError, SourcesFailed, SourceTimeout, StreamAborted
 from .models import FileRef
 from .names import safe_name, unique_names
 from .prefetch import Prefetcher
@@ -37,25 +38,54 @@ CRC_FLUSH_SECONDS = 5.0
 CRC_FLUSH_BYTES = 4 * 1024 * 1024
 
 
+# How often pre-flight looks up from waiting to see whether the client has gone (seconds).
+CANCEL_POLL = 0.25
+
+
 def preflight(files: Sequence[FileRef], sources: Sources, concurrency: int,
-              holding: Holding | None = None) -> list[list[SourceInfo]]:
+              holding: Holding | None = None, deadline: Deadline | None = None) -> list[list[SourceInfo]]:
     """Stat every src concurrently; raises SourcesFailed listing every src that cannot be read.
 
     With a `holding`, sources may keep the first bytes of files (`SourceInfo.head`) within it.
+    With a `deadline`, the answer comes by then whatever the sources do: a src not stat-ed by then
+    fails with SourceTimeout (so SourcesFailed is a 504 unless another src failed worse), and the
+    requests still in flight are aborted. If the deadline is cancelled (the client hung up), queued
+    srcs are never requested, those in flight are aborted, and ClientGone is raised.
     """
+    deadline = deadline if deadline is not None else Deadline(None)
 
     def stat(ref: FileRef) -> list[SourceInfo] | SourceError:
         try:
-            return sources.stat(ref.src, holding)
+            deadline.check(ref.src)  # queued behind slower srcs: maybe there is no time left
+            return sources.stat(ref.src, holding, deadline)
         except SourceError as error:
             return error
 
-    workers = max(1, min(concurrency, len(files)))
-    if workers == 1:
-        results = [stat(ref) for ref in files]
-    else:
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="preflight") as pool:
-            results = list(pool.map(stat, files))
+    # Always through the pool (a greenlet each under gevent), even for one src: waiting on futures
+    # is what lets the answer come at the deadline while a socket or a DNS lookup still hangs.
+    pool = ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(files))), thread_name_prefix="preflight")
+    futures = [pool.submit(stat, ref) for ref in files]
+    pending: set[Future[list[SourceInfo] | SourceError]] = set(futures)
+    try:
+        while pending and not deadline.cancelled and not deadline.expired:
+            _done, pending = wait(pending, timeout=min(deadline.remaining(), CANCEL_POLL))
+    finally:
+        # Never wait for the workers here: one may be stuck until its socket gives up.
+        pool.shutdown(wait=False, cancel_futures=True)
+    if pending or deadline.cancelled:
+        deadline.expire()  # wake the requests still in flight; they end without starting others
+    results: list[list[SourceInfo] | SourceError] = []
+    for ref, future in zip(files, futures, strict=True):
+        if future in pending:
+            started = future.running() or future.done()
+            reason = (f"no answer within {deadline.describe()}" if started
+                      else f"not checked: {deadline.describe()} ran out first")
+            results.append(SourceTimeout(ref.src, reason))
+        else:
+            results.append(future.result())  # an unexpected error is raised here, as before
+    if deadline.cancelled:
+        discard_heads(info for result in results if not isinstance(result, SourceError) for info in result)
+        raise ClientGone("the client closed the connection during pre-flight")
     failures = [result for result in results if isinstance(result, SourceError)]
     if failures:
         discard_heads(info for result in results if not isinstance(result, SourceError) for info in result)
@@ -246,13 +276,18 @@ def prepare(
     repository: BundleRepository | None,
     config: Config,
     hold: bool = False,
+    deadline: Deadline | None = None,
 ) -> PreparedZip:
     """Pre-flight every source and lay out the zip; raises before anything is sent.
 
     `hold`: let pre-flight keep small files' bytes for the stream (a whole-zip GET; not for HEAD
-    or a range, which would hold bytes they never send).
+    or a range, which would hold bytes they never send). `deadline`: pre-flight's time limit and
+    cancellation (default: PREFLIGHT_TIMEOUT from now).
     """
-    stats = preflight(files, sources, config.preflight_concurrency, sources.holding() if hold else None)
+    if deadline is None:
+        deadline = Deadline(config.preflight_timeout)
+    stats = preflight(files, sources, config.preflight_concurrency, sources.holding() if hold else None,
+                      deadline)
     with _heads_given_back_on_error(stats):
         names = entry_names(files, stats)
         fallback_time = clamp_time(datetime.fromtimestamp(created_at, UTC))

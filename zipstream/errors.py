@@ -111,6 +111,17 @@ class SourceError(ZipStreamError):
         self.reason = reason
 
 
+class SourceTimeout(SourceError):
+    """The source did not answer in time (HTTP_TIMEOUT per attempt, PREFLIGHT_TIMEOUT overall).
+
+    504, not 502 (RFC 9110 §15.6.5): we got no timely answer, rather than a wrong one; trying
+    again later may work.
+    """
+
+    status = 504
+    code = "upstream_timeout"
+
+
 class SourceInterrupted(SourceError):
     """The body was cut or stalled part-way; the read may be resumed from where it stopped."""
 
@@ -141,11 +152,14 @@ class SourcesFailed(ZipStreamError):
     code = "source_unavailable"
 
     def __init__(self, failures: list[SourceError]) -> None:
-        worst = max(failures, key=lambda failure: failure.status)
         statuses = {failure.status for failure in failures}
-        # 4xx when the caller can fix every failure (missing or refused files); 502 if upstream broke.
-        self.status = 502 if 502 in statuses else worst.status
-        self.code = worst.code
+        # 4xx when the caller can fix every failure (missing or refused files); 502 if upstream broke
+        # (answered wrongly, refused the connection); else 504 if some source did not answer in time.
+        if 502 in statuses:
+            self.status, self.code = 502, next(failure.code for failure in failures if failure.status == 502)
+        else:
+            worst = max(failures, key=lambda failure: failure.status)
+            self.status, self.code = worst.status, worst.code
         names = ", ".join(failure.src for failure in failures[:5])
         more = f" and {len(failures) - 5} more" if len(failures) > 5 else ""
         super().__init__(
@@ -171,6 +185,13 @@ class SchemaNotReady(ServiceUnavailable):
 
     code = "not_migrated"
     reason = ""  # the database's own words (e.g. "no such table: bundles"), for logs and SchemaConflict
+
+
+class ClientGone(ZipStreamError):
+    """The client hung up before the answer was ready; nobody reads this (499, nginx's convention, for logs)."""
+
+    status = 499
+    code = "client_closed_request"
 
 
 class StreamAborted(Exception):

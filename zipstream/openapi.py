@@ -23,7 +23,8 @@ def _errors(*codes: int) -> dict[str, Any]:
             404: "No such bundle", 410: "Bundle expired", 413: "A limit was exceeded",
             415: "Unsupported content type", 416: "Range not satisfiable",
             422: "Invalid fields, or a source that does not exist", 502: "An upstream source failed",
-            503: "Database unavailable"}
+            503: "Database unavailable, or its schema not migrated (`zipstream migrate`)",
+            504: "A source did not answer within HTTP_TIMEOUT or PREFLIGHT_TIMEOUT"}
     return {str(code): {"description": text[code], "content": {"application/json": {"schema": "Error"}}}
             for code in codes}
 
@@ -41,7 +42,8 @@ def _body(schema: str) -> dict[str, Any]:
 
 
 def build_spec() -> dict[str, Any]:
-    """The API description as a dict."""
+    """The API description as a dict. Every status a route can answer is listed (tests/test_openapi.py
+    and the fuzzing run compare what they see against it)."""
     spec = APISpec(
         title="ZipStream", version=__version__, openapi_version="3.0.3",
         plugins=[MarshmallowPlugin()],
@@ -58,12 +60,12 @@ def build_spec() -> dict[str, Any]:
         "responses": {"200": {"description": "The zip", "content": _ZIP},
                       "206": {"description": "A byte range of the zip", "content": _ZIP},
                       "304": {"description": "Not modified"},
-                      **_errors(404, 410, 416, 422, 502, 503)},
+                      **_errors(403, 404, 410, 413, 416, 422, 502, 503, 504)},
     }
     spec.path("/bundle", operations={"post": {
         "summary": "Zip the posted files and stream the zip back", "requestBody": _body("OneOffBundle"),
         "responses": {"200": {"description": "The zip", "content": _ZIP},
-                      **_errors(400, 401, 403, 413, 415, 422, 502, 503)},
+                      **_errors(400, 401, 403, 413, 415, 422, 502, 503, 504)},
     }})
     spec.path("/", operations={"post": {
         "summary": "Create a bundle", "requestBody": _body("CreateBundle"),

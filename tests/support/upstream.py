@@ -72,6 +72,8 @@ class Behaviour:
     no_range: bool = False  # ignore Range/If-Range, always 200 full body, Accept-Ranges: none
     omit_on_206: tuple[str, ...] = ()  # header names left out of 206 answers (RFC 9110 requires only ETag)
     no_validators: tuple[str, ...] = ()  # "ETag" / "Last-Modified": never sent, on any answer
+    silent: bool = False  # read the request, then never answer (until the server stops)
+    trickle_seconds: float = 0.0  # send the headers, then one body byte every trickle_seconds
 
 
 _BEHAVIOUR_FIELDS: Final = frozenset(f.name for f in dataclasses.fields(Behaviour))
@@ -221,6 +223,7 @@ class UpstreamServer:
         self._behaviours: dict[str, dict[str, Any]] = {}
         self._failures: Counter[str] = Counter()
         self._requests: list[RequestRecord] = []
+        self._arrivals: list[float] = []  # time.monotonic() of each logged request, same order
         self._bytes_sent: Counter[str] = Counter()
         self._errors: list[str] = []
         self._connections: set[socket.socket] = set()
@@ -387,6 +390,11 @@ class UpstreamServer:
         with self._lock:
             return list(self._requests)
 
+    def requests_since(self, moment: float) -> int:
+        """How many requests arrived at or after `moment` (a time.monotonic() value)."""
+        with self._lock:
+            return sum(1 for arrival in self._arrivals if arrival >= moment)
+
     def requests_for(self, path: str, method: str | None = None) -> list[RequestRecord]:
         """Requests for path (optionally only one method)."""
         path = _normalise(path)
@@ -418,12 +426,14 @@ class UpstreamServer:
         """Forget logged requests, byte counters and errors."""
         with self._lock:
             self._requests.clear()
+            self._arrivals.clear()
             self._bytes_sent.clear()
             self._errors.clear()
 
     def _record(self, record: RequestRecord) -> None:
         with self._lock:
             self._requests.append(record)
+            self._arrivals.append(time.monotonic())
 
     def _record_error(self, message: str) -> None:
         with self._lock:
@@ -490,6 +500,10 @@ class _Handler(BaseHTTPRequestHandler):
         up._record(RequestRecord(self.command, path, headers, headers.get("range")))
         behaviour = up.behaviour_for(path)
         up._sleep(behaviour.latency)
+        if behaviour.silent:
+            up._stop.wait()  # accepted and read, never answered: only a client-side deadline ends it
+            self.close_connection = True
+            return None
 
         if behaviour.redirect_to is not None:
             return self._send_simple(HTTPStatus.FOUND, head, {"Location": behaviour.redirect_to})
@@ -587,6 +601,12 @@ class _Handler(BaseHTTPRequestHandler):
         for chunk in body:
             while chunk:
                 limit = len(chunk)
+                if behaviour.trickle_seconds:
+                    limit = 1  # an "endless" body: each read gets a byte, so no read timeout fires
+                    up._sleep(behaviour.trickle_seconds)
+                    if up.stopping:
+                        self.close_connection = True
+                        return None
                 if behaviour.reset_after is not None:
                     limit = min(limit, behaviour.reset_after - sent)
                 if behaviour.stall_after is not None and not stalled:

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from .. import metrics
 from ..config import Config
+from ..deadline import Deadline
 from ..errors import SourceError, SourceInterrupted, SourceRefused
 from .held import Head, HoldBudget, Holding
 
@@ -72,11 +73,15 @@ class Source(Protocol):
         Called at validation time, before anything is stored or fetched; must not do network I/O.
         """
 
-    def stat(self, src: str, holding: Holding | None = None) -> list[SourceInfo]:
+    def stat(self, src: str, holding: Holding | None = None,
+             deadline: Deadline | None = None) -> list[SourceInfo]:
         """Metadata of the file(s) `src` names (several for an S3 prefix), raising SourceError.
 
         With a `holding`, a backend may also fetch a file's first bytes while it is at it and return
-        them as `SourceInfo.head`, within the holding's budget (see held.py).
+        them as `SourceInfo.head`, within the holding's budget (see held.py). With a `deadline`, a
+        network backend starts no request after it has passed or been cancelled (`deadline.check`),
+        caps each attempt's timeout and back-off by the time left, and lets `deadline.aborting`
+        unblock a request in flight; it raises SourceTimeout (or ClientGone) then.
         """
 
     def open(self, info: SourceInfo, start: int = 0) -> Iterator[bytes]:
@@ -113,12 +118,13 @@ class Sources:
         """One download's share of the bytes pre-flight may hold (half the worker's), or None if off."""
         return Holding(self.budget, self.budget.total // 2) if self.budget.total > 0 else None
 
-    def stat(self, src: str, holding: Holding | None = None) -> list[SourceInfo]:
+    def stat(self, src: str, holding: Holding | None = None,
+             deadline: Deadline | None = None) -> list[SourceInfo]:
         backend = self.backend(src)
         label = metrics.backend_label(urlsplit(src).scheme)
         metrics.UPSTREAM_REQUESTS.labels(label, "stat").inc()
         try:
-            return backend.stat(src, holding)
+            return backend.stat(src, holding, deadline)
         except SourceError as error:
             metrics.UPSTREAM_ERRORS.labels(label, "stat", error.code).inc()
             raise

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from urllib.parse import unquote, urlsplit
 
 from ..config import Config
+from ..deadline import Deadline
 from ..errors import SourceChanged, SourceError, SourceNotFound, SourceRefused
 from . import CHUNK_SIZE, SourceInfo
 from .held import Holding
@@ -79,9 +80,11 @@ class FileSource:
         except UnicodeDecodeError:
             raise SourceRefused(src, "the path is not valid UTF-8 once percent-decoded") from None
 
-    def stat(self, src: str, holding: Holding | None = None) -> list[SourceInfo]:
+    def stat(self, src: str, holding: Holding | None = None,
+             deadline: Deadline | None = None) -> list[SourceInfo]:
         """One SourceInfo for a file, or one per regular file below a directory src ending in '/'."""
-        # `holding` is not used: reading a local file while streaming costs no round trip.
+        # `holding` is not used: reading a local file while streaming costs no round trip. Nor is
+        # `deadline`: a hung mount still cannot hold the answer past it (pre-flight stops waiting).
         self.check(src)
         relative = self._relative(src)
         real = self._resolve(src, relative)

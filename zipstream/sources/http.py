@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import datetime
@@ -16,7 +15,16 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from ..config import Config
-from ..errors import SourceChanged, SourceError, SourceInterrupted, SourceNotFound, SourceRefused
+from ..deadline import Deadline, current, shut
+from ..errors import (
+    ClientGone,
+    SourceChanged,
+    SourceError,
+    SourceInterrupted,
+    SourceNotFound,
+    SourceRefused,
+    SourceTimeout,
+)
 from ..names import name_from_src
 from . import CHUNK_SIZE, SourceInfo
 from .held import Holding
@@ -27,7 +35,10 @@ log = logging.getLogger(__name__)
 MAX_REDIRECTS = 5
 RETRY_STATUSES = frozenset({500, 502, 503, 504, 429})
 BACKOFF = (0.2, 0.6, 1.5)
+# A retry is worth starting only with at least this long left for it before the pre-flight deadline.
+MIN_ATTEMPT = 0.25
 BASE_HEADERS = {"Accept-Encoding": "identity", "User-Agent": "zipstream", "Accept": "*/*"}
+_NO_DEADLINE = Deadline(None)
 
 
 class _GuardedAdapter(HTTPAdapter):
@@ -85,6 +96,19 @@ def _same_version(a: SourceInfo, b: SourceInfo) -> bool:
             and (a.last_modified is None or b.last_modified is None or a.last_modified == b.last_modified))
 
 
+@contextlib.contextmanager
+def _abortable(response: requests.Response) -> Iterator[None]:
+    """While the body is read, the current deadline (if any) may cut the connection: a body that
+    trickles in never trips the per-read timeout."""
+    deadline = current()
+    if deadline is None:
+        yield
+        return
+    connection = getattr(response.raw, "connection", None)
+    with deadline.aborting(lambda: shut(getattr(connection, "sock", None))):
+        yield
+
+
 def _read_small_body(response: requests.Response, expected: int | None, limit: int) -> bytes | None:
     """The body if it is exactly `expected` (at most `limit`) bytes as announced, else None; either way
     the response is finished: read out (its connection kept) or closed."""
@@ -92,7 +116,8 @@ def _read_small_body(response: requests.Response, expected: int | None, limit: i
         _release(response)  # read out if small, else drop the connection (a server ignoring Range)
         return None
     try:
-        data: bytes | None = response.content
+        with _abortable(response):
+            data: bytes | None = response.content
     except requests.RequestException:
         data = None
     response.close()
@@ -115,7 +140,7 @@ def _release(response: requests.Response) -> None:
     """
     length = response.headers.get("Content-Length", "")
     if response.request.method == "HEAD" or (length.isdigit() and int(length) <= 65536):
-        with contextlib.suppress(requests.RequestException):
+        with contextlib.suppress(requests.RequestException), _abortable(response):
             response.content  # noqa: B018 - reading it out is the point
     response.close()
 
@@ -148,40 +173,55 @@ class HttpSource:
         if reason:
             raise SourceRefused(src, f"{reason}; only public addresses may be fetched (HTTP_ALLOW_PRIVATE)")
 
-    def _send(self, method: str, url: str, headers: dict[str, str]) -> requests.Response:
-        """One HTTP exchange, body not read (redirects are not followed here)."""
+    def _send(self, method: str, url: str, headers: dict[str, str],
+              deadline: Deadline = _NO_DEADLINE) -> requests.Response:
+        """One HTTP exchange, body not read (redirects are not followed here); its timeouts are
+        HTTP_TIMEOUT's, capped by the time the deadline leaves."""
         request = requests.PreparedRequest()
         # Only the parts a body-less GET/HEAD needs: no auth from the URL (refused at check()), no
         # cookie jar (one per request costs a lock), no body.
         request.prepare_method(method)
         request.prepare_url(url, None)
         request.prepare_headers({**BASE_HEADERS, **headers})
-        return self.adapter.send(request, stream=True, timeout=self.timeout, verify=self.verify)
+        connect, read = (max(0.001, deadline.cap(limit)) for limit in self.timeout)
+        return self.adapter.send(request, stream=True, timeout=(connect, read), verify=self.verify)
 
     def _request(self, method: str, src: str, url: str, headers: dict[str, str],
-                 retry: bool = True) -> requests.Response:
-        """One request with our redirect rules and retries of transient failures (nothing sent yet)."""
+                 retry: bool = True, deadline: Deadline = _NO_DEADLINE) -> requests.Response:
+        """One request with our redirect rules and retries of transient failures (nothing sent yet).
+
+        Every attempt and back-off fits in `deadline`: none starts after it (SourceTimeout, or
+        ClientGone if it was cancelled), and a back-off that would outlast it is not waited for.
+        """
         attempts = 0
         for _hop in range(MAX_REDIRECTS + 1):
             while True:
+                deadline.check(src)
+                capped = deadline.remaining() < self.timeout_seconds  # this attempt ends at the deadline
                 try:
-                    response = self._send(method, url, headers)
+                    response = self._send(method, url, headers, deadline)
                 except requests.RequestException as error:
                     refused = _refused(error)
                     if refused is not None:
                         raise SourceRefused(src, str(refused)) from None
-                    if retry and attempts < len(BACKOFF):
-                        time.sleep(BACKOFF[attempts])
+                    deadline.check(src)  # cut short by the deadline or by the client leaving
+                    if retry and attempts < len(BACKOFF) and self._back_off(deadline, attempts):
                         attempts += 1
                         continue
+                    if deadline.cancelled:
+                        raise ClientGone("the client closed the connection during pre-flight") from None
                     if isinstance(error, requests.Timeout):
-                        raise SourceError(src, f"no answer within {self.timeout_seconds:g} s (HTTP_TIMEOUT), "
-                                               f"{attempts + 1} attempts") from None
+                        within = deadline.describe() if capped else f"{self.timeout_seconds:g} s (HTTP_TIMEOUT)"
+                        raise SourceTimeout(src, f"no answer within {within}, {attempts + 1} attempts") from None
                     raise SourceError(src, f"connection failed ({type(error).__name__}), "
                                            f"{attempts + 1} attempts") from None
-                if response.status_code in RETRY_STATUSES and retry and attempts < len(BACKOFF):
+                # A 5xx is retried only if the retry fits; otherwise it is the answer (a 502).
+                if (response.status_code in RETRY_STATUSES and retry and attempts < len(BACKOFF)
+                        and deadline.remaining() > BACKOFF[attempts] + MIN_ATTEMPT):
                     response.close()
-                    time.sleep(BACKOFF[attempts])
+                    if not self._back_off(deadline, attempts):
+                        deadline.check(src)  # cancelled during the back-off
+                        raise SourceTimeout(src, f"no time left for a retry within {deadline.describe()}")
                     attempts += 1
                     continue
                 break
@@ -202,6 +242,14 @@ class HttpSource:
         raise SourceRefused(src, f"more than {MAX_REDIRECTS} redirects (the redirect limit)")
 
     @staticmethod
+    def _back_off(deadline: Deadline, attempts: int) -> bool:
+        """Wait before retry `attempts + 1`; False (not waiting) if no retry fits before the deadline
+        (the back-off plus MIN_ATTEMPT), or if the deadline is cancelled meanwhile."""
+        if BACKOFF[attempts] + MIN_ATTEMPT >= deadline.remaining():
+            return False
+        return deadline.sleep(BACKOFF[attempts])
+
+    @staticmethod
     def _fail(src: str, response: requests.Response) -> SourceError:
         status = response.status_code
         response.close()
@@ -211,14 +259,19 @@ class HttpSource:
             return SourceNotFound(src, f"access denied (HTTP {status})")
         return SourceError(src, f"upstream answered HTTP {status}")
 
-    def stat(self, src: str, holding: Holding | None = None) -> list[SourceInfo]:
+    def stat(self, src: str, holding: Holding | None = None,
+             deadline: Deadline | None = None) -> list[SourceInfo]:
         """Size and validators of `src`: by a ranged GET that also keeps the first bytes when the
         holding has room for them (one request instead of two for a small file), else by HEAD."""
+        with (deadline or _NO_DEADLINE).applying() as applied:  # for the connection's abort hook
+            return self._stat(src, holding, applied)
+
+    def _stat(self, src: str, holding: Holding | None, deadline: Deadline) -> list[SourceInfo]:
         want = self.fetch_bytes
         if holding is None or want <= 0 or not holding.reserve(want):
-            return [self._stat_head(src)]
+            return [self._stat_head(src, deadline)]
         try:
-            info, data = self._stat_get(src, want)
+            info, data = self._stat_get(src, want, deadline)
         except BaseException:
             holding.release(want)
             raise
@@ -227,11 +280,11 @@ class HttpSource:
             return [info]
         return [replace(info, head=holding.keep(data, want))]
 
-    def _stat_head(self, src: str) -> SourceInfo:
-        response = self._request("HEAD", src, src, {})
+    def _stat_head(self, src: str, deadline: Deadline) -> SourceInfo:
+        response = self._request("HEAD", src, src, {}, deadline=deadline)
         if response.status_code in (405, 501):
             # No HEAD support: ask for the first byte instead and read the size off Content-Range.
-            response = self._request("GET", src, src, {"Range": "bytes=0-0"})
+            response = self._request("GET", src, src, {"Range": "bytes=0-0"}, deadline=deadline)
             if response.status_code == 416 and response.headers.get("Content-Range", "").endswith("/0"):
                 _release(response)
                 return self._info(src, response, 0)  # an empty file has no byte 0
@@ -246,7 +299,7 @@ class HttpSource:
             size = int(response.headers["Content-Length"])
         return self._info(src, response, size)
 
-    def _stat_get(self, src: str, want: int) -> tuple[SourceInfo, bytes | None]:
+    def _stat_get(self, src: str, want: int, deadline: Deadline) -> tuple[SourceInfo, bytes | None]:
         """Pre-flight by `GET Range: bytes=0-{want-1}`: the info, and the bytes worth keeping (the
         whole file, or a first part the member can continue from with If-Range), or None.
 
@@ -256,11 +309,11 @@ class HttpSource:
         a 200 has the same fields as a HEAD). Otherwise the HEAD decides, and the bytes are kept only
         if they are of the version it describes.
         """
-        response = self._request("GET", src, src, {"Range": f"bytes=0-{want - 1}"})
+        response = self._request("GET", src, src, {"Range": f"bytes=0-{want - 1}"}, deadline=deadline)
         status = response.status_code
         if status == 416:  # an empty file has no byte 0; a 416 need not carry the validators
             _release(response)
-            info = self._stat_head(src)
+            info = self._stat_head(src, deadline)
             return info, b"" if info.size == 0 else None
         if status >= 400:
             raise self._fail(src, response)
@@ -270,7 +323,7 @@ class HttpSource:
             content_range = _content_range(response.headers.get("Content-Range"))
             if content_range is None or content_range[0] != 0:
                 response.close()  # multipart/byteranges, or not what was asked: let a HEAD answer
-                return self._stat_head(src), None
+                return self._stat_head(src, deadline), None
             size, expected = content_range[2], content_range[1] + 1
         else:  # 200: the server ignored the range and sends the whole file
             length = response.headers.get("Content-Length", "")
@@ -284,7 +337,7 @@ class HttpSource:
         data = _read_small_body(response, expected, want)
         # A 200 carries the header fields a HEAD would (RFC 9110 §9.3.2); a 206 need not.
         if size is None or (status == 206 and (info.etag is None or info.last_modified is None)):
-            head_info = self._stat_head(src)
+            head_info = self._stat_head(src, deadline)
             if data is not None and not _same_version(head_info, info):
                 data = None
             info = head_info

@@ -10,11 +10,14 @@ from __future__ import annotations
 import ipaddress
 import socket
 from dataclasses import dataclass
+from typing import Any
 
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-from urllib3.exceptions import NewConnectionError
+from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 from urllib3.poolmanager import PoolManager
+
+from ..deadline import current, shut
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -153,12 +156,23 @@ def guarded_pool_manager(policy: Policy, **kwargs: object) -> PoolManager:
     """A urllib3 PoolManager whose every connection goes through `policy`."""
 
     class GuardedHTTPConnection(HTTPConnection):
+        def getresponse(self, *args: Any, **kwargs: Any) -> Any:
+            # While waiting for the answer's head, a pre-flight deadline that passes (or a client
+            # that leaves) wakes this wait at once rather than after the read timeout.
+            deadline = current()
+            if deadline is None:
+                return super().getresponse(*args, **kwargs)
+            with deadline.aborting(lambda: shut(self.sock)):
+                return super().getresponse(*args, **kwargs)
+
         def _new_conn(self) -> socket.socket:
             try:
                 return _connect(policy, self._dns_host, self.port, self.timeout,
                                 self.socket_options)
             except AddressRefused:
                 raise
+            except TimeoutError as error:  # a timeout, not a refusal: requests makes it a ConnectTimeout (504)
+                raise ConnectTimeoutError(self, f"Connection timed out (connect timeout={self.timeout})") from error
             except OSError as error:
                 raise NewConnectionError(self, f"Failed to establish a new connection: {error}") from error
 

@@ -14,11 +14,12 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import urllib3.exceptions
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, ConnectTimeoutError, ReadTimeoutError
 
-from ..aws import s3_client
+from ..aws import DeadlinePassed, s3_client
 from ..config import Config
-from ..errors import SourceChanged, SourceError, SourceInterrupted, SourceNotFound, SourceRefused
+from ..deadline import Deadline
+from ..errors import SourceChanged, SourceError, SourceInterrupted, SourceNotFound, SourceRefused, SourceTimeout
 from . import CHUNK_SIZE, SourceInfo
 from .held import Holding
 
@@ -88,6 +89,8 @@ def translate(src: str, error: Exception) -> SourceError:
         if code == "InvalidRange" or status == 416:
             return SourceChanged(src, "the object is shorter than when the download started")
         return SourceError(src, f"S3 answered {code or 'an error'} (HTTP {status or '?'})")
+    if isinstance(error, ConnectTimeoutError | ReadTimeoutError):
+        return SourceTimeout(src, f"S3 did not answer in time (S3_TIMEOUT): {type(error).__name__}")
     return SourceError(src, f"S3 request failed: {type(error).__name__}")
 
 
@@ -109,15 +112,29 @@ class S3Source:
         if self.buckets and bucket not in self.buckets:
             raise SourceRefused(src, f"bucket {bucket} is not in S3_BUCKETS")
 
-    def stat(self, src: str, holding: Holding | None = None) -> list[SourceInfo]:
+    def stat(self, src: str, holding: Holding | None = None,
+             deadline: Deadline | None = None) -> list[SourceInfo]:
         # `holding` is not used: the HEAD returns the object's stored CRC-32 (ChecksumMode), which a
         # ranged GET does not, and a known CRC-32 decides the zip's layout.
+        if deadline is None:
+            return self._stat(src)
+        # The client's before-send hook reads the deadline from the thread: no attempt (nor any of
+        # botocore's retries) starts once it has passed.
+        with deadline.applying():
+            try:
+                return self._stat(src, s3_client(self.config, preflight=True))
+            except DeadlinePassed:
+                deadline.check(src)
+                raise SourceTimeout(src, f"no answer within {deadline.describe()}") from None
+
+    def _stat(self, src: str, client: S3Client | None = None) -> list[SourceInfo]:
+        client = client or self.client
         self.check(src)
         bucket, key = parse_src(src)
         if key == "" or key.endswith("/"):
-            return self._list(src, bucket, key)
+            return self._list(src, bucket, key, client)
         try:
-            head = self.client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
+            head = client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
         except (ClientError, BotoCoreError) as error:
             raise translate(src, error) from None
         return [SourceInfo(
@@ -130,11 +147,11 @@ class S3Source:
             location=(bucket, key),
         )]
 
-    def _list(self, src: str, bucket: str, prefix: str) -> list[SourceInfo]:
+    def _list(self, src: str, bucket: str, prefix: str, client: S3Client) -> list[SourceInfo]:
         """Every object under `prefix`, in key order, named relative to the prefix."""
         infos: list[SourceInfo] = []
         try:
-            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+            pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
             for page in pages:
                 for item in page.get("Contents", []):
                     key = item["Key"]
