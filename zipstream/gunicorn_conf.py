@@ -13,7 +13,8 @@ from typing import Any
 from zipstream import sizing
 
 bind = f"0.0.0.0:{os.environ.get('PORT', '4040')}"
-worker_class = "gevent"
+# gunicorn's gevent worker, plus closing idle keep-alive connections when it stops (see the module).
+worker_class = "zipstream.gunicorn_worker.GeventWorker"
 # One per CPU this process may use (CPU set and cgroup quota, not the host's count); WEB_CONCURRENCY wins.
 workers = sizing.default_workers()
 # gunicorn 25.1+ opens a control socket at $XDG_RUNTIME_DIR or $HOME/.gunicorn/gunicorn.ctl: one path
