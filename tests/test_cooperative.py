@@ -9,6 +9,9 @@ Retry-After; idle connections are closed after DB_IDLE_TIMEOUT.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 import uuid
@@ -20,7 +23,7 @@ import requests
 
 from zipstream.repositories.postgres import PostgresRepository
 
-from .support.live import LiveServer
+from .support.live import ROOT, LiveServer
 from .support.upstream import UpstreamServer
 
 HOLD = 3.0  # seconds the row lock is held; the unrelated request must answer well within this
@@ -172,3 +175,27 @@ def test_idle_connections_are_closed(database: str, serve: Callable[..., LiveSer
         assert time.monotonic() < deadline, "idle connections were never closed"
         time.sleep(0.25)
     assert requests.get(server.url(secret_path), timeout=10).status_code == 200  # reconnects on demand
+
+
+def test_offload_raises_in_the_caller_and_prints_no_traceback() -> None:
+    """Under gevent, an exception from an offloaded call is the caller's: gevent's pool printed each one too."""
+    program = textwrap.dedent("""
+        from gevent import monkey
+        monkey.patch_all()
+        import sqlite3
+        from zipstream.cooperative import offload
+
+        def fails():
+            raise sqlite3.OperationalError("no such table: bundles")
+
+        try:
+            offload("test", 2, fails)
+        except sqlite3.OperationalError as error:
+            print("caught:", error)
+        print("result:", offload("test", 2, lambda a, b: a + b, 2, 3))
+    """)
+    done = subprocess.run([sys.executable, "-c", program], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["caught: no such table: bundles", "result: 5"]
+    assert "Traceback" not in done.stderr and "failed with" not in done.stderr, done.stderr

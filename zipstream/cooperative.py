@@ -59,8 +59,20 @@ def offload(lane: str, size: int, func: Callable[..., T], *args: Any) -> T:
             from gevent.threadpool import ThreadPool
 
             pool = _pools[lane] = ThreadPool(size)
-    result: T = pool.apply(func, args)
+    # The exception travels back as a value: gevent's pool would also print every exception a task
+    # raises, with a traceback, to stderr (expected ones too, such as a missing table while not migrated).
+    succeeded, value = pool.apply(_capture, (func, args))
+    if not succeeded:
+        raise value
+    result: T = value
     return result
+
+
+def _capture(func: Callable[..., Any], args: tuple[Any, ...]) -> tuple[bool, Any]:
+    try:
+        return True, func(*args)
+    except BaseException as error:  # noqa: BLE001 - re-raised in the calling greenlet
+        return False, error
 
 
 # How long one greenlet may keep the worker busy before it lets the others run.
