@@ -199,7 +199,7 @@ def test_serve_runs_gunicorn_with_the_project_config(env: dict[str, str], tmp_pa
             process.kill()
             process.wait()
     text = log.read_text()
-    assert "gevent" in text  # the project's worker class, from zipstream.gunicorn_conf
+    assert "Using worker: zipstream.gunicorn_worker.GeventWorker" in text  # the class of zipstream.gunicorn_conf
     assert '"event": "request"' in text
 
 
