@@ -69,6 +69,25 @@ def test_the_cli_refuses_a_contradiction_in_one_line(tmp_path: Path) -> None:
     assert not (tmp_path / "x.sqlite3").exists()  # nothing was touched
 
 
+@pytest.mark.parametrize(("dsn", "masked"), [
+    # libpq takes these unencoded; urlsplit ended the host part at "?" / "#" and showed the password.
+    ("postgres://postgres:p?ss#w0rd@127.0.0.1:5432/db", "postgres://postgres:***@127.0.0.1:5432/db"),
+    ("postgres://u:s3cret#x@h/db", "postgres://u:***@h/db"),
+    ("postgres://u:p@ss@h/db", "postgres://u:***@h/db"),
+    ("postgres://u:[s3cret@h/db", "postgres://u:***@h/db"),  # urlsplit raised "Invalid IPv6 URL"
+    ("host=h password=sec\\ ret dbname=x", "host=h password=*** dbname=x"),
+    ("postgres:///x?password=abc&sslmode=require", "postgres:///x?password=***&sslmode=require"),
+])
+def test_passwords_libpq_accepts_unencoded_are_masked(dsn: str, masked: str) -> None:
+    assert mask_dsn(dsn) == masked
+
+
+def test_an_unbalanced_bracket_in_the_url_is_one_config_line_not_a_traceback() -> None:
+    with pytest.raises(ConfigError) as refused:
+        Config.from_env({"DATABASE_URL": "postgres://u:s3cret@[::1/db"})
+    assert "DATABASE_URL" in str(refused.value) and "s3cret" not in str(refused.value)
+
+
 def test_passwords_are_masked_in_the_database_line() -> None:
     assert mask_dsn(HEROKU_URL) == "postgres://u:***@db.internal:5432/d1"
     assert mask_dsn("postgres://u@h/db?sslmode=require&password=p") == "postgres://u@h/db?sslmode=require&password=***"

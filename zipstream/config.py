@@ -12,7 +12,6 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 T = TypeVar("T")
 
@@ -88,7 +87,9 @@ def _database(env: Mapping[str, str]) -> tuple[str, str]:
     target, name = (cnxn, "DB_CNXN") if cnxn else (database_url, "DATABASE_URL")
     if not target:
         raise ConfigError("DB_INTERFACE=postgres but neither DB_CNXN nor DATABASE_URL says which database to use")
-    scheme = urlsplit(target).scheme.lower() if "://" in target else ""
+    # Not urlsplit: it raises on strings libpq reads happily (an unbalanced "[" in a password).
+    scheme_match = re.match(r"([A-Za-z][A-Za-z0-9+.-]*)://", target)
+    scheme = scheme_match.group(1).lower() if scheme_match else ""
     if scheme and scheme not in ("postgres", "postgresql"):
         raise ConfigError(f"{name} must be a postgres:// or postgresql:// URL, not a {scheme}:// one")
     from psycopg2 import ProgrammingError
@@ -104,17 +105,26 @@ def _database(env: Mapping[str, str]) -> tuple[str, str]:
 
 
 def mask_dsn(dsn: str) -> str:
-    """A Postgres URL or `key=value` connection string with its password replaced by `***`."""
+    """A Postgres URL or `key=value` connection string with its password replaced by `***`.
+
+    The URL's user info ends at the last `@` before the first `/` (libpq's conninfo_uri_parse_options
+    stops at the first `@` or `/`; the last `@` also covers an unencoded `@` in a password, and at
+    worst masks more than the password). So a password holding `?`, `#` or `[`, which libpq accepts
+    unencoded, is masked too: `urlsplit` would end the host part there, or raise. A `password=`
+    parameter is masked in both forms.
+    """
     if "://" not in dsn:
-        return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", dsn)
-    parts = urlsplit(dsn)
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, _, host = netloc.rpartition("@")
-        user, colon, _password = userinfo.partition(":")
-        netloc = f"{user}{':***' if colon else ''}@{host}"
-    query = re.sub(r"(^|&)(password=)[^&]*", r"\1\2***", parts.query)
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+        return _mask_password_parameters(dsn)
+    scheme, _, rest = dsn.partition("://")
+    at = rest.partition("/")[0].rfind("@")
+    if at >= 0:
+        user, colon, _password = rest[:at].partition(":")
+        rest = user + (":***" if colon else "") + rest[at:]
+    return scheme + "://" + re.sub(r"([?&]password=)[^&]*", r"\1***", rest)
+
+
+def _mask_password_parameters(dsn: str) -> str:
+    return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|(?:[^\s\\]|\\.)+)", r"\1***", dsn)
 
 
 @dataclass(frozen=True)
