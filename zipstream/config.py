@@ -44,6 +44,11 @@ def _int(name: str, raw: str, minimum: int = 0) -> int:
     return value
 
 
+def whole_number(name: str, raw: str, minimum: int = 0) -> int:
+    """`raw` as an int of at least `minimum`; ConfigError naming `name` otherwise (for settings read elsewhere)."""
+    return _int(name, raw, minimum)
+
+
 def _float(name: str, raw: str) -> float:
     try:
         value = float(raw.strip())

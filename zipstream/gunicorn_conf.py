@@ -7,16 +7,33 @@ import contextlib
 import os
 import resource
 import shutil
+import sys
 import tempfile
 from typing import Any
 
 from zipstream import sizing
+from zipstream.config import ConfigError, whole_number
 
-bind = f"0.0.0.0:{os.environ.get('PORT', '4040')}"
+
+def _setting(name: str, default: int, minimum: int = 1) -> int:
+    """A whole-number setting; a bad value stops gunicorn with one line naming it (not a traceback)."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return whole_number(name, raw, minimum)
+    except ConfigError as error:
+        sys.exit(f"zipstream: configuration error: {error}")  # SystemExit: gunicorn does not wrap it
+
+
+bind = f"0.0.0.0:{_setting('PORT', 4040)}"
 # gunicorn's gevent worker, plus closing idle keep-alive connections when it stops (see the module).
 worker_class = "zipstream.gunicorn_worker.GeventWorker"
 # One per CPU this process may use (CPU set and cgroup quota, not the host's count); WEB_CONCURRENCY wins.
-workers = sizing.default_workers()
+try:
+    workers = sizing.default_workers()
+except ValueError as error:  # WEB_CONCURRENCY below 1 (gunicorn itself already refused a non-number)
+    sys.exit(f"zipstream: configuration error: {error}")
 # gunicorn 25.1+ opens a control socket at $XDG_RUNTIME_DIR or $HOME/.gunicorn/gunicorn.ctl: one path
 # per user, so several instances on a host fight over it, and a read-only home logs "Control server
 # error" at every start. Nothing here uses gunicornc. (Older gunicorn ignores the unknown name.)
@@ -26,12 +43,12 @@ control_socket_disable = True
 # 503 past it). gunicorn stops accepting connections when its own pool is full, and a client then
 # waits with no answer at all, so its pool is larger: room for the refused clients and for idle
 # keep-alive connections, which hold a pool slot but no request (an idle greenlet costs a few KB).
-_request_limit = int(os.environ.get("WORKER_CONNECTIONS", "").strip() or "10000")
+_request_limit = _setting("WORKER_CONNECTIONS", 10000)
 worker_connections = max(2 * _request_limit, _request_limit + 100)
 # Downloads take hours on slow links: a worker restart must wait for them, and nothing may
 # recycle a worker mid-download.
-graceful_timeout = int(os.environ.get("GRACEFUL_TIMEOUT", "3600"))
-timeout = int(os.environ.get("WORKER_TIMEOUT", "60"))
+graceful_timeout = _setting("GRACEFUL_TIMEOUT", 3600, minimum=0)
+timeout = _setting("WORKER_TIMEOUT", 60)
 max_requests = 0
 keepalive = 75
 # The app logs one JSON line per request itself (zipstream.logs.RequestLog, with the real end of a
