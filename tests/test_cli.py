@@ -251,3 +251,53 @@ def test_bundle_create_with_a_missing_source_fails_and_keeps_nothing(
         code, out, err = run(capsys, "bundle", "create", "--no-check", "--url", server.url(), *srcs)
         assert code == 0, err
         assert out.startswith("download: ")
+
+
+@pytest.fixture
+def not_zipstream() -> Iterator[str]:
+    """A local web server answering 200 with an HTML page to every request (a default site, a proxy)."""
+    import http.server
+    import threading
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def _page(self) -> None:
+            body = b"<html><body>Welcome to nginx!</body></html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_DELETE = do_POST = _page
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("command", ["show", "delete"])
+def test_a_200_page_that_is_not_zipstream_is_a_failure(env: dict[str, str], capsys: pytest.CaptureFixture[str],
+                                                       not_zipstream: str, command: str) -> None:
+    """It printed `{}` (show) or "deleted bundle" (delete) and exited 0."""
+    code, out, err = run(capsys, "bundle", command, "--url", not_zipstream, str(uuid.uuid4()), str(uuid.uuid4()))
+    assert code == 1
+    assert out == ""
+    assert "not with a bundle's JSON" in err and err.count("\n") == 1 and err.endswith("\n"), err
+
+
+def test_bundle_create_prints_which_field_is_invalid(env: dict[str, str], capsys: pytest.CaptureFixture[str],
+                                                     serve: Callable[..., LiveServer]) -> None:
+    server = serve()
+    code, _, err = run(capsys, "bundle", "create", "--url", server.url(), "not a url")
+    assert code == 1
+    first, *details = err.splitlines()
+    assert "422" in first
+    assert details and details[0].startswith("  files.0.src: "), err

@@ -82,15 +82,34 @@ def _call(args: argparse.Namespace, method: str, base: str, path: str, expected:
     try:
         answer = response.json()
     except ValueError:
-        answer = {}
-    if response.status_code != expected or not isinstance(answer, dict):
-        problem = answer.get("error", {}) if isinstance(answer, dict) else {}
-        message = problem.get("message") or response.text[:500] or response.reason
-        print(f"zipstream: {base} answered {response.status_code}: {message}", file=sys.stderr)
-        for source in problem.get("sources") or []:
-            print(f"  {source.get('src')}: {source.get('reason')}", file=sys.stderr)
+        answer = None
+    if response.status_code == expected and isinstance(answer, dict) and "id" in answer:
+        return answer
+    if response.status_code == expected:  # a 200 page from something that is not ZipStream (a proxy, a default site)
+        print(f"zipstream: {base} answered {response.status_code} but not with a bundle's JSON;"
+              " is --url a ZipStream service?", file=sys.stderr)
         return None
-    return answer
+    problem = answer.get("error", {}) if isinstance(answer, dict) else {}
+    problem = problem if isinstance(problem, dict) else {}
+    message = problem.get("message") or response.text[:500] or response.reason
+    print(f"zipstream: {base} answered {response.status_code}: {message}", file=sys.stderr)
+    for source in problem.get("sources") or []:
+        print(f"  {source.get('src')}: {source.get('reason')}", file=sys.stderr)
+    for field, errors in _flatten(problem.get("fields") or {}):
+        print(f"  {field}: {errors}", file=sys.stderr)
+    return None
+
+
+def _flatten(fields: object, prefix: str = "") -> list[tuple[str, str]]:
+    """marshmallow's nested field errors as ("files.0.src", "Not a valid URL.") pairs."""
+    if isinstance(fields, dict):
+        pairs: list[tuple[str, str]] = []
+        for key, value in fields.items():
+            pairs += _flatten(value, f"{prefix}.{key}" if prefix else str(key))
+        return pairs
+    if isinstance(fields, list) and all(isinstance(item, str) for item in fields):
+        return [(prefix, " ".join(fields))]
+    return [(prefix, str(fields))]
 
 
 def _bundle_target(args: argparse.Namespace) -> tuple[str, str]:
