@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import random
 import zipfile
 import zlib
@@ -15,7 +16,10 @@ from stream_zip import NO_COMPRESSION_32, NO_COMPRESSION_64, ZIP_32, ZIP_64, str
 
 from zipstream.archive import CHUNK_SIZE, FILE_MODE, ArchiveError, Entry, ZipPlan, clamp_time, deflate_stream
 
+from .support import ci, readers
+from .support import zip_shapes as zip_shapes_module
 from .support.readers import CheckZip
+from .support.zip_shapes import Shapes
 
 WHEN = datetime(2024, 2, 29, 13, 37, 42, tzinfo=UTC)
 SIZES_AROUND_64K = [0, 1, 65535, 65536, 65537, 131071, 131072, 131073, 262144, 262145]
@@ -250,3 +254,37 @@ def test_more_than_65535_entries_use_zip64_end_records() -> None:
     assert b"PK\x06\x06" in data[-200:]
     archive = zipfile.ZipFile(io.BytesIO(data))
     assert len(archive.infolist()) == count
+
+
+# --------------------------------------------------------------------------- the reader matrix (issue 12)
+
+SLOW = pytest.mark.skipif(
+    not (os.environ.get("ZIPSTREAM_SLOW") or ci.on_ci()),
+    reason="runs on CI or with ZIPSTREAM_SLOW=1 (multi-GB reads: ~60 s per shape for all readers)",
+)
+
+
+@pytest.fixture(scope="session")
+def zip_shapes(tmp_path_factory: pytest.TempPathFactory) -> Shapes:
+    """Every shape built at most once per session, shared by every reader."""
+    return Shapes(tmp_path_factory.mktemp("zip-shapes"))
+
+
+@pytest.mark.parametrize("reader", readers.ALL)
+@pytest.mark.parametrize("shape", [*zip_shapes_module.SMALL, *zip_shapes_module.COUNTS, *zip_shapes_module.BIG])
+def test_every_reader_opens_every_shape(zip_shapes: Shapes, shape: str, reader: str) -> None:
+    """Each reader lists (and, for the small shapes, reads and CRC-checks) each shape's members."""
+    readers.require_readers([reader])
+    built = zip_shapes[shape]
+    readers.check_zip(built.path, built.expected, readers=[reader], listing=built.listing)
+
+
+@pytest.mark.slow
+@SLOW
+@pytest.mark.parametrize("reader", readers.ALL)
+@pytest.mark.parametrize("shape", zip_shapes_module.BIG)
+def test_every_reader_reads_multi_gb_shapes_in_full(zip_shapes: Shapes, shape: str, reader: str) -> None:
+    """The multi-GB shapes with every member's data read and CRC-checked (the sparse zip's real bytes)."""
+    readers.require_readers([reader])
+    built = zip_shapes[shape]
+    readers.check_zip(built.path, built.expected, readers=[reader], listing=False)
