@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import random
+import struct
 import zipfile
 import zlib
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 from stream_zip import NO_COMPRESSION_32, NO_COMPRESSION_64, ZIP_32, ZIP_64, stream_zip
 
+from zipstream import archive as archive_module
 from zipstream.archive import CHUNK_SIZE, FILE_MODE, ArchiveError, Entry, ZipPlan, clamp_time, deflate_stream
 
 from .support import ci, readers
@@ -288,3 +290,165 @@ def test_every_reader_reads_multi_gb_shapes_in_full(zip_shapes: Shapes, shape: s
     readers.require_readers([reader])
     built = zip_shapes[shape]
     readers.check_zip(built.path, built.expected, readers=[reader], listing=False)
+
+
+# --------------------------------------------------------------------------- end records at every edge (issue 12)
+
+_EOCD = struct.Struct("<4sHHHHIIH")
+_ZIP64_EOCD = struct.Struct("<4sQHHIIQQQQ")
+_LOCATOR = struct.Struct("<4sIQI")
+
+
+def _end_records(tail: bytes, tail_offset: int) -> dict[str, object]:
+    """The end records at the end of `tail` (which starts at archive offset `tail_offset`), by field."""
+    signature, disk, cd_disk, on_disk, total, cd_size, cd_offset, comment = _EOCD.unpack(tail[-_EOCD.size:])
+    assert signature == b"PK\x05\x06"
+    fields: dict[str, object] = {
+        "disk": disk, "cd_disk": cd_disk, "entries_on_disk": on_disk, "entries": total,
+        "cd_size": cd_size, "cd_offset": cd_offset, "comment_length": comment, "zip64": None,
+    }
+    locator = tail[-_EOCD.size - _LOCATOR.size : -_EOCD.size]
+    if locator[:4] == b"PK\x06\x07":
+        _, locator_disk, record_at, disks = _LOCATOR.unpack(locator)
+        record = tail[record_at - tail_offset : record_at - tail_offset + _ZIP64_EOCD.size]
+        sig, length, made_by, needed, disk64, cd_disk64, on_disk64, total64, size64, offset64 = (
+            _ZIP64_EOCD.unpack(record))
+        assert sig == b"PK\x06\x06" and length == 44 and (made_by, needed) == (45, 45)
+        assert (locator_disk, disks, disk64, cd_disk64) == (0, 1, 0, 0)
+        assert record_at == offset64 + size64  # the record follows the central directory
+        fields["zip64"] = {"entries": total64, "entries_on_disk": on_disk64, "cd_size": size64, "cd_offset": offset64}
+    return fields
+
+
+def _tail_of(plan: ZipPlan) -> bytes:
+    """Central directory and end records only: known CRCs, so no member is read."""
+    def unread(_index: int, _start: int) -> Iterator[bytes]:
+        raise AssertionError("no member data is needed for the central directory")
+
+    return b"".join(plan.stream(unread, plan.central_offset))  # type: ignore[arg-type]
+
+
+def _plan_with_directory_at(offset: int) -> ZipPlan:
+    """One known-CRC member sized so that the central directory starts at `offset`."""
+    header = ZipPlan([Entry("big.bin", 0, WHEN, 0)]).central_offset
+    return ZipPlan([Entry("big.bin", offset - header, WHEN, 0)])
+
+
+@pytest.mark.parametrize(("count", "zip64"), [(65_534, False), (65_535, True), (65_536, True)])
+def test_entry_count_sentinel_edge(count: int, zip64: bool) -> None:
+    """0xFFFF entries *is* the sentinel: ZIP64 records from 65,535 on (was `> 0xFFFF`)."""
+    plan = ZipPlan([Entry(f"{i}", 0, WHEN, 0) for i in range(count)])
+    ends = _end_records(_tail_of(plan), plan.central_offset)
+    assert (ends["disk"], ends["cd_disk"]) == (0, 0)
+    assert ends["entries"] == ends["entries_on_disk"] == min(count, 0xFFFF)
+    assert ends["cd_offset"] == plan.central_offset and ends["cd_size"] == plan.central_size
+    assert (ends["zip64"] is not None) == zip64
+    if zip64:
+        assert ends["zip64"] == {"entries": count, "entries_on_disk": count, "cd_size": plan.central_size,
+                                 "cd_offset": plan.central_offset}
+
+
+@pytest.mark.parametrize(("offset", "zip64"), [(0xFFFFFFFE, False), (0xFFFFFFFF, True), (0x100000000, True)])
+def test_directory_offset_sentinel_edge(offset: int, zip64: bool) -> None:
+    """A central directory at exactly 0xFFFFFFFF needs ZIP64 records (was `> 0xFFFFFFFF`)."""
+    plan = _plan_with_directory_at(offset)
+    assert plan.central_offset == offset
+    assert plan.members[0].zip64 is (offset - plan.members[0].offset - len(plan.members[0].header) >= 0xFFFFFFFF)
+    ends = _end_records(_tail_of(plan), offset)
+    assert (ends["disk"], ends["cd_disk"], ends["entries"], ends["entries_on_disk"]) == (0, 0, 1, 1)
+    assert ends["cd_size"] == plan.central_size  # fits: the real value, never the sentinel
+    assert ends["cd_offset"] == min(offset, 0xFFFFFFFF)
+    assert (ends["zip64"] is not None) == zip64
+    if zip64:
+        assert ends["zip64"] == {"entries": 1, "entries_on_disk": 1, "cd_size": plan.central_size, "cd_offset": offset}
+
+
+def test_zip64_archive_classic_end_record_has_disk_zero_and_real_values() -> None:
+    """An unknown-size member makes a ZIP64 archive; its classic record said disk=0xFFFF before (yauzl 2)."""
+    _, open_member = _opener([b"abc"])
+    data = b"".join(ZipPlan([Entry("u.bin", None, WHEN)]).stream(open_member))  # type: ignore[arg-type]
+    ends = _end_records(data, 0)
+    zip64 = ends["zip64"]
+    assert isinstance(zip64, dict)
+    assert ends == {"disk": 0, "cd_disk": 0, "entries_on_disk": 1, "entries": 1, "cd_size": zip64["cd_size"],
+                    "cd_offset": zip64["cd_offset"], "comment_length": 0, "zip64": zip64}
+
+
+@pytest.mark.parametrize(("size", "offset"), [(0xFFFFFFFE, 0), (0xFFFFFFFF, 0), (0, 0xFFFFFFFE), (0, 0xFFFFFFFF)])
+def test_member_size_and_offset_sentinel_edges(size: int, offset: int) -> None:
+    """A member's size or local header offset of exactly 0xFFFFFFFF goes to the ZIP64 extra field."""
+    entries = [Entry("m.bin", size, WHEN, 0)]
+    if offset:
+        pad = ZipPlan([Entry("pad.bin", 0, WHEN, 0)]).central_offset
+        entries.insert(0, Entry("pad.bin", offset - pad, WHEN, 0))
+    plan = ZipPlan(entries)
+    member = plan.members[-1]
+    assert member.offset == offset
+    zip64 = size >= 0xFFFFFFFF or offset >= 0xFFFFFFFF
+    assert member.zip64 is zip64
+    record = member.central_record(0, size)
+    compressed, uncompressed = struct.unpack("<II", record[20:28])
+    (local_offset,) = struct.unpack("<I", record[42:46])
+    if zip64:
+        assert (compressed, uncompressed, local_offset) == (0xFFFFFFFF,) * 3
+        extra_at = 46 + len("m.bin")
+        assert record[extra_at : extra_at + 4] == b"\x01\x00\x18\x00"
+        assert struct.unpack("<QQQ", record[extra_at + 4 : extra_at + 28]) == (size, size, offset)
+        assert record[4:8] == b"\x2d\x03\x2d\x00"  # version made by 4.5 (Unix), needed 4.5
+    else:
+        assert (compressed, uncompressed, local_offset) == (size, size, offset)
+        assert record[4:8] == b"\x14\x03\x14\x00"  # 2.0 (Unix), needed 2.0
+
+
+@pytest.mark.parametrize("count", [65_534, 65_535, 65_536])
+def test_deflate_path_entry_count_edge(count: int) -> None:
+    """stream-zip writes 0xFFFF entries without ZIP64 records; the deflate path corrects it."""
+    entries = [Entry(f"{i}", 0, WHEN) for i in range(count)]
+    _, open_member = _opener([b""] * count)
+    data = b"".join(deflate_stream(entries, open_member))  # type: ignore[arg-type]
+    ends = _end_records(data, 0)
+    assert (ends["disk"], ends["cd_disk"], ends["entries"]) == (0, 0, min(count, 0xFFFF))
+    assert (ends["zip64"] is not None) == (count >= 0xFFFF)
+
+
+def test_deflate_path_zip64_classic_record_has_disk_zero_and_real_values() -> None:
+    _, open_member = _opener([b"no length " * 1000])
+    data = b"".join(deflate_stream([Entry("s.txt", None, WHEN)], open_member))  # type: ignore[arg-type]
+    ends = _end_records(data, 0)
+    zip64 = ends["zip64"]
+    assert isinstance(zip64, dict)
+    assert (ends["disk"], ends["cd_disk"], ends["entries"], ends["entries_on_disk"]) == (0, 0, 1, 1)
+    assert (ends["cd_size"], ends["cd_offset"]) == (zip64["cd_size"], zip64["cd_offset"])
+
+
+def test_deflate_path_directory_at_0xffffffff_gets_zip64_records() -> None:
+    """stream-zip upgrades only when the directory offset is `> 0xFFFFFFFF`: rewritten at exactly it.
+
+    stream-zip's bytes are stood in for (4 GiB of zeros as one repeated chunk, then a central
+    directory and the classic record stream-zip writes there), so no 4 GiB is deflated.
+    """
+    central = b"PK\x01\x02" + bytes(42) + b"x"  # one record's worth of bytes; only its length matters
+    classic = _EOCD.pack(b"PK\x05\x06", 0, 0, 1, 1, len(central), 0xFFFFFFFF, 0)
+    zeros = bytes(CHUNK_SIZE)
+
+    def stream_zip_output() -> Iterator[bytes]:
+        for _ in range(0xFFFFFFFF // CHUNK_SIZE):
+            yield zeros
+        yield bytes(0xFFFFFFFF % CHUNK_SIZE)
+        yield central + classic
+
+    length = 0
+    tail = b""
+    for chunk in archive_module._corrected_end_records(stream_zip_output(), 1):
+        length += len(chunk)
+        tail = (tail + chunk)[-200:]
+    ends = _end_records(tail, length - len(tail))
+    assert ends["zip64"] == {"entries": 1, "entries_on_disk": 1, "cd_size": len(central), "cd_offset": 0xFFFFFFFF}
+    assert (ends["disk"], ends["cd_offset"], ends["cd_size"]) == (0, 0xFFFFFFFF, len(central))
+    assert length == 0xFFFFFFFF + len(central) + 56 + 20 + 22
+
+
+def test_deflate_path_refuses_end_records_that_do_not_add_up() -> None:
+    classic = _EOCD.pack(b"PK\x05\x06", 0, 0, 1, 1, 10, 999, 0)
+    with pytest.raises(ArchiveError, match="disagree"):
+        b"".join(archive_module._corrected_end_records(iter([bytes(100), classic]), 1))

@@ -160,7 +160,7 @@ def test_yauzl_missing_from_the_test_cache_is_a_missing_reader(tmp_path: Path,
     monkeypatch.setenv("ZIPSTREAM_TEST_CACHE", str(tmp_path))  # an empty cache: npm never ran here
     assert missing_readers(["yauzl2", "yauzl3"]) == ["yauzl"]
     monkeypatch.setenv("CI", "true")
-    with pytest.raises(pytest.fail.Exception, match="yauzl .*system_deps.py"):
+    with pytest.raises(pytest.fail.Exception, match=r"yauzl .*system_deps\.py"):
         require_readers(["yauzl2"])
 
 

@@ -38,7 +38,7 @@ crc32 = _zlib.crc32
 # zlib's default level: level 9 (stream-zip's default) costs ~3x the CPU for ~1% smaller media.
 DEFLATE_LEVEL = 6
 # Bumped whenever the bytes written for the same members change, so old ETags stop matching.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: ZIP64 end records at the sentinel edges, classic record disk 0 (issue 12)
 CHUNK_SIZE = 256 * 1024
 FILE_MODE = stat.S_IFREG | 0o644
 _DOS_EPOCH = datetime(1980, 1, 1, tzinfo=UTC)
@@ -373,9 +373,11 @@ def deflate_stream(entries: list[Entry], open_member: OpenMember) -> Iterator[by
             size_bound = None if entry.size is None else _deflated_bound(entry.size)
             # ZIP_32 only where no 32-bit field of the member can reach 0xFFFFFFFF (the sentinel):
             # stream-zip's ZIP_32 writes the offset and sizes as they are, without ZIP64 extras.
+            # And members from the 65,536th on are ZIP_64: stream-zip refuses more than 0xFFFF
+            # ZIP_32 members (CentralDirectoryNumberOfEntriesOverflowError) unless one is ZIP_64.
             small = (
                 size_bound is not None and offset_bound is not None
-                and size_bound < _LIMIT_32 and offset_bound < _LIMIT_32
+                and size_bound < _LIMIT_32 and offset_bound < _LIMIT_32 and index < _LIMIT_16
             )
             method = ZIP_32 if small else ZIP_64
             if offset_bound is not None and size_bound is not None:
@@ -390,8 +392,12 @@ def deflate_stream(entries: list[Entry], open_member: OpenMember) -> Iterator[by
 
 
 def _deflated_bound(size: int) -> int:
-    """An upper bound of `size` bytes once deflated (zlib's worst case is +0.03%; 1/8 is ample)."""
-    return size + (size >> 3) + 65536
+    """An upper bound of `size` bytes once deflated.
+
+    zlib's worst case is +0.03% plus a few bytes (stored blocks: 5 bytes per 64 KiB); 1/8 plus 64
+    bytes is ample for zlib-ng too, and small enough that 65,535 empty members stay ZIP_32.
+    """
+    return size + (size >> 3) + 64
 
 
 def _member_overhead(entry: Entry) -> int:

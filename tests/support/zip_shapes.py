@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import os
 import zlib
-
-from zlib_ng import zlib_ng
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
+
+from zlib_ng import zlib_ng
 
 from zipstream import create_app
 from zipstream.archive import Entry, ZipPlan, deflate_stream
@@ -50,7 +50,7 @@ SMALL: Final[tuple[str, ...]] = (
     "empty-files", "prefix-expansion",
 )
 COUNTS: Final[tuple[str, ...]] = (
-    "entries-65534", "entries-65535", "entries-65536", "deflate-entries-65535",
+    "entries-65534", "entries-65535", "entries-65536", "deflate-entries-65535", "deflate-entries-65536",
 )
 BIG: Final[tuple[str, ...]] = ("member-crossing-4gib", "cd-crossing-4gib", "cd-at-0xffffffff")
 
@@ -153,6 +153,9 @@ class Shapes:
     def _deflate_entries_65535(self, path: Path) -> Shape:
         return self._count(path, 65_535, deflate=True)
 
+    def _deflate_entries_65536(self, path: Path) -> Shape:
+        return self._count(path, 65_536, deflate=True)
+
     # -- through the service and the file:// source --------------------------------------------
 
     def _service(self, root: Path, files: list[dict[str, str]], path: Path) -> int:
@@ -180,7 +183,7 @@ class Shapes:
             "tree/sub/b.txt": b"one down\n" * 50,
             "tree/sub/deeper/c.bin": os.urandom(5000),
             "tree/sub/empty.txt": b"",
-            "tree/été/ü.txt": "unicode dir\n".encode(),
+            "tree/été/ü.txt": b"unicode dir\n",
         }
         for name, data in files.items():
             (root / name).parent.mkdir(parents=True, exist_ok=True)
