@@ -13,7 +13,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from stream_zip import NO_COMPRESSION_32, NO_COMPRESSION_64, ZIP_32, ZIP_64, stream_zip
+from stream_zip import (
+    NO_COMPRESSION_32,
+    NO_COMPRESSION_64,
+    ZIP_32,
+    ZIP_64,
+    CentralDirectoryNumberOfEntriesOverflowError,
+    stream_zip,
+)
 
 from zipstream import archive as archive_module
 from zipstream.archive import CHUNK_SIZE, FILE_MODE, ArchiveError, Entry, ZipPlan, clamp_time, deflate_stream
@@ -452,3 +459,113 @@ def test_deflate_path_refuses_end_records_that_do_not_add_up() -> None:
     classic = _EOCD.pack(b"PK\x05\x06", 0, 0, 1, 1, 10, 999, 0)
     with pytest.raises(ArchiveError, match="disagree"):
         b"".join(archive_module._corrected_end_records(iter([bytes(100), classic]), 1))
+
+
+# --------------------------------------------------------------------------- where we now differ from stream-zip
+
+_CLASSIC_FIELDS = (("signature", 4), ("disk", 2), ("cd_disk", 2), ("entries_on_disk", 2), ("entries", 2),
+                   ("cd_size", 4), ("cd_offset", 4), ("comment_length", 2))
+# Why each end-record field differs from stream-zip 0.0.83's (docs/zip-layout.md has the table).
+WHY = {
+    "zip64 records": "ZIP64 end record + locator inserted: a field holds its sentinel (0xFFFF entries or "
+                     "0xFFFFFFFF), which tells readers to look for them (APPNOTE 4.4.1.4; Go's writer: >=)",
+    "disk": "0, not 0xFFFF: a one-disk archive (yauzl 2: 'multi-disk zip files are not supported')",
+    "cd_disk": "0, not 0xFFFF: the central directory is on disk 0",
+    "entries_on_disk": "the real count where it fits 16 bits (Info-ZIP, Python), 0xFFFF only when it does not",
+    "entries": "the real count where it fits 16 bits (Info-ZIP, Python), 0xFFFF only when it does not",
+    "cd_size": "the real size where it fits 32 bits (Info-ZIP, Python)",
+    "cd_offset": "the real offset where it fits 32 bits (Info-ZIP, Python)",
+}
+
+
+def _differences(ours: bytes, theirs: bytes) -> list[tuple[str, int, object, object]]:
+    """(field, offset in ours, ours, theirs) for each end-record difference; asserts the rest is identical.
+
+    Everything before stream-zip's end records (members and central directory) must be identical;
+    our ZIP64 records, when stream-zip wrote none, count as one inserted field.
+    """
+    theirs_zip64 = theirs[-42:-38] == b"PK\x06\x07"
+    ours_zip64 = ours[-42:-38] == b"PK\x06\x07"
+    theirs_end = len(theirs) - (98 if theirs_zip64 else 22)
+    assert ours[:theirs_end] == theirs[:theirs_end], "members or central directory differ"
+    found: list[tuple[str, int, object, object]] = []
+    if ours_zip64 and not theirs_zip64:
+        found.append(("zip64 records", theirs_end, ours[theirs_end : theirs_end + 76], b""))
+    else:
+        assert ours_zip64 == theirs_zip64
+        assert ours[theirs_end : len(ours) - 22] == theirs[theirs_end : len(theirs) - 22]  # ZIP64 records
+    at_ours, at_theirs = len(ours) - 22, len(theirs) - 22
+    for name, width in _CLASSIC_FIELDS:
+        mine, other = ours[at_ours : at_ours + width], theirs[at_theirs : at_theirs + width]
+        if mine != other:
+            found.append((name, at_ours, int.from_bytes(mine, "little"), int.from_bytes(other, "little")))
+        at_ours += width
+        at_theirs += width
+    for field, *_ in found:
+        assert field in WHY
+    return found
+
+
+def test_stored_65535_entries_differ_from_stream_zip_only_by_inserted_zip64_records() -> None:
+    count = 0xFFFF
+    datas = [b""] * count
+    entries = _entries(datas, known_crc=True)
+    _, open_member = _opener(datas)
+    ours = b"".join(ZipPlan(entries).stream(open_member))  # type: ignore[arg-type]
+    theirs = stream_zip_reference(entries, datas)
+    cd_end = len(theirs) - 22
+    assert _differences(ours, theirs) == [("zip64 records", cd_end, ours[cd_end : cd_end + 76], b"")]
+    assert ours == theirs[:cd_end] + ours[cd_end : cd_end + 76] + theirs[cd_end:]
+
+
+def _raw_deflate(members: list[tuple[str, object, bytes]]) -> bytes:
+    """stream-zip 0.0.83 as the deflate path calls it, end records as stream-zip writes them."""
+    return b"".join(stream_zip(
+        [(name, WHEN, FILE_MODE, method, (data,)) for name, method, data in members],
+        chunk_size=CHUNK_SIZE, get_compressobj=archive_module._compressobj,
+    ))
+
+
+def test_deflate_zip64_archive_differs_from_stream_zip_in_five_classic_fields() -> None:
+    data = b"no length " * 1000
+    _, open_member = _opener([data])
+    ours = b"".join(deflate_stream([Entry("s.txt", None, WHEN)], open_member))  # type: ignore[arg-type]
+    theirs = _raw_deflate([("s.txt", ZIP_64, data)])
+    end = len(ours) - 22
+    cd_size, cd_offset = struct.unpack("<QQ", ours[end - 76 + 40 : end - 76 + 56])
+    assert _differences(ours, theirs) == [
+        ("disk", end + 4, 0, 0xFFFF),
+        ("cd_disk", end + 6, 0, 0xFFFF),
+        ("entries_on_disk", end + 8, 1, 0xFFFF),
+        ("entries", end + 10, 1, 0xFFFF),
+        ("cd_size", end + 12, cd_size, 0xFFFFFFFF),
+        ("cd_offset", end + 16, cd_offset, 0xFFFFFFFF),
+    ]
+
+
+def test_deflate_65535_entries_differ_from_stream_zip_only_by_inserted_zip64_records() -> None:
+    count = 0xFFFF
+    _, open_member = _opener([b""] * count)
+    ours = b"".join(deflate_stream([Entry(f"{i}", 0, WHEN) for i in range(count)], open_member))  # type: ignore[arg-type]
+    theirs = _raw_deflate([(f"{i}", ZIP_32, b"") for i in range(count)])
+    cd_end = len(theirs) - 22
+    assert _differences(ours, theirs) == [("zip64 records", cd_end, ours[cd_end : cd_end + 76], b"")]
+
+
+def test_deflate_65536_entries_differ_from_stream_zip_in_the_classic_record() -> None:
+    """From the 65,536th member on the deflate path asks stream-zip for ZIP_64 (ZIP_32 alone would raise)."""
+    count = 0x10000
+    _, open_member = _opener([b""] * count)
+    ours = b"".join(deflate_stream([Entry(f"{i}", 0, WHEN) for i in range(count)], open_member))  # type: ignore[arg-type]
+    with pytest.raises(CentralDirectoryNumberOfEntriesOverflowError):  # why ours asks for ZIP_64
+        _raw_deflate([(f"{i}", ZIP_32, b"") for i in range(count)])
+    theirs = _raw_deflate([(f"{i}", ZIP_32 if i < 0xFFFF else ZIP_64, b"") for i in range(count)])
+    end = len(ours) - 22
+    cd_size, cd_offset = struct.unpack("<QQ", ours[end - 76 + 40 : end - 76 + 56])
+    assert cd_offset < 0xFFFFFFFF
+    assert _differences(ours, theirs) == [
+        ("disk", end + 4, 0, 0xFFFF),
+        ("cd_disk", end + 6, 0, 0xFFFF),
+        ("cd_size", end + 12, cd_size, 0xFFFFFFFF),
+        ("cd_offset", end + 16, cd_offset, 0xFFFFFFFF),
+    ]
