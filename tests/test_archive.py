@@ -569,3 +569,21 @@ def test_deflate_65536_entries_differ_from_stream_zip_in_the_classic_record() ->
         ("cd_size", end + 12, cd_size, 0xFFFFFFFF),
         ("cd_offset", end + 16, cd_offset, 0xFFFFFFFF),
     ]
+
+
+def test_closing_the_deflate_stream_early_closes_the_open_source() -> None:
+    """The end-record wrapper must not delay closing stream-zip (and through it the source's body)."""
+    closed: list[int] = []
+
+    def open_member(index: int, _start: int) -> Iterator[bytes]:
+        try:
+            for _ in range(100):
+                yield random.Random(index).randbytes(CHUNK_SIZE)
+        finally:
+            closed.append(index)
+
+    stream = deflate_stream([Entry("a.bin", 100 * CHUNK_SIZE, WHEN)], open_member)
+    next(stream)
+    assert closed == []
+    stream.close()  # type: ignore[attr-defined]
+    assert closed == [0]

@@ -417,20 +417,26 @@ def _corrected_end_records(chunks: Iterable[bytes], count: int) -> Iterator[byte
     else classic: then every field holds its real value) and writes ours instead. Raises
     ArchiveError if the records are not where and what stream-zip always writes.
     """
-    held = b""
+    held = b""  # at least the last _END_MAX bytes seen (one chunk of latency, no copying)
     emitted = 0
-    for chunk in chunks:
-        if len(chunk) >= _END_MAX:
-            if held:
-                yield held
-                emitted += len(held)
-            held = chunk
-        else:
-            held += chunk
-            if len(held) > CHUNK_SIZE:
-                yield held[:-_END_MAX]
-                emitted += len(held) - _END_MAX
-                held = held[-_END_MAX:]
+    try:
+        for chunk in chunks:
+            if len(chunk) >= _END_MAX:
+                if held:
+                    yield held
+                    emitted += len(held)
+                held = chunk
+            else:
+                held += chunk
+                if len(held) > CHUNK_SIZE:
+                    yield held[:-_END_MAX]
+                    emitted += len(held) - _END_MAX
+                    held = held[-_END_MAX:]
+    finally:
+        # An aborted download closes us; close stream-zip now so it closes the sources' bodies.
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
     total = emitted + len(held)
     if held[-_eocd.size:][:4] != b"PK\x05\x06":
         raise ArchiveError("stream-zip's output does not end with an end of central directory record")
