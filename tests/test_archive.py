@@ -587,3 +587,12 @@ def test_closing_the_deflate_stream_early_closes_the_open_source() -> None:
     assert closed == []
     stream.close()  # type: ignore[attr-defined]
     assert closed == [0]
+
+
+@pytest.mark.parametrize(("cd_size", "zip64"), [(0xFFFFFFFE, False), (0xFFFFFFFF, True), (0x100000000, True)])
+def test_directory_size_sentinel_edge(cd_size: int, zip64: bool) -> None:
+    """A 4 GiB central directory (65,000+ long names) is unreachable in a test; the rule is the same `>=`."""
+    ends = _end_records(archive_module._end_records(3, 0, cd_size, False), cd_size)
+    assert (ends["disk"], ends["cd_disk"], ends["entries"], ends["cd_offset"]) == (0, 0, 3, 0)
+    assert ends["cd_size"] == min(cd_size, 0xFFFFFFFF)
+    assert (ends["zip64"] is not None) == zip64
