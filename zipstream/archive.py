@@ -10,7 +10,10 @@ Two writers:
   data descriptor after the data) with compression method 0. Either way every byte offset follows
   from names, sizes and modification times alone, which is what makes exact `Content-Length` and
   HTTP Range resume possible: see `ZipPlan`.
-* **deflate**: stream-zip's `ZIP_32`/`ZIP_64` (data descriptors), length unknown in advance.
+* **deflate**: stream-zip's `ZIP_32`/`ZIP_64` (data descriptors), length unknown in advance; its end
+  records are replaced by ours (see `_corrected_end_records`).
+
+Every field of both, with its value and the reason for it: docs/zip-layout.md.
 """
 
 from __future__ import annotations
