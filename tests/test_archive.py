@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
 import random
+import struct
 import zipfile
 import zlib
 from collections.abc import Iterator
@@ -11,11 +13,22 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from stream_zip import NO_COMPRESSION_32, NO_COMPRESSION_64, ZIP_32, ZIP_64, stream_zip
+from stream_zip import (
+    NO_COMPRESSION_32,
+    NO_COMPRESSION_64,
+    ZIP_32,
+    ZIP_64,
+    CentralDirectoryNumberOfEntriesOverflowError,
+    stream_zip,
+)
 
+from zipstream import archive as archive_module
 from zipstream.archive import CHUNK_SIZE, FILE_MODE, ArchiveError, Entry, ZipPlan, clamp_time, deflate_stream
 
+from .support import ci, readers
+from .support import zip_shapes as zip_shapes_module
 from .support.readers import CheckZip
+from .support.zip_shapes import Shapes
 
 WHEN = datetime(2024, 2, 29, 13, 37, 42, tzinfo=UTC)
 SIZES_AROUND_64K = [0, 1, 65535, 65536, 65537, 131071, 131072, 131073, 262144, 262145]
@@ -250,3 +263,336 @@ def test_more_than_65535_entries_use_zip64_end_records() -> None:
     assert b"PK\x06\x06" in data[-200:]
     archive = zipfile.ZipFile(io.BytesIO(data))
     assert len(archive.infolist()) == count
+
+
+# --------------------------------------------------------------------------- the reader matrix (issue 12)
+
+SLOW = pytest.mark.skipif(
+    not (os.environ.get("ZIPSTREAM_SLOW") or ci.on_ci()),
+    reason="runs on CI or with ZIPSTREAM_SLOW=1 (multi-GB reads: ~60 s per shape for all readers)",
+)
+
+
+@pytest.fixture(scope="session")
+def zip_shapes(tmp_path_factory: pytest.TempPathFactory) -> Shapes:
+    """Every shape built at most once per session, shared by every reader."""
+    return Shapes(tmp_path_factory.mktemp("zip-shapes"))
+
+
+@pytest.mark.parametrize("reader", readers.ALL)
+@pytest.mark.parametrize("shape", [*zip_shapes_module.SMALL, *zip_shapes_module.COUNTS, *zip_shapes_module.BIG])
+def test_every_reader_opens_every_shape(zip_shapes: Shapes, shape: str, reader: str) -> None:
+    """Each reader lists (and, for the small shapes, reads and CRC-checks) each shape's members."""
+    readers.require_readers([reader])
+    built = zip_shapes[shape]
+    readers.check_zip(built.path, built.expected, readers=[reader], listing=built.listing)
+
+
+@pytest.mark.slow
+@SLOW
+@pytest.mark.parametrize("reader", readers.ALL)
+@pytest.mark.parametrize("shape", zip_shapes_module.BIG)
+def test_every_reader_reads_multi_gb_shapes_in_full(zip_shapes: Shapes, shape: str, reader: str) -> None:
+    """The multi-GB shapes with every member's data read and CRC-checked (the sparse zip's real bytes)."""
+    readers.require_readers([reader])
+    built = zip_shapes[shape]
+    readers.check_zip(built.path, built.expected, readers=[reader], listing=False)
+
+
+# --------------------------------------------------------------------------- end records at every edge (issue 12)
+
+_EOCD = struct.Struct("<4sHHHHIIH")
+_ZIP64_EOCD = struct.Struct("<4sQHHIIQQQQ")
+_LOCATOR = struct.Struct("<4sIQI")
+
+
+def _end_records(tail: bytes, tail_offset: int) -> dict[str, object]:
+    """The end records at the end of `tail` (which starts at archive offset `tail_offset`), by field."""
+    signature, disk, cd_disk, on_disk, total, cd_size, cd_offset, comment = _EOCD.unpack(tail[-_EOCD.size:])
+    assert signature == b"PK\x05\x06"
+    fields: dict[str, object] = {
+        "disk": disk, "cd_disk": cd_disk, "entries_on_disk": on_disk, "entries": total,
+        "cd_size": cd_size, "cd_offset": cd_offset, "comment_length": comment, "zip64": None,
+    }
+    locator = tail[-_EOCD.size - _LOCATOR.size : -_EOCD.size]
+    if locator[:4] == b"PK\x06\x07":
+        _, locator_disk, record_at, disks = _LOCATOR.unpack(locator)
+        record = tail[record_at - tail_offset : record_at - tail_offset + _ZIP64_EOCD.size]
+        sig, length, made_by, needed, disk64, cd_disk64, on_disk64, total64, size64, offset64 = (
+            _ZIP64_EOCD.unpack(record))
+        assert sig == b"PK\x06\x06" and length == 44 and (made_by, needed) == (45, 45)
+        assert (locator_disk, disks, disk64, cd_disk64) == (0, 1, 0, 0)
+        assert record_at == offset64 + size64  # the record follows the central directory
+        fields["zip64"] = {"entries": total64, "entries_on_disk": on_disk64, "cd_size": size64, "cd_offset": offset64}
+    return fields
+
+
+def _tail_of(plan: ZipPlan) -> bytes:
+    """Central directory and end records only: known CRCs, so no member is read."""
+    def unread(_index: int, _start: int) -> Iterator[bytes]:
+        raise AssertionError("no member data is needed for the central directory")
+
+    return b"".join(plan.stream(unread, plan.central_offset))  # type: ignore[arg-type]
+
+
+def _plan_with_directory_at(offset: int) -> ZipPlan:
+    """One known-CRC member sized so that the central directory starts at `offset`."""
+    header = ZipPlan([Entry("big.bin", 0, WHEN, 0)]).central_offset
+    return ZipPlan([Entry("big.bin", offset - header, WHEN, 0)])
+
+
+@pytest.mark.parametrize(("count", "zip64"), [(65_534, False), (65_535, True), (65_536, True)])
+def test_entry_count_sentinel_edge(count: int, zip64: bool) -> None:
+    """0xFFFF entries *is* the sentinel: ZIP64 records from 65,535 on (was `> 0xFFFF`)."""
+    plan = ZipPlan([Entry(f"{i}", 0, WHEN, 0) for i in range(count)])
+    ends = _end_records(_tail_of(plan), plan.central_offset)
+    assert (ends["disk"], ends["cd_disk"]) == (0, 0)
+    assert ends["entries"] == ends["entries_on_disk"] == min(count, 0xFFFF)
+    assert ends["cd_offset"] == plan.central_offset and ends["cd_size"] == plan.central_size
+    assert (ends["zip64"] is not None) == zip64
+    if zip64:
+        assert ends["zip64"] == {"entries": count, "entries_on_disk": count, "cd_size": plan.central_size,
+                                 "cd_offset": plan.central_offset}
+
+
+@pytest.mark.parametrize(("offset", "zip64"), [(0xFFFFFFFE, False), (0xFFFFFFFF, True), (0x100000000, True)])
+def test_directory_offset_sentinel_edge(offset: int, zip64: bool) -> None:
+    """A central directory at exactly 0xFFFFFFFF needs ZIP64 records (was `> 0xFFFFFFFF`)."""
+    plan = _plan_with_directory_at(offset)
+    assert plan.central_offset == offset
+    assert plan.members[0].zip64 is (offset - plan.members[0].offset - len(plan.members[0].header) >= 0xFFFFFFFF)
+    ends = _end_records(_tail_of(plan), offset)
+    assert (ends["disk"], ends["cd_disk"], ends["entries"], ends["entries_on_disk"]) == (0, 0, 1, 1)
+    assert ends["cd_size"] == plan.central_size  # fits: the real value, never the sentinel
+    assert ends["cd_offset"] == min(offset, 0xFFFFFFFF)
+    assert (ends["zip64"] is not None) == zip64
+    if zip64:
+        assert ends["zip64"] == {"entries": 1, "entries_on_disk": 1, "cd_size": plan.central_size, "cd_offset": offset}
+
+
+def test_zip64_archive_classic_end_record_has_disk_zero_and_real_values() -> None:
+    """An unknown-size member makes a ZIP64 archive; its classic record said disk=0xFFFF before (yauzl 2)."""
+    _, open_member = _opener([b"abc"])
+    data = b"".join(ZipPlan([Entry("u.bin", None, WHEN)]).stream(open_member))  # type: ignore[arg-type]
+    ends = _end_records(data, 0)
+    zip64 = ends["zip64"]
+    assert isinstance(zip64, dict)
+    assert ends == {"disk": 0, "cd_disk": 0, "entries_on_disk": 1, "entries": 1, "cd_size": zip64["cd_size"],
+                    "cd_offset": zip64["cd_offset"], "comment_length": 0, "zip64": zip64}
+
+
+@pytest.mark.parametrize(("size", "offset"), [(0xFFFFFFFE, 0), (0xFFFFFFFF, 0), (0, 0xFFFFFFFE), (0, 0xFFFFFFFF)])
+def test_member_size_and_offset_sentinel_edges(size: int, offset: int) -> None:
+    """A member's size or local header offset of exactly 0xFFFFFFFF goes to the ZIP64 extra field."""
+    entries = [Entry("m.bin", size, WHEN, 0)]
+    if offset:
+        pad = ZipPlan([Entry("pad.bin", 0, WHEN, 0)]).central_offset
+        entries.insert(0, Entry("pad.bin", offset - pad, WHEN, 0))
+    plan = ZipPlan(entries)
+    member = plan.members[-1]
+    assert member.offset == offset
+    zip64 = size >= 0xFFFFFFFF or offset >= 0xFFFFFFFF
+    assert member.zip64 is zip64
+    record = member.central_record(0, size)
+    compressed, uncompressed = struct.unpack("<II", record[20:28])
+    (local_offset,) = struct.unpack("<I", record[42:46])
+    if zip64:
+        assert (compressed, uncompressed, local_offset) == (0xFFFFFFFF,) * 3
+        extra_at = 46 + len("m.bin")
+        assert record[extra_at : extra_at + 4] == b"\x01\x00\x18\x00"
+        assert struct.unpack("<QQQ", record[extra_at + 4 : extra_at + 28]) == (size, size, offset)
+        assert record[4:8] == b"\x2d\x03\x2d\x00"  # version made by 4.5 (Unix), needed 4.5
+    else:
+        assert (compressed, uncompressed, local_offset) == (size, size, offset)
+        assert record[4:8] == b"\x14\x03\x14\x00"  # 2.0 (Unix), needed 2.0
+
+
+@pytest.mark.parametrize("count", [65_534, 65_535, 65_536])
+def test_deflate_path_entry_count_edge(count: int) -> None:
+    """stream-zip writes 0xFFFF entries without ZIP64 records; the deflate path corrects it."""
+    entries = [Entry(f"{i}", 0, WHEN) for i in range(count)]
+    _, open_member = _opener([b""] * count)
+    data = b"".join(deflate_stream(entries, open_member))  # type: ignore[arg-type]
+    ends = _end_records(data, 0)
+    assert (ends["disk"], ends["cd_disk"], ends["entries"]) == (0, 0, min(count, 0xFFFF))
+    assert (ends["zip64"] is not None) == (count >= 0xFFFF)
+
+
+def test_deflate_path_zip64_classic_record_has_disk_zero_and_real_values() -> None:
+    _, open_member = _opener([b"no length " * 1000])
+    data = b"".join(deflate_stream([Entry("s.txt", None, WHEN)], open_member))  # type: ignore[arg-type]
+    ends = _end_records(data, 0)
+    zip64 = ends["zip64"]
+    assert isinstance(zip64, dict)
+    assert (ends["disk"], ends["cd_disk"], ends["entries"], ends["entries_on_disk"]) == (0, 0, 1, 1)
+    assert (ends["cd_size"], ends["cd_offset"]) == (zip64["cd_size"], zip64["cd_offset"])
+
+
+def test_deflate_path_directory_at_0xffffffff_gets_zip64_records() -> None:
+    """stream-zip upgrades only when the directory offset is `> 0xFFFFFFFF`: rewritten at exactly it.
+
+    stream-zip's bytes are stood in for (4 GiB of zeros as one repeated chunk, then a central
+    directory and the classic record stream-zip writes there), so no 4 GiB is deflated.
+    """
+    central = b"PK\x01\x02" + bytes(42) + b"x"  # one record's worth of bytes; only its length matters
+    classic = _EOCD.pack(b"PK\x05\x06", 0, 0, 1, 1, len(central), 0xFFFFFFFF, 0)
+    zeros = bytes(CHUNK_SIZE)
+
+    def stream_zip_output() -> Iterator[bytes]:
+        for _ in range(0xFFFFFFFF // CHUNK_SIZE):
+            yield zeros
+        yield bytes(0xFFFFFFFF % CHUNK_SIZE)
+        yield central + classic
+
+    length = 0
+    tail = b""
+    for chunk in archive_module._corrected_end_records(stream_zip_output(), 1):
+        length += len(chunk)
+        tail = (tail + chunk)[-200:]
+    ends = _end_records(tail, length - len(tail))
+    assert ends["zip64"] == {"entries": 1, "entries_on_disk": 1, "cd_size": len(central), "cd_offset": 0xFFFFFFFF}
+    assert (ends["disk"], ends["cd_offset"], ends["cd_size"]) == (0, 0xFFFFFFFF, len(central))
+    assert length == 0xFFFFFFFF + len(central) + 56 + 20 + 22
+
+
+def test_deflate_path_refuses_end_records_that_do_not_add_up() -> None:
+    classic = _EOCD.pack(b"PK\x05\x06", 0, 0, 1, 1, 10, 999, 0)
+    with pytest.raises(ArchiveError, match="disagree"):
+        b"".join(archive_module._corrected_end_records(iter([bytes(100), classic]), 1))
+
+
+# --------------------------------------------------------------------------- where we now differ from stream-zip
+
+_CLASSIC_FIELDS = (("signature", 4), ("disk", 2), ("cd_disk", 2), ("entries_on_disk", 2), ("entries", 2),
+                   ("cd_size", 4), ("cd_offset", 4), ("comment_length", 2))
+# Why each end-record field differs from stream-zip 0.0.83's (docs/zip-layout.md has the table).
+WHY = {
+    "zip64 records": "ZIP64 end record + locator inserted: a field holds its sentinel (0xFFFF entries or "
+                     "0xFFFFFFFF), which tells readers to look for them (APPNOTE 4.4.1.4; Go's writer: >=)",
+    "disk": "0, not 0xFFFF: a one-disk archive (yauzl 2: 'multi-disk zip files are not supported')",
+    "cd_disk": "0, not 0xFFFF: the central directory is on disk 0",
+    "entries_on_disk": "the real count where it fits 16 bits (Info-ZIP, Python), 0xFFFF only when it does not",
+    "entries": "the real count where it fits 16 bits (Info-ZIP, Python), 0xFFFF only when it does not",
+    "cd_size": "the real size where it fits 32 bits (Info-ZIP, Python)",
+    "cd_offset": "the real offset where it fits 32 bits (Info-ZIP, Python)",
+}
+
+
+def _differences(ours: bytes, theirs: bytes) -> list[tuple[str, int, object, object]]:
+    """(field, offset in ours, ours, theirs) for each end-record difference; asserts the rest is identical.
+
+    Everything before stream-zip's end records (members and central directory) must be identical;
+    our ZIP64 records, when stream-zip wrote none, count as one inserted field.
+    """
+    theirs_zip64 = theirs[-42:-38] == b"PK\x06\x07"
+    ours_zip64 = ours[-42:-38] == b"PK\x06\x07"
+    theirs_end = len(theirs) - (98 if theirs_zip64 else 22)
+    assert ours[:theirs_end] == theirs[:theirs_end], "members or central directory differ"
+    found: list[tuple[str, int, object, object]] = []
+    if ours_zip64 and not theirs_zip64:
+        found.append(("zip64 records", theirs_end, ours[theirs_end : theirs_end + 76], b""))
+    else:
+        assert ours_zip64 == theirs_zip64
+        assert ours[theirs_end : len(ours) - 22] == theirs[theirs_end : len(theirs) - 22]  # ZIP64 records
+    at_ours, at_theirs = len(ours) - 22, len(theirs) - 22
+    for name, width in _CLASSIC_FIELDS:
+        mine, other = ours[at_ours : at_ours + width], theirs[at_theirs : at_theirs + width]
+        if mine != other:
+            found.append((name, at_ours, int.from_bytes(mine, "little"), int.from_bytes(other, "little")))
+        at_ours += width
+        at_theirs += width
+    for field, *_ in found:
+        assert field in WHY
+    return found
+
+
+def test_stored_65535_entries_differ_from_stream_zip_only_by_inserted_zip64_records() -> None:
+    count = 0xFFFF
+    datas = [b""] * count
+    entries = _entries(datas, known_crc=True)
+    _, open_member = _opener(datas)
+    ours = b"".join(ZipPlan(entries).stream(open_member))  # type: ignore[arg-type]
+    theirs = stream_zip_reference(entries, datas)
+    cd_end = len(theirs) - 22
+    assert _differences(ours, theirs) == [("zip64 records", cd_end, ours[cd_end : cd_end + 76], b"")]
+    assert ours == theirs[:cd_end] + ours[cd_end : cd_end + 76] + theirs[cd_end:]
+
+
+def _raw_deflate(members: list[tuple[str, object, bytes]]) -> bytes:
+    """stream-zip 0.0.83 as the deflate path calls it, end records as stream-zip writes them."""
+    return b"".join(stream_zip(
+        [(name, WHEN, FILE_MODE, method, (data,)) for name, method, data in members],
+        chunk_size=CHUNK_SIZE, get_compressobj=archive_module._compressobj,
+    ))
+
+
+def test_deflate_zip64_archive_differs_from_stream_zip_in_five_classic_fields() -> None:
+    data = b"no length " * 1000
+    _, open_member = _opener([data])
+    ours = b"".join(deflate_stream([Entry("s.txt", None, WHEN)], open_member))  # type: ignore[arg-type]
+    theirs = _raw_deflate([("s.txt", ZIP_64, data)])
+    end = len(ours) - 22
+    cd_size, cd_offset = struct.unpack("<QQ", ours[end - 76 + 40 : end - 76 + 56])
+    assert _differences(ours, theirs) == [
+        ("disk", end + 4, 0, 0xFFFF),
+        ("cd_disk", end + 6, 0, 0xFFFF),
+        ("entries_on_disk", end + 8, 1, 0xFFFF),
+        ("entries", end + 10, 1, 0xFFFF),
+        ("cd_size", end + 12, cd_size, 0xFFFFFFFF),
+        ("cd_offset", end + 16, cd_offset, 0xFFFFFFFF),
+    ]
+
+
+def test_deflate_65535_entries_differ_from_stream_zip_only_by_inserted_zip64_records() -> None:
+    count = 0xFFFF
+    _, open_member = _opener([b""] * count)
+    ours = b"".join(deflate_stream([Entry(f"{i}", 0, WHEN) for i in range(count)], open_member))  # type: ignore[arg-type]
+    theirs = _raw_deflate([(f"{i}", ZIP_32, b"") for i in range(count)])
+    cd_end = len(theirs) - 22
+    assert _differences(ours, theirs) == [("zip64 records", cd_end, ours[cd_end : cd_end + 76], b"")]
+
+
+def test_deflate_65536_entries_differ_from_stream_zip_in_the_classic_record() -> None:
+    """From the 65,536th member on the deflate path asks stream-zip for ZIP_64 (ZIP_32 alone would raise)."""
+    count = 0x10000
+    _, open_member = _opener([b""] * count)
+    ours = b"".join(deflate_stream([Entry(f"{i}", 0, WHEN) for i in range(count)], open_member))  # type: ignore[arg-type]
+    with pytest.raises(CentralDirectoryNumberOfEntriesOverflowError):  # why ours asks for ZIP_64
+        _raw_deflate([(f"{i}", ZIP_32, b"") for i in range(count)])
+    theirs = _raw_deflate([(f"{i}", ZIP_32 if i < 0xFFFF else ZIP_64, b"") for i in range(count)])
+    end = len(ours) - 22
+    cd_size, cd_offset = struct.unpack("<QQ", ours[end - 76 + 40 : end - 76 + 56])
+    assert cd_offset < 0xFFFFFFFF
+    assert _differences(ours, theirs) == [
+        ("disk", end + 4, 0, 0xFFFF),
+        ("cd_disk", end + 6, 0, 0xFFFF),
+        ("cd_size", end + 12, cd_size, 0xFFFFFFFF),
+        ("cd_offset", end + 16, cd_offset, 0xFFFFFFFF),
+    ]
+
+
+def test_closing_the_deflate_stream_early_closes_the_open_source() -> None:
+    """The end-record wrapper must not delay closing stream-zip (and through it the source's body)."""
+    closed: list[int] = []
+
+    def open_member(index: int, _start: int) -> Iterator[bytes]:
+        try:
+            for _ in range(100):
+                yield random.Random(index).randbytes(CHUNK_SIZE)
+        finally:
+            closed.append(index)
+
+    stream = deflate_stream([Entry("a.bin", 100 * CHUNK_SIZE, WHEN)], open_member)
+    next(stream)
+    assert closed == []
+    stream.close()  # type: ignore[attr-defined]
+    assert closed == [0]
+
+
+@pytest.mark.parametrize(("cd_size", "zip64"), [(0xFFFFFFFE, False), (0xFFFFFFFF, True), (0x100000000, True)])
+def test_directory_size_sentinel_edge(cd_size: int, zip64: bool) -> None:
+    """A 4 GiB central directory (65,000+ long names) is unreachable in a test; the rule is the same `>=`."""
+    ends = _end_records(archive_module._end_records(3, 0, cd_size, False), cd_size)
+    assert (ends["disk"], ends["cd_disk"], ends["entries"], ends["cd_offset"]) == (0, 0, 3, 0)
+    assert ends["cd_size"] == min(cd_size, 0xFFFFFFFF)
+    assert (ends["zip64"] is not None) == zip64

@@ -6,6 +6,7 @@ import email.utils
 import gzip
 import http.client
 import io
+import shutil
 import socket
 import time
 import zipfile
@@ -140,16 +141,27 @@ def test_expect_truncated_fails_on_a_good_zip(tmp_path: Path, zip_readers: Check
 
 def test_missing_readers_skip_locally_and_fail_on_ci(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))  # nothing installed here
-    assert missing_readers() == ["unzip", "7z", "bsdtar", "java"]
+    assert missing_readers() == ["unzip", "7z", "bsdtar", "java", "node", "go"]
     assert missing_readers(["zipfile"]) == []
     monkeypatch.setenv("CI", "false")
     with pytest.raises(pytest.skip.Exception, match="p7zip-full"):
         require_readers()
     monkeypatch.setenv("CI", "true")
-    with pytest.raises(pytest.fail.Exception, match="zip readers not installed: unzip, 7z, bsdtar, java"):
+    with pytest.raises(pytest.fail.Exception, match="zip readers not installed: unzip, 7z, bsdtar, java, node, go"):
         require_readers()
     with pytest.raises(ValueError, match="unknown zip readers"):
         missing_readers(["winzip"])
+
+
+def test_yauzl_missing_from_the_test_cache_is_a_missing_reader(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    if shutil.which("node") is None:
+        pytest.skip("node not installed")
+    monkeypatch.setenv("ZIPSTREAM_TEST_CACHE", str(tmp_path))  # an empty cache: npm never ran here
+    assert missing_readers(["yauzl2", "yauzl3"]) == ["yauzl"]
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match=r"yauzl .*system_deps\.py"):
+        require_readers(["yauzl2"])
 
 
 # --------------------------------------------------------------------------- upstream

@@ -10,7 +10,10 @@ Two writers:
   data descriptor after the data) with compression method 0. Either way every byte offset follows
   from names, sizes and modification times alone, which is what makes exact `Content-Length` and
   HTTP Range resume possible: see `ZipPlan`.
-* **deflate**: stream-zip's `ZIP_32`/`ZIP_64` (data descriptors), length unknown in advance.
+* **deflate**: stream-zip's `ZIP_32`/`ZIP_64` (data descriptors), length unknown in advance; its end
+  records are replaced by ours (see `_corrected_end_records`).
+
+Every field of both, with its value and the reason for it: docs/zip-layout.md.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ crc32 = _zlib.crc32
 # zlib's default level: level 9 (stream-zip's default) costs ~3x the CPU for ~1% smaller media.
 DEFLATE_LEVEL = 6
 # Bumped whenever the bytes written for the same members change, so old ETags stop matching.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: ZIP64 end records at the sentinel edges, classic record disk 0 (issue 12)
 CHUNK_SIZE = 256 * 1024
 FILE_MODE = stat.S_IFREG | 0o644
 _DOS_EPOCH = datetime(1980, 1, 1, tzinfo=UTC)
@@ -59,6 +62,7 @@ _zip64_locator = Struct("<4sIQI")
 _UTF8 = 0x0800
 _DESCRIPTOR = 0x0008
 _LIMIT_32 = 0xFFFFFFFF
+_LIMIT_16 = 0xFFFF
 
 
 class ArchiveError(Exception):
@@ -159,14 +163,34 @@ def _place(entry: Entry, offset: int) -> _Member:
     return _Member(entry, offset, header, zip64, descriptor)
 
 
+def _needs_zip64_end(count: int, cd_offset: int, cd_size: int) -> bool:
+    """Whether a classic end record field would hold its "see ZIP64" sentinel (or overflow).
+
+    `>=`, not `>`: a count of exactly 0xFFFF or an offset/size of exactly 0xFFFFFFFF *is* the
+    sentinel, so readers then look for ZIP64 records (Go's writer uses the same test).
+    """
+    return count >= _LIMIT_16 or cd_offset >= _LIMIT_32 or cd_size >= _LIMIT_32
+
+
 def _end_records(count: int, cd_offset: int, cd_size: int, force_zip64: bool) -> bytes:
-    zip64 = force_zip64 or count > 0xFFFF or cd_offset > _LIMIT_32 or cd_size > _LIMIT_32
+    """The end records after a central directory of `count` records, `cd_size` bytes at `cd_offset`.
+
+    ZIP64 end record and locator when any field needs them (or `force_zip64`: some member is
+    ZIP64, as stream-zip does). The classic record always says disk 0 (one-disk archive; yauzl 2
+    refuses 0xFFFF as "multi-disk") and holds the real value of every field that fits, the
+    sentinel only where it does not (Info-ZIP's and Python's choice). docs/zip-layout.md.
+    """
+    zip64 = force_zip64 or _needs_zip64_end(count, cd_offset, cd_size)
+    classic = _eocd.pack(
+        b"PK\x05\x06", 0, 0, min(count, _LIMIT_16), min(count, _LIMIT_16),
+        min(cd_size, _LIMIT_32), min(cd_offset, _LIMIT_32), 0,
+    )
     if not zip64:
-        return _eocd.pack(b"PK\x05\x06", 0, 0, count, count, cd_size, cd_offset, 0)
+        return classic
     return (
         _zip64_eocd.pack(b"PK\x06\x06", 44, 45, 45, 0, 0, count, count, cd_size, cd_offset)
         + _zip64_locator.pack(b"PK\x06\x07", 0, cd_offset + cd_size, 1)
-        + _eocd.pack(b"PK\x05\x06", 0xFFFF, 0xFFFF, 0xFFFF, 0xFFFF, _LIMIT_32, _LIMIT_32, 0)
+        + classic
     )
 
 
@@ -339,21 +363,104 @@ class ZipPlan:
 
 
 def deflate_stream(entries: list[Entry], open_member: OpenMember) -> Iterator[bytes]:
-    """A deflate-compressed zip through stream-zip (length not known in advance)."""
+    """A deflate-compressed zip through stream-zip (length not known in advance).
+
+    stream-zip writes the members and central directory; its end records are replaced by ours
+    (`_corrected_end_records`), since it saturates every classic field of a ZIP64 archive and
+    misses the sentinel edges (0xFFFF entries, a directory at exactly 0xFFFFFFFF).
+    """
 
     def members() -> Iterable[tuple[str, datetime, int, Any, Iterable[bytes]]]:
-        offset_hint = 0
+        offset_bound: int | None = 0  # the next local header's offset is at most this (None: unknown)
         for index, entry in enumerate(entries):
-            small = entry.size is not None and entry.size < 0xF0000000 and offset_hint < 0xF0000000
+            size_bound = None if entry.size is None else _deflated_bound(entry.size)
+            # ZIP_32 only where no 32-bit field of the member can reach 0xFFFFFFFF (the sentinel):
+            # stream-zip's ZIP_32 writes the offset and sizes as they are, without ZIP64 extras.
+            # And members from the 65,536th on are ZIP_64: stream-zip refuses more than 0xFFFF
+            # ZIP_32 members (CentralDirectoryNumberOfEntriesOverflowError) unless one is ZIP_64.
+            small = (
+                size_bound is not None and offset_bound is not None
+                and size_bound < _LIMIT_32 and offset_bound < _LIMIT_32 and index < _LIMIT_16
+            )
             method = ZIP_32 if small else ZIP_64
-            if entry.size is not None:
-                offset_hint += entry.size
+            if offset_bound is not None and size_bound is not None:
+                offset_bound += _member_overhead(entry) + size_bound
+            else:
+                offset_bound = None
             yield entry.name, entry.modified_at, FILE_MODE, method, _checked(entry, open_member(index, 0))
 
-    yield from stream_zip(
-        members(), chunk_size=CHUNK_SIZE,
-        get_compressobj=_compressobj,
+    yield from _corrected_end_records(
+        stream_zip(members(), chunk_size=CHUNK_SIZE, get_compressobj=_compressobj), len(entries)
     )
+
+
+def _deflated_bound(size: int) -> int:
+    """An upper bound of `size` bytes once deflated.
+
+    zlib's worst case is +0.03% plus a few bytes (stored blocks: 5 bytes per 64 KiB); 1/8 plus 64
+    bytes is ample for zlib-ng too, and small enough that 65,535 empty members stay ZIP_32.
+    """
+    return size + (size >> 3) + 64
+
+
+def _member_overhead(entry: Entry) -> int:
+    """Upper bound of a stream-zip member's bytes besides its data: local header, extras, descriptor."""
+    return _local_header.size + len(entry.name.encode("utf-8")) + _zip64_local_extra.size + 9 + _descriptor_64.size
+
+
+# The longest end records: ZIP64 end record, ZIP64 locator and classic end record without comment.
+_END_MAX = _zip64_eocd.size + _zip64_locator.size + _eocd.size
+
+
+def _corrected_end_records(chunks: Iterable[bytes], count: int) -> Iterator[bytes]:
+    """stream-zip's archive of `count` members with its end records rewritten by `_end_records`.
+
+    Passes every byte through except the last `_END_MAX`, which it holds back; at the end it
+    reads the central directory's offset and size from stream-zip's records (ZIP64 when present,
+    else classic: then every field holds its real value) and writes ours instead. Raises
+    ArchiveError if the records are not where and what stream-zip always writes.
+    """
+    held = b""  # at least the last _END_MAX bytes seen (one chunk of latency, no copying)
+    emitted = 0
+    try:
+        for chunk in chunks:
+            if len(chunk) >= _END_MAX:
+                if held:
+                    yield held
+                    emitted += len(held)
+                held = chunk
+            else:
+                held += chunk
+                if len(held) > CHUNK_SIZE:
+                    yield held[:-_END_MAX]
+                    emitted += len(held) - _END_MAX
+                    held = held[-_END_MAX:]
+    finally:
+        # An aborted download closes us; close stream-zip now so it closes the sources' bodies.
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+    total = emitted + len(held)
+    if held[-_eocd.size:][:4] != b"PK\x05\x06":
+        raise ArchiveError("stream-zip's output does not end with an end of central directory record")
+    _, _, _, _, listed, cd_size, cd_offset, _ = _eocd.unpack(held[-_eocd.size:])
+    locator = held[-_eocd.size - _zip64_locator.size : -_eocd.size]
+    zip64 = (
+        len(held) >= _END_MAX and locator[:4] == b"PK\x06\x07"
+        and _zip64_locator.unpack(locator)[2] == total - _END_MAX
+        and held[-_END_MAX:][:4] == b"PK\x06\x06"
+    )
+    if zip64:
+        record = _zip64_eocd.unpack(held[-_END_MAX : -_END_MAX + _zip64_eocd.size])
+        listed, cd_size, cd_offset = record[7], record[8], record[9]
+    end_length = _END_MAX if zip64 else _eocd.size
+    if listed != count or cd_offset + cd_size != total - end_length:
+        raise ArchiveError(
+            f"stream-zip's end records disagree with its output: {listed} of {count} entries, "
+            f"directory {cd_size} bytes at {cd_offset}, records at {total - end_length}"
+        )
+    yield held[:-end_length]
+    yield _end_records(count, cd_offset, cd_size, zip64)
 
 
 def _compressobj() -> Any:
