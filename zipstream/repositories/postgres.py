@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import select
 import threading
 import time
 from collections.abc import Iterator
@@ -75,8 +76,18 @@ class PostgresRepository(SqlRepository):
         return connection
 
     def _take_idle(self) -> psycopg2.extensions.connection | None:
-        with self._lock:
-            return self._idle.pop()[0] if self._idle else None
+        """The most recently used idle connection that is still alive, or None; dead ones are closed."""
+        while True:
+            with self._lock:
+                if not self._idle:
+                    return None
+                connection = self._idle.pop()[0]
+            if _alive(connection):
+                return connection
+            # Cut by the server (failover, restart, pgbouncer, pg_terminate_backend): handing it out
+            # would cost a user a 503, one per pooled connection.
+            with contextlib.suppress(psycopg2.Error):
+                connection.close()
 
     def _put_idle(self, connection: psycopg2.extensions.connection) -> None:
         with self._lock:
@@ -143,6 +154,22 @@ class PostgresRepository(SqlRepository):
     def close(self) -> None:
         self._closed = True
         self.close_idle()
+
+
+def _alive(connection: psycopg2.extensions.connection) -> bool:
+    """Whether an idle pooled connection may still be used, checked without a round trip.
+
+    An idle libpq connection has nothing to read: a readable socket means the server sent a
+    termination notice (`pg_terminate_backend`, shutdown) or closed it. gevent's patched `select`
+    answers a zero timeout without blocking either.
+    """
+    if connection.closed:
+        return False
+    try:
+        readable, _, _ = select.select([connection.fileno()], [], [], 0)
+    except (OSError, ValueError, psycopg2.Error):  # the descriptor is gone
+        return False
+    return not readable
 
 
 def _lock_key(name: str) -> int:
