@@ -10,14 +10,28 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import psycopg2
+import pytest
 import requests
 
+from zipstream.repositories.postgres import PostgresRepository
+
 from .support.live import LiveServer
+from .support.pgdb import throwaway_database
 from .support.upstream import UpstreamServer
-from .test_cooperative import _bundle, connections, database, locked  # noqa: F401 - `database` is a fixture
+from .test_cooperative import _bundle, connections, locked
+
+
+@pytest.fixture
+def database(postgres_url: str) -> Iterator[str]:
+    """A fresh, migrated PostgreSQL database of its own, dropped afterwards: its URL."""
+    with throwaway_database(postgres_url, "zs_pool") as url:
+        repository = PostgresRepository(url, table="bundles")
+        repository.migrate()
+        repository.close()  # only the server's connections may be counted
+        yield url
 
 
 def _table_locked(url: str, release: threading.Event) -> threading.Thread:
