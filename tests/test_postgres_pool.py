@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg2
 import pytest
@@ -18,6 +19,7 @@ import requests
 
 from zipstream.repositories.postgres import PostgresRepository
 
+from .support.cutproxy import CutProxy
 from .support.live import LiveServer
 from .support.pgdb import throwaway_database
 from .support.upstream import UpstreamServer
@@ -136,3 +138,37 @@ def test_appends_to_one_bundle_leave_the_pool_to_others(
     final = requests.get(server.url(hot_path), timeout=10).json()
     assert len(final["files"]) == 1 + per_put * appended  # no file lost, none added twice
     assert "Traceback" not in server.log_text()
+
+
+def test_connections_a_proxy_lost_silently_are_replaced_at_the_first_statement(
+        database: str, serve: Callable[..., LiveServer], upstream: UpstreamServer) -> None:
+    # Through a proxy (pgbouncer, HAProxy) a failover closes nothing on our side until we send:
+    # the pool's check sees a healthy idle socket, and the first statement finds it dead.
+    parts = urlsplit(database)
+    with CutProxy((parts.hostname or "127.0.0.1", parts.port or 5432)) as proxy:
+        proxied = urlunsplit(parts._replace(netloc=f"{parts.username}@127.0.0.1:{proxy.port}"))
+        server = serve(DB_INTERFACE="postgres", DB_CNXN=proxied, DB_POOL_SIZE="10", DB_TIMEOUT="10",
+                       DB_IDLE_TIMEOUT="600")
+        _, secret_path = _bundle(server, upstream)
+        (worker,) = server.worker_pids()
+        release = threading.Event()
+        holder = _table_locked(database, release)
+        readers = [threading.Thread(target=requests.get, args=(server.url(secret_path),),
+                                    kwargs={"timeout": 30}) for _ in range(6)]
+        for reader in readers:
+            reader.start()
+        time.sleep(1.0)
+        release.set()
+        holder.join()
+        for reader in readers:
+            reader.join()
+        pooled = connections(database, f"zipstream-{worker}")
+        assert pooled >= 4, f"only {pooled} pooled connection(s): the warm-up did not fill the pool"
+        assert proxy.cut() >= pooled
+        health = requests.get(server.url("/health-check"), timeout=30)
+        statuses = [requests.get(server.url(secret_path), timeout=30).status_code for _ in range(pooled + 3)]
+        print(f"{pooled} pooled connections lost behind a proxy; /health-check {health.status_code};"
+              f" sequential GETs then: {statuses}")
+        assert health.status_code == 200, health.text
+        assert statuses == [200] * len(statuses), statuses
+        assert "Traceback" not in server.log_text()
