@@ -16,9 +16,10 @@ import contextlib
 import hashlib
 import logging
 import os
+import select
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -75,8 +76,18 @@ class PostgresRepository(SqlRepository):
         return connection
 
     def _take_idle(self) -> psycopg2.extensions.connection | None:
-        with self._lock:
-            return self._idle.pop()[0] if self._idle else None
+        """The most recently used idle connection that is still alive, or None; dead ones are closed."""
+        while True:
+            with self._lock:
+                if not self._idle:
+                    return None
+                connection = self._idle.pop()[0]
+            if _alive(connection):
+                return connection
+            # Cut by the server (failover, restart, pgbouncer, pg_terminate_backend): handing it out
+            # would cost a user a 503, one per pooled connection.
+            with contextlib.suppress(psycopg2.Error):
+                connection.close()
 
     def _put_idle(self, connection: psycopg2.extensions.connection) -> None:
         with self._lock:
@@ -114,19 +125,33 @@ class PostgresRepository(SqlRepository):
         if not self._slots.acquire(timeout=self.timeout):
             raise ServiceUnavailable("database pool exhausted; try again shortly")
         try:
-            connection = self._take_idle() or self._connect()
+            idle = self._take_idle()
+            # A reused connection may still have been cut since the check: its first statement may
+            # then run again on a fresh one (see _Cursor).
+            cursor = _Cursor(idle, self._connect) if idle is not None else _Cursor(self._connect(), None)
         except psycopg2.Error as error:
             self._slots.release()
             raise _translate(error) from None
         reusable = True
         try:
-            with connection, connection.cursor() as cursor:  # commits, or rolls back on error
+            try:
                 yield cursor
+            except BaseException:
+                try:
+                    if not cursor.connection.closed:
+                        cursor.connection.rollback()
+                except psycopg2.Error:  # the error that brought us here is the one to report
+                    reusable = False
+                raise
+            cursor.connection.commit()
         except psycopg2.Error as error:
-            # `with connection` rolled back; only a broken connection is not given back.
-            reusable = not isinstance(error, (psycopg2.OperationalError, psycopg2.InterfaceError))
+            # Rolled back; only a broken connection is not given back.
+            reusable = reusable and not isinstance(error, (psycopg2.OperationalError, psycopg2.InterfaceError))
             raise _translate(error) from None
         finally:
+            connection = cursor.connection
+            with contextlib.suppress(psycopg2.Error):
+                cursor.close()
             if reusable and not connection.closed:
                 self._put_idle(connection)
             else:
@@ -143,6 +168,65 @@ class PostgresRepository(SqlRepository):
     def close(self) -> None:
         self._closed = True
         self.close_idle()
+
+
+class _Cursor:
+    """psycopg2's cursor, except that a reused connection found cut at the first statement is replaced once.
+
+    The pool's check (`_alive`) cannot see a connection cut a moment later, or one a proxy keeps
+    open towards us after losing the server. Before anything ran in the transaction, running its
+    first statement again on a fresh connection is the same transaction, so no user sees the cut.
+    Other attributes (fetchone, fetchall, rowcount...) are the current cursor's.
+    """
+
+    def __init__(self, connection: psycopg2.extensions.connection,
+                 reconnect: Callable[[], psycopg2.extensions.connection] | None) -> None:
+        self.connection = connection
+        self._cursor = connection.cursor()
+        self._reconnect = reconnect  # None: a fresh connection, or something already ran
+
+    def execute(self, statement: str, parameters: Any = None) -> None:
+        self._run("execute", statement, parameters)
+
+    def executemany(self, statement: str, rows: Any) -> None:
+        self._run("executemany", statement, rows)
+
+    def _run(self, method: str, statement: str, parameters: Any) -> None:
+        reconnect, self._reconnect = self._reconnect, None
+        try:
+            getattr(self._cursor, method)(statement, parameters)
+        except (psycopg2.OperationalError, psycopg2.InterfaceError):
+            # A statement timeout or a lock error leaves the connection open: never run twice.
+            if reconnect is None or not self.connection.closed:
+                raise
+            log.info("a pooled database connection was cut by the server; its first statement runs on a new one")
+            with contextlib.suppress(psycopg2.Error):
+                self.connection.close()
+            self.connection = reconnect()
+            self._cursor = self.connection.cursor()
+            getattr(self._cursor, method)(statement, parameters)
+
+    def close(self) -> None:
+        self._cursor.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cursor, name)
+
+
+def _alive(connection: psycopg2.extensions.connection) -> bool:
+    """Whether an idle pooled connection may still be used, checked without a round trip.
+
+    An idle libpq connection has nothing to read: a readable socket means the server sent a
+    termination notice (`pg_terminate_backend`, shutdown) or closed it. gevent's patched `select`
+    answers a zero timeout without blocking either.
+    """
+    if connection.closed:
+        return False
+    try:
+        readable, _, _ = select.select([connection.fileno()], [], [], 0)
+    except (OSError, ValueError, psycopg2.Error):  # the descriptor is gone
+        return False
+    return not readable
 
 
 def _lock_key(name: str) -> int:

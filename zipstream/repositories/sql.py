@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import functools
 import importlib.resources
+import threading
 import time
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..errors import LimitExceeded, SchemaNotReady
+from ..errors import LimitExceeded, SchemaNotReady, ServiceUnavailable
 from ..models import Bundle, FileRef
 from . import MigrationsMissing, SchemaConflict, SchemaState
 
@@ -62,13 +64,46 @@ PURGE_BATCH_FILES = 5000
 _EXPECTED_COLUMNS = "id, secret, filename, compression, expiration_date, created_at, file_count"
 
 
+class _BundleLock:
+    """One bundle's write lock in this process (a class of its own: a bare lock takes no weak reference)."""
+
+    def __init__(self) -> None:
+        # Created at request time, so under gevent after the patching: waiting yields to other greenlets.
+        self.lock = threading.Lock()
+
+
 class SqlRepository(ABC):
     """Bundles in two tables: `{table}` (one row a bundle) and `{table}_files` (one row a file)."""
 
     placeholder = "?"
+    timeout = 5.0  # seconds; the backends set theirs (DB_TIMEOUT)
 
     def __init__(self, table: str) -> None:
         self.table = table
+        # bundle id -> its write lock while someone holds or waits for it (then forgotten).
+        self._bundle_locks: weakref.WeakValueDictionary[str, _BundleLock] = weakref.WeakValueDictionary()
+        self._bundle_locks_guard = threading.Lock()
+
+    @contextmanager
+    def _writing(self, bundle_id: str) -> Iterator[None]:
+        """Hold this process's write lock of one bundle, waited for BEFORE taking a pool slot.
+
+        Writes to one bundle queue on its row lock (Postgres) or the write lock (SQLite) anyway; a
+        hundred concurrent appends to one bundle would otherwise each hold a pool slot while they
+        wait and leave none for any other request on the worker. So at most one slot per bundle
+        waits here. ServiceUnavailable (503 + Retry-After) if the lock is not had within `timeout`.
+        """
+        with self._bundle_locks_guard:
+            entry = self._bundle_locks.get(bundle_id)
+            if entry is None:
+                entry = self._bundle_locks[bundle_id] = _BundleLock()
+        if not entry.lock.acquire(timeout=self.timeout):
+            raise ServiceUnavailable(f"bundle {bundle_id} is busy with other changes; try again shortly",
+                                     retry_after=2)
+        try:
+            yield
+        finally:
+            entry.lock.release()
 
     @abstractmethod
     def transaction(self, write: bool = True) -> AbstractContextManager[Any]:
@@ -202,7 +237,7 @@ class SqlRepository(ABC):
         self, bundle_id: str, files: Sequence[FileRef], max_files: int,
         filename: str | None = None, compression: str | None = None,
     ) -> Bundle | None:
-        with self.transaction() as cursor:
+        with self._writing(bundle_id), self.transaction() as cursor:
             # The UPDATE takes the row lock (Postgres) / write lock (SQLite) first, so concurrent
             # appends queue up here and each gets its own range of positions.
             cursor.execute(
@@ -225,7 +260,7 @@ class SqlRepository(ABC):
             return self._read(cursor, bundle_id)
 
     def delete(self, bundle_id: str) -> Bundle | None:
-        with self.transaction() as cursor:
+        with self._writing(bundle_id), self.transaction() as cursor:
             bundle = self._read(cursor, bundle_id)
             if bundle is not None:
                 cursor.execute(self._sql("DELETE FROM {t}_files WHERE bundle_id = ?"), (bundle_id,))
