@@ -211,8 +211,8 @@ class Config:
         if db_interface in ("sqlite", "postgres") and not _sql_table_name(table_name):
             # Used unquoted in SQL: `-`/`.` were a syntax error in migrate, then "run migrate" forever.
             raise ConfigError(
-                f"TABLE_NAME {table_name!r} is not usable with {db_interface}: use letters, digits and '_' "
-                f"only, not starting with a digit, at most {SQL_TABLE_NAME_MAX} characters ('-' and '.' are for DynamoDB)"
+                f"TABLE_NAME {table_name!r} is not usable with {db_interface}: use letters, digits and '_' only,"
+                f" not starting with a digit, at most {SQL_TABLE_NAME_MAX} characters ('-' and '.' are for DynamoDB)"
             )
         log_level = env.get("LOG_LEVEL", "info").strip().lower() or "info"
         if log_level not in LOG_LEVELS:
