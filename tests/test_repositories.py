@@ -461,7 +461,7 @@ def test_a_missing_column_is_not_ready_and_migrate_says_it_cannot_fix_it(
     with repository.transaction() as cursor:
         cursor.execute(f"CREATE TABLE {repository.table}_crcs (identity TEXT PRIMARY KEY)")
     assert repository.schema_state() is SchemaState.INCOMPLETE
-    with pytest.raises(SchemaError, match="lack columns .*(crc32|learned_at)"):
+    with pytest.raises(SchemaError, match=r"lack columns .*(crc32|learned_at)"):
         repository.migrate()
     repository.close()
 
