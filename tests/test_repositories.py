@@ -517,6 +517,32 @@ def test_dynamodb_schema_state(request: pytest.FixtureRequest) -> None:
     repository.close()
 
 
+def test_sqlite_writes_queue_in_turn_and_a_long_queue_is_a_clean_503(tmp_path: Path) -> None:
+    """Writes of one process take turns; one kept waiting past DB_TIMEOUT gets 503 + Retry-After."""
+    repository = SqliteRepository(str(tmp_path / "turns.sqlite3"), "bundles", timeout=0.5)
+    repository.migrate()
+    inside = threading.Event()
+
+    def long_write() -> None:
+        with repository.transaction():
+            inside.set()
+            time.sleep(3.0)
+
+    holder = threading.Thread(target=long_write)
+    holder.start()
+    assert inside.wait(5)
+    started = time.monotonic()
+    with pytest.raises(ServiceUnavailable, match="database is locked") as caught:
+        repository.create(_bundle())
+    waited = time.monotonic() - started
+    holder.join()
+    assert 0.4 <= waited < 2.5, waited  # about DB_TIMEOUT (0.5 s), not the holder's 3 s
+    assert int(caught.value.headers()["Retry-After"]) >= 1
+    bundle = _bundle()
+    repository.create(bundle)  # the turn is free again
+    assert repository.get(bundle.id) == bundle
+
+
 def test_sqlite_tables_gone_under_a_running_app_name_the_fix_and_come_back(tmp_path: Path) -> None:
     """SQLite answered "no such table", naming no fix; the embedded file is re-created by itself."""
     path = tmp_path / "z.sqlite3"
