@@ -62,16 +62,17 @@ class SqliteRepository(SqlRepository):
         self.path = path
         self.timeout = timeout
         self._prepared = False
-        self._writers: threading.BoundedSemaphore | None = None
-        self._writers_pid = 0
+        self._writers = threading.BoundedSemaphore(1)
+        self._writers_pid = os.getpid()
 
     def _write_turn(self) -> threading.BoundedSemaphore:
         """This process's turn for write transactions: one at a time (SQLite has one writer anyway).
 
-        Made lazily per process: a semaphore does not survive a fork, and `threading`'s is only
-        greenlet-aware when created after gevent's monkey-patching (gunicorn's worker does it first).
+        Made again in a forked process: a semaphore does not survive a fork, and `threading`'s is only
+        greenlet-aware when created after gevent's monkey-patching (which gunicorn's worker does first,
+        so a repository built in the master before the fork gets a new one in each worker).
         """
-        if self._writers is None or self._writers_pid != os.getpid():
+        if self._writers_pid != os.getpid():
             self._writers = threading.BoundedSemaphore(1)
             self._writers_pid = os.getpid()
         return self._writers
