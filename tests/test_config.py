@@ -143,3 +143,19 @@ def test_gunicorn_refuses_a_contradiction_with_one_line_and_stops(tmp_path: Path
     assert "zipstream: configuration error: DB_INTERFACE=sqlite but DATABASE_URL is set" in result.stderr
     assert "Traceback" not in result.stderr
     assert "s3cret" not in result.stderr
+
+
+@pytest.mark.parametrize("name", ["zip-bundles", "zs.bundles", "1bundles", "b" * 53])
+@pytest.mark.parametrize("database", [{}, {"DATABASE_URL": "postgresql://127.0.0.1/test"}])
+def test_a_table_name_sql_cannot_use_is_refused_for_sql_backends(name: str, database: dict[str, str]) -> None:
+    """`-` or `.` used to pass, then broke migrate (a syntax error) and the web process said "run migrate" forever."""
+    with pytest.raises(ConfigError) as caught:
+        Config.from_env({"TABLE_NAME": name, **database})
+    message = str(caught.value)
+    assert "TABLE_NAME" in message and name in message and "\n" not in message
+
+
+def test_dynamodb_keeps_dashes_and_dots_in_table_names() -> None:
+    config = Config.from_env({"DB_INTERFACE": "dynamodb", "AWS_REGION": "eu-west-1", "TABLE_NAME": "zip-bundles.v2"})
+    assert config.table_name == "zip-bundles.v2"
+    assert Config.from_env({"TABLE_NAME": "Zip_Bundles2"}).table_name == "Zip_Bundles2"

@@ -254,3 +254,73 @@ def test_web_process_started_before_the_release_step_becomes_ready_by_itself(
     assert zipfile.ZipFile(io.BytesIO(download.content)).read("a.txt") == b"alpha"
     assert server.worker_pids() == workers  # no restart
     assert "Traceback" not in server.log_text()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_every_shipped_script_can_run_again(request: pytest.FixtureRequest, backend: str, tmp_path: Path) -> None:
+    """`migrate` re-runs every script when a table is gone: each must only create what is missing."""
+    from zipstream.repositories.postgres import PostgresRepository
+    from zipstream.repositories.sql import SqlRepository, _statements, migration_scripts
+    from zipstream.repositories.sqlite import SqliteRepository
+
+    table = "again_" + uuid.uuid4().hex[:12]
+    repository: SqlRepository
+    if backend == "postgres":
+        repository = PostgresRepository(request.getfixturevalue("postgres_url"), table)
+    else:
+        repository = SqliteRepository(str(tmp_path / "again.sqlite3"), table)
+    try:
+        for _ in range(2):
+            with repository.transaction() as cursor:
+                for _name, script in migration_scripts(table):
+                    for statement in _statements(script):
+                        cursor.execute(statement)
+    finally:
+        if backend == "postgres":
+            with repository.transaction() as cursor:
+                for suffix in ("_files", "_crcs", "_migrations", ""):
+                    cursor.execute(f"DROP TABLE IF EXISTS {table}{suffix} CASCADE")
+        repository.close()
+
+
+def test_a_table_dropped_under_a_running_service_is_a_503_until_migrate_repairs_it(
+    serve: Callable[..., LiveServer], postgres_url: str, tmp_path: Path,
+) -> None:
+    """gunicorn on Postgres, `DROP TABLE {t}_files` after start: GETs answered 503 "run migrate" while
+    /health-check said 200 and `zipstream migrate` said "up to date" without fixing anything."""
+    table = "dropped_" + uuid.uuid4().hex[:12]
+    env = _clean_env(DB_INTERFACE="postgres", DB_CNXN=postgres_url, TABLE_NAME=table)
+    try:
+        migrate = [sys.executable, "-m", "zipstream.cli", "migrate"]
+        first = subprocess.run(migrate, env={**env, "PYTHONPATH": str(ROOT)}, cwd=tmp_path,
+                               capture_output=True, text=True, timeout=60, check=False)
+        assert first.returncode == 0, first.stderr
+        server = serve(DB_INTERFACE="postgres", DB_CNXN=postgres_url, TABLE_NAME=table)
+        created = requests.post(server.url("/"), json={"files": []}, timeout=10).json()
+        secret_url = server.url(f"/{created['id']}/{created['secret']}")
+        assert requests.get(secret_url, timeout=10).status_code == 200
+        assert requests.get(server.url("/health-check"), timeout=10).status_code == 200
+        with psycopg2.connect(postgres_url) as connection, connection.cursor() as cursor:
+            cursor.execute(f"DROP TABLE {table}_files")
+        connection.close()
+
+        got = requests.get(secret_url, timeout=10)
+        assert got.status_code == 503 and "zipstream migrate" in got.json()["error"]["message"], got.text
+        health = requests.get(server.url("/health-check"), timeout=10)
+        assert health.status_code == 503, health.text
+        assert "zipstream migrate" in health.json()["error"]["message"]
+
+        repaired = subprocess.run(migrate, env={**env, "PYTHONPATH": str(ROOT)}, cwd=tmp_path,
+                                  capture_output=True, text=True, timeout=60, check=False)
+        assert repaired.returncode == 0, repaired.stderr
+        deadline = time.monotonic() + 15
+        while (health := requests.get(server.url("/health-check"), timeout=10)).status_code != 200:
+            assert time.monotonic() < deadline, health.text
+            time.sleep(0.3)
+        assert requests.get(secret_url, timeout=10).status_code == 200
+        assert requests.post(server.url("/"), json={"files": []}, timeout=10).status_code == 201
+    finally:
+        with psycopg2.connect(postgres_url) as connection, connection.cursor() as cursor:
+            for suffix in ("_files", "_crcs", "_migrations", ""):
+                cursor.execute(f"DROP TABLE IF EXISTS {table}{suffix} CASCADE")
+        connection.close()

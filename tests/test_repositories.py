@@ -20,13 +20,14 @@ from zipstream import create_app
 from zipstream.config import Config
 from zipstream.errors import LimitExceeded, SchemaNotReady, ServiceUnavailable
 from zipstream.models import Bundle, FileRef
-from zipstream.repositories import BundleRepository, Readiness, SchemaState, build_repository
+from zipstream.repositories import BundleRepository, Readiness, SchemaError, SchemaState, build_repository
 from zipstream.repositories.postgres import PostgresRepository
 from zipstream.repositories.sql import SqlRepository
 from zipstream.repositories.sqlite import SqliteRepository
 
 from .support.dynamo import dynamodb_backend
 from .support.live import free_port
+from .support.upstream import UpstreamServer
 
 # Each backend registers a factory: request -> repository (fresh, migrated, isolated table).
 BACKENDS: dict[str, Callable[[pytest.FixtureRequest], BundleRepository]] = {}
@@ -411,12 +412,135 @@ def test_a_schema_older_than_the_code_is_not_ready(request: pytest.FixtureReques
     repository.close()
 
 
+def _drop(repository: BundleRepository, suffix: str) -> None:
+    """DROP TABLE {table}{suffix} behind the repository's back (an operator, a bad restore)."""
+    assert isinstance(repository, SqlRepository)
+    cascade = " CASCADE" if isinstance(repository, PostgresRepository) else ""
+    with repository.transaction() as cursor:
+        cursor.execute(f"DROP TABLE {repository.table}{suffix}{cascade}")
+
+
+@pytest.mark.parametrize("suffix", ["_files", "_crcs", ""])
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_a_table_dropped_after_migrate_is_not_ready_and_migrate_restores_it(
+    request: pytest.FixtureRequest, backend: str, suffix: str,
+) -> None:
+    """The bookkeeping listed both scripts, so schema_state said current and migrate "up to date" forever."""
+    repository = BACKENDS[backend](request)
+    repository.migrate()
+    bundle = _bundle(files=2)
+    repository.create(bundle)
+    _drop(repository, suffix)
+    assert repository.schema_state() is SchemaState.INCOMPLETE
+    readiness = Readiness(repository, "t")
+    assert readiness.check() is not None
+    with pytest.raises(SchemaNotReady, match="run `zipstream migrate`"):
+        readiness.confirm()
+    repository.migrate()  # re-creates what is missing, keeps what is there
+    assert repository.schema_state() is SchemaState.CURRENT
+    assert readiness.check() is None
+    readiness.confirm()
+    if suffix == "_crcs":
+        assert repository.get(bundle.id) == bundle
+    repository.put_crcs({"a" * 64: 7})
+    assert repository.get_crcs(["a" * 64]) == {"a" * 64: 7}
+    again = _bundle(files=3)
+    repository.create(again)
+    assert repository.get(again.id) == again
+    repository.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_a_missing_column_is_not_ready_and_migrate_says_it_cannot_fix_it(
+    request: pytest.FixtureRequest, backend: str,
+) -> None:
+    repository = BACKENDS[backend](request)
+    repository.migrate()
+    _drop(repository, "_crcs")
+    assert isinstance(repository, SqlRepository)
+    with repository.transaction() as cursor:
+        cursor.execute(f"CREATE TABLE {repository.table}_crcs (identity TEXT PRIMARY KEY)")
+    assert repository.schema_state() is SchemaState.INCOMPLETE
+    with pytest.raises(SchemaError, match=r"lack columns .*(crc32|learned_at)"):
+        repository.migrate()
+    repository.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_health_check_sees_a_dropped_table_and_a_resume_never_quietly_becomes_200(
+    request: pytest.FixtureRequest, backend: str, upstream: UpstreamServer, tmp_path: Path,
+) -> None:
+    """Dropped learned-CRC table: health-check stayed 200 and every resume answered 200 with the whole zip."""
+    if backend == "postgres":
+        config = _unmigrated_config(request, "postgres")
+        build_repository(config).migrate()
+    else:
+        config = Config.from_env({"FS_INTERFACES": "https", "HTTP_ALLOW_PRIVATE": "true",
+                                  "SQLITE_PATH": str(tmp_path / "dropped.sqlite3")})
+    app = create_app(config)
+    client = app.test_client()
+    upstream.add("/a.bin", b"a" * 3000)
+    created = client.post("/", json={"files": [{"src": upstream.url("/a.bin")}]}).get_json()
+    download = f"/{created['id']}"
+    whole = client.get(download)
+    assert whole.status_code == 200 and len(whole.get_data()) > 3000  # served: a resume of it is safe
+    assert client.get(download, headers={"Range": "bytes=500-"}).status_code == 206
+    repository = build_repository(config)
+    # The readiness probe sees the table gone (it used to answer 200: its ping was SELECT 1).
+    _drop(repository, "_crcs")
+    health = client.get("/health-check")
+    assert health.status_code == 503, health.get_json()
+    assert "run `zipstream migrate`" in health.get_json()["error"]["message"]
+    if backend == "postgres":
+        repository.migrate()  # the release step, from another process in real life
+    _until_ready(client)  # SQLite: the web process migrates its own embedded file again
+    # A resume is the first to meet it: 503 naming the fix (it used to be a quiet 200 of the whole zip).
+    assert client.get(download).get_data() == whole.get_data()
+    _drop(repository, "_crcs")
+    resumed = client.get(download, headers={"Range": "bytes=500-"})
+    assert resumed.status_code == 503, (resumed.status_code, resumed.headers)
+    assert "run `zipstream migrate`" in resumed.get_json()["error"]["message"]
+    if backend == "postgres":
+        assert client.get("/health-check").status_code == 503
+        repository.migrate()
+    _until_ready(client)
+    assert client.get(download).get_data() == whole.get_data()
+    assert client.get(download, headers={"Range": "bytes=500-"}).get_data() == whole.get_data()[500:]
+    repository.close()
+
+
 def test_dynamodb_schema_state(request: pytest.FixtureRequest) -> None:
     repository = BACKENDS["dynamodb"](request)
     assert repository.schema_state() is SchemaState.MISSING
     repository.migrate()
     assert repository.schema_state() is SchemaState.CURRENT
     repository.close()
+
+
+def test_sqlite_writes_queue_in_turn_and_a_long_queue_is_a_clean_503(tmp_path: Path) -> None:
+    """Writes of one process take turns; one kept waiting past DB_TIMEOUT gets 503 + Retry-After."""
+    repository = SqliteRepository(str(tmp_path / "turns.sqlite3"), "bundles", timeout=0.5)
+    repository.migrate()
+    inside = threading.Event()
+
+    def long_write() -> None:
+        with repository.transaction():
+            inside.set()
+            time.sleep(3.0)
+
+    holder = threading.Thread(target=long_write)
+    holder.start()
+    assert inside.wait(5)
+    started = time.monotonic()
+    with pytest.raises(ServiceUnavailable, match="database is locked") as caught:
+        repository.create(_bundle())
+    waited = time.monotonic() - started
+    holder.join()
+    assert 0.4 <= waited < 2.5, waited  # about DB_TIMEOUT (0.5 s), not the holder's 3 s
+    assert int(caught.value.headers()["Retry-After"]) >= 1
+    bundle = _bundle()
+    repository.create(bundle)  # the turn is free again
+    assert repository.get(bundle.id) == bundle
 
 
 def test_sqlite_tables_gone_under_a_running_app_name_the_fix_and_come_back(tmp_path: Path) -> None:

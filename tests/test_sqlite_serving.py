@@ -170,3 +170,51 @@ def test_purge_while_serving_never_stalls_and_reclaims_space(
     print(f"file size: {before / 1e6:.1f} MB before, {after / 1e6:.1f} MB after")
     assert after < before / 4, (before, after)  # the freed pages went back to the filesystem
     assert requests.get(server.url(secret_path), timeout=10).status_code == 200
+
+
+def _concurrent_creates(server: LiveServer, count: int) -> list[tuple[int, str]]:
+    """`count` POST / at once (separate connections); each (status, body when not 201)."""
+    barrier = threading.Barrier(count)
+    results: list[tuple[int, str]] = []
+    lock = threading.Lock()
+
+    def create() -> None:
+        barrier.wait()
+        response = requests.post(server.url("/"), json={"files": []}, timeout=60)
+        with lock:
+            results.append((response.status_code, "" if response.status_code == 201 else response.text[:200]))
+
+    threads = [threading.Thread(target=create) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
+def test_many_concurrent_writes_on_one_worker_all_succeed(serve: Callable[..., LiveServer], tmp_path: Path) -> None:
+    """6+ concurrent writes on one worker used to lock each other out (503 "database is locked").
+
+    Each statement of a write transaction went through the worker's 4-thread write pool on its own:
+    writers waiting in BEGIN IMMEDIATE held every thread, the lock holder could not run its COMMIT.
+    """
+    server = serve(SQLITE_PATH=str(tmp_path / "many.sqlite3"), DB_TIMEOUT="2")
+    results = _concurrent_creates(server, 20)
+    failed = [result for result in results if result[0] != 201]
+    assert not failed, f"{len(failed)} of 20 concurrent POST / failed: {failed[:3]}"
+
+
+def test_writers_queued_behind_another_process_all_succeed(serve: Callable[..., LiveServer],
+                                                           tmp_path: Path) -> None:
+    """Another process holds the write lock 3 s (DB_TIMEOUT 5 s): 10 writers of one worker queue, then succeed."""
+    path = tmp_path / "queued.sqlite3"
+    server = serve(SQLITE_PATH=str(path), DB_TIMEOUT="5")
+    assert requests.post(server.url("/"), json={"files": []}, timeout=10).status_code == 201
+    holder = hold_write_lock(path, HOLD)
+    started = time.monotonic()
+    results = _concurrent_creates(server, 10)
+    took = time.monotonic() - started
+    holder.join()
+    failed = [result for result in results if result[0] != 201]
+    assert not failed, f"{len(failed)} of 10 writers failed though the lock was released at {HOLD:.0f} s: {failed[:3]}"
+    assert took >= HOLD - 1.0  # they really waited for the other process

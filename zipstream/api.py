@@ -30,7 +30,7 @@ from .errors import (
     ZipStreamError,
 )
 from .models import Bundle, FileRef
-from .repositories import BundleRepository, get_repository, schema_gone
+from .repositories import BundleRepository, confirm_ready, get_repository, schema_gone
 from .schemas import AppendFilesSchema, CreateBundleSchema, OneOffBundleSchema, form_to_body, load
 from .sources import Sources
 
@@ -276,11 +276,13 @@ def delete_bundle(bundle_id: str, secret: str) -> Response:
 def health_check() -> tuple[Response, int]:
     """200 when the database answers and its schema is current; 503 otherwise (a readiness probe).
 
-    The 503's message names the fix: `zipstream migrate` for a missing or old schema.
+    The schema is looked at on every call (every table and column the code uses: one cheap read),
+    so a table dropped after start-up makes it 503 too. The 503's message names the fix:
+    `zipstream migrate` for a missing, old or incomplete schema.
     """
     unavailable: ServiceUnavailable | None = None
     try:
-        _repository().ping()
+        confirm_ready(current_app)
     except ServiceUnavailable as error:  # its message already says what is unavailable, and why
         if isinstance(error, SchemaNotReady):
             schema_gone(current_app, error)

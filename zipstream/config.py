@@ -63,6 +63,16 @@ def _csv(raw: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
 
 
+# PostgreSQL truncates identifiers past 63 bytes; the longest derived name adds "_migrations" (11).
+SQL_TABLE_NAME_MAX = 52
+
+
+def _sql_table_name(name: str) -> bool:
+    """Whether `name` (and `{name}_files`, `{name}_migrations`...) is a plain unquoted SQL identifier."""
+    return (name.isascii() and name.replace("_", "").isalnum() and not name[0].isdigit()
+            and len(name) <= SQL_TABLE_NAME_MAX)
+
+
 def _database(env: Mapping[str, str]) -> tuple[str, str]:
     """(backend, Postgres connection string or "") by convention; ConfigError on a contradiction.
 
@@ -213,6 +223,12 @@ class Config:
         table_name = env.get("TABLE_NAME", "bundles").strip() or "bundles"
         if not table_name.replace("_", "").replace("-", "").replace(".", "").isalnum():
             raise ConfigError(f"TABLE_NAME may only hold letters, digits, '_', '-' and '.', not {table_name!r}")
+        if db_interface in ("sqlite", "postgres") and not _sql_table_name(table_name):
+            # Used unquoted in SQL: `-`/`.` were a syntax error in migrate, then "run migrate" forever.
+            raise ConfigError(
+                f"TABLE_NAME {table_name!r} is not usable with {db_interface}: use letters, digits and '_' only,"
+                f" not starting with a digit, at most {SQL_TABLE_NAME_MAX} characters ('-' and '.' are for DynamoDB)"
+            )
         log_level = env.get("LOG_LEVEL", "info").strip().lower() or "info"
         if log_level not in LOG_LEVELS:
             raise ConfigError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, not {log_level!r}")

@@ -20,7 +20,15 @@ from . import cooperative
 from .archive import Entry, ZipPlan, clamp_time, deflate_stream
 from .config import Config
 from .deadline import Deadline
-from .errors import ClientGone, LimitExceeded, SourceError, SourcesFailed, SourceTimeout, StreamAborted
+from .errors import (
+    ClientGone,
+    LimitExceeded,
+    SchemaNotReady,
+    SourceError,
+    SourcesFailed,
+    SourceTimeout,
+    StreamAborted,
+)
 from .models import FileRef
 from .names import safe_name, unique_names
 from .prefetch import Prefetcher
@@ -331,6 +339,10 @@ def prepare(
             if keys:
                 try:
                     known = repository.get_crcs(keys)
+                except SchemaNotReady:
+                    # The table is gone (dropped after migrate): a quiet miss would turn every resume
+                    # into a 200 of the whole zip; answer 503 naming `zipstream migrate` instead.
+                    raise
                 except Exception as error:  # noqa: BLE001 - a cache miss only costs upstream reads / a restart
                     log.warning("could not read learned CRC-32s: %s", error)
                     known = {}

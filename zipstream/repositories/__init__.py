@@ -37,6 +37,7 @@ class SchemaState(enum.Enum):
 
     MISSING = "missing"
     OUTDATED = "older than the code"
+    INCOMPLETE = "incomplete (a table or column the code uses is gone)"  # dropped after migrate
     CURRENT = "current"
 
 
@@ -56,7 +57,9 @@ class BundleRepository(Protocol):
         """
 
     def schema_state(self) -> SchemaState:
-        """Whether the schema is missing, older than the code, or current (cheap: one or two queries).
+        """Whether the schema is missing, older than the code, incomplete, or current (cheap: one read).
+
+        Every table and column the code uses is looked at, so a table dropped after `migrate` is seen.
 
         Raises ServiceUnavailable when the database does not answer, SchemaError as migrate would.
         """
@@ -150,16 +153,41 @@ class Readiness:
         except ServiceUnavailable as error:
             problem: ServiceUnavailable | None = error
         except (ZipStreamError, SchemaError) as error:
-            problem = SchemaNotReady(f"the database schema for table {self.table!r} cannot be used: "
-                                     f"{getattr(error, 'message', error)}", retry_after=30)
+            problem = self._unusable(error)
         else:
-            problem = None
-            if state is not SchemaState.CURRENT:
-                problem = SchemaNotReady(
-                    f"the database schema for table {self.table!r} is {state.value}: {MIGRATE_HINT}; "
-                    "this process becomes ready by itself afterwards", retry_after=10)
+            problem = None if state is SchemaState.CURRENT else self._not_current(state)
         self._problem = problem
         return problem
+
+    def confirm(self) -> None:
+        """Look at the schema now, never migrating (cheap: /health-check calls it every time).
+
+        Raises as `require()` would. A schema found missing or incomplete makes the process not ready
+        (requests then answer 503 naming `zipstream migrate`, and the gate re-checks as usual); a
+        database that does not answer raises its ServiceUnavailable and leaves the gate as it was.
+        """
+        self.require()
+        try:
+            state = self.repository.schema_state()
+        except ServiceUnavailable:
+            raise
+        except (ZipStreamError, SchemaError) as error:
+            problem = self._unusable(error)
+        else:
+            if state is SchemaState.CURRENT:
+                return
+            problem = self._not_current(state)
+        self.invalidate(problem)
+        raise problem
+
+    def _unusable(self, error: ZipStreamError | SchemaError) -> SchemaNotReady:
+        return SchemaNotReady(f"the database schema for table {self.table!r} cannot be used: "
+                              f"{getattr(error, 'message', error)}", retry_after=30)
+
+    def _not_current(self, state: SchemaState) -> SchemaNotReady:
+        return SchemaNotReady(
+            f"the database schema for table {self.table!r} is {state.value}: {MIGRATE_HINT}; "
+            "this process becomes ready by itself afterwards", retry_after=10)
 
     def require(self) -> None:
         """Return when ready; raise the reason (ServiceUnavailable, SchemaNotReady) otherwise."""
@@ -201,6 +229,15 @@ def get_repository(app: Flask) -> BundleRepository:
         readiness.require()
     repository: BundleRepository = app.extensions["zipstream.repository"]
     return repository
+
+
+def confirm_ready(app: Flask) -> None:
+    """Check the database and its whole schema now (a readiness probe); raises ServiceUnavailable / SchemaNotReady."""
+    readiness: Readiness | None = app.extensions.get("zipstream.readiness")
+    if readiness is None:
+        get_repository(app).ping()
+        return
+    readiness.confirm()
 
 
 def schema_gone(app: Flask, error: SchemaNotReady) -> None:

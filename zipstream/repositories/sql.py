@@ -15,7 +15,7 @@ from typing import Any
 
 from ..errors import LimitExceeded, SchemaNotReady, ServiceUnavailable
 from ..models import Bundle, FileRef
-from . import MigrationsMissing, SchemaConflict, SchemaState
+from . import MigrationsMissing, SchemaConflict, SchemaError, SchemaState
 
 # The repository's top-level migrations/ folder; setup.py maps it into the package as
 # `zipstream.migrations`, so a wheel carries it. This path only exists in a checkout.
@@ -62,6 +62,13 @@ CRC_MAX_AGE = 30 * 24 * 3600  # seconds a learned CRC-32 is kept by purge-expire
 PURGE_BATCH_BUNDLES = 500
 PURGE_BATCH_FILES = 5000
 _EXPECTED_COLUMNS = "id, secret, filename, compression, expiration_date, created_at, file_count"
+# Every table and column this code uses ({t}: TABLE_NAME): schema_state selects them all (no rows),
+# so a table dropped after migrate makes the service not ready instead of failing request by request.
+_SCHEMA_COLUMNS = (
+    ("{t}", _EXPECTED_COLUMNS),
+    ("{t}_files", "bundle_id, position, src, dst, crc32"),
+    ("{t}_crcs", "identity, crc32, learned_at"),
+)
 
 
 class _BundleLock:
@@ -145,24 +152,63 @@ class SqlRepository(ABC):
             cursor.execute(self._sql("CREATE TABLE IF NOT EXISTS {t}_migrations (name TEXT PRIMARY KEY)"))
             cursor.execute(self._sql("SELECT name FROM {t}_migrations"))
             done = {row[0] for row in cursor.fetchall()}
+            # A table dropped after migrate (bookkeeping says applied): run every script again. They
+            # only create what is missing (IF NOT EXISTS; tests/test_migrations.py holds them to it).
+            repair = bool(done) and self._tables_missing(cursor)
             for name, script in scripts:
-                if name in done:
+                if name in done and not repair:
                     continue
                 for statement in _statements(script):
                     cursor.execute(statement)
-                cursor.execute(self._sql("INSERT INTO {t}_migrations (name) VALUES (?)"), (name,))
+                if name not in done:
+                    cursor.execute(self._sql("INSERT INTO {t}_migrations (name) VALUES (?)"), (name,))
+        if self.schema_state() is SchemaState.INCOMPLETE:
+            raise SchemaError(
+                f"tables of {self.table!r} lack columns this code uses even after running every migration "
+                f"({self._schema_problem()}); restore them from a backup, or set TABLE_NAME to a new name"
+            )
+
+    def _check_tables(self, cursor: Any) -> None:
+        """Select every table and column the code uses (no rows); the driver raises if one is missing."""
+        for table, columns in _SCHEMA_COLUMNS:
+            cursor.execute(self._sql(f"SELECT {columns} FROM {table} WHERE 1 = 0"))  # noqa: S608 - constants
+            cursor.fetchall()
+
+    def _tables_missing(self, cursor: Any) -> bool:
+        """Whether `_check_tables` fails, inside the caller's transaction (a savepoint keeps it usable)."""
+        cursor.execute("SAVEPOINT zipstream_check")
+        try:
+            self._check_tables(cursor)
+        except Exception:  # noqa: BLE001 - no such table / column (each driver words it differently)
+            cursor.execute("ROLLBACK TO SAVEPOINT zipstream_check")
+            return True
+        cursor.execute("RELEASE SAVEPOINT zipstream_check")
+        return False
+
+    def _schema_problem(self) -> str | None:
+        """The database's words for the first missing table or column, or None when all are there."""
+        try:
+            with self.transaction(write=False) as cursor:
+                self._check_tables(cursor)
+        except SchemaNotReady as error:
+            return error.reason or error.message
+        return None
 
     def schema_state(self) -> SchemaState:
+        """One read transaction: the bookkeeping table, then (if all is applied) every table and column used."""
         shipped = {name for name, _ in migration_scripts(self.table)}
+        applied: set[str] = set()
         try:
-            with self.transaction() as cursor:
+            with self.transaction(write=False) as cursor:
                 cursor.execute(self._sql("SELECT name FROM {t}_migrations"))
                 applied = {row[0] for row in cursor.fetchall()}
-        except SchemaNotReady:  # no bookkeeping table: never migrated
-            return SchemaState.MISSING
+                # Names applied that this code does not ship are a newer release's: still usable (rolling deploy).
+                if applied and shipped <= applied:
+                    self._check_tables(cursor)
+        except SchemaNotReady:  # no bookkeeping table (never migrated), or a table gone since
+            return SchemaState.INCOMPLETE if applied else SchemaState.MISSING
         if not applied:
             return SchemaState.MISSING
-        # Names applied that this code does not ship are a newer release's: still usable (rolling deploy).
         return SchemaState.CURRENT if shipped <= applied else SchemaState.OUTDATED
 
     def _foreign_table(self) -> str | None:

@@ -10,6 +10,11 @@ Built so one SQLite file never stops a gevent worker:
   write lock (the busy timeout, DB_TIMEOUT) is a C-level sleep that would otherwise freeze every
   greenlet of the worker. Reads and writes have separate thread pools, so writers queued on the
   lock cannot take the threads reads need.
+- Write transactions of one process take turns (a semaphore, greenlet-aware under gevent) before
+  `BEGIN IMMEDIATE`: each statement of a transaction is a separate call into the write pool, so
+  writers waiting in `BEGIN IMMEDIATE` could otherwise hold every thread while the writer that has
+  the lock waits for one to run its INSERT or COMMIT, and all of them time out ("database is
+  locked"). SQLite has one writer at a time anyway; the queue and the busy wait share DB_TIMEOUT.
 - Space: new files are created with `auto_vacuum=INCREMENTAL`, and purge-expired gives freed pages
   back (`PRAGMA incremental_vacuum`) and truncates the WAL. A file created before this keeps
   `auto_vacuum=NONE` (SQLite can only change it with a full `VACUUM`, which holds the write lock
@@ -20,7 +25,9 @@ Built so one SQLite file never stops a gevent worker:
 from __future__ import annotations
 
 import functools
+import os
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -32,7 +39,7 @@ from . import MIGRATE_HINT
 from .sql import SqlRepository
 
 READ_THREADS = 4  # per worker; a read waits for nothing in WAL mode, so few are needed
-WRITE_THREADS = 4  # per worker; SQLite has one writer at a time, the others wait for it in these
+WRITE_THREADS = 4  # per worker; write transactions take turns (see _write_turn), so one is busy at a time
 VACUUM_PAGES = 2000  # pages freed per incremental_vacuum transaction (8 MB at 4 KiB pages)
 
 
@@ -55,11 +62,26 @@ class SqliteRepository(SqlRepository):
         self.path = path
         self.timeout = timeout
         self._prepared = False
+        self._writers = threading.BoundedSemaphore(1)
+        self._writers_pid = os.getpid()
 
-    def _open(self) -> sqlite3.Connection:
+    def _write_turn(self) -> threading.BoundedSemaphore:
+        """This process's turn for write transactions: one at a time (SQLite has one writer anyway).
+
+        Made again in a forked process: a semaphore does not survive a fork, and `threading`'s is only
+        greenlet-aware when created after gevent's monkey-patching (which gunicorn's worker does first,
+        so a repository built in the master before the fork gets a new one in each worker).
+        """
+        if self._writers_pid != os.getpid():
+            self._writers = threading.BoundedSemaphore(1)
+            self._writers_pid = os.getpid()
+        return self._writers
+
+    def _open(self, timeout: float | None = None) -> sqlite3.Connection:
+        """A new connection whose busy wait lasts `timeout` seconds (default: the repository's)."""
         # Used from the pool's threads one call at a time, never concurrently: hence check_same_thread.
-        connection = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None,
-                                     check_same_thread=False)
+        connection = sqlite3.connect(self.path, timeout=self.timeout if timeout is None else timeout,
+                                     isolation_level=None, check_same_thread=False)
         if not self._prepared:
             # Both persist in the file. auto_vacuum only takes effect on a file with no table yet
             # (it must come before WAL, which writes the first page); on others it is a no-op.
@@ -70,10 +92,29 @@ class SqliteRepository(SqlRepository):
 
     @contextmanager
     def transaction(self, write: bool = True) -> Iterator[Any]:
+        if not write:
+            with self._transaction(False, self.timeout) as cursor:
+                yield cursor
+            return
+        deadline = time.monotonic() + self.timeout
+        turn = self._write_turn()
+        if not turn.acquire(timeout=self.timeout):
+            raise ServiceUnavailable(
+                f"database is locked: this process's writes queued longer than DB_TIMEOUT ({self.timeout:g} s)",
+                retry_after=max(1, round(self.timeout)))
+        try:
+            # What is left of DB_TIMEOUT after queueing is the busy wait for another process's lock.
+            with self._transaction(True, max(deadline - time.monotonic(), 0.05)) as cursor:
+                yield cursor
+        finally:
+            turn.release()
+
+    @contextmanager
+    def _transaction(self, write: bool, timeout: float) -> Iterator[Any]:
         run: Callable[..., Any] = functools.partial(
             offload, "sqlite-write" if write else "sqlite-read", WRITE_THREADS if write else READ_THREADS)
         try:
-            connection: sqlite3.Connection = run(self._open)
+            connection: sqlite3.Connection = run(self._open, timeout)
         except sqlite3.Error as error:
             raise _translate(error) from None
         try:
