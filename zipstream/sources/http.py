@@ -9,10 +9,11 @@ from dataclasses import replace
 from datetime import datetime
 from email.utils import format_datetime, parsedate_to_datetime
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urldefrag, urljoin, urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
+from requests.utils import requote_uri
 
 from ..config import Config
 from ..deadline import Deadline, current, shut
@@ -87,6 +88,22 @@ def _content_range(value: str | None) -> tuple[int, int, int | None] | None:
     if total.isdigit() and int(last) >= int(total):
         return None
     return int(first), int(last), int(total) if total.isdigit() else None
+
+
+def redirect_target(url: str, location: str) -> str:
+    """The absolute URL a `Location` header sends `url` to, as a browser would follow it.
+
+    http.client reads header bytes as Latin-1; servers commonly send raw UTF-8 in `Location`, so the
+    bytes are decoded as UTF-8 when they are valid UTF-8 (else kept as Latin-1 text), then
+    percent-encoded once (existing %XX escapes kept). Relative and scheme-relative locations are
+    resolved against `url`; a fragment is dropped (it is never sent to a server).
+    """
+    try:
+        text = location.strip().encode("latin-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        text = location.strip()
+    target, _fragment = urldefrag(urljoin(url, text))
+    return str(requote_uri(target))
 
 
 def _same_version(a: SourceInfo, b: SourceInfo) -> bool:
@@ -228,7 +245,7 @@ class HttpSource:
             if response.is_redirect:
                 location = response.headers.get("Location", "")
                 response.close()
-                target = urljoin(url, location)
+                target = redirect_target(url, location)
                 scheme = urlsplit(target).scheme
                 if scheme not in ("http", "https"):
                     raise SourceRefused(src, f"redirect to a non-http URL ({scheme})")
