@@ -8,6 +8,7 @@ raw UTF-8 in Location, gzip/deflate bodies. Every zip is checked by the real rea
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from prometheus_client import REGISTRY
 
 from zipstream import create_app
 from zipstream.config import Config
+from zipstream.errors import StreamAborted
 
 from .support.upstream import UpstreamServer
 
@@ -107,3 +109,109 @@ def test_a_utf8_location_to_a_host_not_allowed_is_still_refused(
     assert response.status_code == 403, response.get_data(as_text=True)  # source_refused
     assert "HTTP_HOSTS" in response.get_json()["error"]["sources"][0]["reason"]
     assert not upstream.requests_for("/für.txt")
+
+
+# -- point 2: redirects to short-lived URLs --
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_signed_redirect_target_that_expires_is_resolved_again(
+        make_client: Callable[..., FlaskClient], upstream: UpstreamServer, tmp_path: Path, zip_readers: Any,
+        resume: bool) -> None:
+    """/asset -> 302 -> /signed.bin?expires=... valid 1 s; the member is asked for after a first member
+    that takes 1.5 s: the saved target answers 403, so /asset is asked again (a fresh signature)."""
+    client = make_client(HTTP_TIMEOUT="5", PREFETCH="0", PREFLIGHT_FETCH_BYTES="0")
+    first, second = _data(20 * KB, 1), _data(50 * KB, 2)
+    upstream.add("/first.bin", first)
+    upstream.set_behaviour("/first.bin", stall_after=1000, stall_seconds=1.5)
+    upstream.add("/signed.bin", second)
+    upstream.set_behaviour("/asset", redirect_to="/signed.bin", redirect_expires=1.0)
+    bundle_id = _create(client, [{"src": upstream.url("/first.bin")}, {"src": upstream.url("/asset")}])
+    if resume:
+        etag = client.head(f"/{bundle_id}").headers["ETag"]
+        response = client.get(f"/{bundle_id}", headers={"Range": "bytes=500-", "If-Range": etag})
+        assert response.status_code == 206
+        whole = client.get(f"/{bundle_id}").data  # (itself a continuation after 1.5 s)
+        assert response.data == whole[500:]
+        data = whole
+    else:
+        response = client.get(f"/{bundle_id}")
+        assert response.status_code == 200
+        data = response.data
+    _check(tmp_path, data, {"first.bin": first, "asset": second}, zip_readers)
+    # The expired target answered 403 and the bundle's own URL was asked again.
+    asked = [r.path for r in upstream.requests if r.method == "GET"]
+    assert asked.count("/asset") >= 1 and asked.count("/signed.bin") >= 2
+
+
+def test_a_redirect_to_a_mirror_that_appears_only_on_the_later_get(
+        client: FlaskClient, upstream: UpstreamServer, tmp_path: Path, zip_readers: Any) -> None:
+    """Pre-flight reads /asset's first 64 KiB directly; the continuation is redirected to a mirror
+    serving the same bytes under its own ETag (and the same Last-Modified): the date vouches there."""
+    content = _data(300 * KB, 3)
+    modified = float(int(time.time()) - 3600)
+    upstream.add("/asset", content, etag='"origin-1"', last_modified=modified)
+    upstream.add("/mirror/asset", content, etag='"mirror-77"', last_modified=modified)
+    bundle_id = _create(client, [{"src": upstream.url("/asset")}])
+
+    def redirect_after_preflight() -> None:
+        # The next request (pre-flight's) is answered by /asset itself; later ones go to the mirror.
+        upstream.set_behaviour("/asset", redirect_to="/mirror/asset", redirect_after=1)
+
+    whole, parts = _whole_and_resumed(client, bundle_id, [100 * KB], redirect_after_preflight)
+    _check(tmp_path, whole, {"asset": content}, zip_readers)
+    assert parts[0] == whole[100 * KB:]
+    mirrored = upstream.requests_for("/mirror/asset", "GET")
+    assert mirrored and all(r.headers.get("if-range", "").endswith("GMT") for r in mirrored)
+
+
+def test_a_mirror_with_another_version_is_still_refused(
+        make_client: Callable[..., FlaskClient], upstream: UpstreamServer) -> None:
+    """Its ETag and its Last-Modified differ: nothing vouches for the bytes, the zip is cut."""
+    client = make_client(HTTP_TIMEOUT="5")
+    upstream.add("/asset", _data(300 * KB, 3), etag='"origin-1"', last_modified=float(int(time.time()) - 3600))
+    upstream.add("/mirror/asset", _data(300 * KB, 4), etag='"mirror-77"', last_modified=float(int(time.time())))
+    bundle_id = _create(client, [{"src": upstream.url("/asset")}])
+    upstream.set_behaviour("/asset", redirect_to="/mirror/asset", redirect_after=1)
+    response = client.get(f"/{bundle_id}", buffered=False)
+    assert response.status_code == 200
+    with pytest.raises(StreamAborted, match="changed"):
+        b"".join(response.response)
+
+
+# -- point 2: ranged continuations --
+
+
+def test_a_206_starting_earlier_than_asked_is_trimmed(
+        client: FlaskClient, upstream: UpstreamServer, tmp_path: Path, zip_readers: Any) -> None:
+    content = _data(300 * KB, 5)
+    upstream.add("/a.bin", content)
+    upstream.add("/b.bin", _data(1000, 6))
+    upstream.set_behaviour("/a.bin", range_early=1000)
+    bundle_id = _create(client, [{"src": upstream.url("/a.bin")}, {"src": upstream.url("/b.bin")}])
+    before = _discarded()
+    whole, parts = _whole_and_resumed(client, bundle_id, [200, 70 * KB, 250 * KB])
+    _check(tmp_path, whole, {"a.bin": content, "b.bin": _data(1000, 6)}, zip_readers)
+    for offset, part in zip([200, 70 * KB, 250 * KB], parts, strict=True):
+        assert part == whole[offset:]
+    assert _discarded() - before >= 1000  # the extra bytes were read, and counted
+
+
+def test_a_server_failing_ranged_requests_is_read_whole(
+        client: FlaskClient, upstream: UpstreamServer, tmp_path: Path, zip_readers: Any) -> None:
+    """500 to every ranged request past byte 0, plain GET fine: the member is read from byte 0 with the
+    bytes before the offset skipped, not retried and cut."""
+    content = _data(300 * KB, 7)
+    upstream.add("/a.bin", content)
+    upstream.set_behaviour("/a.bin", range_status=500)
+    bundle_id = _create(client, [{"src": upstream.url("/a.bin")}])
+    before, sent_before = _discarded(), upstream.bytes_sent.get("/a.bin", 0)
+    started = time.monotonic()
+    whole, parts = _whole_and_resumed(client, bundle_id, [150 * KB])
+    assert time.monotonic() - started < 5  # one short retry, not the whole back-off per continuation
+    _check(tmp_path, whole, {"a.bin": content}, zip_readers)
+    assert parts[0] == whole[150 * KB:]
+    # GET: 64 KiB held from pre-flight + a whole re-read; the resume: a whole read. All counted.
+    assert _discarded() - before >= 64 * KB + 100 * KB
+    assert upstream.bytes_sent["/a.bin"] - sent_before >= 2 * len(content)
+    assert (None in upstream.ranges_for("/a.bin"))

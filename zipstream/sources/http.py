@@ -15,6 +15,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from requests.utils import requote_uri
 
+from .. import metrics
 from ..config import Config
 from ..deadline import Deadline, current, shut
 from ..errors import (
@@ -38,6 +39,9 @@ RETRY_STATUSES = frozenset({500, 502, 503, 504, 429})
 BACKOFF = (0.2, 0.6, 1.5)
 # A retry is worth starting only with at least this long left for it before the pre-flight deadline.
 MIN_ATTEMPT = 0.25
+# Statuses of a saved redirect target that send a continuation back to the URL the bundle names:
+# a signed URL that expired (403, 401), or one a CDN no longer knows (404, 410).
+RE_RESOLVE_STATUSES = frozenset({401, 403, 404, 410})
 BASE_HEADERS = {"Accept-Encoding": "identity", "User-Agent": "zipstream", "Accept": "*/*"}
 _NO_DEADLINE = Deadline(None)
 
@@ -204,25 +208,30 @@ class HttpSource:
         return self.adapter.send(request, stream=True, timeout=(connect, read), verify=self.verify)
 
     def _request(self, method: str, src: str, url: str, headers: dict[str, str],
-                 retry: bool = True, deadline: Deadline = _NO_DEADLINE) -> requests.Response:
+                 retry: bool = True, deadline: Deadline = _NO_DEADLINE, retries: int = len(BACKOFF),
+                 validated_at: str | None = None, elsewhere: dict[str, str] | None = None) -> requests.Response:
         """One request with our redirect rules and retries of transient failures (nothing sent yet).
 
         Every attempt and back-off fits in `deadline`: none starts after it (SourceTimeout, or
         ClientGone if it was cancelled), and a back-off that would outlast it is not waited for.
+        `elsewhere`, if given, are
+        the headers sent instead of `headers` to any URL other than `validated_at` (a redirect to a
+        mirror: an ETag means something only to the resource that issued it).
         """
         attempts = 0
         for _hop in range(MAX_REDIRECTS + 1):
+            sent = headers if elsewhere is None or url == validated_at else elsewhere
             while True:
                 deadline.check(src)
                 capped = deadline.remaining() < self.timeout_seconds  # this attempt ends at the deadline
                 try:
-                    response = self._send(method, url, headers, deadline)
+                    response = self._send(method, url, sent, deadline)
                 except requests.RequestException as error:
                     refused = _refused(error)
                     if refused is not None:
                         raise SourceRefused(src, str(refused)) from None
                     deadline.check(src)  # cut short by the deadline or by the client leaving
-                    if retry and attempts < len(BACKOFF) and self._back_off(deadline, attempts):
+                    if retry and attempts < min(retries, len(BACKOFF)) and self._back_off(deadline, attempts):
                         attempts += 1
                         continue
                     if deadline.cancelled:
@@ -233,7 +242,7 @@ class HttpSource:
                     raise SourceError(src, f"connection failed ({type(error).__name__}), "
                                            f"{attempts + 1} attempts") from None
                 # A 5xx is retried only if the retry fits; otherwise it is the answer (a 502).
-                if (response.status_code in RETRY_STATUSES and retry and attempts < len(BACKOFF)
+                if (response.status_code in RETRY_STATUSES and retry and attempts < min(retries, len(BACKOFF))
                         and deadline.remaining() > BACKOFF[attempts] + MIN_ATTEMPT):
                     response.close()
                     if not self._back_off(deadline, attempts):
@@ -381,53 +390,101 @@ class HttpSource:
         )
 
     def open(self, info: SourceInfo, start: int = 0) -> Iterator[bytes]:
-        url = info.location[0] if info.location else info.src
-        headers: dict[str, str] = {}
-        if start:
-            headers["Range"] = f"bytes={start}-"
-            validator = self._validator(info)
-            if validator:
-                headers["If-Range"] = validator
-        response = self._request("GET", info.src, url, headers, retry=True)
+        """The bytes from `start`, as a browser continues a download.
+
+        Asked from the URL pre-flight ended at (after redirects); if that target refuses (a signed
+        URL that expired, RE_RESOLVE_STATUSES) or can't be reached, from the URL the bundle names
+        again. A `206` starting before `start` is trimmed; a server failing ranged requests is
+        read whole with the bytes before `start` skipped (zipstream_upstream_bytes_discarded).
+        Raises SourceChanged / SourceError.
+        """
+        saved = info.location[0] if info.location else info.src
+        response: requests.Response | None
         try:
-            if response.status_code >= 400:
-                raise self._fail(info.src, response)
-            self._check_same_version(info, response)
-            skip = 0
-            if start and response.status_code == 200:
-                # Range ignored by the server (the version matched, per the check above): skip ahead.
-                skip = start
-            elif start and response.status_code == 206:
-                got = response.headers.get("Content-Range", "")
-                if not got.startswith(f"bytes {start}-"):
-                    raise SourceError(info.src,
-                                      f"asked for bytes from {start}, got {got or 'no Content-Range'}")
-            encoding = response.headers.get("Content-Encoding", "identity").lower()
-            if encoding not in ("", "identity"):
-                raise SourceError(info.src,
-                                  f"upstream sent a {encoding}-encoded body although asked for identity")
-            expected = None if info.size is None else info.size - start
-            length = response.headers.get("Content-Length")
-            announced = int(length) - skip if length is not None and length.isdigit() else None
-            if expected is not None and announced is not None and announced != expected:
-                raise SourceChanged(info.src, f"upstream announced {announced} bytes, expected {expected}")
-            received = 0
-            try:
-                for chunk in _body_chunks(response):
-                    if skip:
-                        if len(chunk) <= skip:
-                            skip -= len(chunk)
-                            continue
-                        chunk, skip = chunk[skip:], 0
-                    received += len(chunk)
-                    yield chunk
-            except Exception as error:  # noqa: BLE001 - urllib3/socket errors of every kind mean "cut"
-                raise SourceInterrupted(info.src, f"connection lost after {start + received} bytes "
-                                            f"({type(error).__name__})") from None
-            if expected is not None and received != expected:
-                raise SourceInterrupted(info.src, f"upstream sent {received} of {expected} bytes")
+            response = self._open_at(info, saved, saved, start)
+        except SourceError:
+            if saved == info.src:
+                raise
+            response = None
+        if saved != info.src and (response is None or response.status_code in RE_RESOLVE_STATUSES):
+            if response is not None:
+                response.close()
+            log.info("re-resolving %s: its saved redirect target no longer answers", info.src)
+            response = self._open_at(info, info.src, saved, start)
+        assert response is not None  # only None when the saved target failed, and then re-resolved
+        try:
+            yield from self._read(info, response, start, saved)
         finally:
             response.close()
+
+    def _open_at(self, info: SourceInfo, url: str, validated_at: str, start: int) -> requests.Response:
+        """GET `url` for the bytes from `start`; a server failing the ranged request is asked whole."""
+        if not start:
+            return self._request("GET", info.src, url, {}, retry=True)
+        headers = {"Range": f"bytes={start}-"}
+        validator = self._validator(info)
+        if validator:
+            headers["If-Range"] = validator
+        elsewhere = headers
+        if info.last_modified is not None:
+            elsewhere = {**headers, "If-Range": format_datetime(info.last_modified, usegmt=True)}
+        # One retry only: a server that fails ranged requests (some proxies, object gateways) answers
+        # a plain GET, and that is tried next rather than backing off on the ranged one.
+        response = self._request("GET", info.src, url, headers, retries=1,
+                                 validated_at=validated_at, elsewhere=elsewhere)
+        if response.status_code >= 500 or response.status_code == 416:
+            log.warning("%s: ranged GET answered HTTP %d; reading it whole from byte 0 instead",
+                        info.src, response.status_code)
+            response.close()
+            response = self._request("GET", info.src, url, {}, retry=True)
+        return response
+
+    def _read(self, info: SourceInfo, response: requests.Response, start: int,
+              validated_at: str) -> Iterator[bytes]:
+        if response.status_code >= 400:
+            raise self._fail(info.src, response)
+        self._check_same_version(info, response, validated_at)
+        encoding = response.headers.get("Content-Encoding", "identity").lower()
+        if encoding not in ("", "identity"):
+            raise SourceError(info.src, f"upstream sent a {encoding}-encoded body although asked for identity")
+        skip = 0
+        if start and response.status_code == 200:
+            # Range ignored (or failing) at the server; the version matched, per the check above.
+            skip = start
+        elif start and response.status_code == 206:
+            got = response.headers.get("Content-Range", "")
+            content_range = _content_range(got)
+            if content_range is None or content_range[0] > start:
+                raise SourceError(info.src, f"asked for bytes from {start}, got {got or 'no Content-Range'}")
+            if content_range[2] is not None and info.size is not None and content_range[2] != info.size:
+                raise SourceChanged(info.src, f"upstream now has {content_range[2]} bytes, expected {info.size}")
+            skip = start - content_range[0]  # a 206 starting earlier than asked: trimmed
+        expected = None if info.size is None else info.size - start
+        length = response.headers.get("Content-Length")
+        announced = int(length) - skip if length is not None and length.isdigit() else None
+        if expected is not None and announced is not None and announced != expected:
+            raise SourceChanged(info.src, f"upstream announced {announced} bytes, expected {expected}")
+        if skip:
+            metrics.UPSTREAM_BYTES_DISCARDED.labels("https").inc(skip)
+        received = 0
+        try:
+            for chunk in _body_chunks(response):
+                if skip:
+                    if len(chunk) <= skip:
+                        skip -= len(chunk)
+                        continue
+                    chunk, skip = chunk[skip:], 0
+                received += len(chunk)
+                if expected is not None and received > expected:
+                    raise SourceChanged(info.src, f"upstream sent more than the {expected} bytes expected")
+                yield chunk
+        except SourceError:
+            raise
+        except Exception as error:  # noqa: BLE001 - urllib3/socket errors of every kind mean "cut"
+            raise SourceInterrupted(info.src, f"connection lost after {start + received} bytes "
+                                        f"({type(error).__name__})") from None
+        if expected is not None and received != expected:
+            raise SourceInterrupted(info.src, f"upstream sent {received} of {expected} bytes")
 
     @staticmethod
     def _validator(info: SourceInfo) -> str | None:
@@ -438,11 +495,18 @@ class HttpSource:
         return None
 
     @staticmethod
-    def _check_same_version(info: SourceInfo, response: requests.Response) -> None:
+    def _check_same_version(info: SourceInfo, response: requests.Response, validated_at: str) -> None:
+        """Raise SourceChanged unless the answer can be of `info`'s version.
+
+        An answer from a URL other than `validated_at` (a redirect to a mirror, a re-signed URL) may
+        carry its own ETag for the same bytes: there an equal Last-Modified vouches instead.
+        """
         etag = response.headers.get("ETag")
-        if info.etag and etag and etag != info.etag:
-            raise SourceChanged(info.src, "the file changed since the download started (ETag differs)")
         modified = _http_date(response.headers.get("Last-Modified"))
+        elsewhere = response.url != validated_at
+        same_date = info.last_modified is not None and modified == info.last_modified
+        if info.etag and etag and etag != info.etag and not (elsewhere and same_date):
+            raise SourceChanged(info.src, "the file changed since the download started (ETag differs)")
         if info.last_modified and modified and modified != info.last_modified:
             raise SourceChanged(info.src,
                                 "the file changed since the download started (Last-Modified differs)")
