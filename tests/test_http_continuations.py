@@ -215,3 +215,52 @@ def test_a_server_failing_ranged_requests_is_read_whole(
     assert _discarded() - before >= 64 * KB + 100 * KB
     assert upstream.bytes_sent["/a.bin"] - sent_before >= 2 * len(content)
     assert (None in upstream.ranges_for("/a.bin"))
+
+
+# -- point 2: Retry-After --
+
+
+def test_retry_after_is_honoured_within_the_preflight_deadline(
+        client: FlaskClient, upstream: UpstreamServer, tmp_path: Path, zip_readers: Any) -> None:
+    """A rate limiter answering 503 + Retry-After: 3 to every request for 3 s (was: 4 tries in 2.3 s, 502)."""
+    content = _data(5000, 8)
+    upstream.add("/a.bin", content)
+    upstream.set_behaviour("/a.bin", status=503, fail_times=1, retry_after=3, retry_after_enforced=True)
+    started = time.monotonic()
+    response = client.post("/bundle", json={"files": [{"src": upstream.url("/a.bin")}]})
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert time.monotonic() - started >= 2.9
+    _check(tmp_path, response.data, {"a.bin": content}, zip_readers)
+    assert len(upstream.requests_for("/a.bin")) == 2  # no retry fired into the enforced window
+
+
+def test_a_retry_after_beyond_the_preflight_deadline_fails_at_once(
+        make_client: Callable[..., FlaskClient], upstream: UpstreamServer) -> None:
+    client = make_client(PREFLIGHT_TIMEOUT="4")
+    upstream.add("/a.bin", b"a")
+    upstream.set_behaviour("/a.bin", status=429, retry_after=60)
+    started = time.monotonic()
+    response = client.post("/bundle", json={"files": [{"src": upstream.url("/a.bin")}]})
+    assert time.monotonic() - started < 2
+    assert response.status_code == 502
+    reason = response.get_json()["error"]["sources"][0]["reason"]
+    assert "HTTP 429" in reason and "Retry-After: 60" in reason
+    assert len(upstream.requests_for("/a.bin")) == 1
+
+
+def test_retry_after_is_honoured_while_streaming(
+        make_client: Callable[..., FlaskClient], upstream: UpstreamServer, tmp_path: Path,
+        zip_readers: Any) -> None:
+    client = make_client(HTTP_TIMEOUT="5", PREFETCH="0", PREFLIGHT_FETCH_BYTES="0")
+    first, second = _data(20 * KB, 9), _data(20 * KB, 10)
+    upstream.add("/first.bin", first)
+    upstream.add("/second.bin", second)
+    bundle_id = _create(client, [{"src": upstream.url("/first.bin")}, {"src": upstream.url("/second.bin")}])
+    response = client.get(f"/{bundle_id}", buffered=False)
+    assert response.status_code == 200
+    chunks = iter(response.response)
+    data = next(chunks)  # pre-flight done; the second member is opened later
+    upstream.set_behaviour("/second.bin", status=503, fail_times=1, retry_after=3, retry_after_enforced=True)
+    data += b"".join(chunks)
+    _check(tmp_path, data, {"first.bin": first, "second.bin": second}, zip_readers)
+    assert len(upstream.requests_for("/second.bin", "GET")) == 2

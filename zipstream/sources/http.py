@@ -39,6 +39,9 @@ RETRY_STATUSES = frozenset({500, 502, 503, 504, 429})
 BACKOFF = (0.2, 0.6, 1.5)
 # A retry is worth starting only with at least this long left for it before the pre-flight deadline.
 MIN_ATTEMPT = 0.25
+# A Retry-After longer than this is not waited for while a zip streams (nothing reaches the client
+# meanwhile; proxies cut idle connections); pre-flight waits as long as its deadline allows.
+MAX_RETRY_AFTER_STREAMING = 10.0
 # Statuses of a saved redirect target that send a continuation back to the URL the bundle names:
 # a signed URL that expired (403, 401), or one a CDN no longer knows (404, 410).
 RE_RESOLVE_STATUSES = frozenset({401, 403, 404, 410})
@@ -108,6 +111,22 @@ def redirect_target(url: str, location: str) -> str:
         text = location.strip()
     target, _fragment = urldefrag(urljoin(url, text))
     return str(requote_uri(target))
+
+
+def _retry_after(response: requests.Response) -> float | None:
+    """Seconds a 429/503 asks to wait (Retry-After as delta-seconds or an HTTP date), else None."""
+    if response.status_code not in (429, 503):
+        return None
+    value = response.headers.get("Retry-After", "").strip()
+    if value.isdigit():
+        return float(value)
+    when = _http_date(value)
+    if when is None:
+        return None
+    try:
+        return max(0.0, (when - datetime.now(when.tzinfo)).total_seconds())
+    except TypeError:  # a date without a zone
+        return None
 
 
 def _same_version(a: SourceInfo, b: SourceInfo) -> bool:
@@ -214,7 +233,7 @@ class HttpSource:
 
         Every attempt and back-off fits in `deadline`: none starts after it (SourceTimeout, or
         ClientGone if it was cancelled), and a back-off that would outlast it is not waited for.
-        `elsewhere`, if given, are
+        A 429/503's Retry-After is the back-off when given (see `_pause`). `elsewhere`, if given, are
         the headers sent instead of `headers` to any URL other than `validated_at` (a redirect to a
         mirror: an ETag means something only to the resource that issued it).
         """
@@ -241,15 +260,16 @@ class HttpSource:
                         raise SourceTimeout(src, f"no answer within {within}, {attempts + 1} attempts") from None
                     raise SourceError(src, f"connection failed ({type(error).__name__}), "
                                            f"{attempts + 1} attempts") from None
-                # A 5xx is retried only if the retry fits; otherwise it is the answer (a 502).
-                if (response.status_code in RETRY_STATUSES and retry and attempts < min(retries, len(BACKOFF))
-                        and deadline.remaining() > BACKOFF[attempts] + MIN_ATTEMPT):
-                    response.close()
-                    if not self._back_off(deadline, attempts):
-                        deadline.check(src)  # cancelled during the back-off
-                        raise SourceTimeout(src, f"no time left for a retry within {deadline.describe()}")
-                    attempts += 1
-                    continue
+                # A 5xx/429 is retried only if the retry fits; otherwise it is the answer (a 502).
+                if response.status_code in RETRY_STATUSES and retry and attempts < min(retries, len(BACKOFF)):
+                    pause = self._pause(response, deadline, attempts)
+                    if pause is not None:
+                        response.close()
+                        if not deadline.sleep(pause):
+                            deadline.check(src)  # cancelled during the back-off
+                            raise SourceTimeout(src, f"no time left for a retry within {deadline.describe()}")
+                        attempts += 1
+                        continue
                 break
             if response.is_redirect:
                 location = response.headers.get("Location", "")
@@ -268,6 +288,22 @@ class HttpSource:
         raise SourceRefused(src, f"more than {MAX_REDIRECTS} redirects (the redirect limit)")
 
     @staticmethod
+    def _pause(response: requests.Response, deadline: Deadline, attempts: int) -> float | None:
+        """Seconds to wait before retrying this answer, or None if no retry fits.
+
+        A 429/503 naming a Retry-After is retried after exactly that (a rate limiter refuses earlier
+        retries), if it fits in the deadline with MIN_ATTEMPT to spare; with no deadline (while a
+        zip streams) only up to MAX_RETRY_AFTER_STREAMING. Otherwise the fixed BACKOFF applies.
+        """
+        asked = _retry_after(response)
+        pause = BACKOFF[attempts] if asked is None else asked
+        if asked is not None and deadline.seconds is None and asked > MAX_RETRY_AFTER_STREAMING:
+            return None
+        if pause + MIN_ATTEMPT >= deadline.remaining():
+            return None
+        return pause
+
+    @staticmethod
     def _back_off(deadline: Deadline, attempts: int) -> bool:
         """Wait before retry `attempts + 1`; False (not waiting) if no retry fits before the deadline
         (the back-off plus MIN_ATTEMPT), or if the deadline is cancelled meanwhile."""
@@ -283,6 +319,10 @@ class HttpSource:
             return SourceNotFound(src, "not found (HTTP 404)" if status == 404 else "gone (HTTP 410)")
         if status in (401, 403):
             return SourceNotFound(src, f"access denied (HTTP {status})")
+        asked = response.headers.get("Retry-After") if status in (429, 503) else None
+        if asked:
+            return SourceError(src, f"upstream answered HTTP {status} (Retry-After: {asked.strip()}; "
+                                    "no retry fitted in the time left)")
         return SourceError(src, f"upstream answered HTTP {status}")
 
     def stat(self, src: str, holding: Holding | None = None,
