@@ -8,6 +8,7 @@ raw UTF-8 in Location, gzip/deflate bodies. Every zip is checked by the real rea
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -264,3 +265,49 @@ def test_retry_after_is_honoured_while_streaming(
     data += b"".join(chunks)
     _check(tmp_path, data, {"first.bin": first, "second.bin": second}, zip_readers)
     assert len(upstream.requests_for("/second.bin", "GET")) == 2
+
+
+# -- point 7: encoded bodies --
+
+
+@pytest.mark.parametrize("encoding", [{"gzip": True, "no_range": True}, {"gzip": True}, {"deflate": True}])
+def test_an_encoded_source_is_decoded_and_streamed_without_a_length(
+        client: FlaskClient, upstream: UpstreamServer, tmp_path: Path, zip_readers: Any,
+        encoding: dict[str, bool]) -> None:
+    """A CDN that gzips text although identity was asked for: the zip holds the decoded file, and as
+    for any source of unknown size it streams without Content-Length, ranges or ETag."""
+    text = b"hello, world\n" * 20000 + os.urandom(3000)
+    upstream.add("/a.txt", text)
+    upstream.add("/b.bin", _data(2000, 11))
+    upstream.set_behaviour("/a.txt", **encoding)
+    files = [{"src": upstream.url("/a.txt")}, {"src": upstream.url("/b.bin")}]
+    one_off = client.post("/bundle", json={"files": files})
+    assert one_off.status_code == 200, one_off.get_data(as_text=True)
+    _check(tmp_path, one_off.data, {"a.txt": text, "b.bin": _data(2000, 11)}, zip_readers, "one-off.zip")
+    bundle_id = _create(client, files)
+    head, whole = client.head(f"/{bundle_id}"), client.get(f"/{bundle_id}")
+    assert whole.status_code == 200
+    assert "Content-Length" not in whole.headers
+    for response in (head, whole):
+        assert "ETag" not in response.headers and response.headers.get("Accept-Ranges") != "bytes"
+    _check(tmp_path, whole.data, {"a.txt": text, "b.bin": _data(2000, 11)}, zip_readers)
+    ranged = client.get(f"/{bundle_id}", headers={"Range": "bytes=100-"})
+    assert ranged.status_code == 200 and ranged.data == whole.data  # no ranges: the whole zip
+
+
+def test_max_bundle_bytes_counts_the_decoded_bytes(
+        make_client: Callable[..., FlaskClient], upstream: UpstreamServer) -> None:
+    client = make_client(MAX_BUNDLE_BYTES="100000")
+    upstream.add("/a.txt", b"\0" * 2_000_000)  # 2 MB decoded, a few KB on the wire
+    upstream.set_behaviour("/a.txt", gzip=True, no_range=True)
+    response = client.post("/bundle", json={"files": [{"src": upstream.url("/a.txt")}]}, buffered=False)
+    assert response.status_code == 200
+    received: list[int] = []
+
+    def read() -> None:
+        for chunk in response.response:
+            received.append(len(chunk))
+
+    with pytest.raises(StreamAborted, match="MAX_BUNDLE_BYTES"):
+        read()
+    assert sum(received) < 200_000

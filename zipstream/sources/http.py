@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import zlib
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import datetime
@@ -45,6 +46,8 @@ MAX_RETRY_AFTER_STREAMING = 10.0
 # Statuses of a saved redirect target that send a continuation back to the URL the bundle names:
 # a signed URL that expired (403, 401), or one a CDN no longer knows (404, 410).
 RE_RESOLVE_STATUSES = frozenset({401, 403, 404, 410})
+# Content-Encodings decoded here (a browser saves the decoded file); others are refused.
+DECODABLE = frozenset({"gzip", "x-gzip", "deflate"})
 BASE_HEADERS = {"Accept-Encoding": "identity", "User-Agent": "zipstream", "Accept": "*/*"}
 _NO_DEADLINE = Deadline(None)
 
@@ -127,6 +130,41 @@ def _retry_after(response: requests.Response) -> float | None:
         return max(0.0, (when - datetime.now(when.tzinfo)).total_seconds())
     except TypeError:  # a date without a zone
         return None
+
+
+def _encoding(response: requests.Response) -> str:
+    """The body's Content-Encoding, lower-cased; '' for identity."""
+    encoding = response.headers.get("Content-Encoding", "").strip().lower()
+    return "" if encoding == "identity" else encoding
+
+
+def _decoded(src: str, chunks: Iterator[bytes], encoding: str) -> Iterator[bytes]:
+    """The decoded body of a gzip/deflate-encoded one, in pieces of at most CHUNK_SIZE (a small
+    compressed chunk can stand for gigabytes: memory stays bounded). "deflate" is zlib-wrapped per
+    RFC 9110, but some servers send it raw: both are read."""
+    wbits = zlib.MAX_WBITS | 16 if encoding in ("gzip", "x-gzip") else zlib.MAX_WBITS
+    decoder = zlib.decompressobj(wbits)
+    first = True
+    for chunk in chunks:
+        data = chunk
+        while True:
+            try:
+                out = decoder.decompress(data, CHUNK_SIZE)
+            except zlib.error as error:
+                if first and encoding == "deflate" and wbits > 0:  # raw deflate, no zlib header
+                    wbits, decoder = -zlib.MAX_WBITS, zlib.decompressobj(-zlib.MAX_WBITS)
+                    continue
+                raise SourceError(src, f"upstream sent a corrupt {encoding} body ({error})") from None
+            first = False
+            data = decoder.unconsumed_tail
+            if out:
+                yield out
+            if decoder.eof:
+                return
+            if not data and len(out) < CHUNK_SIZE:  # a full piece may leave output pending: ask again
+                break
+    if not decoder.eof:
+        raise SourceInterrupted(src, f"the {encoding} body ended before its end")
 
 
 def _same_version(a: SourceInfo, b: SourceInfo) -> bool:
@@ -400,6 +438,8 @@ class HttpSource:
         except SourceError:
             response.close()
             raise
+        if info.size is None and _encoding(response):
+            expected = None  # encoded: the bytes received are not the file's first bytes
         data = _read_small_body(response, expected, want)
         # A 200 carries the header fields a HEAD would (RFC 9110 §9.3.2); a 206 need not.
         if size is None or (status == 206 and (info.etag is None or info.last_modified is None)):
@@ -416,10 +456,13 @@ class HttpSource:
     @staticmethod
     def _info(src: str, response: requests.Response, size: int | None) -> SourceInfo:
         headers = response.headers
-        encoding = headers.get("Content-Encoding", "identity").lower()
-        if encoding not in ("", "identity"):
+        encoding = _encoding(response)
+        if encoding and encoding not in DECODABLE:
             # We asked for identity; an encoded body is not the file's bytes (and its length lies).
             raise SourceError(src, f"upstream sends a {encoding}-encoded body although asked for identity")
+        if encoding:
+            # Decoded on the way (what a browser saves); its length is the encoded one, the file's unknown.
+            size = None
         return SourceInfo(
             src=src,
             name=name_from_src(src),
@@ -436,7 +479,7 @@ class HttpSource:
         URL that expired, RE_RESOLVE_STATUSES) or can't be reached, from the URL the bundle names
         again. A `206` starting before `start` is trimmed; a server failing ranged requests is
         read whole with the bytes before `start` skipped (zipstream_upstream_bytes_discarded).
-        Raises SourceChanged / SourceError.
+        A gzip/deflate-encoded body is decoded. Raises SourceChanged / SourceError.
         """
         saved = info.location[0] if info.location else info.src
         response: requests.Response | None
@@ -484,9 +527,12 @@ class HttpSource:
         if response.status_code >= 400:
             raise self._fail(info.src, response)
         self._check_same_version(info, response, validated_at)
-        encoding = response.headers.get("Content-Encoding", "identity").lower()
-        if encoding not in ("", "identity"):
+        encoding = _encoding(response)
+        if encoding and encoding not in DECODABLE:
             raise SourceError(info.src, f"upstream sent a {encoding}-encoded body although asked for identity")
+        if encoding and start:
+            # A range of an encoded body counts encoded bytes: nothing to continue from.
+            raise SourceChanged(info.src, f"upstream now sends a {encoding}-encoded body; can't continue it")
         skip = 0
         if start and response.status_code == 200:
             # Range ignored (or failing) at the server; the version matched, per the check above.
@@ -501,14 +547,15 @@ class HttpSource:
             skip = start - content_range[0]  # a 206 starting earlier than asked: trimmed
         expected = None if info.size is None else info.size - start
         length = response.headers.get("Content-Length")
-        announced = int(length) - skip if length is not None and length.isdigit() else None
+        announced = int(length) - skip if length is not None and length.isdigit() and not encoding else None
         if expected is not None and announced is not None and announced != expected:
             raise SourceChanged(info.src, f"upstream announced {announced} bytes, expected {expected}")
         if skip:
             metrics.UPSTREAM_BYTES_DISCARDED.labels("https").inc(skip)
+        body = _body_chunks(response)
         received = 0
         try:
-            for chunk in _body_chunks(response):
+            for chunk in _decoded(info.src, body, encoding) if encoding else body:
                 if skip:
                     if len(chunk) <= skip:
                         skip -= len(chunk)
