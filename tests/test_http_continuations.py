@@ -311,3 +311,42 @@ def test_max_bundle_bytes_counts_the_decoded_bytes(
     with pytest.raises(StreamAborted, match="MAX_BUNDLE_BYTES"):
         read()
     assert sum(received) < 200_000
+
+
+# -- the same under the real server (gunicorn, gevent worker) --
+
+
+def test_browser_habits_end_to_end_under_gunicorn(serve: Callable[..., Any], upstream: UpstreamServer,
+                                                  tmp_path: Path, zip_readers: Any) -> None:
+    """One bundle with every habit at once, fetched whole and resumed through the real service: an
+    expiring signed redirect, a member asked for after a slow one, ranged requests failing, a 206 that
+    starts early, a raw UTF-8 Location, a rate limiter's Retry-After."""
+    import requests
+
+    live = serve(HTTP_TIMEOUT="5", PREFETCH="0", PREFLIGHT_FETCH_BYTES="0")
+    slow, signed, broken, early, named = (_data(150 * KB, seed) for seed in range(20, 25))
+    upstream.add("/slow.bin", slow)
+    upstream.set_behaviour("/slow.bin", stall_after=1000, stall_seconds=1.5)
+    upstream.add("/signed.bin", signed)
+    upstream.set_behaviour("/asset", redirect_to="/signed.bin", redirect_expires=1.0)
+    upstream.add("/broken.bin", broken)
+    upstream.set_behaviour("/broken.bin", range_status=500)
+    upstream.add("/early.bin", early)
+    upstream.set_behaviour("/early.bin", range_early=777)
+    upstream.add("/für.bin", named)
+    upstream.set_behaviour("/dl", redirect_to="/für.bin", redirect_utf8=True)
+    files = [{"src": upstream.url(path)} for path in ("/slow.bin", "/asset", "/broken.bin", "/early.bin", "/dl")]
+    created = requests.post(live.url("/"), json={"files": files}, timeout=10)
+    assert created.status_code == 201, created.text
+    url = live.url(f"/{created.json()['id']}")
+    upstream.set_behaviour("/early.bin", status=503, fail_times=1, retry_after=2, retry_after_enforced=True)
+    whole = requests.get(url, timeout=60)
+    assert whole.status_code == 200, whole.text
+    assert len(whole.content) == int(whole.headers["Content-Length"])
+    expected = {"slow.bin": slow, "asset": signed, "broken.bin": broken, "early.bin": early, "dl": named}
+    _check(tmp_path, whole.content, expected, zip_readers)
+    for offset in (1000, 200 * KB, 400 * KB, len(whole.content) - 100 * KB):
+        part = requests.get(url, headers={"Range": f"bytes={offset}-", "If-Range": whole.headers["ETag"]},
+                            timeout=60)
+        assert part.status_code == 206, part.text
+        assert part.content == whole.content[offset:]
