@@ -350,3 +350,50 @@ def test_browser_habits_end_to_end_under_gunicorn(serve: Callable[..., Any], ups
                             timeout=60)
         assert part.status_code == 206, part.text
         assert part.content == whole.content[offset:]
+
+
+# -- the helpers on their own --
+
+
+@pytest.mark.parametrize(("base", "location", "expected"), [
+    ("http://h/a/dl", "/f\u00c3\u00bcr.txt", "http://h/f%C3%BCr.txt"),  # raw UTF-8 as http.client reads it
+    ("http://h/a/dl", "/f\u00fcr.txt", "http://h/f%C3%BCr.txt"),  # raw Latin-1 0xFC
+    ("http://h/a/dl", "/f%C3%BCr.txt", "http://h/f%C3%BCr.txt"),  # encoded once, not twice
+    ("http://h/a/dl", "../b c.txt", "http://h/b%20c.txt"),
+    ("https://h/a/dl", "//m.example/x?y=1#frag", "https://m.example/x?y=1"),
+])
+def test_redirect_target(base: str, location: str, expected: str) -> None:
+    from zipstream.sources.http import redirect_target
+
+    assert redirect_target(base, location) == expected
+
+
+@pytest.mark.parametrize("wbits", [15, -15, 31])  # zlib-wrapped and raw "deflate", gzip
+def test_decoded_reads_every_deflate_flavour_in_bounded_pieces(wbits: int) -> None:
+    import zlib
+
+    from zipstream.sources import CHUNK_SIZE
+    from zipstream.sources.http import _decoded
+
+    data = b"\0" * (5 * CHUNK_SIZE) + os.urandom(1000)
+    compressor = zlib.compressobj(wbits=wbits)
+    body = compressor.compress(data) + compressor.flush()
+    pieces = list(_decoded("src", iter([body[:100], body[100:]]), "gzip" if wbits == 31 else "deflate"))
+    assert b"".join(pieces) == data
+    assert max(len(piece) for piece in pieces) <= CHUNK_SIZE
+
+
+def test_retry_after_as_an_http_date(upstream: UpstreamServer) -> None:
+    import email.utils
+
+    import requests
+
+    from zipstream.sources.http import _retry_after
+
+    upstream.set_behaviour("/a", status=503)
+    response = requests.get(upstream.url("/a"), timeout=5)
+    response.headers["Retry-After"] = email.utils.formatdate(time.time() + 30, usegmt=True)
+    wait = _retry_after(response)
+    assert wait is not None and 28 <= wait <= 30
+    response.headers["Retry-After"] = "soon"
+    assert _retry_after(response) is None
