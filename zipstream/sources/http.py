@@ -550,16 +550,17 @@ class HttpSource:
         announced = int(length) - skip if length is not None and length.isdigit() and not encoding else None
         if expected is not None and announced is not None and announced != expected:
             raise SourceChanged(info.src, f"upstream announced {announced} bytes, expected {expected}")
-        if skip:
-            metrics.UPSTREAM_BYTES_DISCARDED.labels("https").inc(skip)
+        discarded = metrics.UPSTREAM_BYTES_DISCARDED.labels("https")
         body = _body_chunks(response)
         received = 0
         try:
             for chunk in _decoded(info.src, body, encoding) if encoding else body:
-                if skip:
+                if skip:  # read only to be skipped: counted as it arrives
                     if len(chunk) <= skip:
                         skip -= len(chunk)
+                        discarded.inc(len(chunk))
                         continue
+                    discarded.inc(skip)
                     chunk, skip = chunk[skip:], 0
                 received += len(chunk)
                 if expected is not None and received > expected:
