@@ -111,10 +111,19 @@ def test_server_that_ignores_range(sources: Sources, upstream: UpstreamServer) -
     assert sources.budget.used == 0
 
 
-def test_encoded_answer_is_refused(sources: Sources, upstream: UpstreamServer) -> None:
+def test_encoded_answer_is_not_held_and_has_no_size(sources: Sources, upstream: UpstreamServer) -> None:
     upstream.add("/a.txt", b"hello " * 1000)
     upstream.set_behaviour("/a.txt", gzip=True)
-    with pytest.raises(SourceError, match="gzip-encoded"):
+    [info] = sources.stat(upstream.url("/a.txt"), sources.holding())
+    assert info.size is None and info.head is None  # the encoded bytes are not the file's
+    assert sources.budget.used == 0
+    assert b"".join(sources.open(info)) == b"hello " * 1000  # decoded, as a browser saves it
+
+
+def test_an_encoding_we_cannot_decode_is_refused(sources: Sources, upstream: UpstreamServer) -> None:
+    upstream.add("/a.txt", b"hello " * 1000)
+    upstream.set_behaviour("/a.txt", content_encoding="br")
+    with pytest.raises(SourceError, match="br-encoded"):
         sources.stat(upstream.url("/a.txt"), sources.holding())
     assert sources.budget.used == 0
 

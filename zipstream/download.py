@@ -139,6 +139,10 @@ class PreparedZip:
     served: bool = False  # this exact zip (by ETag) was sent to someone before; unknown counts as no
     prefetch: int = 0  # members fetched ahead of the one streaming out (0: one after another)
     prefetch_bytes: int = 4 * 1024 * 1024
+    # MAX_BUNDLE_BYTES (0: none). Sized members were counted at pre-flight; the bytes of a member
+    # without a size (a decoded gzip body, a close-delimited one) are counted as they stream.
+    max_bytes: int = 0
+    _unsized_sent: int = 0
 
     @property
     def length(self) -> int | None:
@@ -172,8 +176,27 @@ class PreparedZip:
 
     def _open(self, index: int, start: int) -> Iterator[bytes]:
         if start == 0 and self._prefetcher is not None and not self._held_whole(index):
-            return self._prefetcher.take(index)
-        return self.sources.open(self.infos[index], start)
+            chunks = self._prefetcher.take(index)
+        else:
+            chunks = self.sources.open(self.infos[index], start)
+        if self.max_bytes and self.entries[index].size is None:
+            return self._counted(chunks)
+        return chunks
+
+    def _counted(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        """An unsized member's chunks, cut (LimitExceeded) once the bundle passes MAX_BUNDLE_BYTES."""
+        sized = sum(entry.size or 0 for entry in self.entries)
+        try:
+            for chunk in chunks:
+                self._unsized_sent += len(chunk)
+                if sized + self._unsized_sent > self.max_bytes:
+                    raise LimitExceeded(f"the files add up to more than {self.max_bytes} bytes (MAX_BUNDLE_BYTES)",
+                                        limit="MAX_BUNDLE_BYTES")
+                yield chunk
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
 
     def _open_yielding(self, index: int, start: int) -> Iterator[bytes]:
         """Member chunks with a greenlet switch after each: stream-zip can deflate many input chunks
@@ -189,6 +212,7 @@ class PreparedZip:
         if self.length is not None:
             expected = (stop if stop is not None else self.length) - start
         sent = 0
+        self._unsized_sent = 0
         # Read ahead only when the stream runs to the end (whole zip or a resume): a range that
         # stops early would fetch members it never sends.
         if self.prefetch > 0 and (stop is None or stop == self.length):
@@ -329,6 +353,7 @@ def prepare(
         prepared = PreparedZip(
             filename=filename, compression=compression, entries=entries, infos=infos, sources=sources,
             repository=repository, plan=plan, prefetch=config.prefetch, prefetch_bytes=config.prefetch_bytes,
+            max_bytes=config.max_bundle_bytes,
         )
         if plan is not None and repository is not None:
             identities = {info.identity(): index for index, info in enumerate(infos)

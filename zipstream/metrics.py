@@ -47,6 +47,10 @@ UPSTREAM_REQUESTS = Counter(
     "zipstream_upstream_requests", "Requests to a filestore backend (stat or open)", ["backend", "operation"])
 UPSTREAM_ERRORS = Counter(
     "zipstream_upstream_errors", "Failed requests to a filestore backend", ["backend", "operation", "code"])
+UPSTREAM_BYTES_DISCARDED = Counter(
+    "zipstream_upstream_bytes_discarded",
+    "Upstream body bytes read only to be skipped (a server ignoring or failing ranged requests, "
+    "or a 206 starting earlier than asked)", ["backend"])
 PREFLIGHT_SECONDS = Histogram(
     "zipstream_preflight_seconds", "Time to stat every file of a bundle and lay out its zip",
     buckets=_LATENCY_BUCKETS)

@@ -16,6 +16,7 @@ import dataclasses
 import email.utils
 import gzip as gzip_module
 import hashlib
+import math
 import os
 import re
 import socket
@@ -74,6 +75,19 @@ class Behaviour:
     no_validators: tuple[str, ...] = ()  # "ETag" / "Last-Modified": never sent, on any answer
     silent: bool = False  # read the request, then never answer (until the server stops)
     trickle_seconds: float = 0.0  # send the headers, then one body byte every trickle_seconds
+    # -- continuations and redirects (issue 13) --
+    redirect_utf8: bool = False  # with redirect_to: send the Location's characters as raw UTF-8 bytes
+    redirect_after: int = 0  # with redirect_to: the first N requests are served, only later ones redirected
+    # With redirect_to: the Location gets `?expires=<epoch>` this many seconds ahead, like a signed URL.
+    # Any request carrying an `expires=` query that has passed is answered 403 (an expired signature).
+    redirect_expires: float | None = None
+    range_early: int = 0  # a 206 starts this many bytes before the asked start (Content-Range accurate)
+    range_status: int | None = None  # answer this status to every ranged request starting past byte 0
+    # With status + retry_after: after a forced answer, requests within Retry-After get it again
+    # (not counted toward fail_times), as a rate limiter enforcing its Retry-After does.
+    retry_after_enforced: bool = False
+    content_encoding: str | None = None  # label the (unencoded) body with this Content-Encoding, e.g. "br"
+    deflate: bool = False  # zlib-deflate the body with Content-Encoding: deflate whatever the client accepts
 
 
 _BEHAVIOUR_FIELDS: Final = frozenset(f.name for f in dataclasses.fields(Behaviour))
@@ -226,6 +240,8 @@ class UpstreamServer:
         self._arrivals: list[float] = []  # time.monotonic() of each logged request, same order
         self._bytes_sent: Counter[str] = Counter()
         self._errors: list[str] = []
+        self._blocked_until: dict[str, float] = {}  # path -> time.monotonic() before which Retry-After holds
+        self._redirect_counts: Counter[str] = Counter()
         self._connections: set[socket.socket] = set()
         self._accepted = 0
         self._idle = threading.Condition(self._lock)
@@ -350,6 +366,8 @@ class UpstreamServer:
             self._behaviours[key] = merged
             if {"status", "fail_times"} & set(options):
                 self._failures[key] = 0  # a new failure plan starts counting afresh
+            if {"redirect_to", "redirect_after"} & set(options):
+                self._redirect_counts[key] = 0  # redirect_after counts from now
 
     def clear_behaviour(self, path: str | None = None) -> None:
         """Drop the behaviour set for path (or the server-wide one when path is None)."""
@@ -376,6 +394,22 @@ class UpstreamServer:
                 return False
             self._failures[key] += 1
             return True
+
+    def _enforced(self, path: str) -> float | None:
+        """Seconds left of an enforced Retry-After for path, or None if none holds now."""
+        with self._lock:
+            left = self._blocked_until.get(path, 0.0) - time.monotonic()
+        return left if left > 0 else None
+
+    def _enforce(self, path: str, seconds: float) -> None:
+        with self._lock:
+            self._blocked_until[path] = time.monotonic() + seconds
+
+    def _redirect_due(self, path: str, behaviour: Behaviour) -> bool:
+        """Whether this request for path is redirected (after the first redirect_after ones)."""
+        with self._lock:
+            self._redirect_counts[path] += 1
+            return self._redirect_counts[path] > behaviour.redirect_after
 
     def _sleep(self, seconds: float) -> None:
         """Sleep, but wake up immediately when the server stops."""
@@ -495,7 +529,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve(self, *, head: bool) -> None:
         up = self.upstream
-        path = unquote(self.path.split("?", 1)[0])
+        path, _, query = self.path.partition("?")
+        path = unquote(path)
         headers = {k.lower(): v for k, v in self.headers.items()}
         up._record(RequestRecord(self.command, path, headers, headers.get("range")))
         behaviour = up.behaviour_for(path)
@@ -505,12 +540,27 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return None
 
-        if behaviour.redirect_to is not None:
-            return self._send_simple(HTTPStatus.FOUND, head, {"Location": behaviour.redirect_to})
+        signed = re.search(r"(?:^|&)expires=(\d+(?:\.\d+)?)", query)
+        if signed is not None and float(signed.group(1)) < time.time():
+            return self._send_simple(HTTPStatus.FORBIDDEN, head)  # a signed URL that has expired
+        if behaviour.redirect_to is not None and up._redirect_due(path, behaviour):
+            location = behaviour.redirect_to
+            if behaviour.redirect_expires is not None:
+                expires = f"expires={time.time() + behaviour.redirect_expires:.3f}"
+                location += ("&" if "?" in location else "?") + expires
+            if behaviour.redirect_utf8:
+                location = location.encode("utf-8").decode("latin-1")  # send_header writes latin-1
+            return self._send_simple(HTTPStatus.FOUND, head, {"Location": location})
         if head and behaviour.no_head:
             return self._send_simple(HTTPStatus.METHOD_NOT_ALLOWED, head, {"Allow": "GET"})
+        if behaviour.status is not None and behaviour.retry_after_enforced:
+            left = up._enforced(path)
+            if left is not None:
+                return self._send_simple(behaviour.status, head, {"Retry-After": str(math.ceil(left))})
         if behaviour.status is not None and up._should_fail(path, behaviour):
             extra = {} if behaviour.retry_after is None else {"Retry-After": str(behaviour.retry_after)}
+            if behaviour.retry_after is not None and behaviour.retry_after_enforced:
+                up._enforce(path, behaviour.retry_after)
             return self._send_simple(behaviour.status, head, extra)
         resource = up._resource(path)
         if resource is None:
@@ -534,12 +584,18 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send_simple(
                 HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE, head, {"Content-Range": f"bytes */{size}"}
             )
+        if span is not None and span[0] > 0 and behaviour.range_status is not None:
+            return self._send_simple(behaviour.range_status, head)
+        if span is not None and behaviour.range_early:
+            span = (max(0, span[0] - behaviour.range_early), span[1])
         start, end = span or (0, size)
 
         body: Iterator[bytes] = resource.chunks(start, end)
         length: int | None = end - start
         if behaviour.gzip:
             body, length = self._gzipped(resource, start, end)
+        elif behaviour.deflate:
+            body, length = iter([zlib.compress(b"".join(resource.chunks(start, end)))]), None
 
         self.send_response(HTTPStatus.PARTIAL_CONTENT if span else HTTPStatus.OK)
         self.send_header("Content-Type", resource.content_type)
@@ -551,8 +607,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Accept-Ranges", "none" if behaviour.no_range else "bytes")
         if span:
             self.send_header("Content-Range", f"bytes {start}-{end - 1}/{size}")
-        if behaviour.gzip:
-            self.send_header("Content-Encoding", "gzip")
+        if behaviour.gzip or behaviour.deflate:
+            self.send_header("Content-Encoding", "gzip" if behaviour.gzip else "deflate")
+        elif behaviour.content_encoding is not None:
+            self.send_header("Content-Encoding", behaviour.content_encoding)
         if length is not None and not behaviour.no_length:
             self.send_header("Content-Length", str(max(0, length + behaviour.wrong_length)))
         if length is None or behaviour.no_length or behaviour.wrong_length:
