@@ -317,11 +317,14 @@ def test_curl_resume_after_source_changed_never_splices(serve: Serve, upstream: 
     partial = tmp_path / "partial.zip"
     assert 0 < _cut_download(url, partial, rate="4M", seconds=1.5) < 20_000_000
     upstream.add("/a.bin", os.urandom(20_000_000))  # same size, new content and ETag
+    held = partial.read_bytes()
     resumed = subprocess.run(["curl", "-sS", "--fail", "-C", "-", "-o", str(partial), url],
                              capture_output=True, check=False, timeout=120)
-    # curl refuses to resume when the server answers 200 to its range (exit 33): the user starts
-    # again; what it must never do is exit 0 with a file made of two versions.
-    assert resumed.returncode == 33, resumed.stderr
+    # The new version never sent those bytes: 428, curl --fail exits 22 and the file is untouched;
+    # the user starts again. What it must never do is exit 0 with a file made of two versions.
+    assert resumed.returncode == 22, resumed.stderr
+    assert b"428" in resumed.stderr
+    assert partial.read_bytes() == held
     # Once the new version has been served, resuming it works as usual.
     fresh = tmp_path / "fresh.zip"
     _cut_download(url, fresh, rate="4M", seconds=1.5)

@@ -23,6 +23,8 @@ from .errors import (
     Gone,
     LimitExceeded,
     NotFound,
+    PreconditionFailed,
+    ResumeRefused,
     SchemaNotReady,
     ServiceUnavailable,
     Unauthorized,
@@ -138,7 +140,7 @@ def content_disposition(filename: str) -> str:
 
 
 def zip_response(prepared: PreparedZip) -> Response:
-    """The download response, honouring HEAD, Range, If-Range and If-None-Match."""
+    """The download response, honouring HEAD, Range, If-Range, If-Match and If-None-Match."""
     headers = {
         "Content-Type": "application/zip",
         "Content-Disposition": content_disposition(prepared.filename),
@@ -150,6 +152,12 @@ def zip_response(prepared: PreparedZip) -> Response:
     etag = prepared.etag
     length = prepared.length
     start, stop, status = 0, length, 200
+    if_match = request.headers.get("If-Match")
+    if not ranges.if_match(if_match, etag):
+        raise PreconditionFailed(
+            f"If-Match names another version of this zip; it is now {etag or 'a zip without an ETag'}",
+            etag=etag,
+        )
     if prepared.rangeable and length is not None:
         headers["Accept-Ranges"] = "bytes"
         headers["ETag"] = etag or ""
@@ -157,11 +165,15 @@ def zip_response(prepared: PreparedZip) -> Response:
             return Response(status=304, headers={k: headers[k] for k in ("ETag", "Cache-Control", "Last-Modified")})
         if ranges.if_range_matches(request.headers.get("If-Range"), etag):
             wanted = ranges.parse_range(request.headers.get("Range"), length)
-            # curl -C - and wget -c resume without If-Range: if this version of the zip was never
-            # served, the bytes they hold are of another version, and a 206 would splice the two.
-            unvouched = (wanted is not None and wanted[0] > 0 and not request.headers.get("If-Range")
-                         and request.method != "HEAD" and not prepared.served)
-            if wanted is not None and not unvouched:
+            # curl -C -, wget -c, aria2c -c resume without If-Range: unless this version's first
+            # bytes up to the resume point went out before, the bytes they hold are of another
+            # version. A 206 would splice the two, and so would a 200 (wget -c skips the first N
+            # bytes of a 200 and appends the rest): refuse, with nothing to append.
+            proven = bool(request.headers.get("If-Range")) or (if_match is not None and if_match.strip() != "*")
+            if (wanted is not None and not proven and request.method != "HEAD"
+                    and not prepared.vouches(wanted[0])):
+                return _refuse_resume(wanted[0], etag or "")
+            if wanted is not None:
                 start, stop = wanted
                 status = 206
                 headers["Content-Range"] = f"bytes {start}-{stop - 1}/{length}"
@@ -175,8 +187,6 @@ def zip_response(prepared: PreparedZip) -> Response:
             response.automatically_set_content_length = False
             response.headers.pop("Content-Length", None)
         return response
-    if prepared.rangeable:
-        prepared.mark_served()
     body = metrics.track_download(
         cooperative.yielding(prepared.stream(start, stop)),
         kind="one_off" if request.method == "POST" else "bundle",
@@ -184,6 +194,25 @@ def zip_response(prepared: PreparedZip) -> Response:
         request_id=request.environ.get("zipstream.request_id"),
     )
     return Response(body, status=status, headers=headers, direct_passthrough=True)
+
+
+def _refuse_resume(start: int, etag: str) -> Response:
+    """428 for a resume from byte `start` that this zip version cannot vouch for (ResumeRefused)."""
+    error = ResumeRefused(
+        f"the zip changed since your download began: its current version ({etag}) never sent its first "
+        f"{start} bytes, so the file you are resuming holds another version. Download it again from the "
+        f"start (delete the partial file); to resume safely, send the ETag your download began with as If-Match.",
+        etag=etag, resume_from=start,
+    )
+    response = jsonify(error.to_dict())
+    # curl -C - takes a body exactly as long as the part it holds for "already complete" (exit 0).
+    if response.content_length == start:
+        error.details["padding"] = "-"
+        response = jsonify(error.to_dict())
+    response.status_code = error.status
+    response.headers["ETag"] = etag
+    response.headers["Cache-Control"] = "private, no-store"
+    return response
 
 
 def _prepare(files: tuple[FileRef, ...] | list[FileRef], filename: str, compression: str,
