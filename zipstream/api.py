@@ -7,6 +7,7 @@ import io
 import logging
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
 
@@ -27,6 +28,8 @@ from .errors import (
     ResumeRefused,
     SchemaNotReady,
     ServiceUnavailable,
+    SourceError,
+    StreamAborted,
     Unauthorized,
     UnsupportedMediaType,
     ZipStreamError,
@@ -140,7 +143,11 @@ def content_disposition(filename: str) -> str:
 
 
 def zip_response(prepared: PreparedZip) -> Response:
-    """The download response, honouring HEAD, Range, If-Range, If-Match and If-None-Match."""
+    """The download response, honouring HEAD, Range, If-Range, If-Match and If-None-Match.
+
+    Raises (as JSON errors) everything that goes wrong before the first byte, including a source
+    that fails on the first fetch of a resume; after it, an error cuts the connection.
+    """
     headers = {
         "Content-Type": "application/zip",
         "Content-Disposition": content_disposition(prepared.filename),
@@ -187,13 +194,45 @@ def zip_response(prepared: PreparedZip) -> Response:
             response.automatically_set_content_length = False
             response.headers.pop("Content-Length", None)
         return response
+    chunks = prepared.stream(start, stop)
+    first = _first_chunk(chunks, prepared)
     body = metrics.track_download(
-        cooperative.yielding(prepared.stream(start, stop)),
+        cooperative.yielding(_after(first, chunks)),
         kind="one_off" if request.method == "POST" else "bundle",
         started=request.environ.get("zipstream.started") or time.monotonic(),
         request_id=request.environ.get("zipstream.request_id"),
     )
     return Response(body, status=status, headers=headers, direct_passthrough=True)
+
+
+def _first_chunk(chunks: Iterator[bytes], prepared: PreparedZip) -> list[bytes]:
+    """The stream's first chunk (none for an empty stream), read before the response starts.
+
+    Until a byte is sent the client can still get a JSON error: a resume inside a member opens
+    its source before producing anything, and a failure there would otherwise reach gunicorn,
+    whose answer is an HTML 500 page. Raises the SourceError (502 naming the src).
+    """
+    try:
+        return [next(chunks)]
+    except StopIteration:
+        return []
+    except StreamAborted as error:
+        cause = error.__cause__
+        if isinstance(cause, ZipStreamError):
+            raise cause from None
+        raise SourceError(prepared.failed_src or "(unknown source)", str(cause or error)) from None
+
+
+def _after(first: list[bytes], chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """`first`, then the rest of `chunks`; closing this closes `chunks` (its finally gives back held
+    bytes, stops read-ahead and stores learned CRC-32s), which itertools.chain would not."""
+    try:
+        yield from first
+        yield from chunks
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
 
 
 def _refuse_resume(start: int, etag: str) -> Response:

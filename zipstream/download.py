@@ -170,7 +170,15 @@ class PreparedZip:
         head = self.infos[index].head
         return head is not None and head.size == self.infos[index].size
 
+    _last_opened: int | None = None
+
+    @property
+    def failed_src(self) -> str | None:
+        """The src of the member opened last: the one a failure before the first byte came from."""
+        return self.infos[self._last_opened].src if self._last_opened is not None else None
+
     def _open(self, index: int, start: int) -> Iterator[bytes]:
+        self._last_opened = index
         if start == 0 and self._prefetcher is not None and not self._held_whole(index):
             return self._prefetcher.take(index)
         return self.sources.open(self.infos[index], start)

@@ -74,6 +74,9 @@ class Behaviour:
     no_validators: tuple[str, ...] = ()  # "ETag" / "Last-Modified": never sent, on any answer
     silent: bool = False  # read the request, then never answer (until the server stops)
     trickle_seconds: float = 0.0  # send the headers, then one body byte every trickle_seconds
+    throttle_bps: int = 0  # body sent at about this many bytes per second (0: as fast as possible)
+    read_status: int | None = None  # GETs other than a Range from byte 0 get this status (HEAD and
+    #                                 pre-flight's first-bytes GET answer normally): fails reads only
 
 
 _BEHAVIOUR_FIELDS: Final = frozenset(f.name for f in dataclasses.fields(Behaviour))
@@ -509,6 +512,9 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send_simple(HTTPStatus.FOUND, head, {"Location": behaviour.redirect_to})
         if head and behaviour.no_head:
             return self._send_simple(HTTPStatus.METHOD_NOT_ALLOWED, head, {"Allow": "GET"})
+        if (behaviour.read_status is not None and not head
+                and not re.match(r"bytes=0-", headers.get("range", "").replace(" ", ""))):
+            return self._send_simple(behaviour.read_status, head)
         if behaviour.status is not None and up._should_fail(path, behaviour):
             extra = {} if behaviour.retry_after is None else {"Retry-After": str(behaviour.retry_after)}
             return self._send_simple(behaviour.status, head, extra)
@@ -607,6 +613,8 @@ class _Handler(BaseHTTPRequestHandler):
                     if up.stopping:
                         self.close_connection = True
                         return None
+                if behaviour.throttle_bps:
+                    limit = min(limit, max(1, behaviour.throttle_bps // 50))
                 if behaviour.reset_after is not None:
                     limit = min(limit, behaviour.reset_after - sent)
                 if behaviour.stall_after is not None and not stalled:
@@ -616,6 +624,11 @@ class _Handler(BaseHTTPRequestHandler):
                     self.wfile.write(piece)
                     sent += len(piece)
                     up._count_sent(path, len(piece))
+                    if behaviour.throttle_bps:
+                        up._sleep(len(piece) / behaviour.throttle_bps)
+                        if up.stopping:
+                            self.close_connection = True
+                            return None
                 if behaviour.reset_after is not None and sent >= behaviour.reset_after:
                     return self._reset()
                 if behaviour.stall_after is not None and not stalled and sent >= behaviour.stall_after:
