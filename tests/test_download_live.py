@@ -224,13 +224,16 @@ def test_curl_resume_is_byte_identical(serve: Serve, upstream: UpstreamServer, t
     zip_readers(clean, expected)
     # The resume read what lies after the cut, plus at most the start of the member it was cut
     # inside (read again for its CRC-32); members before it were not read again (CRCs learned).
+    # That start is read alongside the rest by its own open-ended request, stopped at the cut: what
+    # the upstream had already put in flight then (socket buffers) is read too, hence the margin.
+    in_flight = 8 << 20
     data_after_cut = 0
     cut_member_head = 0
     for data_start, size in _member_data_ranges(clean):
         data_after_cut += max(0, data_start + size - max(cut_at, data_start))
         if data_start <= cut_at < data_start + size:
             cut_member_head = cut_at - data_start
-    assert resume_read <= data_after_cut + cut_member_head, (resume_read, data_after_cut, cut_member_head)
+    assert resume_read <= data_after_cut + cut_member_head + in_flight, (resume_read, data_after_cut, cut_member_head)
 
 
 def test_resume_after_source_changed_restarts_not_splices(serve: Serve, upstream: UpstreamServer,

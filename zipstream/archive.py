@@ -290,11 +290,14 @@ class ZipPlan:
         stop: int | None = None,
         known_crcs: dict[int, int] | None = None,
         on_crc: CrcLearned | None = None,
+        open_head: OpenMember | None = None,
     ) -> Iterator[bytes]:
         """The archive's bytes [start, stop) (whole archive by default).
 
         `known_crcs` are CRC-32s learned earlier (by index); any member read in full is checked
-        against what it was promised, and reported through `on_crc`.
+        against what it was promised, and reported through `on_crc`. `open_head` opens a member
+        whose first bytes are read only for its CRC-32 (default `open_member`): a caller with
+        read-ahead can bypass it there, since only part of the member is wanted.
         """
         if stop is None:
             stop = self.length if self.length is not None else 1 << 62
@@ -344,7 +347,7 @@ class ZipPlan:
                     # cut now, and read the ones before it alongside, for the CRC only (combined at
                     # the member's end, before its descriptor), so the first byte never waits for them.
                     read_from = start - data_start
-                    head = _HeadCrc(open_member, index, entry.name, read_from)
+                    head = _HeadCrc(open_head or open_member, index, entry.name, read_from)
                 else:
                     read_from = 0 if (crc_wanted or start <= data_start) else start - data_start
                 seen = yield from self._member_data(

@@ -188,6 +188,10 @@ class PreparedZip:
         (very compressible data) before it yields output."""
         return cooperative.yielding(self._open(index, start))
 
+    def _open_direct(self, index: int, start: int) -> Iterator[bytes]:
+        """Without read-ahead: a member whose first bytes only are read (for its CRC-32)."""
+        return self.sources.open(self.infos[index], start)
+
     def _open_whole(self, index: int) -> Iterator[bytes]:
         return self.sources.open(self.infos[index], 0)
 
@@ -207,7 +211,8 @@ class PreparedZip:
             if self.plan is None:
                 chunks = deflate_stream(self.entries, self._open_yielding)
             else:
-                chunks = self.plan.stream(self._open, start, stop, self.learned, self._learn)
+                chunks = self.plan.stream(self._open, start, stop, self.learned, self._learn,
+                                          open_head=self._open_direct)
             for chunk in chunks:
                 sent += len(chunk)
                 if expected is not None and sent > expected:
