@@ -192,3 +192,19 @@ def test_if_match_rules() -> None:
     assert not ranges.if_match('"b"', '"a"')
     assert not ranges.if_match('W/"a"', '"a"')  # If-Match compares strongly
     assert not ranges.if_match('"a"', None)  # a zip without an ETag matches only *
+
+
+def test_curl_never_takes_the_refusal_for_a_finished_download(changed: Changed, zip_readers: CheckZip) -> None:
+    """curl -C - exits 0 ("already downloaded") when a refusal's body is exactly as long as its file:
+    the 428 is padded whenever its length would equal the resume point."""
+    curl = clients.require("curl")
+    probe = requests.get(changed.url, headers={"Range": "bytes=500-"}, timeout=30)
+    assert probe.status_code == 428 and probe.json()["error"]["code"] == "resume_refused"
+    length = len(probe.content)
+    assert 100 <= length <= 999  # same digit count as 500: the message is as long at byte `length`
+    changed.held = changed.held[:length]
+    changed.path.write_bytes(changed.held)
+    refused = requests.get(changed.url, headers={"Range": f"bytes={length}-"}, timeout=30)
+    assert refused.status_code == 428 and len(refused.content) != length
+    result = changed.run(curl, "-sS", "-C", "-", "-o", str(changed.path), changed.url)
+    assert changed.check(result, zip_readers) == "refused"
