@@ -208,3 +208,37 @@ def test_curl_never_takes_the_refusal_for_a_finished_download(changed: Changed, 
     assert refused.status_code == 428 and len(refused.content) != length
     result = changed.run(curl, "-sS", "-C", "-", "-o", str(changed.path), changed.url)
     assert changed.check(result, zip_readers) == "refused"
+
+
+def test_chromium_resume_never_splices(serve: Serve, upstream: UpstreamServer, tmp_path: Path,
+                                       zip_readers: CheckZip) -> None:
+    """Chromium resumes a download cut by the network on its own (with `Range` and `If-Range: <ETag>`).
+    The source changes at the moment of the cut: the resume gets the whole new zip (200) and the saved
+    file is that zip, not old bytes then new ones."""
+    from .support.browser import chromium
+
+    old, new = os.urandom(3_000_000), os.urandom(3_000_000)
+    upstream.add("/a.bin", old)
+    server = serve()
+    created = requests.post(server.url("/"), json={"files": [{"src": upstream.url("/a.bin")}]}, timeout=30)
+    bundle_id = created.json()["id"]
+    url = server.url(f"/{bundle_id}")
+    # The member's read is reset after 1.5 MB and the source serves a new version from then on, so
+    # the download is cut (a continuation of the same version would have healed it).
+    upstream.set_behaviour("/a.bin", reset_after=1_500_000, replace_after_reset=new)
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    saved = downloads / "bundle.zip"
+    with chromium(tmp_path / "profile", downloads) as driver:
+        driver.get(url)  # type: ignore[attr-defined]
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not (saved.exists() and not list(downloads.glob("*.crdownload"))):
+            time.sleep(0.2)
+    assert saved.exists(), f"no finished download: {sorted(p.name for p in downloads.iterdir())}"
+    statuses = [line.split(f"GET /{bundle_id} ")[1][:3] for line in server.log_text().splitlines()
+                if f'"message": "GET /{bundle_id} ' in line]
+    assert statuses[0] == "200" and len(statuses) >= 2, statuses  # the cut download, then the resume(s)
+    assert statuses[1] == "200", statuses
+    with zipfile.ZipFile(saved) as archive:
+        assert archive.read("a.bin") == new
+    zip_readers(saved, {"a.bin": new})

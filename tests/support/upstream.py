@@ -75,6 +75,8 @@ class Behaviour:
     silent: bool = False  # read the request, then never answer (until the server stops)
     trickle_seconds: float = 0.0  # send the headers, then one body byte every trickle_seconds
     throttle_bps: int = 0  # body sent at about this many bytes per second (0: as fast as possible)
+    replace_after_reset: bytes | None = None  # with reset_after: once the reset is sent, the path
+    #                                           serves these bytes (a new version) with no faults
     read_status: int | None = None  # GETs other than a Range from byte 0 get this status (HEAD and
     #                                 pre-flight's first-bytes GET answer normally): fails reads only
 
@@ -630,7 +632,11 @@ class _Handler(BaseHTTPRequestHandler):
                             self.close_connection = True
                             return None
                 if behaviour.reset_after is not None and sent >= behaviour.reset_after:
-                    return self._reset()
+                    self._reset()
+                    if behaviour.replace_after_reset is not None:
+                        up.clear_behaviour(path)
+                        up.add(path, behaviour.replace_after_reset)
+                    return None
                 if behaviour.stall_after is not None and not stalled and sent >= behaviour.stall_after:
                     stalled = True
                     up._sleep(behaviour.stall_seconds)
