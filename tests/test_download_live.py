@@ -224,13 +224,16 @@ def test_curl_resume_is_byte_identical(serve: Serve, upstream: UpstreamServer, t
     zip_readers(clean, expected)
     # The resume read what lies after the cut, plus at most the start of the member it was cut
     # inside (read again for its CRC-32); members before it were not read again (CRCs learned).
+    # That start is read alongside the rest by its own open-ended request, stopped at the cut: what
+    # the upstream had already put in flight then (socket buffers) is read too, hence the margin.
+    in_flight = 8 << 20
     data_after_cut = 0
     cut_member_head = 0
     for data_start, size in _member_data_ranges(clean):
         data_after_cut += max(0, data_start + size - max(cut_at, data_start))
         if data_start <= cut_at < data_start + size:
             cut_member_head = cut_at - data_start
-    assert resume_read <= data_after_cut + cut_member_head, (resume_read, data_after_cut, cut_member_head)
+    assert resume_read <= data_after_cut + cut_member_head + in_flight, (resume_read, data_after_cut, cut_member_head)
 
 
 def test_resume_after_source_changed_restarts_not_splices(serve: Serve, upstream: UpstreamServer,
@@ -317,11 +320,14 @@ def test_curl_resume_after_source_changed_never_splices(serve: Serve, upstream: 
     partial = tmp_path / "partial.zip"
     assert 0 < _cut_download(url, partial, rate="4M", seconds=1.5) < 20_000_000
     upstream.add("/a.bin", os.urandom(20_000_000))  # same size, new content and ETag
+    held = partial.read_bytes()
     resumed = subprocess.run(["curl", "-sS", "--fail", "-C", "-", "-o", str(partial), url],
                              capture_output=True, check=False, timeout=120)
-    # curl refuses to resume when the server answers 200 to its range (exit 33): the user starts
-    # again; what it must never do is exit 0 with a file made of two versions.
-    assert resumed.returncode == 33, resumed.stderr
+    # The new version never sent those bytes: 428, curl --fail exits 22 and the file is untouched;
+    # the user starts again. What it must never do is exit 0 with a file made of two versions.
+    assert resumed.returncode == 22, resumed.stderr
+    assert b"428" in resumed.stderr
+    assert partial.read_bytes() == held
     # Once the new version has been served, resuming it works as usual.
     fresh = tmp_path / "fresh.zip"
     _cut_download(url, fresh, rate="4M", seconds=1.5)

@@ -7,6 +7,7 @@ import io
 import logging
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
 
@@ -23,8 +24,12 @@ from .errors import (
     Gone,
     LimitExceeded,
     NotFound,
+    PreconditionFailed,
+    ResumeRefused,
     SchemaNotReady,
     ServiceUnavailable,
+    SourceError,
+    StreamAborted,
     Unauthorized,
     UnsupportedMediaType,
     ZipStreamError,
@@ -138,7 +143,11 @@ def content_disposition(filename: str) -> str:
 
 
 def zip_response(prepared: PreparedZip) -> Response:
-    """The download response, honouring HEAD, Range, If-Range and If-None-Match."""
+    """The download response, honouring HEAD, Range, If-Range, If-Match and If-None-Match.
+
+    Raises (as JSON errors) everything that goes wrong before the first byte, including a source
+    that fails on the first fetch of a resume; after it, an error cuts the connection.
+    """
     headers = {
         "Content-Type": "application/zip",
         "Content-Disposition": content_disposition(prepared.filename),
@@ -150,6 +159,12 @@ def zip_response(prepared: PreparedZip) -> Response:
     etag = prepared.etag
     length = prepared.length
     start, stop, status = 0, length, 200
+    if_match = request.headers.get("If-Match")
+    if not ranges.if_match(if_match, etag):
+        raise PreconditionFailed(
+            f"If-Match names another version of this zip; it is now {etag or 'a zip without an ETag'}",
+            etag=etag,
+        )
     if prepared.rangeable and length is not None:
         headers["Accept-Ranges"] = "bytes"
         headers["ETag"] = etag or ""
@@ -157,11 +172,15 @@ def zip_response(prepared: PreparedZip) -> Response:
             return Response(status=304, headers={k: headers[k] for k in ("ETag", "Cache-Control", "Last-Modified")})
         if ranges.if_range_matches(request.headers.get("If-Range"), etag):
             wanted = ranges.parse_range(request.headers.get("Range"), length)
-            # curl -C - and wget -c resume without If-Range: if this version of the zip was never
-            # served, the bytes they hold are of another version, and a 206 would splice the two.
-            unvouched = (wanted is not None and wanted[0] > 0 and not request.headers.get("If-Range")
-                         and request.method != "HEAD" and not prepared.served)
-            if wanted is not None and not unvouched:
+            # curl -C -, wget -c, aria2c -c resume without If-Range: unless this version's first
+            # bytes up to the resume point went out before, the bytes they hold are of another
+            # version. A 206 would splice the two, and so would a 200 (wget -c skips the first N
+            # bytes of a 200 and appends the rest): refuse, with nothing to append.
+            proven = bool(request.headers.get("If-Range")) or (if_match is not None and if_match.strip() != "*")
+            if (wanted is not None and not proven and request.method != "HEAD"
+                    and not prepared.vouches(wanted[0])):
+                return _refuse_resume(wanted[0], etag or "")
+            if wanted is not None:
                 start, stop = wanted
                 status = 206
                 headers["Content-Range"] = f"bytes {start}-{stop - 1}/{length}"
@@ -175,15 +194,64 @@ def zip_response(prepared: PreparedZip) -> Response:
             response.automatically_set_content_length = False
             response.headers.pop("Content-Length", None)
         return response
-    if prepared.rangeable:
-        prepared.mark_served()
+    chunks = prepared.stream(start, stop)
+    first = _first_chunk(chunks, prepared)
     body = metrics.track_download(
-        cooperative.yielding(prepared.stream(start, stop)),
+        cooperative.yielding(_after(first, chunks)),
         kind="one_off" if request.method == "POST" else "bundle",
         started=request.environ.get("zipstream.started") or time.monotonic(),
         request_id=request.environ.get("zipstream.request_id"),
     )
     return Response(body, status=status, headers=headers, direct_passthrough=True)
+
+
+def _first_chunk(chunks: Iterator[bytes], prepared: PreparedZip) -> list[bytes]:
+    """The stream's first chunk (none for an empty stream), read before the response starts.
+
+    Until a byte is sent the client can still get a JSON error: a resume inside a member opens
+    its source before producing anything, and a failure there would otherwise reach gunicorn,
+    whose answer is an HTML 500 page. Raises the SourceError (502 naming the src).
+    """
+    try:
+        return [next(chunks)]
+    except StopIteration:
+        return []
+    except StreamAborted as error:
+        cause = error.__cause__
+        if isinstance(cause, ZipStreamError):
+            raise cause from None
+        raise SourceError(prepared.failed_src or "(unknown source)", str(cause or error)) from None
+
+
+def _after(first: list[bytes], chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """`first`, then the rest of `chunks`; closing this closes `chunks` (its finally gives back held
+    bytes, stops read-ahead and stores learned CRC-32s), which itertools.chain would not."""
+    try:
+        yield from first
+        yield from chunks
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+
+
+def _refuse_resume(start: int, etag: str) -> Response:
+    """428 for a resume from byte `start` that this zip version cannot vouch for (ResumeRefused)."""
+    error = ResumeRefused(
+        f"the zip changed since your download began: its current version ({etag}) never sent its first "
+        f"{start} bytes, so the file you are resuming holds another version. Download it again from the "
+        f"start (delete the partial file); to resume safely, send the ETag your download began with as If-Match.",
+        etag=etag, resume_from=start,
+    )
+    response = jsonify(error.to_dict())
+    # curl -C - takes a body exactly as long as the part it holds for "already complete" (exit 0).
+    if response.content_length == start:
+        error.details["padding"] = "-"
+        response = jsonify(error.to_dict())
+    response.status_code = error.status
+    response.headers["ETag"] = etag
+    response.headers["Cache-Control"] = "private, no-store"
+    return response
 
 
 def _prepare(files: tuple[FileRef, ...] | list[FileRef], filename: str, compression: str,

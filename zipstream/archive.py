@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import stat
+import threading
 import types
 import zlib
 from collections.abc import Callable, Generator, Iterable, Iterator
@@ -37,6 +38,47 @@ except ImportError:  # pragma: no cover - zlib-ng is a dependency; this keeps od
     _zlib = zlib
 
 crc32 = _zlib.crc32
+
+
+def _gf2_times(matrix: list[int], vector: int) -> int:
+    total, row = 0, 0
+    while vector:
+        if vector & 1:
+            total ^= matrix[row]
+        vector >>= 1
+        row += 1
+    return total
+
+
+def _gf2_square(matrix: list[int]) -> list[int]:
+    return [_gf2_times(matrix, matrix[row]) for row in range(32)]
+
+
+def _crc32_combine_py(crc1: int, crc2: int, length2: int) -> int:
+    """zlib's crc32_combine (Mark Adler's GF(2) matrix method), for a zlib without zlib-ng."""
+    if length2 <= 0:
+        return crc1
+    odd = [0xEDB88320] + [1 << row for row in range(31)]  # the operator for one zero bit
+    even = _gf2_square(odd)  # two zero bits
+    odd = _gf2_square(even)  # four zero bits
+    while True:  # apply len2 zero bytes to crc1 (the first square gives the one-zero-byte operator)
+        even = _gf2_square(odd)
+        if length2 & 1:
+            crc1 = _gf2_times(even, crc1)
+        length2 >>= 1
+        if not length2:
+            break
+        odd = _gf2_square(even)
+        if length2 & 1:
+            crc1 = _gf2_times(odd, crc1)
+        length2 >>= 1
+        if not length2:
+            break
+    return crc1 ^ crc2
+
+
+# The CRC-32 of A+B from crc32(A), crc32(B) and len(B) (zlib-ng's binding exposes zlib's function).
+crc32_combine: Callable[[int, int, int], int] = getattr(_zlib, "crc32_combine", _crc32_combine_py)
 
 # zlib's default level: level 9 (stream-zip's default) costs ~3x the CPU for ~1% smaller media.
 DEFLATE_LEVEL = 6
@@ -248,11 +290,14 @@ class ZipPlan:
         stop: int | None = None,
         known_crcs: dict[int, int] | None = None,
         on_crc: CrcLearned | None = None,
+        open_head: OpenMember | None = None,
     ) -> Iterator[bytes]:
         """The archive's bytes [start, stop) (whole archive by default).
 
         `known_crcs` are CRC-32s learned earlier (by index); any member read in full is checked
-        against what it was promised, and reported through `on_crc`.
+        against what it was promised, and reported through `on_crc`. `open_head` opens a member
+        whose first bytes are read only for its CRC-32 (default `open_member`): a caller with
+        read-ahead can bypass it there, since only part of the member is wanted.
         """
         if stop is None:
             stop = self.length if self.length is not None else 1 << 62
@@ -296,9 +341,17 @@ class ZipPlan:
                                                               and data_end < stop)
             )
             if in_range or crc_wanted:
-                read_from = 0 if (crc_wanted or start <= data_start) else start - data_start
+                head: _HeadCrc | None = None
+                if crc_wanted and data_end is not None and data_start < start < data_end:
+                    # A resume inside a member whose CRC-32 is unknown: stream the bytes after the
+                    # cut now, and read the ones before it alongside, for the CRC only (combined at
+                    # the member's end, before its descriptor), so the first byte never waits for them.
+                    read_from = start - data_start
+                    head = _HeadCrc(open_head or open_member, index, entry.name, read_from)
+                else:
+                    read_from = 0 if (crc_wanted or start <= data_start) else start - data_start
                 seen = yield from self._member_data(
-                    index, entry, open_member, read_from, data_start, stop, emit, crcs, on_crc
+                    index, entry, open_member, read_from, data_start, stop, emit, crcs, on_crc, head
                 )
                 if size is None:
                     size = seen
@@ -329,17 +382,28 @@ class ZipPlan:
     def _member_data(
         index: int, entry: Entry, open_member: OpenMember, read_from: int, data_start: int, stop: int,
         emit: Callable[[bytes, int], bytes], crcs: dict[int, int], on_crc: CrcLearned | None,
+        head: _HeadCrc | None = None,
     ) -> Generator[bytes, None, int]:
-        """Yield the in-range part of member `index`, reading from `read_from`; returns bytes seen."""
+        """Yield the in-range part of member `index`, reading from `read_from`; returns bytes seen.
+
+        With `head` (the CRC-32 of bytes [0, read_from) being computed alongside), the member's
+        CRC-32 is still known at its end: the tail's, combined with the head's.
+        """
         crc = 0
         seen = read_from
         limit = entry.size
-        chunks = open_member(index, read_from)
+        whole_crc = read_from == 0 or head is not None
+        try:
+            chunks = open_member(index, read_from)
+        except BaseException:
+            if head is not None:
+                head.cancel()
+            raise
         try:
             for chunk in chunks:
                 if limit is not None and seen + len(chunk) > limit:
                     raise ArchiveError(f"{entry.name}: source sent more than its {limit} bytes")
-                if read_from == 0:
+                if whole_crc:
                     crc = crc32(chunk, crc)
                 at = data_start + seen
                 seen += len(chunk)
@@ -351,15 +415,71 @@ class ZipPlan:
             close = getattr(chunks, "close", None)
             if close is not None:
                 close()
+            if head is not None and (limit is None or seen != limit):
+                head.cancel()  # cut short (error or client gone): its CRC will never be needed
         if limit is not None and seen < limit and not (data_start + seen >= stop and index in crcs):
             raise ArchiveError(f"{entry.name}: source ended after {seen} of {limit} bytes")
-        if read_from == 0 and (limit is None or seen == limit):
+        if head is not None and (limit is None or seen == limit):
+            crc = crc32_combine(head.result(), crc, seen - read_from)
+        if whole_crc and (limit is None or seen == limit):
             if index in crcs and crcs[index] != crc:
                 raise ArchiveError(f"{entry.name}: CRC-32 {crc:08x} differs from the expected {crcs[index]:08x}")
             crcs[index] = crc
             if on_crc is not None:
                 on_crc(index, crc)
         return seen
+
+
+class _HeadCrc:
+    """The CRC-32 of a member's first `length` bytes, read in a worker thread (a greenlet under
+    gunicorn's gevent worker) while the rest of the member streams out."""
+
+    def __init__(self, open_member: OpenMember, index: int, name: str, length: int) -> None:
+        self._name = name
+        self._length = length
+        self._crc: int | None = None
+        self._error: BaseException | None = None
+        self._cancelled = threading.Event()
+        # Opened here, in the caller's thread: the opener may keep per-download state (read-ahead).
+        chunks = open_member(index, 0)
+        self._thread = threading.Thread(target=self._run, args=(chunks,), name=f"head-crc-{index}", daemon=True)
+        self._thread.start()
+
+    def _run(self, chunks: Iterator[bytes]) -> None:
+        crc, seen = 0, 0
+        try:
+            for chunk in chunks:
+                if self._cancelled.is_set():
+                    return
+                if len(chunk) > self._length - seen:
+                    chunk = chunk[: self._length - seen]
+                crc = crc32(chunk, crc)
+                seen += len(chunk)
+                if seen >= self._length:
+                    break
+            if seen < self._length:
+                raise ArchiveError(f"{self._name}: source ended after {seen} bytes, before the resume point "
+                                   f"at {self._length}")
+            self._crc = crc
+        except BaseException as error:  # noqa: BLE001 - handed to result(), raised in the stream
+            self._error = error
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
+
+    def result(self) -> int:
+        """The head's CRC-32, once read (waits for it); raises what the read raised."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        if self._crc is None:
+            raise ArchiveError(f"{self._name}: the read of the bytes before the resume point was cancelled")
+        return self._crc
+
+    def cancel(self) -> None:
+        """Stop reading (at the next chunk; the worker closes the source's body)."""
+        self._cancelled.set()
 
 
 def deflate_stream(entries: list[Entry], open_member: OpenMember) -> Iterator[bytes]:

@@ -46,6 +46,12 @@ CRC_FLUSH_SECONDS = 5.0
 CRC_FLUSH_BYTES = 4 * 1024 * 1024
 
 
+# A resume without If-Range is honoured only inside the bytes of that zip version known to have gone
+# out; they are recorded in steps of at least this many bytes (PreparedZip._record_delivery).
+DELIVERY_STEP = 256 * 1024
+# Every zip written here starts with "PK" (a local header, or the end record of an empty zip).
+SAME_IN_EVERY_ZIP = 2
+
 # How often pre-flight looks up from waiting to see whether the client has gone (seconds).
 CANCEL_POLL = 0.25
 
@@ -136,7 +142,9 @@ class PreparedZip:
     repository: BundleRepository | None
     plan: ZipPlan | None
     learned: dict[int, int] = field(default_factory=dict)
-    served: bool = False  # this exact zip (by ETag) was sent to someone before; unknown counts as no
+    # Bytes of this exact zip (by ETag), from its first, known to have gone out in some response:
+    # a resume without a validator is only honoured inside them (see vouches). Unknown counts as 0.
+    delivered: int = 0
     prefetch: int = 0  # members fetched ahead of the one streaming out (0: one after another)
     prefetch_bytes: int = 4 * 1024 * 1024
     # MAX_BUNDLE_BYTES (0: none). Sized members were counted at pre-flight; the bytes of a member
@@ -174,7 +182,15 @@ class PreparedZip:
         head = self.infos[index].head
         return head is not None and head.size == self.infos[index].size
 
+    _last_opened: int | None = None
+
+    @property
+    def failed_src(self) -> str | None:
+        """The src of the member opened last: the one a failure before the first byte came from."""
+        return self.infos[self._last_opened].src if self._last_opened is not None else None
+
     def _open(self, index: int, start: int) -> Iterator[bytes]:
+        self._last_opened = index
         if start == 0 and self._prefetcher is not None and not self._held_whole(index):
             chunks = self._prefetcher.take(index)
         else:
@@ -203,6 +219,10 @@ class PreparedZip:
         (very compressible data) before it yields output."""
         return cooperative.yielding(self._open(index, start))
 
+    def _open_direct(self, index: int, start: int) -> Iterator[bytes]:
+        """Without read-ahead: a member whose first bytes only are read (for its CRC-32)."""
+        return self.sources.open(self.infos[index], start)
+
     def _open_whole(self, index: int) -> Iterator[bytes]:
         return self.sources.open(self.infos[index], 0)
 
@@ -223,11 +243,13 @@ class PreparedZip:
             if self.plan is None:
                 chunks = deflate_stream(self.entries, self._open_yielding)
             else:
-                chunks = self.plan.stream(self._open, start, stop, self.learned, self._learn)
+                chunks = self.plan.stream(self._open, start, stop, self.learned, self._learn,
+                                          open_head=self._open_direct)
             for chunk in chunks:
                 sent += len(chunk)
                 if expected is not None and sent > expected:
                     raise StreamAborted(f"produced more than the promised {expected} bytes")
+                self._record_delivery(start + sent)
                 yield chunk
             if expected is not None and sent != expected:
                 raise StreamAborted(f"produced {sent} of the promised {expected} bytes")
@@ -243,24 +265,44 @@ class PreparedZip:
             discard_heads(self.infos)
             self._flush_crcs(force=True)
 
-    # -- which versions of zips were served: a resume without If-Range is only safe for those --
+    # -- how much of each zip version went out: a resume without If-Range is only safe inside that --
     @cached_property
     def served_key(self) -> str | None:
-        """This zip version's key in the learned-CRC cache, which doubles as the record (value unused)."""
+        """This zip version's key in the learned-CRC cache; its value: bytes delivered from the zip's start."""
         if self.etag is None:
             return None
-        return hashlib.sha256(f"served\x00{self.etag}".encode()).hexdigest()
+        return hashlib.sha256(f"delivered\x00{self.etag}".encode()).hexdigest()
 
-    def mark_served(self) -> None:
-        """Remember that this exact zip is being sent (before its first byte)."""
-        key = self.served_key
-        if key is None or self.repository is None or self.served:
+    def vouches(self, start: int) -> bool:
+        """Whether a client claiming the first `start` bytes of this zip (Range without If-Range) may
+        resume it: only bytes that some response of this very version delivered can be in its file.
+
+        The first two bytes ("PK") are the same in every zip we write, so a resume from byte 1 or 2
+        (axel probes with `bytes=1-`) never splices.
+        """
+        return start <= max(SAME_IN_EVERY_ZIP, self.delivered)
+
+    def _record_delivery(self, end: int) -> None:
+        """Record, before they are sent, that the zip's bytes [0, end) are going out.
+
+        Called only for responses that are themselves vouched (a whole zip, a range from 0, or a
+        resume the client proved with If-Range / If-Match or that lies inside what was delivered),
+        so the prefix stays contiguous. One cache write per step (at least DELIVERY_STEP bytes, and
+        1/16 of what is recorded), so a multi-GiB download costs a few hundred writes; the record is
+        at most one step ahead of the bytes really sent, and written before they go so that a client
+        cut and resuming at once (or on another instance) finds it.
+        """
+        if end <= self.delivered or self.served_key is None or self.repository is None:
             return
-        self.served = True
+        step = max(DELIVERY_STEP, self.delivered // 16)
+        target = max(end, self.delivered + step)
+        if self.length is not None:
+            target = min(target, self.length)
+        self.delivered = target
         try:
-            self.repository.put_crcs({key: 0})
+            self.repository.put_crcs({self.served_key: target})
         except Exception as error:  # noqa: BLE001 - losing a cache write must never break a download
-            log.warning("could not record the served version: %s", error)
+            log.warning("could not record the delivered part of the zip: %s", error)
 
     # -- CRC-32s learned while streaming, so a resumed download need not read the files again --
     _pending: dict[str, int] = field(default_factory=dict)
@@ -359,7 +401,7 @@ def prepare(
             identities = {info.identity(): index for index, info in enumerate(infos)
                           if info.validated and entries[index].crc32 is None}
             served_key = prepared.served_key
-            # One read for both caches: learned CRC-32s and whether this version was served before.
+            # One read for both caches: learned CRC-32s and how much of this version went out before.
             keys = [*identities, *([served_key] if served_key else [])]
             if keys:
                 try:
@@ -372,5 +414,6 @@ def prepare(
                     log.warning("could not read learned CRC-32s: %s", error)
                     known = {}
                 prepared.learned = {identities[key]: crc for key, crc in known.items() if key in identities}
-                prepared.served = served_key is not None and served_key in known
+                if served_key is not None and served_key in known:
+                    prepared.delivered = known[served_key]
         return prepared

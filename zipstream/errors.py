@@ -85,6 +85,24 @@ class RangeNotSatisfiable(ZipStreamError):
         return {"Content-Range": f"bytes */{self.length}"}
 
 
+class PreconditionFailed(ZipStreamError):
+    """If-Match names another version of the zip than the one the bundle now makes."""
+
+    status = 412
+    code = "precondition_failed"
+
+
+class ResumeRefused(ZipStreamError):
+    """A resume (Range from byte N, no If-Range) of a zip version whose first N bytes never went out.
+
+    The client's bytes are then of another version: a 206 would splice two, and a 200 too (wget -c
+    skips the first N bytes of a 200 and appends the rest). 428: "make the request conditional".
+    """
+
+    status = 428
+    code = "resume_refused"
+
+
 class InvalidInput(ZipStreamError):
     """A well-formed body whose fields are wrong; `fields` maps each field to its messages."""
 

@@ -21,7 +21,9 @@ _SECRET = {"name": "secret", "in": "path", "required": True, "schema": {"type": 
 def _errors(*codes: int) -> dict[str, Any]:
     text = {400: "Malformed body", 401: "Missing or wrong API key", 403: "Wrong secret or source refused",
             404: "No such bundle", 410: "Bundle expired", 413: "A limit was exceeded",
+            412: "If-Match names another version of the zip",
             415: "Unsupported content type", 416: "Range not satisfiable",
+            428: "A resume (Range, no If-Range) of a zip version that never sent those bytes: start again",
             422: "Invalid fields, or a source that does not exist", 502: "An upstream source failed",
             503: "Database unavailable, or its schema not migrated (`zipstream migrate`)",
             504: "A source did not answer within HTTP_TIMEOUT or PREFLIGHT_TIMEOUT"}
@@ -60,12 +62,12 @@ def build_spec() -> dict[str, Any]:
         "responses": {"200": {"description": "The zip", "content": _ZIP},
                       "206": {"description": "A byte range of the zip", "content": _ZIP},
                       "304": {"description": "Not modified"},
-                      **_errors(403, 404, 410, 413, 416, 422, 502, 503, 504)},
+                      **_errors(403, 404, 410, 412, 413, 416, 422, 428, 502, 503, 504)},
     }
     spec.path("/bundle", operations={"post": {
         "summary": "Zip the posted files and stream the zip back", "requestBody": _body("OneOffBundle"),
         "responses": {"200": {"description": "The zip", "content": _ZIP},
-                      **_errors(400, 401, 403, 413, 415, 422, 502, 503, 504)},
+                      **_errors(400, 401, 403, 412, 413, 415, 416, 422, 428, 502, 503, 504)},
     }})
     spec.path("/", operations={"post": {
         "summary": "Create a bundle", "requestBody": _body("CreateBundle"),

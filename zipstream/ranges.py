@@ -65,3 +65,15 @@ def none_match(header: str | None, etag: str | None) -> bool:
         return True
     tags = [tag.strip().removeprefix("W/") for tag in header.split(",")]
     return etag.removeprefix("W/") in tags
+
+
+def if_match(header: str | None, etag: str | None) -> bool:
+    """Whether If-Match allows the request (RFC 9110 §13.1.1): absent, `*`, or listing the current
+    ETag by strong comparison. A zip without an ETag matches only `*`."""
+    if header is None:
+        return True
+    if header.strip() == "*":
+        return True
+    if etag is None:
+        return False
+    return any(tag.strip() == etag for tag in header.split(",") if not tag.strip().startswith("W/"))

@@ -1,4 +1,4 @@
-"""Install every Debian package the tests need (zip readers, chromium) that is missing, then the
+"""Install every Debian package the tests need (zip readers, chromium, download clients) that is missing, then the
 readers that are not Debian packages: yauzl 2.x/3.x (npm, into the test cache) and the Go checker
 (built once from tests/support/zipcheck.go into the test cache).
 
@@ -20,9 +20,9 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.support import browser, readers  # noqa: E402 - needs the repository root on sys.path
+from tests.support import browser, clients, readers  # noqa: E402 - needs the repository root on sys.path
 
-PACKAGES: tuple[str, ...] = (*readers.DEBIAN_PACKAGES, *browser.DEBIAN_PACKAGES)
+PACKAGES: tuple[str, ...] = (*readers.DEBIAN_PACKAGES, *browser.DEBIAN_PACKAGES, *clients.DEBIAN_PACKAGES)
 
 
 def missing(packages: tuple[str, ...]) -> list[str]:

@@ -88,6 +88,11 @@ class Behaviour:
     retry_after_enforced: bool = False
     content_encoding: str | None = None  # label the (unencoded) body with this Content-Encoding, e.g. "br"
     deflate: bool = False  # zlib-deflate the body with Content-Encoding: deflate whatever the client accepts
+    throttle_bps: int = 0  # body sent at about this many bytes per second (0: as fast as possible)
+    replace_after_reset: bytes | None = None  # with reset_after: once the reset is sent, the path
+    #                                           serves these bytes (a new version) with no faults
+    read_status: int | None = None  # GETs other than a Range from byte 0 get this status (HEAD and
+    #                                 pre-flight's first-bytes GET answer normally): fails reads only
 
 
 _BEHAVIOUR_FIELDS: Final = frozenset(f.name for f in dataclasses.fields(Behaviour))
@@ -557,6 +562,9 @@ class _Handler(BaseHTTPRequestHandler):
             left = up._enforced(path)
             if left is not None:
                 return self._send_simple(behaviour.status, head, {"Retry-After": str(math.ceil(left))})
+        if (behaviour.read_status is not None and not head
+                and not re.match(r"bytes=0-", headers.get("range", "").replace(" ", ""))):
+            return self._send_simple(behaviour.read_status, head)
         if behaviour.status is not None and up._should_fail(path, behaviour):
             extra = {} if behaviour.retry_after is None else {"Retry-After": str(behaviour.retry_after)}
             if behaviour.retry_after is not None and behaviour.retry_after_enforced:
@@ -665,6 +673,8 @@ class _Handler(BaseHTTPRequestHandler):
                     if up.stopping:
                         self.close_connection = True
                         return None
+                if behaviour.throttle_bps:
+                    limit = min(limit, max(1, behaviour.throttle_bps // 50))
                 if behaviour.reset_after is not None:
                     limit = min(limit, behaviour.reset_after - sent)
                 if behaviour.stall_after is not None and not stalled:
@@ -674,8 +684,17 @@ class _Handler(BaseHTTPRequestHandler):
                     self.wfile.write(piece)
                     sent += len(piece)
                     up._count_sent(path, len(piece))
+                    if behaviour.throttle_bps:
+                        up._sleep(len(piece) / behaviour.throttle_bps)
+                        if up.stopping:
+                            self.close_connection = True
+                            return None
                 if behaviour.reset_after is not None and sent >= behaviour.reset_after:
-                    return self._reset()
+                    self._reset()
+                    if behaviour.replace_after_reset is not None:
+                        up.clear_behaviour(path)
+                        up.add(path, behaviour.replace_after_reset)
+                    return None
                 if behaviour.stall_after is not None and not stalled and sent >= behaviour.stall_after:
                     stalled = True
                     up._sleep(behaviour.stall_seconds)
