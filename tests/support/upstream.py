@@ -74,6 +74,11 @@ class Behaviour:
     no_validators: tuple[str, ...] = ()  # "ETag" / "Last-Modified": never sent, on any answer
     silent: bool = False  # read the request, then never answer (until the server stops)
     trickle_seconds: float = 0.0  # send the headers, then one body byte every trickle_seconds
+    head_status: int | None = None  # answer every HEAD with this status (403: an S3 presigned GET URL)
+    head_no_length: bool = False  # HEAD answered HTTP/1.0-style: no Content-Length, close-delimited
+    # Each response comes from the next of N hosts behind a load balancer, with that host's ETag and
+    # Last-Modified (Apache inode ETags, per-host mtimes); a huge N: a new ETag on every response.
+    validator_hosts: int = 0
 
 
 _BEHAVIOUR_FIELDS: Final = frozenset(f.name for f in dataclasses.fields(Behaviour))
@@ -225,6 +230,7 @@ class UpstreamServer:
         self._requests: list[RequestRecord] = []
         self._arrivals: list[float] = []  # time.monotonic() of each logged request, same order
         self._bytes_sent: Counter[str] = Counter()
+        self._turns: Counter[str] = Counter()  # requests per path, for validator_hosts
         self._errors: list[str] = []
         self._connections: set[socket.socket] = set()
         self._accepted = 0
@@ -439,6 +445,13 @@ class UpstreamServer:
         with self._lock:
             self._errors.append(message)
 
+    def _next_host(self, path: str, hosts: int) -> int:
+        """Which of `hosts` load-balanced hosts answers this request for path (round robin)."""
+        with self._lock:
+            turn = self._turns[path]
+            self._turns[path] += 1
+            return turn % hosts
+
     def _count_sent(self, path: str, n: int) -> None:
         with self._lock:
             self._bytes_sent[path] += n
@@ -509,6 +522,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send_simple(HTTPStatus.FOUND, head, {"Location": behaviour.redirect_to})
         if head and behaviour.no_head:
             return self._send_simple(HTTPStatus.METHOD_NOT_ALLOWED, head, {"Allow": "GET"})
+        if head and behaviour.head_status is not None:
+            return self._send_simple(behaviour.head_status, head)
         if behaviour.status is not None and up._should_fail(path, behaviour):
             extra = {} if behaviour.retry_after is None else {"Retry-After": str(behaviour.retry_after)}
             return self._send_simple(behaviour.status, head, extra)
@@ -521,6 +536,9 @@ class _Handler(BaseHTTPRequestHandler):
         self, path: str, resource: _Resource, behaviour: Behaviour, headers: dict[str, str], *, head: bool
     ) -> None:
         size, etag, mtime = resource.validators()
+        if behaviour.validator_hosts:
+            host = self.upstream._next_host(path, behaviour.validator_hosts)
+            etag, mtime = f'{etag[:-1]}-h{host}"', mtime + host
         if not if_match_ok(headers.get("if-match"), etag):
             return self._send_simple(HTTPStatus.PRECONDITION_FAILED, head, {"ETag": etag})
 
@@ -541,6 +559,9 @@ class _Handler(BaseHTTPRequestHandler):
         if behaviour.gzip:
             body, length = self._gzipped(resource, start, end)
 
+        if head and behaviour.head_no_length:
+            # An HTTP/1.0 answer (this connection then closes): no length, the close ends the body.
+            self.protocol_version = "HTTP/1.0"
         self.send_response(HTTPStatus.PARTIAL_CONTENT if span else HTTPStatus.OK)
         self.send_header("Content-Type", resource.content_type)
         omitted = {*behaviour.no_validators, *(behaviour.omit_on_206 if span else ())}
@@ -553,9 +574,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Range", f"bytes {start}-{end - 1}/{size}")
         if behaviour.gzip:
             self.send_header("Content-Encoding", "gzip")
-        if length is not None and not behaviour.no_length:
+        no_length = behaviour.no_length or (head and behaviour.head_no_length)
+        if length is not None and not no_length:
             self.send_header("Content-Length", str(max(0, length + behaviour.wrong_length)))
-        if length is None or behaviour.no_length or behaviour.wrong_length:
+        if length is None or no_length or behaviour.wrong_length:
             # Without a correct length the only framing left is closing the connection.
             self.send_header("Connection", "close")
         self.end_headers()

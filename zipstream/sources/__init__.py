@@ -40,6 +40,10 @@ class SourceInfo:
     location: tuple[str, ...] = field(default=())
     # The file's first bytes (or all of it) if pre-flight fetched them; not part of its identity.
     head: Head | None = field(default=None, compare=False, repr=False)
+    # False when the source's validators were seen to disagree between requests for the same file
+    # (per-host ETags behind a load balancer, an ETag new on every response): they can't vouch for
+    # its bytes across requests, so it counts as not validated (no ranges, no ETag, no continuation).
+    stable: bool = True
 
     @property
     def strong_etag(self) -> str | None:
@@ -53,7 +57,8 @@ class SourceInfo:
         A weak ETag (`W/"..."`) does not count: equal weak tags need not mean equal bytes, and
         If-Range can't use one, so a source with nothing better can't be continued mid-file.
         """
-        return self.size is not None and (self.strong_etag is not None or self.last_modified is not None)
+        return self.stable and self.size is not None and (
+            self.strong_etag is not None or self.last_modified is not None)
 
     def identity(self) -> str:
         """A key for 'this exact version of this file': learned CRCs are stored under it."""
