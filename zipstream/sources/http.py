@@ -438,9 +438,10 @@ class HttpSource:
     @staticmethod
     def _check_same_version(info: SourceInfo, response: requests.Response) -> None:
         etag = response.headers.get("ETag")
-        if info.etag and etag and etag != info.etag:
-            raise SourceChanged(info.src, "the file changed since the download started (ETag differs)")
         modified = _http_date(response.headers.get("Last-Modified"))
+        if info.etag and etag and etag != info.etag:
+            raise SourceChanged(info.src, "the file changed since the download started (ETag differs)",
+                                seen=(etag, modified))
         if info.last_modified and modified and modified != info.last_modified:
-            raise SourceChanged(info.src,
-                                "the file changed since the download started (Last-Modified differs)")
+            raise SourceChanged(info.src, "the file changed since the download started (Last-Modified differs)",
+                                seen=(etag, modified))
