@@ -97,8 +97,8 @@ def test_head_is_asked_only_for_what_the_get_lacks(client: FlaskClient, upstream
     assert resume.data
     # The 206s carry size and validators, and the empty file's 416 is followed by a plain GET.
     assert [record.path for record in upstream.requests if record.method == "HEAD"] == []
-    assert upstream.ranges_for("/empty.bin")[:2] == ["bytes=0-65535", None]
-    assert upstream.ranges_for("/small.bin")[:2] == ["bytes=0-65535"] * 2
+    assert upstream.ranges_for("/empty.bin")[:2] == ["bytes=0-0", None]
+    assert upstream.ranges_for("/small.bin")[:2] == ["bytes=0-0"] * 2
 
 
 def test_a_refused_head_leaves_the_get_answer(client: FlaskClient, upstream: UpstreamServer,
@@ -197,3 +197,20 @@ def test_unstable_validators_after_bytes_were_sent_still_abort(client: FlaskClie
     # Never a range asked without the version it must continue (If-Range): no splice possible.
     for record in upstream.requests_for("/big.bin", "GET"):
         assert record.range is None or record.range == "bytes=0-65535" or "if-range" in record.headers
+
+
+def test_head_that_disagrees_with_the_get_makes_the_bundle_unresumable_at_once(
+        client: FlaskClient, upstream: UpstreamServer, tmp_path: Path, zip_readers: CheckZip) -> None:
+    """A 206 without Last-Modified sends pre-flight to HEAD; a HEAD from another host with another
+    ETag shows the validators can't be trusted: no ETag and no ranges from the first answer on."""
+    files = _add_files(upstream)
+    upstream.set_behaviour(validator_hosts=2, omit_on_206=("Last-Modified",))
+    bundle_id = _bundle(client, upstream, files)
+    head = client.head(f"/{bundle_id}")
+    whole = client.get(f"/{bundle_id}")
+    assert whole.status_code == 200
+    _check(tmp_path, zip_readers, whole.data, files, "whole.zip")
+    for response in (head, whole):
+        assert "ETag" not in response.headers
+        assert response.headers["Accept-Ranges"] == "none"
+        assert response.headers["Content-Length"] == str(len(whole.data))

@@ -271,18 +271,20 @@ class HttpSource:
     def stat(self, src: str, holding: Holding | None = None,
              deadline: Deadline | None = None) -> list[SourceInfo]:
         """Size and validators of `src`, by a ranged GET (what any server that serves the file
-        answers, HEAD or not); its first bytes are kept when the holding has room for them (one
-        request instead of two for a small file), else discarded."""
+        answers, HEAD or not): of its first bytes, kept, when the holding has room for them (one
+        request instead of two for a small file), else of its first byte."""
         with (deadline or _NO_DEADLINE).applying() as applied:  # for the connection's abort hook
             return self._stat(src, holding, applied)
 
     def _stat(self, src: str, holding: Holding | None, deadline: Deadline) -> list[SourceInfo]:
-        # The same request on every route (whole zip, HEAD, range, If-None-Match): the zip's layout
-        # and ETag follow from its answer, so they can't depend on which route asked.
-        want = max(1, self.fetch_bytes)
-        kept = holding is not None and self.fetch_bytes > 0 and holding.reserve(want)
+        # The same kind of request on every route (whole zip, HEAD, range, If-None-Match), read the
+        # same way: the zip's layout and ETag follow from its answer, so they can't depend on which
+        # route asked. Only its length differs: the first bytes where they can be held for the
+        # stream, else one byte (a HEAD or a resume would read and discard them).
+        want = self.fetch_bytes
+        kept = holding is not None and want > 0 and holding.reserve(want)
         try:
-            info, data = self._stat_get(src, want, deadline, keep=kept)
+            info, data = self._stat_get(src, want if kept else 1, deadline, keep=kept)
         except BaseException:
             if holding is not None and kept:
                 holding.release(want)
