@@ -143,10 +143,12 @@ class Sources:
 
         `unstable`: given when nothing of this member has been sent by any response (it is read
         whole, `start` 0). Then validators that disagree with pre-flight's before the first byte is
-        yielded (per-host ETags behind a load balancer, an ETag new on every response) don't end
-        the download: the file is read whole again without them, its size still checked, and
-        `unstable(info)` is called once that read is complete. Held first bytes are yielded only
-        once the continuation has answered as the same version, so they count as not sent.
+        yielded don't end the download: the file is read whole again, first as the version it just
+        answered with (a file that really changed), then, if that disagrees too (per-host ETags
+        behind a load balancer, an ETag new on every response), asking no version, its size still
+        checked; `unstable(info)` is called once such a read is complete. Held first bytes are
+        yielded only once the continuation has answered as the same version, so they count as
+        not sent.
         """
         backend = self.backend(info.src)
         label = metrics.backend_label(urlsplit(info.src).scheme)
@@ -168,6 +170,7 @@ class Sources:
         # first expecting the validators just seen (a file that really changed shows them again),
         # then, if those differ too (they change between requests), with none. Never after a byte.
         rereads = 0 if unstable is not None and start == 0 else 2
+        distrusted = False  # read without validators because they kept disagreeing
         sent = False
         attempts = 0
         while True:
@@ -178,6 +181,7 @@ class Sources:
                 metrics.UPSTREAM_ERRORS.labels(label, "open", error.code).inc()
                 if not sent and rereads < 2 and isinstance(error, SourceChanged) and error.seen:
                     rereads += 1
+                    distrusted = rereads == 2
                     current, position, pending = _reread(info, error, rereads), 0, b""
                     continue
                 raise
@@ -192,13 +196,14 @@ class Sources:
                     yield chunk
                 if pending:
                     yield pending
-                if rereads == 2 and unstable is not None:
+                if distrusted and unstable is not None:
                     unstable(info)
                 return
             except SourceError as error:
                 metrics.UPSTREAM_ERRORS.labels(label, "read", error.code).inc()
                 if not sent and rereads < 2 and isinstance(error, SourceChanged) and error.seen:
                     rereads += 1
+                    distrusted = rereads == 2
                     current, position, pending = _reread(info, error, rereads), 0, b""
                     continue
                 if not isinstance(error, SourceInterrupted):
@@ -213,7 +218,6 @@ class Sources:
                 close = getattr(body, "close", None)
                 if close is not None:
                     close()
-
 
 
 def _reread(info: SourceInfo, error: SourceChanged, rereads: int) -> SourceInfo:

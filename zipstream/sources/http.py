@@ -297,8 +297,9 @@ class HttpSource:
         return [replace(info, head=holding.keep(data, want))]
 
     def _stat_head(self, src: str, deadline: Deadline) -> SourceInfo | None:
-        """What a HEAD says of `src`, or None if the server refuses HEAD (any status >= 400): a
-        presigned URL is signed for GET only (403), some servers don't implement HEAD (405, 501)."""
+        """What a HEAD says of `src`, or None if it answers with anything but a 2xx: a presigned URL
+        is signed for GET only (403), some servers don't implement HEAD (405, 501). The GET that
+        read the file is what counts; a refused HEAD is not "access denied"."""
         response = self._request("HEAD", src, src, {}, deadline=deadline)
         if response.status_code >= 300:
             response.close()
