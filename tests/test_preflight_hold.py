@@ -276,6 +276,10 @@ def _zip(sources: Sources, config: Config, files: list[FileRef], hold: bool) -> 
     {"no_validators": ("ETag", "Last-Modified")},
     {"no_range": True, "no_length": True},  # whole body, chunked; the HEAD has a Content-Length
     {"no_range": True, "no_validators": ("ETag",)},  # a plain static server: 200, Last-Modified only
+    {"head_status": 403},  # an S3 presigned GET URL
+    {"head_status": 403, "omit_on_206": ("Last-Modified",)},  # the HEAD asked for, and refused
+    {"head_no_length": True},  # HTTP/1.0 HEAD, close-delimited
+    {"no_range": True, "no_length": True, "head_no_length": True},  # no size anywhere: unsized zip
 ], ids=lambda behaviour: ",".join(f"{key}={value}" for key, value in behaviour.items()))
 def test_zip_is_the_same_whichever_preflight_ran(make_config: Callable[..., Config], upstream: UpstreamServer,
                                                   behaviour: dict[str, object]) -> None:
