@@ -89,8 +89,8 @@ def test_empty_file(sources: Sources, upstream: UpstreamServer) -> None:
     [info] = sources.stat(upstream.url("/empty.bin"), sources.holding())
     assert info.size == 0
     assert b"".join(sources.open(info)) == b""
-    # "bytes=0-65535" of nothing is a 416, which need not carry the validators: a HEAD gets them.
-    assert _methods_and_ranges(upstream, "/empty.bin") == [("GET", FIRST), ("HEAD", None)]
+    # "bytes=0-65535" of nothing is a 416, which need not carry the validators: a plain GET gets them.
+    assert _methods_and_ranges(upstream, "/empty.bin") == [("GET", FIRST), ("GET", None)]
 
 
 def test_server_that_ignores_range(sources: Sources, upstream: UpstreamServer) -> None:
@@ -139,23 +139,27 @@ def test_small_files_share_one_kept_alive_connection(sources: Sources, upstream:
     assert upstream.connections_accepted == 1
 
 
-def test_spent_budget_falls_back_to_head(make_config: Callable[..., Config], upstream: UpstreamServer) -> None:
+def test_spent_budget_discards_the_first_bytes(make_config: Callable[..., Config],
+                                               upstream: UpstreamServer) -> None:
     upstream.add("/a.bin", b"a" * 100)
     # A download may hold half the worker's budget: 50,000 bytes is less than one 64 KiB reservation.
     sources = build_sources(make_config(PREFLIGHT_HOLD_BYTES="100000"))
     [info] = sources.stat(upstream.url("/a.bin"), sources.holding())
     assert info.head is None
     assert b"".join(sources.open(info)) == b"a" * 100
-    assert _methods_and_ranges(upstream, "/a.bin") == [("HEAD", None), ("GET", None)]
+    # A ranged GET as ever (read the same way, so the same zip), of one byte; the member is read later.
+    assert _methods_and_ranges(upstream, "/a.bin") == [("GET", "bytes=0-0"), ("GET", None)]
 
 
-def test_fetch_bytes_zero_means_head_only(make_config: Callable[..., Config], upstream: UpstreamServer) -> None:
+def test_fetch_bytes_zero_means_one_byte_probe(make_config: Callable[..., Config],
+                                               upstream: UpstreamServer) -> None:
     upstream.add("/a.bin", b"a" * 100)
     sources = build_sources(make_config(PREFLIGHT_FETCH_BYTES="0"))
     assert sources.holding() is None
     [info] = sources.stat(upstream.url("/a.bin"), sources.holding())
     assert info.head is None
-    assert [record.method for record in upstream.requests] == ["HEAD"]
+    assert info.size == 100
+    assert _methods_and_ranges(upstream, "/a.bin") == [("GET", "bytes=0-0")]
 
 
 def test_per_download_limit_leaves_room_for_others(make_config: Callable[..., Config],
@@ -225,25 +229,27 @@ def test_holding_never_changes_a_byte_of_the_zip(serve: Callable[..., LiveServer
     upstream.clear_log()
     held = requests.get(holding.url(f"/{bundle_id}"), timeout=60)
     assert held.status_code == 200
-    # One GET per file, plus a HEAD for the empty one (its 416 has no validators) and a second GET
-    # for the two bigger than 64 KiB, which continue after their first part.
+    # One GET per file, plus a plain GET for the empty one (its 416 has no validators) and a second
+    # GET for the two bigger than 64 KiB, which continue after their first part.
     methods = [record.method for record in upstream.requests]
-    assert (methods.count("GET"), methods.count("HEAD")) == (len(files) + 2, 1)
+    assert (methods.count("GET"), methods.count("HEAD")) == (len(files) + 3, 0)
     not_held = requests.get(heads_only.url(f"/{other_id}"), timeout=60)
     assert not_held.content == held.content
     assert not_held.headers["ETag"] == held.headers["ETag"]
     path = tmp_path / "held.zip"
     path.write_bytes(held.content)
     zip_readers(path, expected)
-    # A HEAD of the zip or a range of it holds nothing: HEADs, then only the members the range needs.
+    # A HEAD of the zip or a range of it holds nothing: a one-byte ranged GET of each (and a plain
+    # GET for the empty file), then only the members the range needs.
     upstream.clear_log()
     assert requests.head(holding.url(f"/{bundle_id}"), timeout=30).status_code == 200
-    assert {record.method for record in upstream.requests} == {"HEAD"}
+    assert sorted((record.method, record.range or "") for record in upstream.requests) == sorted(
+        [("GET", "bytes=0-0")] * len(files) + [("GET", "")])
     upstream.clear_log()
     tail = requests.get(holding.url(f"/{bundle_id}"), headers={"Range": "bytes=-100"}, timeout=30)
     assert tail.status_code == 206
     assert tail.content == held.content[-100:]
-    assert not [record for record in upstream.requests if record.range == FIRST]
+    assert len([record for record in upstream.requests if record.method == "GET"]) == len(files) + 1
 
 
 def test_deflate_bundle_streams_held_and_continued_members(serve: Callable[..., LiveServer],
@@ -279,6 +285,10 @@ def _zip(sources: Sources, config: Config, files: list[FileRef], hold: bool) -> 
     {"no_validators": ("ETag", "Last-Modified")},
     {"no_range": True, "no_length": True},  # whole body, chunked; the HEAD has a Content-Length
     {"no_range": True, "no_validators": ("ETag",)},  # a plain static server: 200, Last-Modified only
+    {"head_status": 403},  # an S3 presigned GET URL
+    {"head_status": 403, "omit_on_206": ("Last-Modified",)},  # the HEAD asked for, and refused
+    {"head_no_length": True},  # HTTP/1.0 HEAD, close-delimited
+    {"no_range": True, "no_length": True, "head_no_length": True},  # no size anywhere: unsized zip
 ], ids=lambda behaviour: ",".join(f"{key}={value}" for key, value in behaviour.items()))
 def test_zip_is_the_same_whichever_preflight_ran(make_config: Callable[..., Config], upstream: UpstreamServer,
                                                   behaviour: dict[str, object]) -> None:
@@ -353,7 +363,7 @@ def test_conditional_get_holds_nothing(client: FlaskClient, upstream: UpstreamSe
     upstream.clear_log()
     response = client.get(f"/{bundle['id']}", headers={"If-None-Match": etag})
     assert response.status_code == 304
-    assert [record.method for record in upstream.requests] == ["HEAD"]
+    assert _methods_and_ranges(upstream, "/a.bin") == [("GET", "bytes=0-0")]
 
 
 def test_weak_etag_alone_is_not_a_validator(make_config: Callable[..., Config], upstream: UpstreamServer) -> None:

@@ -410,3 +410,36 @@ def test_stop_is_prompt_with_stalled_clients(upstream_factory: Callable[..., Ups
         started = time.monotonic()
         server.stop()
         assert time.monotonic() - started < 2
+
+
+def test_upstream_head_status_and_head_without_length(upstream: UpstreamServer) -> None:
+    upstream.add("/a.bin", b"x" * 500)
+    upstream.set_behaviour("/a.bin", head_status=403)
+    assert requests.head(upstream.url("/a.bin"), timeout=5).status_code == 403
+    assert requests.get(upstream.url("/a.bin"), timeout=5).content == b"x" * 500
+    upstream.set_behaviour("/a.bin", head_status=None, head_no_length=True)
+    connection = http.client.HTTPConnection("127.0.0.1", upstream.port, timeout=5)
+    try:
+        connection.request("HEAD", "/a.bin")
+        response = connection.getresponse()
+        assert response.version == 10  # HTTP/1.0: the close ends the (empty) body
+        assert response.getheader("Content-Length") is None
+        assert response.getheader("ETag")
+    finally:
+        connection.close()
+    ranged = requests.get(upstream.url("/a.bin"), headers={"Range": "bytes=0-9"}, timeout=5)
+    assert ranged.status_code == 206
+    assert ranged.headers["Content-Range"] == "bytes 0-9/500"
+
+
+def test_upstream_validator_hosts_take_turns(upstream: UpstreamServer) -> None:
+    upstream.add("/a.bin", b"x" * 500)
+    upstream.set_behaviour("/a.bin", validator_hosts=2)
+    answers = [requests.get(upstream.url("/a.bin"), timeout=5) for _ in range(3)]
+    etags = [answer.headers["ETag"] for answer in answers]
+    assert etags[0] == etags[2] != etags[1]
+    assert answers[0].headers["Last-Modified"] != answers[1].headers["Last-Modified"]
+    # If-Range names the host that answered before: the next host's answer is the whole file.
+    resumed = requests.get(upstream.url("/a.bin"), headers={"Range": "bytes=10-", "If-Range": etags[2]}, timeout=5)
+    assert resumed.status_code == 200
+    assert resumed.headers["ETag"] == etags[1]

@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import cached_property
 
@@ -54,6 +54,11 @@ SAME_IN_EVERY_ZIP = 2
 
 # How often pre-flight looks up from waiting to see whether the client has gone (seconds).
 CANCEL_POLL = 0.25
+
+
+def unstable_key(src: str) -> str:
+    """The learned-CRC cache key that records "src's validators differ between requests" (value unused)."""
+    return hashlib.sha256(f"unstable\x00{src}".encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def preflight(files: Sequence[FileRef], sources: Sources, concurrency: int,
@@ -177,6 +182,16 @@ class PreparedZip:
 
     _prefetcher: Prefetcher | None = None
 
+    def distrust(self, indexes: Iterable[int]) -> None:
+        """Members whose source's validators were seen to differ between requests: their versions
+        can't be vouched for across requests, so this zip has no ETag and no ranges."""
+        for index in indexes:
+            self.infos[index] = replace(self.infos[index], stable=False)
+            self.learned.pop(index, None)
+        for cached in ("etag", "served_key"):
+            self.__dict__.pop(cached, None)
+        self.delivered = 0
+
     def _held_whole(self, index: int) -> bool:
         """Pre-flight fetched this whole file: its bytes are in memory, nothing to fetch ahead."""
         head = self.infos[index].head
@@ -189,12 +204,20 @@ class PreparedZip:
         """The src of the member opened last: the one a failure before the first byte came from."""
         return self.infos[self._last_opened].src if self._last_opened is not None else None
 
+    # The first member whose data lies wholly in the response streaming now: of those (and only
+    # those) no byte was sent by an earlier response, so they may be read whole again (see _unstable).
+    _whole_from: int = 0
+
+    def _rereadable(self, index: int, start: int) -> bool:
+        return start == 0 and index >= self._whole_from
+
     def _open(self, index: int, start: int) -> Iterator[bytes]:
         self._last_opened = index
         if start == 0 and self._prefetcher is not None and not self._held_whole(index):
             chunks = self._prefetcher.take(index)
         else:
-            chunks = self.sources.open(self.infos[index], start)
+            unstable = self._unstable if self._rereadable(index, start) else None
+            chunks = self.sources.open(self.infos[index], start, unstable=unstable)
         if self.max_bytes and self.entries[index].size is None:
             return self._counted(chunks)
         return chunks
@@ -224,7 +247,21 @@ class PreparedZip:
         return self.sources.open(self.infos[index], start)
 
     def _open_whole(self, index: int) -> Iterator[bytes]:
-        return self.sources.open(self.infos[index], 0)
+        unstable = self._unstable if self._rereadable(index, 0) else None
+        return self.sources.open(self.infos[index], 0, unstable=unstable)
+
+    def _unstable(self, info: SourceInfo) -> None:
+        """`info`'s validators disagreed between requests while its bytes did not (it was read
+        whole again and matched its size): remember that, so later downloads of any bundle naming
+        this src are served without ranges or ETag (see prepare)."""
+        log.warning("%s: its validators differ between requests; bundles naming it are served "
+                    "without ranges or ETag from now on", info.src)
+        if self.repository is None:
+            return
+        try:
+            self.repository.put_crcs({unstable_key(info.src): 0})
+        except Exception as error:  # noqa: BLE001 - losing a cache write must never break a download
+            log.warning("could not record the unstable validators of %s: %s", info.src, error)
 
     def stream(self, start: int = 0, stop: int | None = None) -> Iterator[bytes]:
         """The zip's bytes [start, stop); raises StreamAborted if a source fails part-way."""
@@ -233,6 +270,7 @@ class PreparedZip:
             expected = (stop if stop is not None else self.length) - start
         sent = 0
         self._unsized_sent = 0
+        self._whole_from = self._first_whole_member(start)
         # Read ahead only when the stream runs to the end (whole zip or a resume): a range that
         # stops early would fetch members it never sends.
         if self.prefetch > 0 and (stop is None or stop == self.length):
@@ -264,6 +302,15 @@ class PreparedZip:
                 self._prefetcher = None
             discard_heads(self.infos)
             self._flush_crcs(force=True)
+
+    def _first_whole_member(self, start: int) -> int:
+        """Index of the first member whose data starts at or after zip offset `start`."""
+        if self.plan is None or start == 0:
+            return 0
+        for index, member in enumerate(self.plan.members):
+            if member.offset + len(member.header) >= start:
+                return index
+        return len(self.plan.members)
 
     # -- how much of each zip version went out: a resume without If-Range is only safe inside that --
     @cached_property
@@ -400,9 +447,11 @@ def prepare(
         if plan is not None and repository is not None:
             identities = {info.identity(): index for index, info in enumerate(infos)
                           if info.validated and entries[index].crc32 is None}
+            unstable = {unstable_key(info.src): index for index, info in enumerate(infos) if info.validated}
             served_key = prepared.served_key
-            # One read for both caches: learned CRC-32s and how much of this version went out before.
-            keys = [*identities, *([served_key] if served_key else [])]
+            # One read for the three caches: learned CRC-32s, how much of this version went out before,
+            # and which srcs were seen with validators that differ between requests.
+            keys = [*identities, *unstable, *([served_key] if served_key else [])]
             if keys:
                 try:
                     known = repository.get_crcs(keys)
@@ -416,4 +465,6 @@ def prepare(
                 prepared.learned = {identities[key]: crc for key, crc in known.items() if key in identities}
                 if served_key is not None and served_key in known:
                     prepared.delivered = known[served_key]
+                if unsteady := [index for key, index in unstable.items() if key in known]:
+                    prepared.distrust(unsteady)
         return prepared

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 
@@ -159,9 +160,17 @@ class SourceRefused(SourceError):
 
 
 class SourceChanged(SourceError):
-    """The file changed between pre-flight and reading it (ETag, size or Last-Modified differ)."""
+    """The file changed between pre-flight and reading it (ETag, size or Last-Modified differ).
+
+    `seen`: when it was the validators that differed, the (ETag, Last-Modified) the source answered
+    with this time, as SourceInfo holds them; None otherwise (a length that differs, a 412).
+    """
 
     code = "source_changed"
+
+    def __init__(self, src: str, reason: str, seen: tuple[str | None, datetime | None] | None = None) -> None:
+        super().__init__(src, reason)
+        self.seen = seen
 
 
 class SourcesFailed(ZipStreamError):

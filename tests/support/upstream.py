@@ -93,6 +93,11 @@ class Behaviour:
     #                                           serves these bytes (a new version) with no faults
     read_status: int | None = None  # GETs other than a Range from byte 0 get this status (HEAD and
     #                                 pre-flight's first-bytes GET answer normally): fails reads only
+    head_status: int | None = None  # answer every HEAD with this status (403: an S3 presigned GET URL)
+    head_no_length: bool = False  # HEAD answered HTTP/1.0-style: no Content-Length, close-delimited
+    # Each response comes from the next of N hosts behind a load balancer, with that host's ETag and
+    # Last-Modified (Apache inode ETags, per-host mtimes); a huge N: a new ETag on every response.
+    validator_hosts: int = 0
 
 
 _BEHAVIOUR_FIELDS: Final = frozenset(f.name for f in dataclasses.fields(Behaviour))
@@ -244,6 +249,7 @@ class UpstreamServer:
         self._requests: list[RequestRecord] = []
         self._arrivals: list[float] = []  # time.monotonic() of each logged request, same order
         self._bytes_sent: Counter[str] = Counter()
+        self._turns: Counter[str] = Counter()  # requests per path, for validator_hosts
         self._errors: list[str] = []
         self._blocked_until: dict[str, float] = {}  # path -> time.monotonic() before which Retry-After holds
         self._redirect_counts: Counter[str] = Counter()
@@ -478,6 +484,13 @@ class UpstreamServer:
         with self._lock:
             self._errors.append(message)
 
+    def _next_host(self, path: str, hosts: int) -> int:
+        """Which of `hosts` load-balanced hosts answers this request for path (round robin)."""
+        with self._lock:
+            turn = self._turns[path]
+            self._turns[path] += 1
+            return turn % hosts
+
     def _count_sent(self, path: str, n: int) -> None:
         with self._lock:
             self._bytes_sent[path] += n
@@ -558,6 +571,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send_simple(HTTPStatus.FOUND, head, {"Location": location})
         if head and behaviour.no_head:
             return self._send_simple(HTTPStatus.METHOD_NOT_ALLOWED, head, {"Allow": "GET"})
+        if head and behaviour.head_status is not None:
+            return self._send_simple(behaviour.head_status, head)
         if behaviour.status is not None and behaviour.retry_after_enforced:
             left = up._enforced(path)
             if left is not None:
@@ -579,6 +594,9 @@ class _Handler(BaseHTTPRequestHandler):
         self, path: str, resource: _Resource, behaviour: Behaviour, headers: dict[str, str], *, head: bool
     ) -> None:
         size, etag, mtime = resource.validators()
+        if behaviour.validator_hosts:
+            host = self.upstream._next_host(path, behaviour.validator_hosts)
+            etag, mtime = f'{etag[:-1]}-h{host}"', mtime + host
         if not if_match_ok(headers.get("if-match"), etag):
             return self._send_simple(HTTPStatus.PRECONDITION_FAILED, head, {"ETag": etag})
 
@@ -605,6 +623,9 @@ class _Handler(BaseHTTPRequestHandler):
         elif behaviour.deflate:
             body, length = iter([zlib.compress(b"".join(resource.chunks(start, end)))]), None
 
+        if head and behaviour.head_no_length:
+            # An HTTP/1.0 answer (this connection then closes): no length, the close ends the body.
+            self.protocol_version = "HTTP/1.0"
         self.send_response(HTTPStatus.PARTIAL_CONTENT if span else HTTPStatus.OK)
         self.send_header("Content-Type", resource.content_type)
         omitted = {*behaviour.no_validators, *(behaviour.omit_on_206 if span else ())}
@@ -619,9 +640,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Encoding", "gzip" if behaviour.gzip else "deflate")
         elif behaviour.content_encoding is not None:
             self.send_header("Content-Encoding", behaviour.content_encoding)
-        if length is not None and not behaviour.no_length:
+        no_length = behaviour.no_length or (head and behaviour.head_no_length)
+        if length is not None and not no_length:
             self.send_header("Content-Length", str(max(0, length + behaviour.wrong_length)))
-        if length is None or behaviour.no_length or behaviour.wrong_length:
+        if length is None or no_length or behaviour.wrong_length:
             # Without a correct length the only framing left is closing the connection.
             self.send_header("Connection", "close")
         self.end_headers()

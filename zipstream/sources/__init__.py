@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Protocol
 from urllib.parse import urlsplit
@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 from .. import metrics
 from ..config import Config
 from ..deadline import Deadline
-from ..errors import SourceError, SourceInterrupted, SourceRefused
+from ..errors import SourceChanged, SourceError, SourceInterrupted, SourceRefused
 from .held import Head, HoldBudget, Holding
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,10 @@ class SourceInfo:
     location: tuple[str, ...] = field(default=())
     # The file's first bytes (or all of it) if pre-flight fetched them; not part of its identity.
     head: Head | None = field(default=None, compare=False, repr=False)
+    # False when the source's validators were seen to disagree between requests for the same file
+    # (per-host ETags behind a load balancer, an ETag new on every response): they can't vouch for
+    # its bytes across requests, so it counts as not validated (no ranges, no ETag, no continuation).
+    stable: bool = True
 
     @property
     def strong_etag(self) -> str | None:
@@ -53,7 +57,8 @@ class SourceInfo:
         A weak ETag (`W/"..."`) does not count: equal weak tags need not mean equal bytes, and
         If-Range can't use one, so a source with nothing better can't be continued mid-file.
         """
-        return self.size is not None and (self.strong_etag is not None or self.last_modified is not None)
+        return self.stable and self.size is not None and (
+            self.strong_etag is not None or self.last_modified is not None)
 
     def identity(self) -> str:
         """A key for 'this exact version of this file': learned CRCs are stored under it."""
@@ -129,42 +134,83 @@ class Sources:
             metrics.UPSTREAM_ERRORS.labels(label, "stat", error.code).inc()
             raise
 
-    def open(self, info: SourceInfo, start: int = 0, retries: int = 3) -> Iterator[bytes]:
+    def open(self, info: SourceInfo, start: int = 0, retries: int = 3,
+             unstable: Callable[[SourceInfo], None] | None = None) -> Iterator[bytes]:
         """Chunks of `info` from `start`; a body cut mid-way is re-opened where it stopped.
 
         Re-opening is conditional on the same version (the backends send If-Range / IfMatch),
         so a file that changed in between raises SourceChanged instead of splicing two versions.
+
+        `unstable`: given when nothing of this member has been sent by any response (it is read
+        whole, `start` 0). Then validators that disagree with pre-flight's before the first byte is
+        yielded don't end the download: the file is read whole again, first as the version it just
+        answered with (a file that really changed), then, if that disagrees too (per-host ETags
+        behind a load balancer, an ETag new on every response), asking no version, its size still
+        checked; `unstable(info)` is called once such a read is complete. Held first bytes are
+        yielded only once the continuation has answered as the same version, so they count as
+        not sent.
         """
         backend = self.backend(info.src)
         label = metrics.backend_label(urlsplit(info.src).scheme)
         position = start
         held = info.head.take() if info.head is not None else None
+        pending = b""  # held bytes waiting for the continuation to prove the same version
+        if held is not None and not info.stable and len(held) != info.size:
+            held = None  # validators that can't be trusted can't continue a first part
         if held is not None and (start < len(held) or len(held) == info.size):
             position = len(held)
-            if start < position:
-                yield held[start:] if start else held
+            pending = held[start:] if start else held
             held = None  # the budget has it back: don't keep it alive while the rest streams
             if position == info.size:
+                if pending:
+                    yield pending
                 return
+        current = info if info.stable else _without_validators(info)
+        # Validators that disagree before anything of the member went out: read it whole again,
+        # first expecting the validators just seen (a file that really changed shows them again),
+        # then, if those differ too (they change between requests), with none. Never after a byte.
+        rereads = 0 if unstable is not None and start == 0 else 2
+        distrusted = False  # read without validators because they kept disagreeing
+        sent = False
         attempts = 0
         while True:
             metrics.UPSTREAM_REQUESTS.labels(label, "open").inc()
             try:
-                body = backend.open(info, position)
+                body = backend.open(current, position)
             except SourceError as error:
                 metrics.UPSTREAM_ERRORS.labels(label, "open", error.code).inc()
+                if not sent and rereads < 2 and isinstance(error, SourceChanged) and error.seen:
+                    rereads += 1
+                    distrusted = rereads == 2
+                    current, position, pending = _reread(info, error, rereads), 0, b""
+                    continue
                 raise
             try:
                 for chunk in body:
+                    if pending:
+                        sent = True
+                        yield pending
+                        pending = b""
                     position += len(chunk)
+                    sent = True
                     yield chunk
+                if pending:
+                    yield pending
+                if distrusted and unstable is not None:
+                    unstable(info)
                 return
             except SourceError as error:
                 metrics.UPSTREAM_ERRORS.labels(label, "read", error.code).inc()
+                if not sent and rereads < 2 and isinstance(error, SourceChanged) and error.seen:
+                    rereads += 1
+                    distrusted = rereads == 2
+                    current, position, pending = _reread(info, error, rereads), 0, b""
+                    continue
                 if not isinstance(error, SourceInterrupted):
                     raise
                 attempts += 1
-                resumable = info.validated and attempts <= retries
+                # Only a body whose validators held can be continued (If-Range / IfMatch on them).
+                resumable = current.validated and attempts <= retries
                 if not resumable:
                     raise
                 log.warning("re-opening %s at byte %d after: %s", info.src, position, error.reason)
@@ -172,6 +218,25 @@ class Sources:
                 close = getattr(body, "close", None)
                 if close is not None:
                     close()
+
+
+def _reread(info: SourceInfo, error: SourceChanged, rereads: int) -> SourceInfo:
+    """`info` for reading the file whole again (nothing of it sent yet) after `error`: the first
+    time as the version just seen, the second time asking no version (validators that change
+    between requests; its size is still checked)."""
+    if rereads == 1 and error.seen is not None:
+        log.warning("reading %s whole again as the version it answered with (nothing of it sent yet) "
+                    "after: %s", info.src, error.reason)
+        etag, modified = error.seen
+        return replace(info, etag=etag, last_modified=modified, head=None)
+    log.warning("reading %s whole again without validators: they differ between requests (%s)",
+                info.src, error.reason)
+    return _without_validators(info)
+
+
+def _without_validators(info: SourceInfo) -> SourceInfo:
+    """`info` for a read that asks no version (no If-Range / IfMatch) but still checks the size."""
+    return replace(info, etag=None, last_modified=None, head=None, stable=False)
 
 
 def build_sources(config: Config) -> Sources:

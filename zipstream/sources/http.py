@@ -167,11 +167,20 @@ def _decoded(src: str, chunks: Iterator[bytes], encoding: str) -> Iterator[bytes
         raise SourceInterrupted(src, f"the {encoding} body ended before its end")
 
 
-def _same_version(a: SourceInfo, b: SourceInfo) -> bool:
-    """Could `a` and `b` describe the same version of a file? (What one of them lacks can't differ.)"""
-    return (a.size == b.size
-            and (a.etag is None or b.etag is None or a.etag == b.etag)
-            and (a.last_modified is None or b.last_modified is None or a.last_modified == b.last_modified))
+def _completed(got: SourceInfo, head: SourceInfo) -> SourceInfo:
+    """The GET's info with what it lacked filled in from a HEAD's; not `stable` where both said
+    something and they disagree (per-host ETags or mtimes behind a load balancer)."""
+    disagree = ((got.size is not None and head.size is not None and got.size != head.size)
+                or (got.etag is not None and head.etag is not None and got.etag != head.etag)
+                or (got.last_modified is not None and head.last_modified is not None
+                    and got.last_modified != head.last_modified))
+    return replace(
+        got,
+        size=got.size if got.size is not None else head.size,
+        etag=got.etag if got.etag is not None else head.etag,
+        last_modified=got.last_modified if got.last_modified is not None else head.last_modified,
+        stable=got.stable and not disagree,
+    )
 
 
 @contextlib.contextmanager
@@ -365,70 +374,74 @@ class HttpSource:
 
     def stat(self, src: str, holding: Holding | None = None,
              deadline: Deadline | None = None) -> list[SourceInfo]:
-        """Size and validators of `src`: by a ranged GET that also keeps the first bytes when the
-        holding has room for them (one request instead of two for a small file), else by HEAD."""
+        """Size and validators of `src`, by a ranged GET (what any server that serves the file
+        answers, HEAD or not): of its first bytes, kept, when the holding has room for them (one
+        request instead of two for a small file), else of its first byte."""
         with (deadline or _NO_DEADLINE).applying() as applied:  # for the connection's abort hook
             return self._stat(src, holding, applied)
 
     def _stat(self, src: str, holding: Holding | None, deadline: Deadline) -> list[SourceInfo]:
+        # The same kind of request on every route (whole zip, HEAD, range, If-None-Match), read the
+        # same way: the zip's layout and ETag follow from its answer, so they can't depend on which
+        # route asked. Only its length differs: the first bytes where they can be held for the
+        # stream, else one byte (a HEAD or a resume would read and discard them).
         want = self.fetch_bytes
-        if holding is None or want <= 0 or not holding.reserve(want):
-            return [self._stat_head(src, deadline)]
+        kept = holding is not None and want > 0 and holding.reserve(want)
         try:
-            info, data = self._stat_get(src, want, deadline)
+            info, data = self._stat_get(src, want if kept else 1, deadline, keep=kept)
         except BaseException:
-            holding.release(want)
+            if holding is not None and kept:
+                holding.release(want)
             raise
+        if holding is None or not kept:
+            return [info]
         if data is None:
             holding.release(want)
             return [info]
         return [replace(info, head=holding.keep(data, want))]
 
-    def _stat_head(self, src: str, deadline: Deadline) -> SourceInfo:
+    def _stat_head(self, src: str, deadline: Deadline) -> SourceInfo | None:
+        """What a HEAD says of `src`, or None if it answers with anything but a 2xx: a presigned URL
+        is signed for GET only (403), some servers don't implement HEAD (405, 501). The GET that
+        read the file is what counts; a refused HEAD is not "access denied"."""
         response = self._request("HEAD", src, src, {}, deadline=deadline)
-        if response.status_code in (405, 501):
-            # No HEAD support: ask for the first byte instead and read the size off Content-Range.
-            response = self._request("GET", src, src, {"Range": "bytes=0-0"}, deadline=deadline)
-            if response.status_code == 416 and response.headers.get("Content-Range", "").endswith("/0"):
-                _release(response)
-                return self._info(src, response, 0)  # an empty file has no byte 0
-        if response.status_code >= 400:
-            raise self._fail(src, response)
+        if response.status_code >= 300:
+            response.close()
+            return None
         _release(response)
-        size: int | None = None
-        if response.status_code == 206:
-            content_range = _content_range(response.headers.get("Content-Range"))
-            size = content_range[2] if content_range else None
-        elif response.headers.get("Content-Length", "").isdigit():
-            size = int(response.headers["Content-Length"])
-        return self._info(src, response, size)
+        length = response.headers.get("Content-Length", "")
+        try:
+            return self._info(src, response, int(length) if length.isdigit() else None)
+        except SourceError:  # an encoded HEAD: its length is not the file's
+            return None
 
-    def _stat_get(self, src: str, want: int, deadline: Deadline) -> tuple[SourceInfo, bytes | None]:
-        """Pre-flight by `GET Range: bytes=0-{want-1}`: the info, and the bytes worth keeping (the
-        whole file, or a first part the member can continue from with If-Range), or None.
+    def _stat_get(self, src: str, want: int, deadline: Deadline,
+                  keep: bool = True) -> tuple[SourceInfo, bytes | None]:
+        """Pre-flight by `GET Range: bytes=0-{want-1}`: the info, and (if `keep`) the bytes worth
+        keeping (the whole file, or a first part the member can continue from with If-Range), or None.
 
-        The zip is built from this info, and a HEAD pre-flight (a range request, a spent budget) must
-        build the same zip. So the answer is trusted only when it carries everything a HEAD could:
-        a size, and on a 206 an ETag and a Last-Modified too (RFC 9110 requires only the ETag there;
-        a 200 has the same fields as a HEAD). Otherwise the HEAD decides, and the bytes are kept only
-        if they are of the version it describes.
+        A 200 carries every header field a HEAD would (RFC 9110 §9.3.2); a 206 need not (only the
+        ETag is required there). Only when the answer lacks the size, or (not a 200)
+        an ETag or a Last-Modified, is a HEAD asked for what is missing; a HEAD that is refused
+        leaves the GET's answer as it is. Where the two disagree the source's validators can't be
+        trusted across requests (`SourceInfo.stable` False).
         """
         response = self._request("GET", src, src, {"Range": f"bytes=0-{want - 1}"}, deadline=deadline)
-        status = response.status_code
-        if status == 416:  # an empty file has no byte 0; a 416 need not carry the validators
+        if response.status_code == 416:
+            # An empty file has no byte 0, and a 416 need not carry the validators: a plain GET of
+            # it costs what a HEAD would, and every server that serves the file answers it.
             _release(response)
-            info = self._stat_head(src, deadline)
-            return info, b"" if info.size == 0 else None
+            response = self._request("GET", src, src, {}, deadline=deadline)
+        status = response.status_code
+        size: int | None = None
+        expected: int | None = None
         if status >= 400:
             raise self._fail(src, response)
-        size: int | None
-        expected: int | None
-        if status == 206:
+        elif status == 206:
             content_range = _content_range(response.headers.get("Content-Range"))
-            if content_range is None or content_range[0] != 0:
-                response.close()  # multipart/byteranges, or not what was asked: let a HEAD answer
-                return self._stat_head(src, deadline), None
-            size, expected = content_range[2], content_range[1] + 1
+            if content_range is not None and content_range[0] == 0:
+                size, expected = content_range[2], content_range[1] + 1
+            # else multipart/byteranges, or not what was asked: no size from it (a HEAD may tell)
         else:  # 200: the server ignored the range and sends the whole file
             length = response.headers.get("Content-Length", "")
             size = int(length) if length.isdigit() else None
@@ -440,16 +453,21 @@ class HttpSource:
             raise
         if info.size is None and _encoding(response):
             expected = None  # encoded: the bytes received are not the file's first bytes
-        data = _read_small_body(response, expected, want)
-        # A 200 carries the header fields a HEAD would (RFC 9110 §9.3.2); a 206 need not.
-        if size is None or (status == 206 and (info.etag is None or info.last_modified is None)):
+        if status == 206 and expected is None:
+            _release(response)
+            data: bytes | None = None
+        elif keep:
+            data = _read_small_body(response, expected, want)
+        else:
+            _release(response)
+            data = None
+        if size is None or (status != 200 and (info.etag is None or info.last_modified is None)):
             head_info = self._stat_head(src, deadline)
-            if data is not None and not _same_version(head_info, info):
-                data = None
-            info = head_info
-        # A first part is only worth keeping if the rest can be asked for safely: If-Range needs a
-        # strong ETag (a weak one or a date can't promise the same bytes).
-        if data is not None and len(data) != info.size and info.strong_etag is None:
+            if head_info is not None:
+                info = _completed(info, head_info)
+        if data is not None and len(data) != info.size and (info.strong_etag is None or not info.stable):
+            # A first part is only worth keeping if the rest can be asked for safely: If-Range
+            # needs a strong ETag (a weak one or a date can't promise the same bytes).
             data = None
         return info, data
 
@@ -594,7 +612,8 @@ class HttpSource:
         elsewhere = response.url != validated_at
         same_date = info.last_modified is not None and modified == info.last_modified
         if info.etag and etag and etag != info.etag and not (elsewhere and same_date):
-            raise SourceChanged(info.src, "the file changed since the download started (ETag differs)")
+            raise SourceChanged(info.src, "the file changed since the download started (ETag differs)",
+                                seen=(etag, modified))
         if info.last_modified and modified and modified != info.last_modified:
-            raise SourceChanged(info.src,
-                                "the file changed since the download started (Last-Modified differs)")
+            raise SourceChanged(info.src, "the file changed since the download started (Last-Modified differs)",
+                                seen=(etag, modified))
