@@ -242,3 +242,24 @@ def test_chromium_resume_never_splices(serve: Serve, upstream: UpstreamServer, t
     with zipfile.ZipFile(saved) as archive:
         assert archive.read("a.bin") == new
     zip_readers(saved, {"a.bin": new})
+
+
+def test_a_range_probe_of_the_new_version_vouches_for_no_more_than_it_sent(
+        serve: Serve, upstream: UpstreamServer, tmp_path: Path) -> None:
+    """A `bytes=0-0` probe of the new version recorded its first 256 KiB as delivered, so curl -C - with an
+    old partial file of 150,000 bytes got a 206 of the new version: exit 0, a file of two versions."""
+    upstream.add("/a.bin", os.urandom(SIZE))
+    server = serve()
+    created = requests.post(server.url("/"), json={"files": [{"src": upstream.url("/a.bin")}]}, timeout=30)
+    url = server.url(f"/{created.json()['id']}")
+    held = requests.get(url, timeout=30).content[:150_000]
+    path = tmp_path / "bundle.zip"
+    path.write_bytes(held)
+    new = os.urandom(SIZE)
+    upstream.add("/a.bin", new)
+    probe = requests.get(url, headers={"Range": "bytes=0-0"}, timeout=30)
+    assert probe.status_code == 206 and len(probe.content) == 1
+    result = subprocess.run([clients.require("curl"), "-sS", "-C", "-", "-o", str(path), url], capture_output=True,
+                            timeout=60, check=False)
+    data = path.read_bytes()
+    assert data == held and result.returncode != 0, (result.returncode, len(data))

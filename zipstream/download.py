@@ -269,6 +269,7 @@ class PreparedZip:
         if self.length is not None:
             expected = (stop if stop is not None else self.length) - start
         sent = 0
+        response_end = stop if stop is not None else self.length  # None: deflate, length unknown
         self._unsized_sent = 0
         self._whole_from = self._first_whole_member(start)
         # Read ahead only when the stream runs to the end (whole zip or a resume): a range that
@@ -287,7 +288,7 @@ class PreparedZip:
                 sent += len(chunk)
                 if expected is not None and sent > expected:
                     raise StreamAborted(f"produced more than the promised {expected} bytes")
-                self._record_delivery(start + sent)
+                self._record_delivery(start + sent, response_end)
                 yield chunk
             if expected is not None and sent != expected:
                 raise StreamAborted(f"produced {sent} of the promised {expected} bytes")
@@ -329,7 +330,7 @@ class PreparedZip:
         """
         return start <= max(SAME_IN_EVERY_ZIP, self.delivered)
 
-    def _record_delivery(self, end: int) -> None:
+    def _record_delivery(self, end: int, response_end: int | None = None) -> None:
         """Record, before they are sent, that the zip's bytes [0, end) are going out.
 
         Called only for responses that are themselves vouched (a whole zip, a range from 0, or a
@@ -337,14 +338,19 @@ class PreparedZip:
         so the prefix stays contiguous. One cache write per step (at least DELIVERY_STEP bytes, and
         1/16 of what is recorded), so a multi-GiB download costs a few hundred writes; the record is
         at most one step ahead of the bytes really sent, and written before they go so that a client
-        cut and resuming at once (or on another instance) finds it.
+        cut and resuming at once (or on another instance) finds it. Never past `response_end`, the
+        end of this response: a `Range: bytes=0-0` probe of a new version vouched for its first
+        256 KiB, so an old partial file of that size could be resumed with the new version's bytes.
         """
         if end <= self.delivered or self.served_key is None or self.repository is None:
             return
         step = max(DELIVERY_STEP, self.delivered // 16)
         target = max(end, self.delivered + step)
-        if self.length is not None:
-            target = min(target, self.length)
+        for limit in (self.length, response_end):
+            if limit is not None:
+                target = min(target, limit)
+        if target <= self.delivered:
+            return
         self.delivered = target
         try:
             self.repository.put_crcs({self.served_key: target})
