@@ -112,6 +112,19 @@ def test_a_utf8_location_to_a_host_not_allowed_is_still_refused(
     assert not upstream.requests_for("/für.txt")
 
 
+@pytest.mark.parametrize("location", ["http://[::1", "http://[zz]/x"])
+def test_a_malformed_location_is_a_json_502_naming_the_src(client: FlaskClient, upstream: UpstreamServer,
+                                                           location: str) -> None:
+    """urljoin raised "Invalid IPv6 URL" and the request answered 500 internal_error."""
+    upstream.set_behaviour("/dl", redirect_to=location)
+    response = client.post("/bundle", json={"files": [{"src": upstream.url("/dl")}]})
+    assert response.status_code == 502, response.get_data(as_text=True)
+    error = response.get_json()["error"]
+    assert error["code"] == "upstream_error"
+    assert error["sources"][0]["src"] == upstream.url("/dl")
+    assert "invalid URL" in error["sources"][0]["reason"]
+
+
 # -- point 2: redirects to short-lived URLs --
 
 

@@ -321,13 +321,16 @@ class HttpSource:
             if response.is_redirect:
                 location = response.headers.get("Location", "")
                 response.close()
-                target = redirect_target(url, location)
-                scheme = urlsplit(target).scheme
+                try:
+                    target = redirect_target(url, location)
+                    scheme, target_host = urlsplit(target).scheme, urlsplit(target).hostname or ""
+                except ValueError:  # "http://[::1" and the like: urljoin/urlsplit raise on them
+                    raise SourceError(src, f"upstream redirected to an invalid URL ({location[:200]!r})") from None
                 if scheme not in ("http", "https"):
                     raise SourceRefused(src, f"redirect to a non-http URL ({scheme})")
                 if urlsplit(url).scheme == "https" and scheme == "http":
                     raise SourceRefused(src, "redirect from https to http")
-                if not self.policy.host_allowed(urlsplit(target).hostname or ""):
+                if not self.policy.host_allowed(target_host):
                     raise SourceRefused(src, "redirect to a host not in HTTP_HOSTS")
                 url = target
                 continue
