@@ -273,6 +273,9 @@ SLOW = pytest.mark.skipif(
 )
 
 
+FULL_READS_ON_CI = ("7z", "bsdtar", "java", "go")
+
+
 @pytest.fixture(scope="session")
 def zip_shapes(tmp_path_factory: pytest.TempPathFactory) -> Shapes:
     """Every shape built at most once per session, shared by every reader."""
@@ -293,7 +296,14 @@ def test_every_reader_opens_every_shape(zip_shapes: Shapes, shape: str, reader: 
 @pytest.mark.parametrize("reader", readers.ALL)
 @pytest.mark.parametrize("shape", zip_shapes_module.BIG)
 def test_every_reader_reads_multi_gb_shapes_in_full(zip_shapes: Shapes, shape: str, reader: str) -> None:
-    """The multi-GB shapes with every member's data read and CRC-checked (the sparse zip's real bytes)."""
+    """The multi-GB shapes with every member's data read and CRC-checked (the sparse zip's real bytes).
+
+    On CI by the native readers (7-Zip, bsdtar, Java, Go: 1-5 s per 4 GiB); zipfile, unzip and yauzl take
+    10-16 s each per shape (150 s in all), so their full reads need ZIPSTREAM_SLOW=1. Every reader still
+    opens every shape on CI (test_every_reader_opens_every_shape).
+    """
+    if reader not in FULL_READS_ON_CI and not os.environ.get("ZIPSTREAM_SLOW"):
+        pytest.skip(f"{reader}'s full read of {shape} runs with ZIPSTREAM_SLOW=1 (10-16 s per shape)")
     readers.require_readers([reader])
     built = zip_shapes[shape]
     readers.check_zip(built.path, built.expected, readers=[reader], listing=False)
