@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.support import readers
+from tests.support import ci, readers
 from tests.support.readers import check_zip, expect_truncated, missing_readers, require_readers
 from tests.support.readers import zip_readers as zip_readers
 from tests.support.upstream import UpstreamServer, parse_range
@@ -156,7 +156,7 @@ def test_missing_readers_skip_locally_and_fail_on_ci(tmp_path: Path, monkeypatch
 def test_yauzl_missing_from_the_test_cache_is_a_missing_reader(tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     if shutil.which("node") is None:
-        pytest.skip("node not installed")
+        ci.missing("node not installed (apt-get install -y nodejs)", "CI must run tests/support/system_deps.py")
     monkeypatch.setenv("ZIPSTREAM_TEST_CACHE", str(tmp_path))  # an empty cache: npm never ran here
     assert missing_readers(["yauzl2", "yauzl3"]) == ["yauzl"]
     monkeypatch.setenv("CI", "true")
