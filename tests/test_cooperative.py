@@ -24,6 +24,7 @@ import requests
 from zipstream.repositories.postgres import PostgresRepository
 
 from .support.live import ROOT, LiveServer
+from .support.pgdb import holding_lock
 from .support.upstream import UpstreamServer
 
 HOLD = 3.0  # seconds the row lock is held; the unrelated request must answer well within this
@@ -62,23 +63,8 @@ def connections(url: str, application: str | None = None) -> int:
 
 def locked(url: str, bundle_id: str, seconds: float) -> threading.Thread:
     """A thread holding `SELECT ... FOR UPDATE` on the bundle's row for `seconds` (started, lock taken)."""
-    taken = threading.Event()
-
-    def hold() -> None:
-        session = psycopg2.connect(url)
-        try:
-            with session.cursor() as cursor:
-                cursor.execute("SELECT id FROM bundles WHERE id = %s FOR UPDATE", (bundle_id,))
-                taken.set()
-                time.sleep(seconds)
-            session.rollback()
-        finally:
-            session.close()
-
-    thread = threading.Thread(target=hold)
-    thread.start()
-    assert taken.wait(10)
-    return thread
+    return holding_lock(url, "SELECT id FROM bundles WHERE id = %s FOR UPDATE", (bundle_id,),
+                        lambda: time.sleep(seconds))
 
 
 def _bundle(server: LiveServer, upstream: UpstreamServer) -> tuple[str, str]:

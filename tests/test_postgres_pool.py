@@ -21,7 +21,7 @@ from zipstream.repositories.postgres import PostgresRepository
 
 from .support.cutproxy import CutProxy
 from .support.live import LiveServer
-from .support.pgdb import throwaway_database
+from .support.pgdb import holding_lock, throwaway_database
 from .support.upstream import UpstreamServer
 from .test_cooperative import _bundle, connections, locked
 
@@ -38,23 +38,22 @@ def database(postgres_url: str) -> Iterator[str]:
 
 def _table_locked(url: str, release: threading.Event) -> threading.Thread:
     """A thread holding an exclusive lock on the bundles table until `release` is set (started, lock taken)."""
-    taken = threading.Event()
+    return holding_lock(url, "LOCK TABLE bundles IN ACCESS EXCLUSIVE MODE", (), lambda: release.wait(15))
 
-    def hold() -> None:
-        session = psycopg2.connect(url)
-        try:
-            with session.cursor() as cursor:
-                cursor.execute("LOCK TABLE bundles IN ACCESS EXCLUSIVE MODE")
-                taken.set()
-                release.wait(15)
-            session.rollback()
-        finally:
-            session.close()
 
-    thread = threading.Thread(target=hold)
-    thread.start()
-    assert taken.wait(10)
-    return thread
+def _warm_pool(database: str, url: str, readers: int) -> None:
+    """Fill a worker's pool: with the table locked, `readers` concurrent GETs of `url` each hold a
+    connection of their own; released, they all put theirs back idle."""
+    release = threading.Event()
+    holder = _table_locked(database, release)
+    threads = [threading.Thread(target=requests.get, args=(url,), kwargs={"timeout": 30}) for _ in range(readers)]
+    for thread in threads:
+        thread.start()
+    time.sleep(1.0)
+    release.set()
+    holder.join()
+    for thread in threads:
+        thread.join()
 
 
 def test_connections_cut_by_the_server_are_never_handed_out(
@@ -64,19 +63,7 @@ def test_connections_cut_by_the_server_are_never_handed_out(
     _, secret_path = _bundle(server, upstream)
     (worker,) = server.worker_pids()
     application = f"zipstream-{worker}"
-    # Warm the pool: with the table locked, concurrent reads each hold a connection of their own;
-    # released, they all put theirs back idle.
-    release = threading.Event()
-    holder = _table_locked(database, release)
-    readers = [threading.Thread(target=requests.get, args=(server.url(secret_path),), kwargs={"timeout": 30})
-               for _ in range(8)]
-    for reader in readers:
-        reader.start()
-    time.sleep(1.0)
-    release.set()
-    holder.join()
-    for reader in readers:
-        reader.join()
+    _warm_pool(database, server.url(secret_path), 8)
     pooled = connections(database, application)
     assert pooled >= 5, f"only {pooled} pooled connection(s): the warm-up did not fill the pool"
     # The server cuts them all, as a failover or `pg_terminate_backend` does.
@@ -151,17 +138,7 @@ def test_connections_a_proxy_lost_silently_are_replaced_at_the_first_statement(
                        DB_IDLE_TIMEOUT="600")
         _, secret_path = _bundle(server, upstream)
         (worker,) = server.worker_pids()
-        release = threading.Event()
-        holder = _table_locked(database, release)
-        readers = [threading.Thread(target=requests.get, args=(server.url(secret_path),),
-                                    kwargs={"timeout": 30}) for _ in range(6)]
-        for reader in readers:
-            reader.start()
-        time.sleep(1.0)
-        release.set()
-        holder.join()
-        for reader in readers:
-            reader.join()
+        _warm_pool(database, server.url(secret_path), 6)
         pooled = connections(database, f"zipstream-{worker}")
         assert pooled >= 4, f"only {pooled} pooled connection(s): the warm-up did not fill the pool"
         assert proxy.cut() >= pooled

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from urllib.parse import urlsplit, urlunsplit
 
@@ -31,3 +32,26 @@ def throwaway_database(server_url: str, prefix: str) -> Iterator[str]:
                 cursor.execute(f'DROP DATABASE IF EXISTS "{name}"')
     finally:
         admin.close()
+
+
+def holding_lock(url: str, statement: str, params: tuple[object, ...],
+                 release: Callable[[], object]) -> threading.Thread:
+    """A started thread that runs `statement` (one that takes a lock) in a session of its own and keeps
+    its transaction open until `release()` returns; returned once the lock is taken."""
+    taken = threading.Event()
+
+    def hold() -> None:
+        session = psycopg2.connect(url)
+        try:
+            with session.cursor() as cursor:
+                cursor.execute(statement, params)
+                taken.set()
+                release()
+            session.rollback()
+        finally:
+            session.close()
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    assert taken.wait(10)
+    return thread
