@@ -117,6 +117,17 @@ DOT_SEGMENT_KEYS = [
 LITERAL_KEYS = [".hidden", "docs/..bashrc", "v1.2/notes..txt", "a/b./c", "100%.txt", "%2e%2e.txt", "a//b"]
 
 
+def test_the_resolving_store_does_lead_into_the_other_bucket(buckets: Buckets,
+                                                            s3_proxy: Callable[..., FaultProxy]) -> None:
+    """What the refusals below prevent: through a store that resolves dot-segments, a plain boto3 client
+    asking the allowed bucket for `../<private>/secret.txt` gets the private bucket's object."""
+    proxy = s3_proxy(resolve_dots=True)
+    client = boto3.client("s3", region_name=REGION, endpoint_url=proxy.endpoint)
+    leaked = client.get_object(Bucket=buckets.public, Key=f"../{buckets.private}/secret.txt")["Body"].read()
+    assert leaked == SECRET
+    assert proxy.requests[0].target == f"/{buckets.public}/../{buckets.private}/secret.txt"  # '.' sent as is
+
+
 @pytest.mark.parametrize("key", DOT_SEGMENT_KEYS)
 def test_dot_segment_keys_are_refused_at_creation(key: str, buckets: Buckets, s3_proxy: Callable[..., FaultProxy],
                                                   make_config: Callable[..., Config]) -> None:

@@ -126,7 +126,7 @@ class FaultProxy:
                 if absolute:
                     parts = urlsplit(self.path)
                     host = parts.netloc
-                    target = parts.path + ("?" + parts.query if parts.query else "")
+                    target = (parts.path or "/") + ("?" + parts.query if parts.query else "")
                 request = Request(self.command, target, host,
                                   {name.lower(): value for name, value in self.headers.items()}, absolute)
                 with proxy._lock:
