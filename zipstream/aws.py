@@ -7,9 +7,12 @@ from boto3's usual chain. Nothing here translates errors: each caller does that 
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 import os
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
+from urllib.parse import urlsplit
 
 import boto3
 from botocore.config import Config as BotoConfig
@@ -20,6 +23,10 @@ from .deadline import current
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
     from mypy_boto3_s3 import S3Client
+
+log = logging.getLogger(__name__)
+
+AddressingStyle = Literal["auto", "virtual", "path"]  # botocore's `s3.addressing_style`
 
 # botocore's default pool of 10 connections would queue a gevent worker's downloads behind each other.
 MIN_POOL = 100
@@ -33,7 +40,30 @@ def pool_size(config: Config) -> int:
     return config.s3_max_pool or max(MIN_POOL, config.preflight_concurrency * 4)
 
 
-def _settings(config: Config, timeout: float, path_style: bool = False) -> BotoConfig:
+def addressing_style(path_style: bool | None, endpoint: str | None) -> AddressingStyle:
+    """botocore's `s3.addressing_style` for S3_PATH_STYLE: true "path", false "virtual", unset "auto"
+    (botocore's choice: path style for a custom endpoint, virtual-hosted on AWS).
+
+    An endpoint that is an IP literal can't carry a bucket label in its host name, so there "virtual"
+    becomes "path" (botocore does the same for most names, but makes `my.bucket.10.0.0.5` of a dotted one).
+    """
+    if path_style is None:
+        return "auto"
+    if path_style:
+        return "path"
+    host = urlsplit(endpoint).hostname if endpoint else None
+    if host:
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            return "virtual"
+        log.warning("S3_PATH_STYLE=false: the S3 endpoint %s is an IP address, which can't be "
+                    "virtual-hosted; using path-style addressing", endpoint)
+        return "path"
+    return "virtual"
+
+
+def _settings(config: Config, timeout: float, addressing: AddressingStyle = "auto") -> BotoConfig:
     return BotoConfig(
         region_name=config.aws_region,
         max_pool_connections=pool_size(config),
@@ -44,7 +74,7 @@ def _settings(config: Config, timeout: float, path_style: bool = False) -> BotoC
         # The zip writer checks every fully read member against the CRC-32 it promised;
         # botocore re-computing another checksum of every byte would only cost CPU.
         response_checksum_validation="when_required",
-        s3={"addressing_style": "path" if path_style else "auto"},
+        s3={"addressing_style": addressing},
     )
 
 
@@ -76,7 +106,7 @@ def s3_client(config: Config, preflight: bool = False) -> S3Client:
         if client is None:
             # A Session of our own: boto3's default session is not safe to build clients from threads.
             client = boto3.session.Session().client(
-                "s3", config=_settings(config, timeout, config.s3_path_style)
+                "s3", config=_settings(config, timeout, addressing_style(config.s3_path_style, endpoint))
             )
             client.meta.events.register("before-send.s3", _refuse_after_deadline)
             _s3_clients[key] = client

@@ -171,7 +171,7 @@ class Config:
     max_src_length: int = 4096
     max_bundle_bytes: int = 0  # 0 = unlimited
     s3_buckets: tuple[str, ...] = ()
-    s3_path_style: bool = False
+    s3_path_style: bool | None = None  # None: botocore's choice (path style for a custom endpoint)
     s3_max_pool: int = 0  # 0 = max(100, 4 x PREFLIGHT_CONCURRENCY)
     s3_timeout: float = 30.0
     file_root: str = ""
@@ -254,7 +254,7 @@ class Config:
             max_src_length=get("MAX_SRC_LENGTH", lambda n, r: _int(n, r, 16), 4096),
             max_bundle_bytes=get("MAX_BUNDLE_BYTES", _int, 0),
             s3_buckets=_csv(env.get("S3_BUCKETS", "")),
-            s3_path_style=get("S3_PATH_STYLE", _bool, False),
+            s3_path_style=get("S3_PATH_STYLE", _bool, None),
             s3_max_pool=get("S3_MAX_POOL", lambda n, r: _int(n, r, 1), 0),
             s3_timeout=get("S3_TIMEOUT", _float, 30.0),
             file_root=os.path.realpath(file_root) if file_root else "",

@@ -76,6 +76,12 @@ class FileRefSchema(Schema):
                 f"Scheme {scheme + '://' if scheme else '(none)'} is not enabled; "
                 f"FS_INTERFACES allows {', '.join(s + '://' for s in enabled)}."
             )
+        if scheme == "s3":
+            from .sources.s3 import src_problem  # botocore is loaded only where S3 is enabled
+
+            problem = src_problem(value, self.config.s3_buckets)
+            if problem is not None:
+                raise ValidationError(f"Not a readable s3:// src: {problem}.")
 
     @validates("dst")
     def _check_dst(self, value: str | None, **_: Any) -> None:

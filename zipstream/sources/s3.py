@@ -1,6 +1,14 @@
 """S3 filestore: `s3://bucket/key` srcs (and `s3://bucket/prefix/` for every object under a prefix).
 
 botocore's errors are translated here into `SourceError` subclasses; nothing above knows boto3 is used.
+
+A src is refused before anything is stored or fetched (`src_problem`) when its bucket breaks S3's naming
+rules or its key has a `.`/`..` path segment in any spelling a store or proxy might resolve: botocore
+sends `.` unencoded (RFC 3986 unreserved), so `s3://allowed/../other/x` reaches the store as
+`/allowed/../other/x`, which AWS and moto take literally but a store that resolves dot-segments reads
+as `/other/x`, walking around S3_BUCKETS. Such keys are refused rather than escaped: a `%2E` would
+change the key for the stores that are literal, and a store that decodes before resolving would resolve
+it all the same.
 """
 
 from __future__ import annotations
@@ -9,9 +17,11 @@ import base64
 import binascii
 import logging
 import re
-from collections.abc import Iterator
+import unicodedata
+from collections.abc import Collection, Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 import urllib3.exceptions
 from botocore.exceptions import BotoCoreError, ClientError, ConnectTimeoutError, ReadTimeoutError
@@ -33,6 +43,79 @@ _MULTIPART_ETAG = re.compile(r'-\d+"?$')
 # Errors a body can fail with part-way: all mean "cut here, resume from the last byte received".
 _BODY_ERRORS: tuple[type[BaseException], ...] = (BotoCoreError, urllib3.exceptions.HTTPError, OSError)
 
+# S3's rules for general purpose bucket names (AWS S3 User Guide, "General purpose bucket naming rules").
+# Access point aliases (`-s3alias`, `--ol-s3`) and directory buckets (`--x-s3`) are accepted: no bucket
+# may be created with those suffixes, but AWS takes them wherever GetObject takes a bucket name.
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", re.ASCII)
+_IP_FORMATTED = re.compile(r"\d+\.\d+\.\d+\.\d+", re.ASCII)
+_RESERVED_PREFIXES = ("xn--", "sthree-", "amzn-s3-demo-")
+_RESERVED_SUFFIXES = (".mrap",)  # Multi-Region Access Points are named by ARN, never as a bucket
+# Buckets made in us-east-1 before March 2018 may hold upper case and '_' (up to 255 characters);
+# such a name is accepted only when S3_BUCKETS lists it (the operator vouches that it exists).
+_LEGACY_BUCKET = re.compile(r"[A-Za-z0-9._-]{3,255}", re.ASCII)
+MAX_KEY_BYTES = 1024  # S3's limit on a key's UTF-8 length
+# Percent-decoding is repeated (a proxy may decode again what the store decodes) up to this many times.
+_DECODE_ROUNDS = 4
+
+
+def bucket_problem(bucket: str, listed: Collection[str] = ()) -> str | None:
+    """Why `bucket` can't name an S3 bucket (S3's naming rules), or None; `listed`: S3_BUCKETS."""
+    if _BUCKET.fullmatch(bucket) is None:
+        if bucket in listed and _LEGACY_BUCKET.fullmatch(bucket):
+            return None
+        return (f"{bucket!r} is not a valid S3 bucket name: 3-63 lower-case letters, digits, '.' and '-', "
+                "starting and ending with a letter or digit")
+    if ".." in bucket:
+        return f"{bucket!r} is not a valid S3 bucket name: two adjacent periods"
+    if _IP_FORMATTED.fullmatch(bucket):
+        return f"{bucket!r} is not a valid S3 bucket name: formatted as an IP address"
+    reserved = next((part for part in _RESERVED_PREFIXES if bucket.startswith(part)), None) \
+        or next((part for part in _RESERVED_SUFFIXES if bucket.endswith(part)), None)
+    if reserved:
+        return f"{bucket!r} is not a valid S3 bucket name: {reserved!r} is reserved by S3"
+    return None
+
+
+def _dot_segment(segment: str) -> bool:
+    """True for a path segment made only of dots (and spaces) once ';' parameters are dropped:
+    `.`/`..` as RFC 3986 resolves them, `..;x` as Java proxies read it, `.. ` as Windows trims it."""
+    bare = "".join(segment.split(";", 1)[0].split())
+    return bare != "" and bare.strip(".") == ""
+
+
+def key_problem(key: str) -> str | None:
+    """Why an object key must not be sent (a dot segment, too long), or None.
+
+    A key is refused when any spelling a store or proxy might resolve holds a `.`/`..` segment: the
+    key as given, percent-decoded (repeatedly), NFKC-normalised (U+2025, U+FF0E), with `\\` taken for
+    `/`. Keys are otherwise taken literally, as S3 does.
+    """
+    if len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
+        return f"the key is longer than S3's limit of {MAX_KEY_BYTES} bytes (UTF-8)"
+    spellings = {key}
+    decoded = key
+    for _ in range(_DECODE_ROUNDS):
+        decoded, previous = unquote(decoded), decoded
+        if decoded == previous:
+            break
+        spellings.add(decoded)
+    spellings |= {unicodedata.normalize("NFKC", spelling) for spelling in spellings}
+    for spelling in spellings:
+        if any(_dot_segment(segment) for segment in re.split(r"[/\\]", spelling)):
+            return ("the key has a '.' or '..' path segment (in some spelling: percent-decoded, "
+                    "Unicode-normalised, '\\' for '/'); a store that resolves it could read another bucket")
+    return None
+
+
+def src_problem(src: str, listed: Collection[str] = ()) -> str | None:
+    """Why `src` can never be read as an S3 object or prefix (malformed, bad bucket name, dot segment
+    in the key), or None. No I/O; `listed` is S3_BUCKETS. Used at creation (422) and before every fetch."""
+    try:
+        bucket, key = parse_src(src)
+    except SourceRefused as error:
+        return error.reason
+    return bucket_problem(bucket, listed) or key_problem(key)
+
 
 def parse_src(src: str) -> tuple[str, str]:
     """(bucket, key) of an `s3://bucket/key` src; the key is everything after the bucket's slash, verbatim."""
@@ -42,8 +125,6 @@ def parse_src(src: str) -> tuple[str, str]:
     bucket, slash, key = rest.partition("/")
     if not bucket or not slash:
         raise SourceRefused(src, "an s3 src needs a bucket and a key: s3://bucket/key")
-    if any(char.isspace() or char in "/?#\\" for char in bucket):
-        raise SourceRefused(src, f"{bucket!r} is not a valid bucket name")
     return bucket, key
 
 
@@ -88,10 +169,73 @@ def translate(src: str, error: Exception) -> SourceError:
             return SourceChanged(src, "the object changed since the download started (ETag differs)")
         if code == "InvalidRange" or status == 416:
             return SourceChanged(src, "the object is shorter than when the download started")
+        message = str(error.response.get("Error", {}).get("Message", ""))
+        if code == "InvalidRequest" and "encrypt" in message.lower():
+            # AWS (and MinIO): "The object was stored using a form of Server Side Encryption. The
+            # correct parameters must be provided to retrieve the object."
+            return SourceNotFound(src, "encrypted with a customer-provided key (SSE-C), which this service "
+                                       "does not hold: it can't be read")
         return SourceError(src, f"S3 answered {code or 'an error'} (HTTP {status or '?'})")
     if isinstance(error, ConnectTimeoutError | ReadTimeoutError):
         return SourceTimeout(src, f"S3 did not answer in time (S3_TIMEOUT): {type(error).__name__}")
     return SourceError(src, f"S3 request failed: {type(error).__name__}")
+
+
+def _explain_bad_request(client: S3Client, bucket: str, key: str, error: ClientError) -> ClientError:
+    """For a HeadObject `400`, the GetObject error that says why (a HEAD answer has no body, so botocore
+    only sees "400": an SSE-C object, but also a wrong region or a malformed request); else `error`."""
+    status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    if status != 400:
+        return error
+    try:
+        client.get_object(Bucket=bucket, Key=key, Range="bytes=0-0")["Body"].close()
+    except ClientError as explained:
+        return explained
+    except BotoCoreError:
+        pass
+    return error
+
+
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)", re.ASCII)
+
+
+def _etag(value: object) -> str:
+    """An ETag as compared: quotes dropped (some stores list ETags unquoted)."""
+    return str(value or "").strip().strip('"')
+
+
+def _check_same_version(info: SourceInfo, start: int, response: dict[str, Any]) -> None:
+    """Raise SourceChanged unless a GetObject answer for the bytes from `start` is of `info`'s version.
+
+    ETag equal (quotes aside); Last-Modified equal to the second (HTTP dates have no fractions, a
+    listing's may); ContentLength the bytes asked for; Content-Range, when there is one (always for a
+    ranged GET), starting at `start` and ending at the object's last byte, of the object's size.
+    """
+    src = info.src
+    etag = response.get("ETag")
+    if info.etag and _etag(etag) != _etag(info.etag):
+        raise SourceChanged(src, f"the object changed since the download started "
+                                 f"(ETag {etag or '(none)'}, expected {info.etag})")
+    modified = _utc(response.get("LastModified"))
+    if info.last_modified is not None and modified is not None \
+            and modified.replace(microsecond=0) != info.last_modified.replace(microsecond=0):
+        raise SourceChanged(src, f"the object changed since the download started "
+                                 f"(Last-Modified {modified.isoformat()}, expected {info.last_modified.isoformat()})")
+    expected = None if info.size is None else info.size - start
+    length = response.get("ContentLength")
+    if expected is not None and length is not None and int(length) != expected:
+        raise SourceChanged(src, f"S3 sent {length} bytes, expected {expected}")
+    content_range = response.get("ContentRange")
+    if content_range is None:
+        if start:
+            raise SourceChanged(src, f"S3 answered a GET for the bytes from {start} without a Content-Range")
+        return
+    match = _CONTENT_RANGE.fullmatch(str(content_range))
+    wanted = None if info.size is None else (start, info.size - 1, info.size)
+    if match is None or (wanted is not None and tuple(map(int, match.groups())) != wanted) \
+            or (wanted is None and int(match.group(1)) != start):
+        raise SourceChanged(src, f"S3 answered with Content-Range {content_range!r}, asked for the bytes from "
+                                 f"{start} of {info.size if info.size is not None else '?'}")
 
 
 class S3Source:
@@ -108,6 +252,9 @@ class S3Source:
         return s3_client(self.config)
 
     def check(self, src: str) -> None:
+        problem = src_problem(src, self.buckets)
+        if problem is not None:
+            raise SourceRefused(src, problem)
         bucket, _key = parse_src(src)
         if self.buckets and bucket not in self.buckets:
             raise SourceRefused(src, f"bucket {bucket} is not in S3_BUCKETS")
@@ -135,7 +282,9 @@ class S3Source:
             return self._list(src, bucket, key, client)
         try:
             head = client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
-        except (ClientError, BotoCoreError) as error:
+        except ClientError as error:
+            raise translate(src, _explain_bad_request(client, bucket, key, error)) from None
+        except BotoCoreError as error:
             raise translate(src, error) from None
         return [SourceInfo(
             src=src,
@@ -148,33 +297,60 @@ class S3Source:
         )]
 
     def _list(self, src: str, bucket: str, prefix: str, client: S3Client) -> list[SourceInfo]:
-        """Every object under `prefix`, in key order, named relative to the prefix."""
+        """Every object under `prefix`, named relative to the prefix: the objects in key order, then the
+        "folder" markers (keys ending in '/') that have content.
+
+        An empty marker (as the S3 console creates) is skipped: its folder shows through its objects.
+        A marker with content is a file all the same: it is bundled, named like its folder (a zip name
+        ending in '/' would be a directory entry), after the objects so that where a folder of that name
+        exists the marker is the one `unique_names` renames. A listed key with a dot segment is refused
+        (SourceRefused naming it): whoever may write to an allowed bucket could plant one.
+        """
         infos: list[SourceInfo] = []
+        markers: list[SourceInfo] = []
         try:
             pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
             for page in pages:
                 for item in page.get("Contents", []):
                     key = item["Key"]
-                    if key.endswith("/"):  # a "folder" placeholder, not a file
+                    size = int(item["Size"])
+                    marker = key.endswith("/")
+                    if marker and size == 0:
                         continue
-                    infos.append(SourceInfo(
+                    problem = key_problem(key)
+                    if problem is not None:
+                        raise SourceRefused(f"s3://{bucket}/{key}", problem)
+                    name = key[len(prefix):]
+                    if marker:
+                        name = name.rstrip("/") or prefix.rstrip("/").rsplit("/", 1)[-1] or bucket
+                    (markers if marker else infos).append(SourceInfo(
                         src=f"s3://{bucket}/{key}",
-                        name=key[len(prefix):],
-                        size=int(item["Size"]),
+                        name=name,
+                        size=size,
                         etag=item.get("ETag"),
                         last_modified=_utc(item.get("LastModified")),
                         location=(bucket, key),
                     ))
         except (ClientError, BotoCoreError) as error:
             raise translate(src, error) from None
-        if not infos:
+        if not infos and not markers:
             raise SourceNotFound(src, "no objects under prefix")
         # S3 lists in UTF-8 byte order, which is code point order; S3-compatible stores may not.
         infos.sort(key=lambda info: info.location[1])
-        return infos
+        markers.sort(key=lambda info: info.location[1])
+        return infos + markers
 
     def open(self, info: SourceInfo, start: int = 0) -> Iterator[bytes]:
+        """The object's bytes from `start`, only if GetObject answers as the version `info` describes.
+
+        IfMatch asks the store to refuse another version, but a store may ignore it: the answer's own
+        validators (ETag, Last-Modified, length, Content-Range) are compared with pre-flight's before a
+        byte is used, and any difference raises SourceChanged, as a 412 does.
+        """
         bucket, key = info.location if len(info.location) == 2 else parse_src(info.src)
+        problem = key_problem(key)  # never sent, whatever was stored or listed
+        if problem is not None:
+            raise SourceRefused(info.src, problem)
         if info.size is not None and start >= info.size:
             return  # nothing left to read (and "bytes=<size>-" would be an unsatisfiable range)
         params: dict[str, Any] = {"Bucket": bucket, "Key": key}
@@ -188,10 +364,8 @@ class S3Source:
             raise translate(info.src, error) from None
         body = response["Body"]
         try:
+            _check_same_version(info, start, dict(response))
             expected = None if info.size is None else info.size - start
-            length = response.get("ContentLength")
-            if expected is not None and length is not None and int(length) != expected:
-                raise SourceChanged(info.src, f"S3 sent {length} bytes, expected {expected}")
             received = 0
             try:
                 for chunk in body.iter_chunks(CHUNK_SIZE):
