@@ -235,6 +235,9 @@ class DynamoRepository:
         deadline = self._deadline()
         attempt = 0
         while True:
+            if deadline.expired:  # spent by the operation's earlier requests: send nothing more
+                raise ServiceUnavailable(f"DynamoDB did not answer within {deadline.describe()} "
+                                         f"({_operation_name(method)} not sent)")
             attempt += 1
             limit = Deadline(deadline.cap(self.attempt_seconds), "DB_TIMEOUT")
             try:
