@@ -113,7 +113,28 @@ def s3_client(config: Config, preflight: bool = False) -> S3Client:
         return client
 
 
-def dynamodb_client(config: Config) -> DynamoDBClient:
-    """A new DynamoDB client; the repository that owns it closes it."""
+def _cap_attempt(request: object, **_kwargs: object) -> None:
+    """botocore `before-send` hook (DynamoDB): this attempt's read timeout ends by the thread's deadline.
+
+    botocore honours a `read_timeout` in the request context (botocore >= 1.43); an older one keeps the
+    client's, which `dynamodb_client` sets to one attempt's share of DB_TIMEOUT anyway.
+    """
+    deadline = current()
+    context = getattr(request, "context", None)
+    if deadline is not None and deadline.seconds is not None and isinstance(context, dict):
+        context["read_timeout"] = max(0.001, deadline.remaining())
+
+
+def dynamodb_client(config: Config, attempt_seconds: float | None = None) -> DynamoDBClient:
+    """A new DynamoDB client; the repository that owns it closes it.
+
+    botocore retries nothing: the repository retries, within DB_TIMEOUT (a retry of botocore's own
+    would wait its whole timeout again). Connect and read timeouts are `attempt_seconds` (default
+    DB_TIMEOUT), each read capped further by the calling thread's deadline (zipstream.deadline.current).
+    """
+    seconds = config.db_timeout if attempt_seconds is None else attempt_seconds
+    settings = _settings(config, seconds).merge(BotoConfig(retries={"mode": "standard", "total_max_attempts": 1}))
     with _lock:
-        return boto3.session.Session().client("dynamodb", config=_settings(config, config.db_timeout))
+        client = boto3.session.Session().client("dynamodb", config=settings)
+    client.meta.events.register("before-send.dynamodb", _cap_attempt)
+    return client

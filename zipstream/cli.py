@@ -33,7 +33,7 @@ def serve(args: argparse.Namespace) -> int:
     os.execvp(argv[0], argv)  # noqa: S606 - replaces this process with gunicorn on purpose
 
 
-def migrate(_args: argparse.Namespace) -> int:
+def migrate(args: argparse.Namespace) -> int:
     """Create or update the database schema (SQL backends) or table (DynamoDB); safe to run concurrently."""
     from .repositories import SchemaError, build_repository
 
@@ -43,7 +43,8 @@ def migrate(_args: argparse.Namespace) -> int:
     try:
         repository.migrate()
     except (SchemaError, ZipStreamError) as error:
-        raise CommandError(f"migrate failed: {getattr(error, 'message', error)}") from None
+        # The database's own words are in the message (e.g. a store without the TTL API says so).
+        raise CommandError(f"{args.command} failed: {getattr(error, 'message', error)}") from None
     finally:
         repository.close()
     print(f"zipstream: {config.db_interface} schema for table {config.table_name!r} is up to date")

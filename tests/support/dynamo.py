@@ -21,6 +21,9 @@ def dynamodb_repository(table: str | None = None) -> DynamoRepository:
         "TABLE_NAME": table or "t_" + uuid.uuid4().hex[:12],
         "AWS_REGION": REGION,
         "FS_INTERFACES": "https",
+        # moto answers one request at a time (AtomicMotoServer): fifty concurrent appends queue there
+        # for seconds, which DynamoDB never does; the contract is about what is stored, not how fast.
+        "DB_TIMEOUT": "30",
     })
     return DynamoRepository(config)
 

@@ -18,19 +18,31 @@ lazily, so reads still check expiry (410) and `purge_expired` exists only for co
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import random
+import re
+import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    HTTPClientError,
+    NoCredentialsError,
+    PartialCredentialsError,
+)
+from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from ..aws import dynamodb_client
 from ..config import Config
+from ..cooperative import gevent_active
+from ..deadline import Deadline
 from ..errors import LimitExceeded, SchemaNotReady, ServiceUnavailable, ZipStreamError
 from ..models import Bundle, FileRef
 from . import MIGRATE_HINT, SchemaConflict, SchemaState
@@ -39,6 +51,8 @@ if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+P = ParamSpec("P")
 
 META = "meta"
 CHUNK_PREFIX = "files#"
@@ -54,12 +68,84 @@ _RETRYABLE = frozenset({
     "LimitExceededException", "InternalServerError", "ServiceUnavailable", "TransactionConflictException",
     "ItemCollectionSizeLimitExceededException",
 })
+# The identity this service runs as may not do the operation (IAM policy): fixed by granting it.
+_DENIED = frozenset({"AccessDeniedException", "AccessDenied", "NotAuthorized"})
+# The request's credentials or signature are refused (AWS's common errors): fixed in the credentials.
+_UNAUTHENTICATED = frozenset({
+    "UnrecognizedClientException", "InvalidSignatureException", "MissingAuthenticationTokenException",
+    "MissingAuthenticationToken", "ExpiredTokenException", "ExpiredToken", "IncompleteSignature",
+    "IncompleteSignatureException", "InvalidClientTokenId", "SignatureDoesNotMatch", "RequestExpired",
+})
+# Requests per DynamoDB call at most (the first and its retries), all within the operation's DB_TIMEOUT.
+ATTEMPTS = 4
+# One attempt may take this share of DB_TIMEOUT, so a connection that hangs leaves time for a retry.
+ATTEMPT_SHARE = 0.5
+# A retry is started only with at least this long left before the deadline (seconds).
+MIN_ATTEMPT = 0.1
 _BATCH_ATTEMPTS = 8
+_NO_DEADLINE = Deadline(None, "DB_TIMEOUT")
+# What a server's error message may carry that must not reach a client or a log: an access key id,
+# a secret key or session token, and the canonical request AWS echoes on a signature mismatch.
+_KEY_ID = re.compile(r"\b(?:AKIA|ASIA|AIDA|AROA|AGPA|ANPA|ANVA|AIPA|APKA|ABIA|ACCA)[A-Z0-9]{12,}\b")
+_TOKEN = re.compile(r"[A-Za-z0-9+/]{32,}={0,2}")
+_ECHOED_REQUEST = re.compile(r"\s*The (?:Canonical String|String-to-Sign)\b.*", re.DOTALL)
+_MESSAGE_CHARS = 300
 
 
-def _backoff(attempt: int) -> None:
-    """Sleep before re-sending what DynamoDB left unprocessed (exponential, jittered)."""
-    time.sleep(min(2.0, 0.05 * 2**attempt) * random.uniform(0.5, 1.0))  # noqa: S311 - jitter, not secrecy
+class AttemptStopped(Exception):
+    """One DynamoDB request was stopped at its deadline while blocked (under gevent; see `_stopped_at`)."""
+
+
+def _pause(attempt: int) -> float:
+    """Seconds to wait before retry `attempt` (1, 2, ...): exponential, jittered."""
+    return min(2.0, 0.05 * 2.0**attempt) * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not secrecy
+
+
+def _operation_name(method: Callable[..., Any]) -> str:
+    """DynamoDB's name of a client method: get_item -> GetItem (the IAM action is dynamodb:GetItem)."""
+    return "".join(part.title() for part in getattr(method, "__name__", "request").split("_"))
+
+
+def _transient(error: Exception) -> bool:
+    """Whether the same request may well succeed if sent again."""
+    if isinstance(error, ClientError):
+        code = str(error.response.get("Error", {}).get("Code", ""))
+        status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        return code in _RETRYABLE or (status >= 500 and code not in _DENIED | _UNAUTHENTICATED)
+    return isinstance(error, (AttemptStopped, BotoConnectionError, HTTPClientError))
+
+
+def server_message(text: str) -> str:
+    """A DynamoDB error message fit for a client and a log: one line, at most _MESSAGE_CHARS, without
+    key ids, keys, tokens or the canonical request a signature error echoes."""
+    text = _ECHOED_REQUEST.sub("", text)
+    text = _TOKEN.sub("[redacted]", _KEY_ID.sub("[key id]", text))
+    text = " ".join(text.split())
+    return text if len(text) <= _MESSAGE_CHARS else text[: _MESSAGE_CHARS - 1] + "…"
+
+
+@contextmanager
+def _stopped_at(deadline: Deadline) -> Iterator[None]:
+    """Under gevent, raise AttemptStopped in the block once `deadline` passes, whatever it is blocked on.
+
+    Socket timeouts bound each connect and each read, not the request: this bounds a connect started
+    late or an answer that trickles. Without gevent the socket timeouts (capped by the deadline) are all.
+    """
+    if deadline.seconds is None or not gevent_active():
+        yield
+        return
+    import gevent
+
+    timer = gevent.Timeout(max(0.001, deadline.remaining()))
+    timer.start()
+    try:
+        yield
+    except gevent.Timeout as fired:
+        if fired is not timer:
+            raise
+        raise AttemptStopped(f"no answer within {deadline.seconds:.3g} s") from None
+    finally:
+        timer.close()
 
 
 def _encode_files(files: Sequence[FileRef]) -> list[tuple[str, int]]:
@@ -92,13 +178,93 @@ def _n(item: Mapping[str, Any], name: str) -> int:
     return int(item[name]["N"])
 
 
+def _bounded(method: Callable[Concatenate[DynamoRepository, P], T]) -> Callable[Concatenate[DynamoRepository, P], T]:
+    """A contract call: all its requests and retries end within DB_TIMEOUT (DynamoRepository._operation)."""
+
+    @functools.wraps(method)
+    def bounded(self: DynamoRepository, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        with self._operation():
+            return method(self, *args, **kwargs)
+
+    return bounded
+
+
 class DynamoRepository:
-    """The BundleRepository on DynamoDB (`DB_INTERFACE=dynamodb`)."""
+    """The BundleRepository on DynamoDB (`DB_INTERFACE=dynamodb`).
+
+    Each call of the contract (get, create, append, delete, ping, schema_state, the CRC caches) answers
+    within DB_TIMEOUT: its requests and their retries share that deadline, and each attempt may take at
+    most ATTEMPT_SHARE of it. `migrate` and `purge_expired` (commands, not requests) have no overall
+    limit; their requests are retried and bounded the same way each.
+    """
 
     def __init__(self, config: Config) -> None:
         self.config = config
         self.table = config.table_name
-        self.client: DynamoDBClient = dynamodb_client(config)
+        self.attempt_seconds = config.db_timeout * ATTEMPT_SHARE
+        self.client: DynamoDBClient = dynamodb_client(config, self.attempt_seconds)
+        self._local = threading.local()  # the running operation's deadline (greenlet-local under gevent)
+
+    # -- deadlines and retries -----------------------------------------------------------------
+
+    @contextmanager
+    def _operation(self) -> Iterator[None]:
+        """One contract call: every request in the block, and every retry, ends within DB_TIMEOUT
+        (a call made by another, such as `get` by `append`, shares the caller's deadline)."""
+        if getattr(self._local, "deadline", None) is not None:
+            yield
+            return
+        self._local.deadline = Deadline(self.config.db_timeout, "DB_TIMEOUT")
+        try:
+            yield
+        finally:
+            self._local.deadline = None
+
+    def _deadline(self) -> Deadline:
+        deadline: Deadline | None = getattr(self._local, "deadline", None)
+        return deadline or _NO_DEADLINE
+
+    def _call(self, method: Callable[..., T], **params: Any) -> T:
+        """`method(**params)`, a client call, sent again while its error is transient (throttling, 5xx,
+        a timeout, a lost connection): at most ATTEMPTS times, every attempt and back-off inside the
+        operation's deadline, each attempt within `attempt_seconds`.
+
+        Raises the last botocore error (see `_errors`), or ServiceUnavailable naming DB_TIMEOUT when
+        the time ran out without an answer.
+        """
+        deadline = self._deadline()
+        attempt = 0
+        while True:
+            if deadline.expired:  # spent by the operation's earlier requests: send nothing more
+                raise ServiceUnavailable(f"DynamoDB did not answer within {deadline.describe()} "
+                                         f"({_operation_name(method)} not sent)")
+            attempt += 1
+            limit = Deadline(deadline.cap(self.attempt_seconds), "DB_TIMEOUT")
+            try:
+                with limit.applying(), _stopped_at(limit):  # the client's before-send hook reads `limit`
+                    return method(**params)
+            except (ClientError, BotoCoreError, AttemptStopped) as error:
+                if not _transient(error):
+                    raise
+                pause = _pause(attempt)
+                if attempt < ATTEMPTS and pause + MIN_ATTEMPT < deadline.remaining() and deadline.sleep(pause):
+                    continue
+                if isinstance(error, ClientError):
+                    raise  # it answered: "unavailable", with its own words
+                within = f"{attempt} attempt(s) within {deadline.describe()}"
+                if deadline.seconds is None:
+                    within = f"{attempt} attempt(s) of {self.attempt_seconds:g} s each"
+                raise ServiceUnavailable(
+                    f"DynamoDB did not answer {_operation_name(method)} ({within}; the last: "
+                    f"{type(error).__name__})"
+                ) from None
+
+    def _sleep_or_give_up(self, attempt: int, what: str) -> None:
+        """Wait before re-sending what DynamoDB left unprocessed; ServiceUnavailable if no time is left."""
+        deadline = self._deadline()
+        pause = _pause(attempt)
+        if attempt + 1 >= _BATCH_ATTEMPTS or pause + MIN_ATTEMPT >= deadline.remaining() or not deadline.sleep(pause):
+            raise ServiceUnavailable(f"DynamoDB kept refusing {what} (throughput exceeded)")
 
     # -- errors ------------------------------------------------------------------------------
 
@@ -109,19 +275,37 @@ class DynamoRepository:
             yield
         except ClientError as error:
             raise self._translate(error, action) from None
+        except (NoCredentialsError, PartialCredentialsError) as error:
+            raise ServiceUnavailable(
+                f"DynamoDB was not asked ({action}): {error}; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+                "or give the service an IAM role", retry_after=30) from None
         except BotoCoreError as error:
             raise ServiceUnavailable(f"DynamoDB did not answer ({action}: {type(error).__name__})") from None
 
     def _translate(self, error: ClientError, action: str) -> ZipStreamError:
-        code = str(error.response.get("Error", {}).get("Code", ""))
+        """DynamoDB's answer as the service's error: 503 for what the operator or time fixes (a missing
+        table, throttling, refused permissions or credentials), 500 for a request it found wrong."""
+        failed = error.response.get("Error", {})
+        code = str(failed.get("Code", ""))
         status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        message = server_message(str(failed.get("Message", "")))
+        said = f"{code or status}: {message}" if message else str(code or status)
         if code == "ResourceNotFoundException":
             not_ready = SchemaNotReady(f"DynamoDB table {self.table} does not exist: {MIGRATE_HINT}", retry_after=10)
             not_ready.reason = f"table {self.table} does not exist"
             return not_ready
+        permission = f"dynamodb:{error.operation_name}"
+        if code in _DENIED:
+            return ServiceUnavailable(
+                f"DynamoDB refused {permission} on table {self.table}: {said} (grant {permission} to the "
+                "IAM identity this service runs as)", retry_after=30)
+        if code in _UNAUTHENTICATED:
+            return ServiceUnavailable(
+                f"DynamoDB refused {permission}: {said} (check this service's AWS credentials: "
+                "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN or its IAM role)", retry_after=30)
         if code in _RETRYABLE or status >= 500:
-            return ServiceUnavailable(f"DynamoDB is unavailable ({action}: {code or status})")
-        return ZipStreamError(f"DynamoDB refused {action}: {code or status}")
+            return ServiceUnavailable(f"DynamoDB is unavailable ({action}, {error.operation_name}: {said})")
+        return ZipStreamError(f"DynamoDB refused {action} ({error.operation_name}): {said}")
 
     # -- schema ------------------------------------------------------------------------------
 
@@ -129,7 +313,8 @@ class DynamoRepository:
         """Create the table (on-demand capacity) and turn on TTL; does nothing that is done already."""
         with self._errors("create-table"):
             try:
-                self.client.create_table(
+                self._call(
+                    self.client.create_table,
                     TableName=self.table,
                     AttributeDefinitions=[
                         {"AttributeName": "pk", "AttributeType": "S"},
@@ -148,10 +333,11 @@ class DynamoRepository:
             self.client.get_waiter("table_exists").wait(
                 TableName=self.table, WaiterConfig={"Delay": 1, "MaxAttempts": 120}
             )
-            self._check_keys(self.client.describe_table(TableName=self.table)["Table"])
+            self._check_keys(self._call(self.client.describe_table, TableName=self.table)["Table"])
             if not self._ttl_on():
                 try:
-                    self.client.update_time_to_live(
+                    self._call(
+                        self.client.update_time_to_live,
                         TableName=self.table,
                         TimeToLiveSpecification={"Enabled": True, "AttributeName": TTL_ATTRIBUTE},
                     )
@@ -162,7 +348,7 @@ class DynamoRepository:
                         raise
 
     def _ttl_on(self) -> bool:
-        ttl = self.client.describe_time_to_live(TableName=self.table).get("TimeToLiveDescription", {})
+        ttl = self._call(self.client.describe_time_to_live, TableName=self.table).get("TimeToLiveDescription", {})
         return ttl.get("TimeToLiveStatus") in ("ENABLED", "ENABLING")
 
     def _check_keys(self, table: Mapping[str, Any]) -> None:
@@ -173,11 +359,12 @@ class DynamoRepository:
                 "a new name (bundles of the Node ZipStream are not imported)"
             )
 
+    @_bounded
     def schema_state(self) -> SchemaState:
         """MISSING until the table exists and is ACTIVE; OUTDATED without TTL; SchemaConflict if keyed otherwise."""
         try:
             with self._errors("describe-table"):
-                table = self.client.describe_table(TableName=self.table)["Table"]
+                table = self._call(self.client.describe_table, TableName=self.table)["Table"]
                 ttl_on = self._ttl_on()
         except SchemaNotReady:
             return SchemaState.MISSING
@@ -186,9 +373,10 @@ class DynamoRepository:
         self._check_keys(table)
         return SchemaState.CURRENT if ttl_on else SchemaState.OUTDATED
 
+    @_bounded
     def ping(self) -> None:
         with self._errors("describe-table"):
-            self.client.describe_table(TableName=self.table)
+            self._call(self.client.describe_table, TableName=self.table)
 
     # -- bundles -----------------------------------------------------------------------------
 
@@ -212,19 +400,18 @@ class DynamoRepository:
             pending: list[Any] = requests[start : start + 25]
             for attempt in range(_BATCH_ATTEMPTS):
                 with self._errors("batch-write"):
-                    answer = self.client.batch_write_item(RequestItems={self.table: pending})
+                    answer = self._call(self.client.batch_write_item, RequestItems={self.table: pending})
                 pending = list(answer.get("UnprocessedItems", {}).get(self.table, []))
                 if not pending:
                     break
-                _backoff(attempt)
-            else:
-                raise ServiceUnavailable("DynamoDB kept refusing writes (throughput exceeded)")
+                self._sleep_or_give_up(attempt, "writes")
 
     def _delete_items(self, bundle_id: str, sort_keys: Sequence[str]) -> None:
         self._batch_write([
             {"DeleteRequest": {"Key": {"pk": {"S": bundle_id}, "sk": {"S": key}}}} for key in sort_keys
         ])
 
+    @_bounded
     def create(self, bundle: Bundle) -> None:
         chunks = self._write_chunks(bundle.id, bundle.files, bundle.expiration_date)
         item: dict[str, Any] = {
@@ -239,14 +426,22 @@ class DynamoRepository:
             "chunks": {"L": [{"S": key} for key in chunks]},
         }
         with self._errors("create"):
-            self.client.put_item(
-                TableName=self.table, Item=item, ConditionExpression="attribute_not_exists(pk)"
-            )
+            try:
+                self._call(
+                    self.client.put_item, TableName=self.table, Item=item,
+                    ConditionExpression="attribute_not_exists(pk)", ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                )
+            except ClientError as error:
+                # A retry of a put whose answer was lost finds the item it wrote (the id is random).
+                response: dict[str, Any] = dict(error.response)
+                if (response.get("Item") or {}).get("secret") != {"S": bundle.secret}:
+                    raise
 
     def _meta(self, bundle_id: str) -> dict[str, Any] | None:
         with self._errors("get"):
-            answer = self.client.get_item(
-                TableName=self.table, Key={"pk": {"S": bundle_id}, "sk": {"S": META}}, ConsistentRead=True
+            answer = self._call(
+                self.client.get_item,
+                TableName=self.table, Key={"pk": {"S": bundle_id}, "sk": {"S": META}}, ConsistentRead=True,
             )
         item = answer.get("Item")
         return dict(item) if item is not None else None
@@ -260,13 +455,14 @@ class DynamoRepository:
         }
         while True:
             with self._errors("get"):
-                page = self.client.query(**query)
+                page = self._call(self.client.query, **query)
             for item in page.get("Items", []):
                 yield dict(item)
             if "LastEvaluatedKey" not in page:
                 return
             query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
+    @_bounded
     def get(self, bundle_id: str) -> Bundle | None:
         # The meta item first: every chunk it lists was written before it was listed, so the
         # query after it finds them all (a chunk missing means the bundle was deleted meanwhile).
@@ -291,6 +487,7 @@ class DynamoRepository:
             files=tuple(files),
         )
 
+    @_bounded
     def append(
         self, bundle_id: str, files: Sequence[FileRef], max_files: int,
         filename: str | None = None, compression: str | None = None,
@@ -320,7 +517,8 @@ class DynamoRepository:
             updates.append("compression = :compression")
             values[":compression"] = {"S": compression}
         try:
-            self.client.update_item(
+            self._call(
+                self.client.update_item,
                 TableName=self.table,
                 Key={"pk": {"S": bundle_id}, "sk": {"S": META}},
                 UpdateExpression="SET " + ", ".join(updates),
@@ -368,6 +566,7 @@ class DynamoRepository:
             limit="MAX_FILES",
         )
 
+    @_bounded
     def delete(self, bundle_id: str) -> Bundle | None:
         bundle = self.get(bundle_id)
         if bundle is None:
@@ -375,7 +574,8 @@ class DynamoRepository:
         with self._errors("delete"):
             try:
                 # The meta item goes first: without it the chunks are unreachable.
-                self.client.delete_item(
+                self._call(
+                    self.client.delete_item,
                     TableName=self.table,
                     Key={"pk": {"S": bundle_id}, "sk": {"S": META}},
                     ConditionExpression="attribute_exists(pk)",
@@ -400,7 +600,7 @@ class DynamoRepository:
         }
         while True:
             with self._errors("purge"):
-                page = self.client.scan(**scan)
+                page = self._call(self.client.scan, **scan)
             for item in page.get("Items", []):
                 key = (_s(item, "pk"), _s(item, "sk"))
                 (metas if key[1] == META else others).append(key)
@@ -416,6 +616,7 @@ class DynamoRepository:
 
     # -- learned CRC-32s ---------------------------------------------------------------------
 
+    @_bounded
     def get_crcs(self, identities: Sequence[str]) -> dict[str, int]:
         found: dict[str, int] = {}
         unique = list(dict.fromkeys(identities))
@@ -426,7 +627,7 @@ class DynamoRepository:
             ]
             for attempt in range(_BATCH_ATTEMPTS):
                 with self._errors("get-crcs"):
-                    answer = self.client.batch_get_item(RequestItems={self.table: {"Keys": keys}})
+                    answer = self._call(self.client.batch_get_item, RequestItems={self.table: {"Keys": keys}})
                 responses: dict[str, Any] = dict(answer.get("Responses", {}))
                 for item in responses.get(self.table, []):
                     found[_s(item, "pk")[len(CRC_PREFIX):]] = _n(item, "crc32")
@@ -434,11 +635,10 @@ class DynamoRepository:
                 keys = list(unprocessed.get(self.table, {}).get("Keys", []))
                 if not keys:
                     break
-                _backoff(attempt)
-            else:
-                raise ServiceUnavailable("DynamoDB kept refusing reads (throughput exceeded)")
+                self._sleep_or_give_up(attempt, "reads")
         return found
 
+    @_bounded
     def put_crcs(self, crcs: Mapping[str, int]) -> None:
         now = int(time.time())
         self._batch_write([{"PutRequest": {"Item": {

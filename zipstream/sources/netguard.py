@@ -152,8 +152,22 @@ def _connect(policy: Policy, host: str, port: int, timeout: float | None,
     raise last or OSError(f"cannot connect to {host}")
 
 
+class RequestStopped(OSError):
+    """The calling thread's pre-flight deadline passed (or its client left) before the request went out."""
+
+
+def _stopped() -> bool:
+    deadline = current()
+    return deadline is not None and (deadline.expired or deadline.cancelled)
+
+
 def guarded_pool_manager(policy: Policy, **kwargs: object) -> PoolManager:
-    """A urllib3 PoolManager whose every connection goes through `policy`."""
+    """A urllib3 PoolManager whose every connection goes through `policy`.
+
+    A request whose connection was still being opened when pre-flight's deadline passed (or its client
+    left) is not sent: the checks before each attempt can't see a connect (or TLS handshake) that is
+    under way, and its request would reach the server after the answer had gone out.
+    """
 
     class GuardedHTTPConnection(HTTPConnection):
         def getresponse(self, *args: Any, **kwargs: Any) -> Any:
@@ -165,9 +179,14 @@ def guarded_pool_manager(policy: Policy, **kwargs: object) -> PoolManager:
             with deadline.aborting(lambda: shut(self.sock)):
                 return super().getresponse(*args, **kwargs)
 
+        def request(self, *args: Any, **kwargs: Any) -> None:
+            if _stopped():
+                raise RequestStopped("pre-flight's deadline passed before the request was sent")
+            super().request(*args, **kwargs)
+
         def _new_conn(self) -> socket.socket:
             try:
-                return _connect(policy, self._dns_host, self.port, self.timeout,
+                sock = _connect(policy, self._dns_host, self.port, self.timeout,
                                 self.socket_options)
             except AddressRefused:
                 raise
@@ -175,10 +194,19 @@ def guarded_pool_manager(policy: Policy, **kwargs: object) -> PoolManager:
                 raise ConnectTimeoutError(self, f"Connection timed out (connect timeout={self.timeout})") from error
             except OSError as error:
                 raise NewConnectionError(self, f"Failed to establish a new connection: {error}") from error
+            if _stopped():  # connected after the deadline: send nothing on it
+                sock.close()
+                raise NewConnectionError(self, "pre-flight's deadline passed while connecting")
+            return sock
 
     class GuardedHTTPSConnection(HTTPSConnection):
         def _new_conn(self) -> socket.socket:
             return GuardedHTTPConnection._new_conn(self)  # type: ignore[arg-type]
+
+        def request(self, *args: Any, **kwargs: Any) -> None:
+            if _stopped():  # the TLS handshake ended after the deadline
+                raise RequestStopped("pre-flight's deadline passed before the request was sent")
+            super().request(*args, **kwargs)
 
     class GuardedHTTPPool(HTTPConnectionPool):
         ConnectionCls = GuardedHTTPConnection
