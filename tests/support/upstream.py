@@ -89,8 +89,8 @@ class Behaviour:
     content_encoding: str | None = None  # label the (unencoded) body with this Content-Encoding, e.g. "br"
     deflate: bool = False  # zlib-deflate the body with Content-Encoding: deflate whatever the client accepts
     throttle_bps: int = 0  # body sent at about this many bytes per second (0: as fast as possible)
-    replace_after_reset: bytes | None = None  # with reset_after: once the reset is sent, the path
-    #                                           serves these bytes (a new version) with no faults
+    replace_after_reset: bytes | None = None  # with reset_after: from the reset on (replaced just
+    #                                           before it is sent), the path serves these bytes (a new version) with no faults
     read_status: int | None = None  # GETs other than a Range from byte 0 get this status (HEAD and
     #                                 pre-flight's first-bytes GET answer normally): fails reads only
     head_status: int | None = None  # answer every HEAD with this status (403: an S3 presigned GET URL)
@@ -98,6 +98,9 @@ class Behaviour:
     # Each response comes from the next of N hosts behind a load balancer, with that host's ETag and
     # Last-Modified (Apache inode ETags, per-host mtimes); a huge N: a new ETag on every response.
     validator_hosts: int = 0
+    # -- conditionals not honoured (issue 14) --
+    ignore_conditionals: bool = False  # If-Range and If-Match ignored: a range of whatever version is there now
+    range_total_unknown: bool = False  # 206 answers end their Content-Range in `/*` (length not given)
 
 
 _BEHAVIOUR_FIELDS: Final = frozenset(f.name for f in dataclasses.fields(Behaviour))
@@ -597,14 +600,15 @@ class _Handler(BaseHTTPRequestHandler):
         if behaviour.validator_hosts:
             host = self.upstream._next_host(path, behaviour.validator_hosts)
             etag, mtime = f'{etag[:-1]}-h{host}"', mtime + host
-        if not if_match_ok(headers.get("if-match"), etag):
+        if not behaviour.ignore_conditionals and not if_match_ok(headers.get("if-match"), etag):
             return self._send_simple(HTTPStatus.PRECONDITION_FAILED, head, {"ETag": etag})
 
         span = None
         if not behaviour.no_range:
             span = parse_range(headers.get("range"), size)
             if_range = headers.get("if-range")
-            if span is not None and if_range is not None and not if_range_matches(if_range, etag, mtime):
+            if (span is not None and if_range is not None and not behaviour.ignore_conditionals
+                    and not if_range_matches(if_range, etag, mtime)):
                 span = None  # representation changed: send it whole
         if isinstance(span, Unsatisfiable):
             return self._send_simple(
@@ -635,7 +639,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Last-Modified", email.utils.formatdate(mtime, usegmt=True))
         self.send_header("Accept-Ranges", "none" if behaviour.no_range else "bytes")
         if span:
-            self.send_header("Content-Range", f"bytes {start}-{end - 1}/{size}")
+            total = "*" if behaviour.range_total_unknown else str(size)
+            self.send_header("Content-Range", f"bytes {start}-{end - 1}/{total}")
         if behaviour.gzip or behaviour.deflate:
             self.send_header("Content-Encoding", "gzip" if behaviour.gzip else "deflate")
         elif behaviour.content_encoding is not None:
@@ -712,10 +717,11 @@ class _Handler(BaseHTTPRequestHandler):
                             self.close_connection = True
                             return None
                 if behaviour.reset_after is not None and sent >= behaviour.reset_after:
-                    self._reset()
                     if behaviour.replace_after_reset is not None:
+                        # Before the reset: the client's next request can't arrive before the new version.
                         up.clear_behaviour(path)
                         up.add(path, behaviour.replace_after_reset)
+                    self._reset()
                     return None
                 if behaviour.stall_after is not None and not stalled and sent >= behaviour.stall_after:
                     stalled = True
