@@ -233,7 +233,7 @@ def _read_in_thread(open_chunks: Callable[[], Iterator[bytes]], fifo: Path) -> B
     def read() -> None:
         try:
             outcome.append(b"".join(open_chunks()))
-        except BaseException as error:  # noqa: BLE001 - handed to the test
+        except BaseException as error:
             outcome.append(error)
 
     thread = threading.Thread(target=read, daemon=True)
