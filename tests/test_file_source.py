@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import socket
+import stat
+import threading
+import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import requests
 
 from zipstream import create_app
 from zipstream.config import Config
 from zipstream.errors import SourceChanged, SourceNotFound, SourceRefused
 from zipstream.sources import CHUNK_SIZE, Sources
 from zipstream.sources.file import FileSource
+
+from .support import ci
+from .support.upstream import UpstreamServer
 
 
 @pytest.fixture
@@ -173,3 +183,132 @@ def test_api_zips_file_srcs(root: Path, make_config: Callable[..., Config]) -> N
     assert refused.get_json()["error"]["code"] == "source_refused"
     missing = client.post("/bundle", json={"files": [{"src": "file:///nope"}]})
     assert missing.status_code == 422
+
+
+# -- anything but a regular file (issue 14): refused at pre-flight, and never blocks when swapped in later --
+
+
+def _make(kind: str, path: Path, tmp_path: Path) -> None:
+    """Put a `kind` of file system object at `path` (a symlink to /dev/zero leads outside FILE_ROOT)."""
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "socket":
+        listener = socket.socket(socket.AF_UNIX)
+        listener.bind(str(path))
+        listener.close()  # the socket file stays
+    elif kind == "device":
+        try:
+            os.mknod(path, stat.S_IFCHR | 0o600, os.makedev(1, 5))  # what /dev/zero is: endless zeros
+        except PermissionError:
+            ci.missing("creating a device node needs CAP_MKNOD (root)")
+    elif kind == "directory":
+        path.mkdir()
+    elif kind == "symlink to /dev/zero":
+        path.symlink_to("/dev/zero")
+    else:
+        raise AssertionError(kind)
+
+
+KINDS = {"fifo": "a FIFO", "socket": "a socket", "device": "a character device", "directory": "a directory",
+         "symlink to /dev/zero": "outside FILE_ROOT"}
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_preflight_refuses_anything_but_a_regular_file_with_a_4xx(
+        root: Path, tmp_path: Path, make_config: Callable[..., Config], kind: str) -> None:
+    client = create_app(make_config(FS_INTERFACES="file", FILE_ROOT=str(root))).test_client()
+    _make(kind, root / "odd", tmp_path)
+    response = client.post("/bundle", json={"files": [{"src": "file:///odd"}]})
+    assert 400 <= response.status_code < 500, response.get_data(as_text=True)
+    [failure] = response.get_json()["error"]["sources"]
+    assert failure["src"] == "file:///odd"
+    assert KINDS[kind] in failure["reason"]
+
+
+def _read_in_thread(open_chunks: Callable[[], Iterator[bytes]], fifo: Path) -> BaseException | bytes:
+    """What opening and reading gives; a reader blocked in open() (a FIFO without a writer) is released
+    by opening the FIFO for writing once a generous guard has passed, and that counts as a failure."""
+    outcome: list[BaseException | bytes] = []
+
+    def read() -> None:
+        try:
+            outcome.append(b"".join(open_chunks()))
+        except BaseException as error:
+            outcome.append(error)
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    thread.join(timeout=20)  # the refusal is immediate; only a blocked open() waits this long
+    blocked = thread.is_alive()
+    if blocked:
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # a writer appears: open() returns
+        thread.join(timeout=10)
+    assert not blocked, "the reader blocked opening what was swapped in"
+    return outcome[0]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "socket", "device", "directory"])
+def test_a_file_swapped_after_preflight_is_refused_without_blocking(
+        source: FileSource, root: Path, tmp_path: Path, kind: str) -> None:
+    """On main a FIFO blocked os.open() until a writer appeared: the gevent worker froze until gunicorn
+    killed it. Now it is opened without blocking and refused once fstat says what it is."""
+    path = root / "reports" / "a.csv"
+    (info,) = source.stat("file:///reports/a.csv")
+    path.unlink()
+    _make(kind, path, tmp_path)
+    outcome = _read_in_thread(lambda: source.open(info), path)
+    assert isinstance(outcome, SourceChanged), outcome
+    assert "regular file" in outcome.reason
+
+
+def test_a_file_swapped_for_a_fifo_while_streaming_cuts_only_that_download(
+        serve: Callable[..., Any], upstream: UpstreamServer, root: Path, tmp_path: Path) -> None:
+    """Under gunicorn (one gevent worker): the zip's first member comes from a slow upstream; while it
+    stalls, the second (a file) is swapped for a FIFO. The download is cut when it gets there, and the
+    worker goes on serving: another request is answered meanwhile. On main the worker blocked in
+    open() (its heartbeat too) until gunicorn's WORKER_TIMEOUT killed it, cutting every download."""
+    first = os.urandom(2_000_000)
+    upstream.add("/first.bin", first)
+    # Pre-flight reads its first 64 KiB; the stream's continuation stalls after 1 MB more.
+    upstream.set_behaviour("/first.bin", stall_after=1_000_000, stall_seconds=3)
+    server = serve(FS_INTERFACES="https,file", FILE_ROOT=str(root), PREFETCH="0", WORKER_TIMEOUT="120")
+    files = [{"src": upstream.url("/first.bin")}, {"src": "file:///big.bin"}]
+    created = requests.post(server.url("/"), json={"files": files}, timeout=30)
+    assert created.status_code == 201, created.text
+    url = server.url(f"/{created.json()['id']}")
+    got: list[int] = []
+    ended: list[BaseException | None] = []
+
+    def download() -> None:
+        try:
+            with requests.get(url, stream=True, timeout=60) as response:
+                assert response.status_code == 200
+                for chunk in response.iter_content(65536):
+                    got.append(len(chunk))
+            ended.append(None)
+        except requests.RequestException as error:
+            ended.append(error)
+
+    thread = threading.Thread(target=download, daemon=True)
+    thread.start()
+    fifo = root / "big.bin"
+    try:
+        deadline = time.monotonic() + 30
+        while upstream.bytes_sent.get("/first.bin", 0) < 65536 + 1_000_000 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert upstream.bytes_sent.get("/first.bin", 0) >= 65536 + 1_000_000, "the first member never stalled"
+        fifo.unlink()
+        os.mkfifo(fifo)  # while the first member stalls: after pre-flight, before the stream opens it
+        thread.join(timeout=30)
+        # The worker still answers (on main it was stuck in open() of the FIFO).
+        health = requests.get(server.url("/health-check"), timeout=10)
+        assert health.status_code == 200
+        assert not thread.is_alive(), "the download neither ended nor was cut"
+    finally:
+        if thread.is_alive():  # main: release the worker blocked in open()
+            with contextlib.suppress(OSError):
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            thread.join(timeout=10)
+    assert ended and ended[0] is not None, "the download completed although its file became a FIFO"
+    assert sum(got) < 2_000_000 + (root / "reports" / "a.csv").stat().st_size + CHUNK_SIZE * 2
+    assert "regular file" in server.log_text()

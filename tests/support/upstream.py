@@ -89,8 +89,8 @@ class Behaviour:
     content_encoding: str | None = None  # label the (unencoded) body with this Content-Encoding, e.g. "br"
     deflate: bool = False  # zlib-deflate the body with Content-Encoding: deflate whatever the client accepts
     throttle_bps: int = 0  # body sent at about this many bytes per second (0: as fast as possible)
-    replace_after_reset: bytes | None = None  # with reset_after: once the reset is sent, the path
-    #                                           serves these bytes (a new version) with no faults
+    replace_after_reset: bytes | None = None  # with reset_after: from the reset on (replaced just before
+    #                                           it is sent), the path serves these bytes (a new version), no faults
     read_status: int | None = None  # GETs other than a Range from byte 0 get this status (HEAD and
     #                                 pre-flight's first-bytes GET answer normally): fails reads only
     head_status: int | None = None  # answer every HEAD with this status (403: an S3 presigned GET URL)
@@ -98,6 +98,10 @@ class Behaviour:
     # Each response comes from the next of N hosts behind a load balancer, with that host's ETag and
     # Last-Modified (Apache inode ETags, per-host mtimes); a huge N: a new ETag on every response.
     validator_hosts: int = 0
+    # -- conditionals not honoured (issue 14) --
+    ignore_conditionals: bool = False  # If-Range and If-Match ignored: a range of whatever version is there now
+    range_total_unknown: bool = False  # 206 answers end their Content-Range in `/*` (length not given)
+    reset_times: int | None = None  # with reset_after: only the first N bodies are cut, later ones sent whole
 
 
 _BEHAVIOUR_FIELDS: Final = frozenset(f.name for f in dataclasses.fields(Behaviour))
@@ -253,6 +257,7 @@ class UpstreamServer:
         self._errors: list[str] = []
         self._blocked_until: dict[str, float] = {}  # path -> time.monotonic() before which Retry-After holds
         self._redirect_counts: Counter[str] = Counter()
+        self._reset_counts: Counter[str] = Counter()
         self._connections: set[socket.socket] = set()
         self._accepted = 0
         self._idle = threading.Condition(self._lock)
@@ -379,6 +384,8 @@ class UpstreamServer:
                 self._failures[key] = 0  # a new failure plan starts counting afresh
             if {"redirect_to", "redirect_after"} & set(options):
                 self._redirect_counts[key] = 0  # redirect_after counts from now
+            if {"reset_after", "reset_times"} & set(options):
+                self._reset_counts[key] = 0  # reset_times counts from now
 
     def clear_behaviour(self, path: str | None = None) -> None:
         """Drop the behaviour set for path (or the server-wide one when path is None)."""
@@ -421,6 +428,16 @@ class UpstreamServer:
         with self._lock:
             self._redirect_counts[path] += 1
             return self._redirect_counts[path] > behaviour.redirect_after
+
+    def _reset_due(self, path: str, behaviour: Behaviour) -> bool:
+        """Whether this body for path is cut (reset_after), counting toward reset_times."""
+        if behaviour.reset_after is None:
+            return False
+        if behaviour.reset_times is None:
+            return True
+        with self._lock:
+            self._reset_counts[path] += 1
+            return self._reset_counts[path] <= behaviour.reset_times
 
     def _sleep(self, seconds: float) -> None:
         """Sleep, but wake up immediately when the server stops."""
@@ -597,14 +614,15 @@ class _Handler(BaseHTTPRequestHandler):
         if behaviour.validator_hosts:
             host = self.upstream._next_host(path, behaviour.validator_hosts)
             etag, mtime = f'{etag[:-1]}-h{host}"', mtime + host
-        if not if_match_ok(headers.get("if-match"), etag):
+        if not behaviour.ignore_conditionals and not if_match_ok(headers.get("if-match"), etag):
             return self._send_simple(HTTPStatus.PRECONDITION_FAILED, head, {"ETag": etag})
 
         span = None
         if not behaviour.no_range:
             span = parse_range(headers.get("range"), size)
             if_range = headers.get("if-range")
-            if span is not None and if_range is not None and not if_range_matches(if_range, etag, mtime):
+            if (span is not None and if_range is not None and not behaviour.ignore_conditionals
+                    and not if_range_matches(if_range, etag, mtime)):
                 span = None  # representation changed: send it whole
         if isinstance(span, Unsatisfiable):
             return self._send_simple(
@@ -635,7 +653,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Last-Modified", email.utils.formatdate(mtime, usegmt=True))
         self.send_header("Accept-Ranges", "none" if behaviour.no_range else "bytes")
         if span:
-            self.send_header("Content-Range", f"bytes {start}-{end - 1}/{size}")
+            total = "*" if behaviour.range_total_unknown else str(size)
+            self.send_header("Content-Range", f"bytes {start}-{end - 1}/{total}")
         if behaviour.gzip or behaviour.deflate:
             self.send_header("Content-Encoding", "gzip" if behaviour.gzip else "deflate")
         elif behaviour.content_encoding is not None:
@@ -686,6 +705,7 @@ class _Handler(BaseHTTPRequestHandler):
         up = self.upstream
         sent = 0
         stalled = False
+        reset_after = behaviour.reset_after if up._reset_due(path, behaviour) else None
         for chunk in body:
             while chunk:
                 limit = len(chunk)
@@ -697,8 +717,8 @@ class _Handler(BaseHTTPRequestHandler):
                         return None
                 if behaviour.throttle_bps:
                     limit = min(limit, max(1, behaviour.throttle_bps // 50))
-                if behaviour.reset_after is not None:
-                    limit = min(limit, behaviour.reset_after - sent)
+                if reset_after is not None:
+                    limit = min(limit, reset_after - sent)
                 if behaviour.stall_after is not None and not stalled:
                     limit = min(limit, max(0, behaviour.stall_after - sent))
                 piece, chunk = chunk[:limit], chunk[limit:]
@@ -711,11 +731,12 @@ class _Handler(BaseHTTPRequestHandler):
                         if up.stopping:
                             self.close_connection = True
                             return None
-                if behaviour.reset_after is not None and sent >= behaviour.reset_after:
-                    self._reset()
+                if reset_after is not None and sent >= reset_after:
                     if behaviour.replace_after_reset is not None:
+                        # Before the reset: the client's next request can't arrive before the new version.
                         up.clear_behaviour(path)
                         up.add(path, behaviour.replace_after_reset)
+                    self._reset()
                     return None
                 if behaviour.stall_after is not None and not stalled and sent >= behaviour.stall_after:
                     stalled = True
@@ -723,7 +744,7 @@ class _Handler(BaseHTTPRequestHandler):
                     if up.stopping:
                         self.close_connection = True
                         return None
-        if behaviour.reset_after is not None:
+        if reset_after is not None:
             self._reset()  # body shorter than reset_after: still end with a reset, as asked
         return None
 

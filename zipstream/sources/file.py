@@ -5,6 +5,11 @@ A src's path is taken relative to FILE_ROOT, like a chroot: with `FILE_ROOT=/srv
 `..` segments are refused outright; symlinks are followed only when their target is still inside
 FILE_ROOT. A src ending in `/` expands to every regular file below that directory, sorted by path like
 an S3 listing.
+
+Only regular files are read. Opening a FIFO for reading blocks until a writer appears (and a gevent
+worker's every greenlet with it), and a device can be endless: every open is non-blocking, refuses a
+symlink put in place of the resolved path, and is followed by an fstat of what was opened, at
+pre-flight and again when the file is streamed (it may have been swapped since).
 """
 
 from __future__ import annotations
@@ -25,8 +30,47 @@ from .held import Holding
 log = logging.getLogger(__name__)
 
 
+# O_NONBLOCK: a FIFO opens at once instead of waiting for a writer (regular files ignore the flag).
+# O_NOFOLLOW: the path was resolved already; a symlink there now was put in place since.
+_OPEN_FLAGS = (os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | getattr(os, "O_NOCTTY", 0)
+               | getattr(os, "O_CLOEXEC", 0))
+
+_KINDS = (
+    (stat_module.S_ISDIR, "a directory"),
+    (stat_module.S_ISFIFO, "a FIFO"),
+    (stat_module.S_ISSOCK, "a socket"),
+    (stat_module.S_ISCHR, "a character device"),
+    (stat_module.S_ISBLK, "a block device"),
+    (stat_module.S_ISLNK, "a symlink"),
+)
+
+
+def _kind(mode: int) -> str:
+    """What a non-regular file is, for messages: 'a FIFO', 'a directory'..."""
+    return next((name for test, name in _KINDS if test(mode)), "of an unknown kind")
+
+
+class _NotRegular(Exception):
+    """What was opened (or is at the path) is not a regular file; its argument says what it is."""
+
+
 def _etag(status: os.stat_result) -> str:
     return f'"{status.st_ino}-{status.st_size}-{status.st_mtime_ns}"'
+
+
+def _open_regular(path: str) -> tuple[int, os.stat_result]:
+    """A descriptor of `path` opened without blocking, and its fstat; raises OSError (ELOOP for a
+    symlink), or _NotRegular naming the kind of anything but a regular file (closed again)."""
+    descriptor = os.open(path, _OPEN_FLAGS)
+    try:
+        status = os.fstat(descriptor)
+    except BaseException:
+        os.close(descriptor)
+        raise
+    if not stat_module.S_ISREG(status.st_mode):
+        os.close(descriptor)
+        raise _NotRegular(_kind(status.st_mode))
+    return descriptor, status
 
 
 class FileSource:
@@ -99,10 +143,25 @@ class FileSource:
                 raise SourceNotFound(src, "is a directory; end the src with '/' to include its files")
             return self._expand(src, real)
         if not stat_module.S_ISREG(status.st_mode):
-            raise SourceRefused(src, "not a regular file")
+            # Refused before it is opened: opening a device can do things (a tape rewinds).
+            raise SourceRefused(src, f"not a regular file ({_kind(status.st_mode)})")
         if src.endswith("/"):
             raise SourceNotFound(src, "is a file, not a directory")
-        return [self._info(src, relative, real, status)]
+        return [self._info(src, relative, real, self._opened(src, real))]
+
+    @staticmethod
+    def _opened(src: str, real: str) -> os.stat_result:
+        """The fstat of `real` opened as a regular file (it opens: readable; it is what was looked at)."""
+        try:
+            descriptor, status = _open_regular(real)
+        except _NotRegular as kind:
+            raise SourceRefused(src, f"not a regular file ({kind})") from None
+        except FileNotFoundError:
+            raise SourceNotFound(src, "no such file") from None
+        except OSError as error:
+            raise SourceNotFound(src, f"cannot open: {error.strerror or error}") from None
+        os.close(descriptor)
+        return status
 
     @staticmethod
     def _info(src: str, name: str, real: str, status: os.stat_result) -> SourceInfo:
@@ -131,19 +190,29 @@ class FileSource:
                     raise SourceNotFound(member_src, f"cannot read: {error.strerror or error}") from None
                 if not stat_module.S_ISREG(status.st_mode):
                     continue  # sockets, fifos, devices: reading them could block forever
+                status = self._opened(member_src, real)
                 infos.append(self._info(member_src, self._name(lexical), real, status))
         # One global order, like an S3 listing: by path, not directory by directory.
         return sorted(infos, key=lambda info: info.name)
 
     def open(self, info: SourceInfo, start: int = 0) -> Iterator[bytes]:
-        """The bytes from `start`, only while the file is the same inode, size and mtime as at stat."""
+        """The bytes from `start`, only while the file is the same inode, size and mtime as at stat.
+
+        Raises SourceChanged if it is not, or if it is no longer a regular file (never blocking on a
+        FIFO swapped in since pre-flight); SourceError if it can't be opened or read.
+        """
         path = info.location[0] if info.location else self._resolve(info.src, self._relative(info.src))
         if not self._inside(path):
             raise SourceRefused(info.src, "the path leads outside FILE_ROOT")
         try:
-            descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+            before = os.lstat(path)
+            if not stat_module.S_ISREG(before.st_mode):  # refused before it is opened, where it can be
+                raise _NotRegular(_kind(before.st_mode))
+            descriptor, _status = _open_regular(path)
         except FileNotFoundError:
             raise SourceChanged(info.src, "the file was removed after pre-flight") from None
+        except _NotRegular as kind:
+            raise SourceChanged(info.src, f"is no longer a regular file ({kind})") from None
         except OSError as error:
             raise SourceError(info.src, f"cannot open: {error.strerror or error}") from None
         return self._read(info, descriptor, start)

@@ -517,6 +517,14 @@ class HttpSource:
             response = self._open_at(info, info.src, saved, start)
         assert response is not None  # only None when the saved target failed, and then re-resolved
         try:
+            if start and response.status_code == 206 and not self._vouched(info, response, saved, start):
+                # A 206 naming no version (a 206 may leave Last-Modified out; some servers drop the
+                # ETag too): the whole file does (a 200 carries them), its first bytes skipped.
+                log.warning("%s: the 206 from byte %d names no version; reading it whole to check it",
+                            info.src, start)
+                url = response.url or saved
+                response.close()
+                response = self._request("GET", info.src, url, {}, retry=True)
             yield from self._read(info, response, start, saved)
         finally:
             response.close()
@@ -545,27 +553,20 @@ class HttpSource:
 
     def _read(self, info: SourceInfo, response: requests.Response, start: int,
               validated_at: str) -> Iterator[bytes]:
-        if response.status_code >= 400:
+        status = response.status_code
+        if status >= 400:
             raise self._fail(info.src, response)
-        self._check_same_version(info, response, validated_at)
+        if status not in (200, 206):
+            raise SourceError(info.src, f"upstream answered HTTP {status} to a GET")
+        self._check_same_version(info, response, validated_at, start)
         encoding = _encoding(response)
         if encoding and encoding not in DECODABLE:
             raise SourceError(info.src, f"upstream sent a {encoding}-encoded body although asked for identity")
         if encoding and start:
             # A range of an encoded body counts encoded bytes: nothing to continue from.
             raise SourceChanged(info.src, f"upstream now sends a {encoding}-encoded body; can't continue it")
-        skip = 0
-        if start and response.status_code == 200:
-            # Range ignored (or failing) at the server; the version matched, per the check above.
-            skip = start
-        elif start and response.status_code == 206:
-            got = response.headers.get("Content-Range", "")
-            content_range = _content_range(got)
-            if content_range is None or content_range[0] > start:
-                raise SourceError(info.src, f"asked for bytes from {start}, got {got or 'no Content-Range'}")
-            if content_range[2] is not None and info.size is not None and content_range[2] != info.size:
-                raise SourceChanged(info.src, f"upstream now has {content_range[2]} bytes, expected {info.size}")
-            skip = start - content_range[0]  # a 206 starting earlier than asked: trimmed
+        # Range ignored (or failing) at the server: the whole file, the version checked above.
+        skip = start if status == 200 else self._range_skip(info, response, start)
         expected = None if info.size is None else info.size - start
         length = response.headers.get("Content-Length")
         announced = int(length) - skip if length is not None and length.isdigit() and not encoding else None
@@ -604,8 +605,51 @@ class HttpSource:
         return None
 
     @staticmethod
-    def _check_same_version(info: SourceInfo, response: requests.Response, validated_at: str) -> None:
-        """Raise SourceChanged unless the answer can be of `info`'s version.
+    def _range_skip(info: SourceInfo, response: requests.Response, start: int) -> int:
+        """How many bytes of a 206 come before `start`, once its Content-Range is seen to be the
+        rest of pre-flight's file: from at most `start` to its last byte, of pre-flight's total.
+
+        A range of another length is another version (SourceChanged), even when the validators
+        agree: a server whose validators don't follow the content. Any other range (starting
+        later, ending early, none) is an answer to another question (SourceError).
+        """
+        got = response.headers.get("Content-Range", "")
+        content_range = _content_range(got)
+        if content_range is None or content_range[0] > start:
+            raise SourceError(info.src, f"asked for bytes from {start}, got {got or 'no Content-Range'}")
+        first, last, total = content_range
+        if info.size is not None:
+            if total != info.size:
+                now = "an unstated number of" if total is None else str(total)
+                raise SourceChanged(info.src, f"upstream now has {now} bytes (Content-Range {got}), "
+                                              f"expected {info.size}")
+            if last != info.size - 1:
+                raise SourceError(info.src, f"asked for bytes {start}-{info.size - 1}, got {got}")
+        return start - first  # a 206 starting earlier than asked: trimmed
+
+    @classmethod
+    def _check_same_version(cls, info: SourceInfo, response: requests.Response, validated_at: str,
+                            start: int = 0) -> None:
+        """Raise SourceChanged unless the answer is of `info`'s version (see `_vouched`)."""
+        if not cls._vouched(info, response, validated_at, start):
+            # Pre-flight's own validators as `seen`: with nothing of the member sent yet, it is read
+            # whole again expecting them.
+            raise SourceChanged(info.src, "upstream's answer names no version to compare with pre-flight's "
+                                          f"(ETag {response.headers.get('ETag') or 'none'}, Last-Modified "
+                                          f"{response.headers.get('Last-Modified') or 'none'})",
+                                seen=(info.etag, info.last_modified))
+
+    @staticmethod
+    def _vouched(info: SourceInfo, response: requests.Response, validated_at: str, start: int) -> bool:
+        """Whether the answer's validators say it is `info`'s version, whatever the server did with
+        the conditions it was sent (If-Range is not trusted: some servers and caches ignore it).
+
+        Raises SourceChanged (`seen`: the answer's validators) if one of them differs from
+        pre-flight's. False if none differs but none vouches either: one must, an equal
+        Last-Modified or an equal ETag (a weak one only for a read from byte 0: equal weak tags
+        promise equivalent bytes, not the same ones to go on from). A 206 may leave Last-Modified
+        out (RFC 9110 §15.3.7), and a server breaking it the ETag too. True for a source pre-flight
+        saw no validators for: it is checked by size only.
 
         An answer from a URL other than `validated_at` (a redirect to a mirror, a re-signed URL) may
         carry its own ETag for the same bytes: there an equal Last-Modified vouches instead.
@@ -620,3 +664,7 @@ class HttpSource:
         if info.last_modified and modified and modified != info.last_modified:
             raise SourceChanged(info.src, "the file changed since the download started (Last-Modified differs)",
                                 seen=(etag, modified))
+        if info.etag is None and info.last_modified is None:
+            return True
+        same_tag = etag is not None and etag == info.etag and (start == 0 or not etag.startswith("W/"))
+        return same_tag or same_date
