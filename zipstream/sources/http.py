@@ -31,7 +31,7 @@ from ..errors import (
 from ..names import name_from_src
 from . import CHUNK_SIZE, SourceInfo
 from .held import Holding
-from .netguard import AddressRefused, Policy, guarded_pool_manager
+from .netguard import AddressRefused, Policy, guarded_pool_manager, literal_address, unusual_literal
 
 log = logging.getLogger(__name__)
 
@@ -259,6 +259,9 @@ class HttpSource:
         reason = self.policy.literal_refusal(parts.hostname)
         if reason:
             raise SourceRefused(src, f"{reason}; only public addresses may be fetched (HTTP_ALLOW_PRIVATE)")
+        if unusual_literal(parts.hostname):
+            raise SourceRefused(src, f"{parts.hostname} is the IP address {literal_address(parts.hostname)} in a "
+                                     "notation HTTP clients read differently; write it in ASCII without a trailing dot")
 
     def _send(self, method: str, url: str, headers: dict[str, str],
               deadline: Deadline = _NO_DEADLINE) -> requests.Response:
