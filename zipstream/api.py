@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import io
 import logging
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -119,11 +120,15 @@ def _check_sources(files: list[FileRef]) -> None:
         sources.check(ref.src)
 
 
+# RFC 9562 §4: a UUID's string form is 8-4-4-4-12 hex digits, case-insensitive on input. The other
+# spellings `uuid.UUID` reads (no hyphens, braces, urn:uuid:) name no bundle here: one spelling per id.
+_ID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+
 def _load_bundle(bundle_id: str, secret: str | None = None) -> Bundle:
-    try:
-        bundle_id = str(uuid.UUID(bundle_id))  # one spelling: lower case, hyphenated
-    except ValueError:
-        raise NotFound(f"no bundle with id {bundle_id}") from None
+    if not _ID.fullmatch(bundle_id):
+        raise NotFound(f"no bundle with id {bundle_id}")
+    bundle_id = bundle_id.lower()
     bundle = _repository().get(bundle_id)
     if bundle is None:
         raise NotFound(f"no bundle with id {bundle_id}")
