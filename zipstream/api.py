@@ -125,7 +125,8 @@ def _check_sources(files: list[FileRef]) -> None:
 _ID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
-def _load_bundle(bundle_id: str, secret: str | None = None) -> Bundle:
+def _load_bundle(bundle_id: str, secret: str | None = None, expired_ok: bool = False) -> Bundle:
+    """The bundle: 404 unknown, 403 wrong secret (when one is given), 410 expired unless `expired_ok`."""
     if not _ID.fullmatch(bundle_id):
         raise NotFound(f"no bundle with id {bundle_id}")
     bundle_id = bundle_id.lower()
@@ -134,7 +135,7 @@ def _load_bundle(bundle_id: str, secret: str | None = None) -> Bundle:
         raise NotFound(f"no bundle with id {bundle_id}")
     if secret is not None and not hmac.compare_digest(secret.encode(), bundle.secret.encode()):
         raise Forbidden("wrong secret for this bundle")
-    if bundle.expired():
+    if bundle.expired() and not expired_ok:
         raise Gone(f"bundle {bundle_id} expired at {bundle.expiration_date} (unix time)")
     return bundle
 
@@ -337,8 +338,8 @@ def append_files(bundle_id: str, secret: str) -> Response:
 
 @bp.delete("/<bundle_id>/<secret>", strict_slashes=False)
 def delete_bundle(bundle_id: str, secret: str) -> Response:
-    """Delete the bundle; answer with what was deleted."""
-    bundle = _load_bundle(bundle_id, secret)
+    """Delete the bundle, expired or not (its owner may clean up after it); answer with what was deleted."""
+    bundle = _load_bundle(bundle_id, secret, expired_ok=True)
     deleted = _repository().delete(bundle.id)
     if deleted is None:
         raise NotFound(f"no bundle with id {bundle_id}")
