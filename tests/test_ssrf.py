@@ -25,6 +25,7 @@ from flask import Flask
 from zipstream import create_app
 from zipstream.config import Config
 from zipstream.errors import SourceRefused
+from zipstream.models import Bundle, FileRef
 from zipstream.sources import Sources
 from zipstream.sources.http import HttpSource
 from zipstream.sources.netguard import AddressRefused, Policy, literal_address, refusal
@@ -195,6 +196,23 @@ IANA_CASES = [
     ("2001:30::1", False), ("192.31.196.1", False), ("192.52.193.1", False), ("192.175.48.1", False),
     ("2620:4f:8000::1", False), ("3fff:1000::1", False), ("2001:200::1", False),
 ]
+
+
+def test_a_stored_bundle_meets_todays_rules_when_downloaded(strict_app: Flask, upstream: UpstreamServer) -> None:
+    """Bundles stored before these notations and ranges were refused at creation: refused the same way
+    at download (403 naming the rule), nothing fetched or looked up."""
+    upstream.add("/a.txt", b"data")
+    client = strict_app.test_client()
+    repository = strict_app.extensions["zipstream.repository"]
+    for host, words in ((f"127.0.0.1.:{upstream.port}", "loopback; only public addresses may be fetched"),
+                        (f"\uff11\uff12\uff17.\uff10.\uff10.\uff11:{upstream.port}", "loopback; only public"),
+                        ("93.184.216.34.", "notation"), ("[fec0::1]", "site-local"), ("192.0.0.8", "IETF")):
+        bundle = Bundle.new("b.zip", (FileRef(f"http://{host}/a.txt"),), 60)
+        repository.create(bundle)  # as an older version stored it, unchecked
+        answer = client.get(f"/{bundle.id}")
+        assert answer.status_code == 403, (host, answer.get_data(as_text=True))
+        assert words in answer.get_json()["error"]["sources"][0]["reason"]
+    assert upstream.requests == []
 
 
 @pytest.mark.parametrize(("address", "refused"), IANA_CASES)

@@ -383,6 +383,7 @@ class HttpSource:
         """Size and validators of `src`, by a ranged GET (what any server that serves the file
         answers, HEAD or not): of its first bytes, kept, when the holding has room for them (one
         request instead of two for a small file), else of its first byte."""
+        self.check(src)  # a bundle stored before a rule changed meets today's rules, as at creation
         with (deadline or _NO_DEADLINE).applying() as applied:  # for the connection's abort hook
             return self._stat(src, holding, applied)
 
