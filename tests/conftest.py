@@ -16,6 +16,7 @@ from zipstream.config import Config
 from .support import ci
 from .support.live import LiveServer, live_server
 from .support.moto import moto_server  # noqa: F401 - fixture
+from .support.netns import pytest_collection_modifyitems, pytest_runtest_logreport  # noqa: F401 - hooks
 from .support.readers import zip_readers  # noqa: F401 - fixture
 from .support.upstream import UpstreamServer
 

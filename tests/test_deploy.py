@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Read outside Config.from_env: by gunicorn_conf.py, boto3 (endpoints), the CLI, prometheus-client.
 RUNTIME = {
-    "WEB_CONCURRENCY", "WORKER_CONNECTIONS", "GRACEFUL_TIMEOUT", "WORKER_TIMEOUT", "ACCESS_LOG",
+    "WEB_CONCURRENCY", "WORKER_CONNECTIONS", "GRACEFUL_TIMEOUT", "WORKER_TIMEOUT", "HEADER_TIMEOUT", "ACCESS_LOG",
     "PROMETHEUS_MULTIPROC_DIR", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL_DYNAMODB",
     "ZIPSTREAM_URL", "HOST",
 }

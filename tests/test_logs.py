@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import io
 import json
+import signal
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from flask.testing import FlaskClient
 
 from zipstream import create_app, logs
@@ -127,3 +130,73 @@ def test_log_level(root: Path, make_config: Callable[..., Config]) -> None:
     assert stream.getvalue() == ""  # info lines are below WARNING
     with pytest.raises(ConfigError, match="LOG_LEVEL"):
         make_config(LOG_LEVEL="chatty")
+
+
+# -- secrets and the id's spellings: one accepted spelling, and nothing after an id is ever logged --
+
+# Spellings `uuid.UUID` reads as the same id, and ids a client got slightly wrong: a secret after
+# any of them is the bundle's secret all the same.
+SPELLINGS: dict[str, Callable[[str], str]] = {
+    "no hyphens": lambda i: i.replace("-", ""),
+    "braces": lambda i: "{" + i + "}",
+    "urn": lambda i: "urn:uuid:" + i,
+    "upper case": str.upper,
+    "upper case, no hyphens": lambda i: i.replace("-", "").upper(),
+    "mistyped": lambda i: i[:-1],
+    "one more digit": lambda i: i + "0",
+}
+
+
+def test_an_id_is_read_in_its_standard_spelling_only(logged: tuple[FlaskClient, io.StringIO]) -> None:
+    """RFC 9562 §4: 8-4-4-4-12 hex digits, case-insensitive on input. Other spellings are no id (404)."""
+    client, _stream = logged
+    bundle = client.post("/", json={"files": [{"src": "file:///a.txt"}]}).get_json()
+    secret = bundle["secret"]
+    for name, spell in SPELLINGS.items():
+        spelled = spell(bundle["id"])
+        expected = 200 if name == "upper case" else 404
+        assert client.get(f"/{spelled}").status_code == expected, name
+        assert client.get(f"/{spelled}/{secret}").status_code == expected, name
+        assert client.put(f"/{spelled}/{secret}", json={"filename": f"{len(name)}.zip"}).status_code == expected
+        assert client.get(f"/{bundle['id']}/{secret}").get_json()["filename"] == (
+            "10.zip" if expected == 200 else "bundle.zip")
+        client.put(f"/{bundle['id']}/{secret}", json={"filename": "bundle.zip"})
+        if expected == 404:
+            assert client.delete(f"/{spelled}/{secret}").status_code == 404, name
+    assert client.delete(f"/{bundle['id'].upper()}/{secret}").status_code == 200
+
+
+def test_secrets_reach_neither_log_whatever_the_path(serve: Callable[..., Any], tmp_path: Path) -> None:
+    """The real gunicorn's access log and the JSON request log, for every spelling of the id, extra
+    segments, encoded slashes, doubled slashes and an absolute-form request line."""
+    server = serve(ACCESS_LOG="-", FS_INTERFACES="file", FILE_ROOT=str(tmp_path))
+    bundle = requests.post(server.url("/"), json={"files": []}, timeout=10).json()
+    bundle_id, secret = bundle["id"], bundle["secret"]
+    paths = [f"/{spell(bundle_id)}/{secret}" for spell in SPELLINGS.values()]
+    paths += [f"/{bundle_id}/{secret}/more", f"//{bundle_id}/{secret}", f"/{bundle_id}%2F{secret}",
+              f"/{bundle_id}%252F{secret}", f"/{bundle_id}/{secret.upper()}", f"/x/{secret}",
+              f"/{bundle_id}/{secret}?a=1"]
+    for path in paths:
+        for method in ("GET", "PUT", "DELETE"):
+            _raw_request(server.port, f"{method} {path} HTTP/1.1")
+    _raw_request(server.port, f"GET http://127.0.0.1:{server.port}/{bundle_id}/{secret} HTTP/1.1")
+    _raw_request(server.port, f"DELETE /{bundle_id}/{secret} HTTP/1.1")
+    server.process.send_signal(signal.SIGTERM)  # flush: the logs are complete once gunicorn has stopped
+    server.process.wait(timeout=30)
+    log = server.log_text()
+    ours = [line for line in log.splitlines() if "/health-check" not in line and "POST /" not in line]
+    access = [line for line in ours if line.startswith("127.0.0.1 \"")]
+    requests_logged = [line for line in ours if '"event": "request"' in line]
+    assert len(access) == len(paths) * 3 + 2, log[-3000:]  # the access log is on, one line per request
+    assert len(requests_logged) == len(access)
+    assert f"/{bundle_id}/***" in log
+    digits = secret.replace("-", "").lower()
+    assert digits not in log.replace("-", "").lower(), [line for line in log.splitlines() if secret[:8] in line]
+
+
+def _raw_request(port: int, request_line: str) -> None:
+    """Send one request exactly as written (requests would normalise the path) and read the answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(f"{request_line}\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode())
+        while sock.recv(65536):
+            pass

@@ -188,6 +188,27 @@ def test_expired_bundles_are_still_returned(repo: BundleRepository) -> None:
     assert stored.expired()
 
 
+def test_the_owner_deletes_an_expired_bundle(repo: BundleRepository, make_config: Callable[..., Config]) -> None:
+    """Expired: 410 for downloads, reads and appends, but its owner can still delete it (200, as when live)."""
+    app = create_app(make_config())
+    app.extensions["zipstream.repository"].close()
+    app.extensions["zipstream.repository"] = repo  # the API on this backend
+    app.extensions.pop("zipstream.readiness")
+    client = app.test_client()
+    old = Bundle.new("old.zip", (FileRef("https://example.com/a"),), 1, now=time.time() - 3600)
+    repo.create(old)
+    path = f"/{old.id}/{old.secret}"
+    assert client.get(f"/{old.id}").status_code == 410
+    assert client.get(path).status_code == 410
+    assert client.put(path, json={"filename": "new.zip"}).status_code == 410
+    assert client.delete(f"/{old.id}/{uuid.uuid4()}").status_code == 403  # still only its owner
+    deleted = client.delete(path)
+    assert deleted.status_code == 200, deleted.get_json()
+    assert deleted.get_json() == old.to_json()
+    assert repo.get(old.id) is None
+    assert client.delete(path).status_code == 404
+
+
 def test_learned_crcs_round_trip_and_update(repo: BundleRepository) -> None:
     assert repo.get_crcs(["a" * 64]) == {}
     repo.put_crcs({"a" * 64: 1, "b" * 64: 0xFFFFFFFF})

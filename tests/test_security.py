@@ -113,6 +113,38 @@ def test_cors_for_listed_origins_never_on_secret_routes(make_config: Callable[..
         assert _cors_headers(response) == {}, method
 
 
+# The routes the README's "Keys, secrets, CORS" lists as answering other origins; no other gets CORS headers.
+CORS_ROUTES = {"api.create_bundle", "api.one_off_bundle", "api.download_bundle", "api.health_check",
+               "openapi.openapi_json"}
+
+
+@pytest.mark.parametrize("origins", ["*", ORIGIN])
+def test_cors_headers_only_on_the_documented_routes(make_config: Callable[..., Config], upstream: UpstreamServer,
+                                                    origins: str) -> None:
+    """Every rule of the URL map, every method it allows, plain and as a preflight."""
+    app = create_app(make_config(CORS_ORIGINS=origins, DEMO="true"))
+    client = app.test_client()
+    bundle = client.post("/", json={"files": _files(upstream)}).get_json()
+    values = {"bundle_id": bundle["id"], "secret": bundle["secret"], "filename": "index.css"}
+    seen = set()
+    for rule in app.url_map.iter_rules():
+        path = rule.rule
+        for name in rule.arguments:
+            path = path.replace(f"<{name}>", values[name]).replace(f"<uuid:{name}>", values[name])
+            path = path.replace(f"<path:{name}>", values[name])
+        for method in sorted((rule.methods or set()) - {"DELETE"}):
+            documented = rule.endpoint in CORS_ROUTES
+            plain = client.open(path, method=method, headers={"Origin": ORIGIN}, json={"files": _files(upstream)})
+            preflight = client.options(path, headers={"Origin": ORIGIN, "Access-Control-Request-Method": method})
+            for answer in (plain, preflight):
+                with answer:
+                    assert ("Access-Control-Allow-Origin" in answer.headers) == documented, (method, path, answer)
+            seen.add(rule.endpoint)
+    assert seen >= CORS_ROUTES | {"metrics.metrics", "docs.docs", "docs.static", "demo.demo", "api.get_bundle"}
+    # An unknown route (a 404 of no documented route) gets none either.
+    assert _cors_headers(client.get("/no-such-route", headers={"Origin": ORIGIN})) == {}
+
+
 def test_cors_any_origin(make_config: Callable[..., Config]) -> None:
     client = create_app(make_config(CORS_ORIGINS="*")).test_client()
     response = client.get("/health-check", headers={"Origin": "https://anywhere.example"})

@@ -4,10 +4,15 @@ The upstream runs on loopback, so a payload that slipped through would really be
 refusal here is the guard's doing, not a dead address. For the "allowed upstream" cases the suite
 stands 127.0.0.2 in for the internet with `Policy(treat_as_public=...)`, a constructor argument the
 environment cannot set; everything else in 127.0.0.0/8 stays refused.
+
+Every test here runs in a network namespace with only loopback (tests/support/netns.py): private,
+site-local and public literals, names not in /etc/hosts and redirects to them can't leave the machine
+even if a regression let them through.
 """
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import socket
 from collections.abc import Callable, Iterator
@@ -20,11 +25,15 @@ from flask import Flask
 from zipstream import create_app
 from zipstream.config import Config
 from zipstream.errors import SourceRefused
+from zipstream.models import Bundle, FileRef
 from zipstream.sources import Sources
 from zipstream.sources.http import HttpSource
 from zipstream.sources.netguard import AddressRefused, Policy, literal_address, refusal
 
+from .support import netns
 from .support.upstream import UpstreamServer
+
+pytestmark = pytest.mark.loopback_only
 
 STAND_IN = "127.0.0.2"  # "a public host" for these tests
 STAND_IN_POLICY = Policy(treat_as_public=(ipaddress.ip_network(f"{STAND_IN}/32"),))
@@ -64,6 +73,29 @@ LITERAL_PAYLOADS = [
     "http://[ff02::1]/",
     "http://255.255.255.255/",
     "http://240.0.0.1/",  # reserved
+    # Unicode digits and full stops (NFKC, IDNA's dots) and the root's trailing dot: still 127.0.0.1.
+    "http://\uff11\uff12\uff17.\uff10.\uff10.\uff11:{port}/a.txt",  # full-width digits
+    "http://127\u30020\u30020\u30021:{port}/a.txt",  # ideographic full stop
+    "http://127\uff0e0\uff0e0\uff0e1:{port}/a.txt",  # full-width full stop
+    "http://127\uff610\uff610\uff611:{port}/a.txt",  # half-width ideographic full stop
+    "http://\u2460\u2461\u2466.0.0.1:{port}/a.txt",  # circled digits
+    "http://\uff11\uff12\uff17\uff0e\uff11:{port}/a.txt",  # full-width short form
+    "http://127.0.0.1.:{port}/a.txt",  # trailing dot
+    "http://127.0.0.1..:{port}/a.txt",
+    "http://2130706433.:{port}/a.txt",
+    "http://0x7f.1.:{port}/a.txt",
+    "http://127%2E0%2E0%2E1:{port}/a.txt",  # percent-encoded (requests decodes it)
+    "http://169.254.169.254./latest/meta-data/",
+    # Not globally reachable, though Python 3.11's `is_global` says they are.
+    "http://[fec0::1]/",  # site-local (deprecated)
+    "http://192.0.0.8/",  # IPv4 dummy address
+    "http://192.0.0.200/",  # IETF protocol assignments
+    "http://192.88.99.1/",  # 6to4 relay anycast (deprecated)
+    "http://[2002:c058:6301::1]/",  # 6to4 of that relay
+    "http://[3fff::1]/",  # documentation (RFC 9637)
+    "http://[5f00::1]/",  # segment routing SIDs
+    "http://[2001:db8::1]/",  # documentation
+    "http://100.127.255.254/",  # shared address space
 ]
 
 NAME_PAYLOADS = [
@@ -105,10 +137,30 @@ def test_ip_literals_are_refused_in_any_notation(
     reason = _assert_refused(_post_bundle(strict_app, src), src)
     assert "HTTP_ALLOW_PRIVATE" in reason
     # Literals are refused when the bundle is created, too: no network I/O needed to know.
-    created = strict_app.test_client().post("/", json={"files": [{"src": src}]})
+    client = strict_app.test_client()
+    created = client.post("/", json={"files": [{"src": src}]})
     assert created.status_code == 403
     assert created.get_json()["error"]["code"] == "source_refused"
+    bundle = client.post("/", json={"files": []}).get_json()
+    appended = client.put(f"/{bundle['id']}/{bundle['secret']}", json={"files": [{"src": src}]})
+    assert appended.status_code == 403
+    assert appended.get_json()["error"]["code"] == "source_refused"
+    assert client.get(f"/{bundle['id']}/{bundle['secret']}").get_json()["files"] == []
     assert loopback.requests == []
+
+
+@pytest.mark.parametrize("host", [
+    "\uff19\uff13.\uff11\uff18\uff14.\uff12\uff11\uff16.\uff13\uff14",  # full-width 93.184.216.34
+    "93\u3002184\u3002216\u300234", "93.184.216.34.", "93%2E184%2E216%2E34", "127.0.0.1.",
+])
+def test_unusual_notations_of_an_address_are_refused_at_creation(client: Any, host: str) -> None:
+    """HTTP clients and resolvers read these differently (requests refuses Unicode digits, a trailing
+    dot makes a DNS query), so none is stored, whatever the address and even with HTTP_ALLOW_PRIVATE."""
+    src = f"http://{host}/a.txt"
+    for method, path in (("post", "/"), ("post", "/bundle")):
+        response = getattr(client, method)(path, json={"files": [{"src": src}]})
+        assert response.status_code == 403, (path, response.get_data(as_text=True))
+        assert "notation" in response.get_json()["error"]["sources"][0]["reason"]
 
 
 @pytest.mark.parametrize("payload", NAME_PAYLOADS)
@@ -130,6 +182,74 @@ def test_refusal_names_the_class_of_address() -> None:
     assert "inside 64:ff9b::7f00:1" in str(refusal(ipaddress.ip_address("64:ff9b::7f00:1")))
     for public in ("93.184.216.34", "2606:2800:220:1:248:1893:25c8:1946", "64:ff9b::5db8:d822"):
         assert refusal(ipaddress.ip_address(public)) is None, public
+
+
+# (address, refused?) where Python 3.11's tables and IANA's special-purpose registries disagree.
+IANA_CASES = [
+    ("192.0.0.8", True), ("192.0.0.11", True), ("192.0.0.255", True), ("192.88.99.0", True),
+    ("192.88.99.255", True), ("fec0::1", True), ("feff::1", True), ("3fff::1", True),
+    ("3fff:fff:ffff::1", True), ("5f00::1", True), ("100:0:0:1::1", True), ("4000::1", True),
+    ("233.252.0.1", True), ("ff0e::1", True), ("::ffff:192.0.0.8", True), ("64:ff9b::c058:6301", True),
+    # Globally reachable per IANA inside blocks that are not: stay allowed.
+    ("192.0.0.9", False), ("192.0.0.10", False), ("2001:1::1", False), ("2001:1::2", False),
+    ("2001:1::3", False), ("2001:3::1", False), ("2001:4:112::1", False), ("2001:20::1", False),
+    ("2001:30::1", False), ("192.31.196.1", False), ("192.52.193.1", False), ("192.175.48.1", False),
+    ("2620:4f:8000::1", False), ("3fff:1000::1", False), ("2001:200::1", False),
+]
+
+
+def test_a_stored_bundle_meets_todays_rules_when_downloaded(strict_app: Flask, upstream: UpstreamServer) -> None:
+    """Bundles stored before these notations and ranges were refused at creation: refused the same way
+    at download (403 naming the rule), nothing fetched or looked up."""
+    upstream.add("/a.txt", b"data")
+    client = strict_app.test_client()
+    repository = strict_app.extensions["zipstream.repository"]
+    for host, words in ((f"127.0.0.1.:{upstream.port}", "loopback; only public addresses may be fetched"),
+                        (f"\uff11\uff12\uff17.\uff10.\uff10.\uff11:{upstream.port}", "loopback; only public"),
+                        ("93.184.216.34.", "notation"), ("[fec0::1]", "site-local"), ("192.0.0.8", "IETF")):
+        bundle = Bundle.new("b.zip", (FileRef(f"http://{host}/a.txt"),), 60)
+        repository.create(bundle)  # as an older version stored it, unchecked
+        answer = client.get(f"/{bundle.id}")
+        assert answer.status_code == 403, (host, answer.get_data(as_text=True))
+        assert words in answer.get_json()["error"]["sources"][0]["reason"]
+    assert upstream.requests == []
+
+
+@pytest.mark.parametrize(("address", "refused"), IANA_CASES)
+def test_the_rule_follows_the_iana_registries(address: str, refused: bool) -> None:
+    reason = refusal(ipaddress.ip_address(address))
+    assert (reason is not None) == refused, reason
+
+
+def test_an_address_in_any_notation_is_connected_to_without_a_lookup(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`93.184.216.34.` is a DNS query to getaddrinfo: the guard connects to the address itself."""
+    calls: list[Any] = []
+    real = socket.getaddrinfo
+
+    def counting(host: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(host)
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", counting)
+    policy = Policy()
+    for host in ("93.184.216.34.", "93\u3002184\u3002216\u300234", "1572395042."):
+        assert policy.resolve(host, 80) == [(socket.AF_INET, ("93.184.216.34", 80))], host
+    with pytest.raises(AddressRefused, match="loopback"):
+        policy.resolve("127.0.0.1.", 80)
+    assert calls == []
+
+
+def test_the_namespace_has_no_way_off_the_machine() -> None:
+    """The guard of this module: it runs where only loopback exists, so nothing here can leak."""
+    assert netns.inside()
+    assert netns.interfaces() == ["lo"]
+    for family, address in ((socket.AF_INET, ("192.0.2.1", 80)), (socket.AF_INET6, ("2001:db8::1", 80, 0, 0)),
+                            (socket.AF_INET, ("169.254.169.254", 80))):
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.settimeout(5)
+            assert sock.connect_ex(address) == errno.ENETUNREACH, address
+    with pytest.raises(socket.gaierror):
+        socket.getaddrinfo("zipstream-netns-guard.example.com", 80)
 
 
 def test_literal_notations_are_read_like_libc() -> None:

@@ -8,6 +8,7 @@ import http.client
 import io
 import shutil
 import socket
+import sys
 import time
 import zipfile
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.support import ci, readers
+from tests.support import ci, netns, readers
 from tests.support.readers import check_zip, expect_truncated, missing_readers, require_readers
 from tests.support.readers import zip_readers as zip_readers
 from tests.support.upstream import UpstreamServer, parse_range
@@ -151,6 +152,25 @@ def test_missing_readers_skip_locally_and_fail_on_ci(tmp_path: Path, monkeypatch
         require_readers()
     with pytest.raises(ValueError, match="unknown zip readers"):
         missing_readers(["winzip"])
+
+
+def test_loopback_only_tests_skip_locally_and_fail_on_ci_without_a_namespace(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no unshare, no ip
+    assert "unshare not installed" in str(netns.unavailable())
+    monkeypatch.setenv("CI", "false")
+    with pytest.raises(pytest.skip.Exception, match="unshare not installed"):
+        netns.require()
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match=r"unshare not installed.*util-linux"):
+        netns.require()
+
+
+def test_a_namespace_command_has_only_loopback() -> None:
+    netns.require()
+    probe = netns.run([sys.executable, "-c", "import socket; print([n for _, n in socket.if_nameindex()])"],
+                      capture_output=True, timeout=60)
+    assert probe.stdout.strip() == "['lo']", probe.stderr
 
 
 def test_yauzl_missing_from_the_test_cache_is_a_missing_reader(tmp_path: Path,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import io
 import logging
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -119,17 +120,22 @@ def _check_sources(files: list[FileRef]) -> None:
         sources.check(ref.src)
 
 
-def _load_bundle(bundle_id: str, secret: str | None = None) -> Bundle:
-    try:
-        bundle_id = str(uuid.UUID(bundle_id))  # one spelling: lower case, hyphenated
-    except ValueError:
-        raise NotFound(f"no bundle with id {bundle_id}") from None
+# RFC 9562 §4: a UUID's string form is 8-4-4-4-12 hex digits, case-insensitive on input. The other
+# spellings `uuid.UUID` reads (no hyphens, braces, urn:uuid:) name no bundle here: one spelling per id.
+_ID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+
+def _load_bundle(bundle_id: str, secret: str | None = None, expired_ok: bool = False) -> Bundle:
+    """The bundle: 404 unknown, 403 wrong secret (when one is given), 410 expired unless `expired_ok`."""
+    if not _ID.fullmatch(bundle_id):
+        raise NotFound(f"no bundle with id {bundle_id}")
+    bundle_id = bundle_id.lower()
     bundle = _repository().get(bundle_id)
     if bundle is None:
         raise NotFound(f"no bundle with id {bundle_id}")
     if secret is not None and not hmac.compare_digest(secret.encode(), bundle.secret.encode()):
         raise Forbidden("wrong secret for this bundle")
-    if bundle.expired():
+    if bundle.expired() and not expired_ok:
         raise Gone(f"bundle {bundle_id} expired at {bundle.expiration_date} (unix time)")
     return bundle
 
@@ -332,8 +338,8 @@ def append_files(bundle_id: str, secret: str) -> Response:
 
 @bp.delete("/<bundle_id>/<secret>", strict_slashes=False)
 def delete_bundle(bundle_id: str, secret: str) -> Response:
-    """Delete the bundle; answer with what was deleted."""
-    bundle = _load_bundle(bundle_id, secret)
+    """Delete the bundle, expired or not (its owner may clean up after it); answer with what was deleted."""
+    bundle = _load_bundle(bundle_id, secret, expired_ok=True)
     deleted = _repository().delete(bundle.id)
     if deleted is None:
         raise NotFound(f"no bundle with id {bundle_id}")

@@ -1,8 +1,9 @@
-"""CORS for browsers on other origins: off unless `CORS_ORIGINS` is set, never on secret routes.
+"""CORS for browsers on other origins: off unless `CORS_ORIGINS` is set, and only on the API's open routes.
 
 A page may create bundles and link to downloads from another origin; it has no business reading
 or changing a bundle through `/:id/:secret`, so those routes never get CORS headers (a browser
-then refuses to hand their answers to foreign scripts).
+then refuses to hand their answers to foreign scripts). Nor do `/metrics`, `/docs`, `/demo` and
+static files: only the routes the README lists (`ROUTES`) answer other origins.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ EXPOSE_HEADERS = "Content-Disposition, Content-Length, Content-Range, Accept-Ran
 MAX_AGE = "600"
 
 
-def _open_route(path: str) -> bool:
-    """Routes of one path segment (`/`, `/bundle`, `/:id`, `/health-check`): never `/:id/:secret`."""
-    return len([part for part in path.split("/") if part]) <= 1
+# The endpoints of `POST /`, `POST /bundle`, `GET`/`HEAD /:id`, `/health-check` and `/openapi.json`:
+# chosen by the route a request matched, so a path that matches none (a 404) gets no headers either.
+ROUTES = frozenset({"api.create_bundle", "api.one_off_bundle", "api.download_bundle", "api.health_check",
+                    "openapi.openapi_json"})
 
 
 def allowed_origin(origins: tuple[str, ...], origin: str | None) -> str | None:
@@ -32,14 +34,14 @@ def allowed_origin(origins: tuple[str, ...], origin: str | None) -> str | None:
 
 
 def init_app(app: Flask, config: Config) -> None:
-    """Add CORS headers to the open routes' responses when CORS_ORIGINS is set."""
+    """Add CORS headers to the responses of `ROUTES` when CORS_ORIGINS is set."""
     if not config.cors_origins:
         return
     origins = config.cors_origins
 
     @app.after_request
     def add_cors_headers(response: Response) -> Response:
-        if not _open_route(request.path):
+        if request.endpoint not in ROUTES:
             return response
         if "*" not in origins:
             response.vary.add("Origin")

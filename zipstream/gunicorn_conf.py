@@ -13,6 +13,7 @@ from typing import Any
 
 from zipstream import sizing
 from zipstream.config import ConfigError, whole_number
+from zipstream.gunicorn_worker import HEADER_TIMEOUT_DEFAULT
 
 
 def _setting(name: str, default: int, minimum: int = 1) -> int:
@@ -50,7 +51,12 @@ worker_connections = max(2 * _request_limit, _request_limit + 100)
 graceful_timeout = _setting("GRACEFUL_TIMEOUT", 3600, minimum=0)
 timeout = _setting("WORKER_TIMEOUT", 60)
 max_requests = 0
+# Waiting for a kept-alive connection's next request. A request's line and headers must then arrive
+# within HEADER_TIMEOUT of its first byte (of the connection's accept, for the first request): the
+# worker reads the setting itself (gunicorn has no such setting); checked here so a bad value stops
+# the start with one line.
 keepalive = 75
+_header_timeout = _setting("HEADER_TIMEOUT", HEADER_TIMEOUT_DEFAULT)
 # The app logs one JSON line per request itself (zipstream.logs.RequestLog, with the real end of a
 # streamed body); gunicorn's own access log is only written when ACCESS_LOG names a file or "-".
 accesslog = os.environ.get("ACCESS_LOG") or None

@@ -18,30 +18,43 @@ from gunicorn.glogging import Logger
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
-_UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
-_SECRET_PATH = re.compile(rf"(/{_UUID}/)({_UUID}|[^/?\s]+)")
+# A path (or a request line's target, absolute-form included; or one in a query) whose first segment is anything but a
+# route with public sub-paths: what follows that segment may be a secret, whatever the id's spelling
+# (`uuid.UUID` reads many) and even when the id is mistyped, so all of it is masked.
+_PUBLIC_PREFIXES = ("static", "docs")  # /static/<file>, /docs/static/<file>
+_TARGET = re.compile(r"(?:^|(?<=[\s=?&]))((?:[A-Za-z][A-Za-z0-9+.-]*://[^/\s?#]*)?/+([^/\s?#]+))(/[^\s?#]*)")
+
+
+def _mask_after_first_segment(match: re.Match[str]) -> str:
+    first, rest = match.group(1), match.group(3)
+    if match.group(2) in _PUBLIC_PREFIXES or not rest.strip("/"):
+        return match.group(0)
+    return f"{first}/***"
 
 
 def mask_path(path: str) -> str:
-    """`/<id>/<secret>` with the secret replaced by `***`, however the path was percent-encoded.
+    """`/<id>/<secret>` as `/<id>/***`: everything after a path's first segment is masked, however the
+    path was percent-encoded and whatever the first segment is (an id in any spelling, or mistyped).
 
     The path is decoded first (repeatedly: `%252F` is a `%2F` the router would decode too), so
-    `/<id>%2F<secret>` or `/%34...` cannot slip a secret past the pattern.
+    `/<id>%2F<secret>` or `/%34...` cannot slip a secret past the rule. Works on a bare path and on
+    a request line (`GET /<id>/<secret> HTTP/1.1`, `GET http://host/<id>/<secret> HTTP/1.1`).
+    Only the sub-paths of `/static` and `/docs` (public files) are kept.
     """
     for _ in range(3):
         decoded = unquote(path)
         if decoded == path:
             break
         path = decoded
-    return _SECRET_PATH.sub(r"\1***", path)
+    return _TARGET.sub(_mask_after_first_segment, path)
 
 
 class MaskingGunicornLogger(Logger):  # type: ignore[misc]
-    """gunicorn's logger with `/:id/:secret` masked in the request line, path and query atoms."""
+    """gunicorn's logger with `/:id/:secret` masked in the request line, path, query and Referer atoms."""
 
     def atoms(self, resp: Any, req: Any, environ: Any, request_time: Any) -> dict[str, Any]:
         atoms: dict[str, Any] = super().atoms(resp, req, environ, request_time)
-        for key in ("r", "U", "q"):
+        for key in ("r", "U", "q", "f"):  # request line, path, query, Referer
             if isinstance(atoms.get(key), str):
                 atoms[key] = mask_path(atoms[key])
         return atoms

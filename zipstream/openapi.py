@@ -85,9 +85,9 @@ def build_spec() -> dict[str, Any]:
                                 "content": {"application/json": {"schema": "AppendFiles"}}},
                 "responses": {"200": {"description": "The updated bundle", **bundle_json},
                               **_errors(400, 403, 404, 410, 413, 415, 422, 503)}},
-        "delete": {"summary": "Delete the bundle", "parameters": [_ID, _SECRET],
+        "delete": {"summary": "Delete the bundle, expired or not", "parameters": [_ID, _SECRET],
                    "responses": {"200": {"description": "What was deleted", **bundle_json},
-                                 **_errors(403, 404, 410, 503)}},
+                                 **_errors(403, 404, 503)}},
     })
     spec.path("/health-check", operations={"get": {
         "summary": "Service and database health",

@@ -31,7 +31,7 @@ from ..errors import (
 from ..names import name_from_src
 from . import CHUNK_SIZE, SourceInfo
 from .held import Holding
-from .netguard import AddressRefused, Policy, guarded_pool_manager
+from .netguard import AddressRefused, Policy, guarded_pool_manager, literal_address, unusual_literal
 
 log = logging.getLogger(__name__)
 
@@ -259,6 +259,9 @@ class HttpSource:
         reason = self.policy.literal_refusal(parts.hostname)
         if reason:
             raise SourceRefused(src, f"{reason}; only public addresses may be fetched (HTTP_ALLOW_PRIVATE)")
+        if unusual_literal(parts.hostname):
+            raise SourceRefused(src, f"{parts.hostname} is the IP address {literal_address(parts.hostname)} in a "
+                                     "notation HTTP clients read differently; write it in ASCII without a trailing dot")
 
     def _send(self, method: str, url: str, headers: dict[str, str],
               deadline: Deadline = _NO_DEADLINE) -> requests.Response:
@@ -380,6 +383,7 @@ class HttpSource:
         """Size and validators of `src`, by a ranged GET (what any server that serves the file
         answers, HEAD or not): of its first bytes, kept, when the holding has room for them (one
         request instead of two for a small file), else of its first byte."""
+        self.check(src)  # a bundle stored before a rule changed meets today's rules, as at creation
         with (deadline or _NO_DEADLINE).applying() as applied:  # for the connection's abort hook
             return self._stat(src, holding, applied)
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote
 
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
@@ -20,9 +22,37 @@ from urllib3.poolmanager import PoolManager
 from ..deadline import current, shut
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")
+
+# The rule is `is_global`; these lists correct Python 3.11's tables (`ipaddress._private_networks`)
+# where they disagree with IANA's special-purpose address registries (iana-ipv4-special-registry,
+# iana-ipv6-special-registry, both as of 2024-10) and address space registries, whatever the Python.
+# Not globally reachable, though `is_global` says they are (or may, on some Python version); multicast,
+# which `is_global` calls global too, is refused by `is_multicast`:
+_NOT_GLOBAL: tuple[tuple[IPNetwork, str], ...] = tuple((ipaddress.ip_network(block), name) for block, name in (
+    ("100.64.0.0/10", "shared address space"),  # RFC 6598; Python 3.11 calls it neither private nor global
+    ("192.0.0.0/24", "an IETF protocol assignment (RFC 6890), not globally reachable"),  # 192.0.0.8: RFC 7600
+    ("192.88.99.0/24", "the deprecated 6to4 relay anycast prefix (RFC 7526)"),
+    ("3fff::/20", "reserved for documentation (RFC 9637)"),
+    ("fec0::/10", "site-local (deprecated, RFC 3879)"),
+    ("5f00::/16", "reserved for segment routing (RFC 9602)"),
+))
+# All IPv6 unicast the internet routes is inside 2000::/3 (IANA IPv6 address space registry); the rest
+# is reserved, unique-local, link-local, site-local or multicast (embedded IPv4 is judged by itself).
+_IPV6_GLOBAL_UNICAST = ipaddress.ip_network("2000::/3")
+# Globally reachable per IANA inside blocks that are not (192.0.0.0/24, 2001::/23), and which
+# Python 3.11 refuses with their block: PCP, TURN and DNS-SD SRP anycast, AMT, AS112-v6, ORCHIDv2,
+# drone remote ID.
+_GLOBAL_EXCEPTIONS: tuple[IPNetwork, ...] = tuple(ipaddress.ip_network(block) for block in (
+    "192.0.0.9/32", "192.0.0.10/32", "2001:1::1/128", "2001:1::2/128", "2001:1::3/128", "2001:3::/32",
+    "2001:4:112::/48", "2001:20::/28", "2001:30::/28",
+))
+# Full stops that IDNA (UTS #46) reads as "." besides the ASCII one: ideographic, full-width and
+# half-width ideographic (NFKC already makes the full-width one ASCII).
+_IDNA_DOTS = str.maketrans({"\u3002": ".", "\uff0e": ".", "\uff61": "."})
 
 
 class AddressRefused(OSError):
@@ -48,38 +78,74 @@ def embedded_ipv4(address: IPAddress) -> ipaddress.IPv4Address | None:
 
 
 def refusal(address: IPAddress) -> str | None:
-    """Why `address` is not a public internet address, or None if it is."""
+    """Why `address` is not a public internet address, or None if it is.
+
+    One rule: refused unless globally reachable (`ipaddress`'s `is_global`, corrected by the IANA
+    registries above; IPv6 only inside 2000::/3). An IPv6 address standing for an IPv4 one
+    (mapped, compatible, NAT64, 6to4, Teredo) is judged as that IPv4 address.
+    """
     inner = embedded_ipv4(address)
     if inner is not None:
         reason = refusal(inner)
         return f"{reason} (inside {address})" if reason else None
+    if any(address in network for network in _GLOBAL_EXCEPTIONS):
+        return None
     # Most specific first: 169.254.169.254 is both private and link-local; "link-local" says more.
-    for attribute in ("is_loopback", "is_link_local", "is_unspecified", "is_multicast", "is_reserved",
-                      "is_private"):
+    for attribute in ("is_loopback", "is_link_local", "is_unspecified", "is_multicast"):
         if getattr(address, attribute):
             return f"{address} is {attribute[3:].replace('_', '-')}"
-    if isinstance(address, ipaddress.IPv4Address) and address in ipaddress.ip_network("100.64.0.0/10"):
-        return f"{address} is shared address space"
+    for network, name in _NOT_GLOBAL:
+        if address in network:
+            return f"{address} is {name}"
+    for attribute in ("is_reserved", "is_private"):
+        if getattr(address, attribute):
+            return f"{address} is {attribute[3:]}"
+    if isinstance(address, ipaddress.IPv6Address) and address not in _IPV6_GLOBAL_UNICAST:
+        return f"{address} is outside IPv6 global unicast (2000::/3)"
     if not address.is_global:
         return f"{address} is not a public address"
     return None
+
+
+def _plain_host(host: str) -> str:
+    """`host` as a URL parser or resolver may end up reading it: IPv6 brackets and zone dropped;
+    otherwise percent-decoded (requests decodes `127%2E0%2E0%2E1`), NFKC-normalised (full-width and
+    circled digits become ASCII), IDNA's other full stops made ".", the root's trailing dot dropped."""
+    host = host.strip("[]")
+    if ":" in host:
+        return host.split("%", 1)[0]
+    host = unicodedata.normalize("NFKC", unquote(host)).translate(_IDNA_DOTS)
+    return host.rstrip(".")
 
 
 def literal_address(host: str) -> IPAddress | None:
     """The address an IP-literal host stands for, in any notation libc accepts, or None for a name.
 
     `2130706433`, `0x7f000001`, `0177.0.0.1` and `127.1` are all 127.0.0.1 to `inet_aton` (and so
-    to `getaddrinfo`), so they must be judged as such, not as names.
+    to `getaddrinfo`), so they must be judged as such, not as names; so are 127.0.0.1 in full-width
+    digits, with ideographic full stops (U+3002) or as `127.0.0.1.`, which IDNA or a resolver may
+    turn into it (see `_plain_host`).
     """
-    host = host.strip("[]").split("%", 1)[0]
+    host = _plain_host(host)
     try:
         return ipaddress.ip_address(host)
     except ValueError:
         pass
+    if not host.isascii():
+        return None
     try:
         return ipaddress.IPv4Address(socket.inet_aton(host))
     except (OSError, ValueError):
         return None
+
+
+def unusual_literal(host: str) -> bool:
+    """True when `host` is an IP address only once read as `literal_address` reads it (Unicode
+    digits or full stops, a trailing dot, percent-encoding): HTTP clients and resolvers disagree on
+    such notations (requests refuses full-width digits; `127.0.0.1.` is a DNS query), so none is used."""
+    host = host.strip("[]")
+    plain = host.split("%", 1)[0] if ":" in host else host
+    return literal_address(host) is not None and (not plain.isascii() or "%" in plain or plain.endswith("."))
 
 
 @dataclass(frozen=True)
@@ -113,19 +179,26 @@ class Policy:
         """The addresses to connect to, all checked; raises AddressRefused if none is allowed."""
         if not self.host_allowed(host):
             raise AddressRefused(f"host {host} is not in HTTP_HOSTS")
-        try:
-            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except socket.gaierror as error:
-            raise OSError(f"cannot resolve {host}: {error.strerror}") from None
+        literal = literal_address(host)
+        if literal is not None and not (":" in host and "%" in host):  # an IPv6 zone needs getaddrinfo
+            # An address in any notation is that address: no lookup (`127.0.0.1.` would be a DNS query).
+            found: list[tuple[int, IPAddress, int]] = [
+                (socket.AF_INET6 if literal.version == 6 else socket.AF_INET, literal, port)]
+        else:
+            try:
+                infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            except socket.gaierror as error:
+                raise OSError(f"cannot resolve {host}: {error.strerror}") from None
+            found = [(family, ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0]), int(sockaddr[1]))
+                     for family, _type, _proto, _canon, sockaddr in infos]
         allowed: list[tuple[int, tuple[str, int]]] = []
         reasons = []
-        for family, _type, _proto, _canon, sockaddr in infos:
-            address = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])
+        for family, address, found_port in found:
             reason = self.refusal(address)
             if reason:
                 reasons.append(reason)
             else:
-                allowed.append((family, (str(address), int(sockaddr[1]))))
+                allowed.append((family, (str(address), found_port)))
         # One bad address refuses the host: an attacker controls which record we would try first.
         if reasons:
             raise AddressRefused(f"{host} resolves to a non-public address: {reasons[0]}")
