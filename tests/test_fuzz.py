@@ -24,6 +24,10 @@ from zipstream.config import Config
 from .support import ci
 from .test_openapi import undocumented
 
+# The allowlists name hosts and buckets no test serves: a generated src that matched one would send a
+# DNS query or an S3 request off the machine, so the run stays in a loopback-only namespace.
+pytestmark = pytest.mark.loopback_only
+
 EXAMPLES = int(os.environ.get("ZIPSTREAM_FUZZ_EXAMPLES", "30"))
 CALLS: list[int] = []
 SEEN: set[tuple[str, str, int]] = set()  # (method, path template, status) of every generated request
