@@ -165,7 +165,7 @@ def malformed_s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[_MalformedS3]
 
 @pytest.mark.parametrize(("name", "value"), [
     ("Content-Length", "1²"), ("Content-Length", "x"), ("Last-Modified", "Sat, 01 Jan 2000 00:00:00 +9999999999999"),
-    ("x-amz-mp-parts-count", "²"),
+    ("x-amz-mp-parts-count", "²"), ("Content-Length", "-5"), ("Content-Length", "9" * 23),  # botocore: int()
 ])
 def test_a_malformed_s3_answer_is_a_502_naming_the_src(malformed_s3: type[_MalformedS3],
                                                        make_config: Callable[..., Config], name: str,
@@ -177,3 +177,19 @@ def test_a_malformed_s3_answer_is_a_502_naming_the_src(malformed_s3: type[_Malfo
     assert response.status_code == 502, response.get_data(as_text=True)[:500]
     error = response.get_json()["error"]
     assert [source["src"] for source in error["sources"]] == ["s3://bucket/key.bin"]
+
+
+# -- sizes no zip can hold: 413 before the first byte, never a 500 from the layout --
+
+@pytest.mark.parametrize("compression", ["stored", "deflate"])
+def test_sizes_adding_up_past_what_a_zip_holds_are_a_413(client: FlaskClient, upstream: UpstreamServer,
+                                                         compression: str) -> None:
+    """Two sources claiming 9 EB each: each is a valid Content-Length, their sum is past ZIP64's
+    64-bit offsets (the layout raised struct.error: a 500)."""
+    for path in ("/a.bin", "/b.bin"):
+        upstream.add(path, b"x" * 100)
+        upstream.set_behaviour(path, no_range=True, header_values=(("Content-Length", str(9 * 10**18)),))
+    response = client.post("/bundle", json={"files": [{"src": upstream.url("/a.bin")}, {"src": upstream.url("/b.bin")}],
+                                            "compression": compression})
+    assert response.status_code == 413, response.get_data(as_text=True)[:500]
+    assert response.get_json()["error"]["limit"] == "ZIP64"
