@@ -38,13 +38,13 @@ def test_past_the_maximum_is_too_large_without_converting(text: str) -> None:
     assert parse_digits("10", maximum=10) == 10
 
 
-@pytest.mark.parametrize(("text", "value"), [("30", 30.0), ("0.5", 0.5), ("007.250", 7.25)])
+@pytest.mark.parametrize(("text", "value"), [("30", 30.0), ("0.5", 0.5), ("007.250", 7.25), (".5", 0.5), ("5.", 5.0)])
 def test_decimals_are_read(text: str, value: float) -> None:
     assert parse_decimal(text) == value
 
 
 @pytest.mark.parametrize("text", [
-    "", ".", ".5", "5.", "-1", "+1", "1e3", "inf", "nan", "Infinity", "\u0661.\u0665", "1_0", " 1", "1..2",
+    "", ".", "..", "-1", "+1", "1e3", "inf", "nan", "Infinity", "\u0661.\u0665", "1_0", " 1", "1..2",
     "1.2.3", "²", "9" * 19,
 ])
 def test_anything_else_is_not_a_decimal(text: str) -> None:

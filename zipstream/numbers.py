@@ -58,13 +58,13 @@ def parse_digits(text: str, maximum: int = MAX_BYTES) -> int:
 
 
 def parse_decimal(text: str, max_digits: int = 18) -> float:
-    """`text`, which must be `1*DIGIT [ "." 1*DIGIT ]` (ASCII, e.g. `30` or `0.5`), as a float.
+    """`text`, ASCII digits with at most one `.` among them (`30`, `0.5`, `.5`, `5.`), as a float.
 
     For settings in seconds: no sign, exponent, `inf`, `nan`, space or other script's digit, at
     most `max_digits` digits in all. Raises NotANumber otherwise.
     """
-    whole, dot, fraction = text.partition(".")
-    if not is_digits(whole) or (dot and not is_digits(fraction)):
+    whole, _dot, fraction = text.partition(".")
+    if not (whole or fraction) or any(part and not is_digits(part) for part in (whole, fraction)):
         raise NotANumber(f"not a decimal number such as 30 or 0.5: {_quoted(text)}")
     if len(whole) + len(fraction) > max_digits:
         raise NumberTooLarge(f"more than {max_digits} digits: {_quoted(text)}")
