@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
+import requests
 from flask.testing import FlaskClient
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -14,6 +15,7 @@ from zipstream.config import Config
 from zipstream.errors import RangeNotSatisfiable
 from zipstream.ranges import if_match, if_range_matches, none_match, parse_range
 
+from .support.live import LiveServer
 from .support.upstream import UpstreamServer
 
 LENGTH = 100
@@ -168,3 +170,17 @@ def test_no_range_or_if_range_value_is_a_5xx(served: tuple[FlaskClient, str], va
     headers = {"Range": value} | ({"If-Range": if_range} if if_range is not None else {})
     # 428: a resume without If-Range from a byte this zip version never sent (see zip_response).
     assert _status(served, method, headers) in (200, 206, 416, 428)
+
+
+def test_a_superscript_digit_on_the_wire_is_ignored_under_gunicorn(serve: Callable[..., LiveServer],
+                                                                  upstream: UpstreamServer) -> None:
+    """`²` is one Latin-1 byte (0xB2): what curl sends for `-H 'Range: bytes=0-²'`, and gunicorn hands on."""
+    upstream.add("/a.bin", b"a" * 1000)
+    server = serve()
+    created = requests.post(server.url("/"), json={"files": [{"src": upstream.url("/a.bin")}]}, timeout=30)
+    url = server.url(f"/{created.json()['id']}")
+    whole = requests.get(url, timeout=30)
+    for value in ("bytes=0-²", "bytes=²-", "bytes=-¹", "bytes=0-\xa010"):
+        response = requests.get(url, headers={"Range": value, "If-Range": whole.headers["ETag"]}, timeout=30)
+        assert response.status_code == 200, (value, response.text[:300])
+        assert response.content == whole.content
