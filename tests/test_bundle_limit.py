@@ -74,3 +74,21 @@ def test_a_known_total_past_the_limit_is_refused_before_the_first_byte(serve: Se
     assert response.status_code == 413
     assert response.json()["error"]["limit"] == "MAX_BUNDLE_BYTES"
     assert not upstream.requests_for("/endless.bin", "GET")[1:]  # nothing read past pre-flight's request
+
+
+@pytest.mark.parametrize("compression", ["stored", "deflate"])
+def test_a_source_streaming_more_than_pre_flight_saw_is_cut_at_its_size(
+        serve: Serve, upstream: UpstreamServer, tmp_path: Path, compression: str) -> None:
+    """Pre-flight's ranged GET says 100 kB (`Content-Range: bytes 0-0/100000`); the GET that streams it
+    sends 20 MB, chunked. The member is cut at the size the zip promised, under the limit's room."""
+    upstream.add("/first.bin", os.urandom(FIRST))
+    upstream.add("/liar.bin", os.urandom(20 * MB))
+    upstream.set_behaviour("/liar.bin", chunked=True, header_values=(("Content-Range", "bytes 0-0/100000"),))
+    server = serve(MAX_BUNDLE_BYTES=str(LIMIT), PREFLIGHT_FETCH_BYTES="0")
+    files: list[dict[str, object]] = [{"src": upstream.url("/first.bin")}, {"src": upstream.url("/liar.bin")}]
+    status, got = _download(server, files, compression)
+    assert status == 200
+    assert len(got) < FIRST + 100_000 + 64 * 1024
+    path = tmp_path / "cut.zip"
+    path.write_bytes(got)
+    expect_truncated(path)
