@@ -11,10 +11,16 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+import requests
 from flask.testing import FlaskClient
+from hypothesis import example, given
+from hypothesis import strategies as st
+from requests.structures import CaseInsensitiveDict
 
 from zipstream import create_app
 from zipstream.config import Config
+from zipstream.numbers import MAX_BYTES, NotANumber
+from zipstream.sources.http import _content_length, _content_range
 
 from .support.moto import REGION
 from .support.readers import CheckZip
@@ -193,3 +199,30 @@ def test_sizes_adding_up_past_what_a_zip_holds_are_a_413(client: FlaskClient, up
                                             "compression": compression})
     assert response.status_code == 413, response.get_data(as_text=True)[:500]
     assert response.get_json()["error"]["limit"] == "ZIP64"
+
+
+# -- properties over any text --
+
+@given(st.text())
+@example("bytes 0-0/1²")
+@example(f"bytes 0-{'9' * 5000}/*")
+def test_content_range_is_a_consistent_triple_or_none(value: str) -> None:
+    got = _content_range(value)
+    if got is not None:
+        first, last, total = got
+        assert 0 <= first <= last <= MAX_BYTES and (total is None or last < total <= MAX_BYTES)
+
+
+@given(st.text(alphabet=st.characters(codec="latin-1")))  # what http.client can hand on
+@example("1²")
+@example("5, 5")
+def test_content_length_is_a_length_or_not_a_number(value: str) -> None:
+    response = requests.Response()
+    response.headers = CaseInsensitiveDict({"Content-Length": value})
+    try:
+        length = _content_length(response)
+    except NotANumber:
+        return
+    assert length is not None and 0 <= length <= MAX_BYTES
+    digits = [part.strip(" \t") for part in value.split(",") if part.strip(" \t")]
+    assert digits and all(part.isascii() and (part.lstrip("0") or "0") == str(length) for part in digits)
