@@ -19,8 +19,10 @@ from requests.structures import CaseInsensitiveDict
 
 from zipstream import create_app
 from zipstream.config import Config
+from zipstream.errors import SourceChanged
 from zipstream.numbers import MAX_BYTES, NotANumber
 from zipstream.sources.http import _content_length, _content_range
+from zipstream.sources.s3 import S3Source
 
 from .support.moto import REGION
 from .support.readers import CheckZip
@@ -150,6 +152,15 @@ class _MalformedS3(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.end_headers()
 
+    def do_GET(self) -> None:
+        self.send_response(200)
+        fields = {"Content-Length": "5", "ETag": '"abc"', "Last-Modified": "Sat, 01 Jan 2000 00:00:00 GMT",
+                  **self.FIELDS}
+        for name, value in fields.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(b"hello")
+
     def log_message(self, format: str, *args: object) -> None:
         pass
 
@@ -226,3 +237,16 @@ def test_content_length_is_a_length_or_not_a_number(value: str) -> None:
     assert length is not None and 0 <= length <= MAX_BYTES
     digits = [part.strip(" \t") for part in value.split(",") if part.strip(" \t")]
     assert digits and all(part.isascii() and (part.lstrip("0") or "0") == str(length) for part in digits)
+
+
+def test_an_s3_content_range_of_any_length_is_no_size(malformed_s3: type[_MalformedS3]) -> None:
+    """GetObject's Content-Range is compared with pre-flight's size; 5,000 digits made int() raise a
+    ValueError out of the source (not a SourceError)."""
+    source = S3Source(Config.from_env({"FS_INTERFACES": "s3", "AWS_REGION": REGION, "S3_PATH_STYLE": "true"}))
+    (info,) = source.stat("s3://bucket/key.bin")
+    assert info.size == 5
+    malformed_s3.FIELDS = {"Content-Range": f"bytes 0-4/{'9' * 5000}"}
+    with pytest.raises(SourceChanged, match="Content-Range"):
+        b"".join(source.open(info))
+    malformed_s3.FIELDS = {"Content-Range": "bytes 0-4/5"}
+    assert b"".join(source.open(info)) == b"hello"

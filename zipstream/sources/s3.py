@@ -30,6 +30,7 @@ from ..aws import DeadlinePassed, s3_client
 from ..config import Config
 from ..deadline import Deadline
 from ..errors import SourceChanged, SourceError, SourceInterrupted, SourceNotFound, SourceRefused, SourceTimeout
+from ..numbers import NotANumber, parse_digits
 from . import CHUNK_SIZE, SourceInfo
 from .held import Holding
 
@@ -236,9 +237,12 @@ def _check_same_version(info: SourceInfo, start: int, response: dict[str, Any]) 
             raise SourceChanged(src, f"S3 answered a GET for the bytes from {start} without a Content-Range")
         return
     match = _CONTENT_RANGE.fullmatch(str(content_range))
+    try:  # a 5,000-digit position is no size (and int() refuses it: a ValueError)
+        got = None if match is None else tuple(parse_digits(group) for group in match.groups())
+    except NotANumber:
+        got = None
     wanted = None if info.size is None else (start, info.size - 1, info.size)
-    if match is None or (wanted is not None and tuple(map(int, match.groups())) != wanted) \
-            or (wanted is None and int(match.group(1)) != start):
+    if got is None or (wanted is not None and got != wanted) or (wanted is None and got[0] != start):
         raise SourceChanged(src, f"S3 answered with Content-Range {content_range!r}, asked for the bytes from "
                                  f"{start} of {info.size if info.size is not None else '?'}")
 
