@@ -159,3 +159,28 @@ def test_dynamodb_keeps_dashes_and_dots_in_table_names() -> None:
     config = Config.from_env({"DB_INTERFACE": "dynamodb", "AWS_REGION": "eu-west-1", "TABLE_NAME": "zip-bundles.v2"})
     assert config.table_name == "zip-bundles.v2"
     assert Config.from_env({"TABLE_NAME": "Zip_Bundles2"}).table_name == "Zip_Bundles2"
+
+
+# -- numbers: ASCII digits only (zipstream.numbers), refused in one line naming the setting --
+
+@pytest.mark.parametrize("value", ["\u0661\u0662", "\uff11\uff12", "²", "+5", "1_0", "5.0", "-1", "0x10", "1e3",
+                                   "9" * 20])
+def test_a_whole_number_setting_takes_ascii_digits_only(value: str) -> None:
+    """`int()` took `١٢` (as 12), `+5` and `1_0` silently."""
+    with pytest.raises(ConfigError) as refused:
+        Config.from_env({"MAX_FILES": value})
+    message = str(refused.value)
+    assert message.startswith("MAX_FILES must be") and "\n" not in message
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "Infinity", "-1", "1e3", "\u0661.\u0665", "1_0", "+2", ".", "0x1"])
+def test_a_seconds_setting_is_a_plain_decimal(value: str) -> None:
+    """`float()` took `nan` (a timeout nothing is ever past) and `inf`."""
+    with pytest.raises(ConfigError) as refused:
+        Config.from_env({"HTTP_TIMEOUT": value})
+    assert str(refused.value).startswith("HTTP_TIMEOUT must be")
+
+
+def test_numbers_settings_still_read() -> None:
+    config = Config.from_env({"MAX_FILES": " 0012\n", "HTTP_TIMEOUT": "0.5", "PREFLIGHT_TIMEOUT": "20"})
+    assert (config.max_files, config.http_timeout, config.preflight_timeout) == (12, 0.5, 20.0)

@@ -81,6 +81,9 @@ def test_web_concurrency_wins(tmp_path: Path) -> None:
     assert default_workers({"WEB_CONCURRENCY": " "}, root, own, affinity=64) == 2
     with pytest.raises(ValueError, match="WEB_CONCURRENCY"):
         default_workers({"WEB_CONCURRENCY": "0"}, root, own, affinity=64)
+    for value in ("\u0667", "+7", "7_0", "7.0"):  # int() took U+0667 (Arabic-Indic 7) as 7, `+7`, `7_0` as 70
+        with pytest.raises(ValueError, match="WEB_CONCURRENCY must be a whole number"):
+            default_workers({"WEB_CONCURRENCY": value}, root, own, affinity=64)
 
 
 def test_this_machine() -> None:

@@ -463,3 +463,27 @@ def test_upstream_validator_hosts_take_turns(upstream: UpstreamServer) -> None:
     resumed = requests.get(upstream.url("/a.bin"), headers={"Range": "bytes=10-", "If-Range": etags[2]}, timeout=5)
     assert resumed.status_code == 200
     assert resumed.headers["ETag"] == etags[1]
+
+
+def test_upstream_chunked_and_header_values(upstream: UpstreamServer) -> None:
+    data = bytes(range(256)) * 4000
+    upstream.add("/a.bin", data)
+    upstream.set_behaviour("/a.bin", chunked=True)
+    connection = http.client.HTTPConnection("127.0.0.1", upstream.port, timeout=5)
+    try:
+        connection.request("GET", "/a.bin")
+        response = connection.getresponse()
+        assert response.getheader("Transfer-Encoding") == "chunked" and response.getheader("Content-Length") is None
+        assert response.read() == data  # http.client decodes the chunks: a well-formed chunked body
+        connection.request("GET", "/a.bin", headers={"Range": "bytes=10-19"})  # the connection is kept
+        ranged = connection.getresponse()
+        assert ranged.status == 206 and ranged.read() == data[10:20]
+    finally:
+        connection.close()
+    upstream.set_behaviour("/a.bin", chunked=False, header_values=(("Content-Length", "1²"), ("X-Extra", "y")))
+    answer = requests.get(upstream.url("/a.bin"), timeout=5)
+    assert answer.headers["Content-Length"] == "1²" and answer.headers["X-Extra"] == "y"
+    assert answer.headers["Connection"] == "close" and answer.content == data
+    upstream.set_behaviour("/b.bin", header_values=(("Content-Length", "1²"),))
+    missing = requests.get(upstream.url("/b.bin"), timeout=5)  # answers of its own keep their fields
+    assert missing.status_code == 404 and missing.headers["Content-Length"] == str(len(missing.content))

@@ -13,6 +13,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
+from .numbers import MAX_BYTES, NotANumber, NumberTooLarge, parse_decimal, parse_digits
+
 T = TypeVar("T")
 
 DB_INTERFACES = ("sqlite", "postgres", "dynamodb")
@@ -36,24 +38,27 @@ def _bool(name: str, raw: str) -> bool:
 
 def _int(name: str, raw: str, minimum: int = 0) -> int:
     try:
-        value = int(raw.strip())
-    except ValueError:
-        raise ConfigError(f"{name} must be a whole number, not {raw!r}") from None
+        value = parse_digits(raw.strip())
+    except NumberTooLarge:
+        raise ConfigError(f"{name} must be at most {MAX_BYTES}, not {raw.strip()[:40]!r}") from None
+    except NotANumber:
+        raise ConfigError(f"{name} must be a whole number (ASCII digits 0-9), not {raw[:40]!r}") from None
     if value < minimum:
         raise ConfigError(f"{name} must be at least {minimum}, not {value}")
     return value
 
 
 def whole_number(name: str, raw: str, minimum: int = 0) -> int:
-    """`raw` as an int of at least `minimum`; ConfigError naming `name` otherwise (for settings read elsewhere)."""
+    """`raw` (ASCII digits, surrounding whitespace ignored) as an int of at least `minimum`;
+    ConfigError naming `name` otherwise (for settings read elsewhere). `١٢`, `+5`, `1_0` are refused."""
     return _int(name, raw, minimum)
 
 
 def _float(name: str, raw: str) -> float:
     try:
-        value = float(raw.strip())
-    except ValueError:
-        raise ConfigError(f"{name} must be a number, not {raw!r}") from None
+        value = parse_decimal(raw.strip())
+    except NotANumber:
+        raise ConfigError(f"{name} must be a number of seconds such as 30 or 0.5, not {raw[:40]!r}") from None
     if value <= 0:
         raise ConfigError(f"{name} must be positive, not {value}")
     return value

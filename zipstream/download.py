@@ -31,6 +31,7 @@ from .errors import (
 )
 from .models import FileRef
 from .names import safe_name, unique_names
+from .numbers import MAX_BYTES
 from .prefetch import Prefetcher
 from .repositories import BundleRepository
 from .sources import SourceInfo, Sources
@@ -438,7 +439,15 @@ def prepare(
                 f"the bundle expands to {len(entries)} files; at most {config.max_files} are allowed (MAX_FILES)",
                 limit="MAX_FILES",
             )
+        # A store's size is its own say (botocore reads any int): none is below 0 or above numbers.MAX_BYTES.
+        absurd = [SourceError(info.src, f"the source claims a size of {info.size} bytes") for info in infos
+                  if info.size is not None and not 0 <= info.size <= MAX_BYTES]
+        if absurd:
+            raise SourcesFailed(absurd)
         total = sum(entry.size or 0 for entry in entries)
+        if total > MAX_BYTES:  # ZIP64 offsets are 64-bit: the layout could not even be written
+            raise LimitExceeded(f"the files add up to {total} bytes; a zip holds at most {MAX_BYTES} (ZIP64)",
+                                limit="ZIP64")
         if config.max_bundle_bytes and total > config.max_bundle_bytes:
             raise LimitExceeded(
                 f"the files add up to {total} bytes; at most {config.max_bundle_bytes} are allowed (MAX_BUNDLE_BYTES)",

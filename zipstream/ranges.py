@@ -6,38 +6,60 @@ from datetime import datetime
 from email.utils import format_datetime
 
 from .errors import RangeNotSatisfiable
+from .numbers import MAX_BYTES, NotANumber, NumberTooLarge, parse_digits
+
+# Optional whitespace in field values: space and horizontal tab only (RFC 9110 §5.6.3), not the
+# other characters `str.strip()` removes (NBSP, U+0085...).
+OWS = " \t"
 
 
 def parse_range(header: str | None, length: int) -> tuple[int, int] | None:
-    """The single byte range [start, stop) a Range header asks for, or None for the whole file.
+    """The single byte range [start, stop) a Range header asks of `length` bytes, or None for all.
 
-    Several ranges answer with the whole file (allowed by RFC 9110 and simpler for clients than
-    multipart/byteranges); a malformed header is ignored, as the RFC requires.
-    Raises RangeNotSatisfiable when the range lies outside the file.
+    The grammar is RFC 9110 §14.1-14.2: `bytes=first-last`, `bytes=first-` or `bytes=-suffix`, the
+    unit case-insensitive, positions `1*DIGIT` in ASCII (numbers.parse_digits), optional whitespace
+    only around the list's elements. Anything else is ignored, which answers 200 with the whole
+    file (§14.2: a server MAY ignore a Range, and an invalid one may be ignored): other units,
+    several ranges (simpler for clients than multipart/byteranges), signs, `_`, spaces inside a
+    range, other scripts' digits (`٣`, `²`), last < first. Positions of any length are read
+    (§14.1.1: no conversion overflow): past the end, a last position means the end.
+    Raises RangeNotSatisfiable (416) when the range lies outside the file (§14.1.1, §15.5.17).
     """
     if not header:
         return None
-    unit, _, spec = header.partition("=")
-    if unit.strip().lower() != "bytes" or "," in spec:
+    unit, equals, spec = header.strip(OWS).partition("=")
+    if not equals or unit.lower() != "bytes":
         return None
-    first, dash, last = spec.strip().partition("-")
-    if not dash:
+    specs = [part.strip(OWS) for part in spec.split(",")]
+    specs = [part for part in specs if part]  # §5.6.1.2: empty list elements are allowed, and ignored
+    if len(specs) != 1:
         return None
-    first, last = first.strip(), last.strip()
-    if (first and not first.isdigit()) or (last and not last.isdigit()) or not (first or last):
+    first, dash, last = specs[0].partition("-")
+    if not dash or not (first or last):
         return None
-    if not first:  # suffix: the last N bytes
-        suffix = int(last)
-        if suffix == 0 or length == 0:
+    try:
+        start = _position(first) if first else None
+        end = _position(last) if last else None
+    except NotANumber:
+        return None
+    if start is None:  # suffix: the last N bytes
+        assert end is not None
+        if end == 0 or length == 0:
             raise RangeNotSatisfiable("empty suffix range", length=length)
-        return max(0, length - suffix), length
-    start = int(first)
-    stop = min(int(last) + 1, length) if last else length
-    if last and int(last) < start:
+        return max(0, length - end), length
+    if end is not None and end < start:
         return None
     if start >= length:
-        raise RangeNotSatisfiable(f"range starts at {start}, the file has {length} bytes", length=length)
-    return start, stop
+        raise RangeNotSatisfiable(f"range starts at {first[:40]}, the file has {length} bytes", length=length)
+    return start, min(end + 1, length) if end is not None else length
+
+
+def _position(text: str) -> int:
+    """A Range position; one too large for any file counts as just past the largest (MAX_BYTES + 1)."""
+    try:
+        return parse_digits(text)
+    except NumberTooLarge:
+        return MAX_BYTES + 1
 
 
 def http_date(moment: datetime) -> str:
@@ -53,7 +75,7 @@ def if_range_matches(header: str | None, etag: str | None) -> bool:
     """
     if not header:
         return True
-    header = header.strip()
+    header = header.strip(OWS)
     return etag is not None and not header.startswith("W/") and header == etag
 
 
@@ -61,9 +83,9 @@ def none_match(header: str | None, etag: str | None) -> bool:
     """Whether If-None-Match matches the current ETag (weak comparison, as for GET/HEAD)."""
     if not header or etag is None:
         return False
-    if header.strip() == "*":
+    if header.strip(OWS) == "*":
         return True
-    tags = [tag.strip().removeprefix("W/") for tag in header.split(",")]
+    tags = [tag.strip(OWS).removeprefix("W/") for tag in header.split(",")]
     return etag.removeprefix("W/") in tags
 
 
@@ -72,8 +94,8 @@ def if_match(header: str | None, etag: str | None) -> bool:
     ETag by strong comparison. A zip without an ETag matches only `*`."""
     if header is None:
         return True
-    if header.strip() == "*":
+    if header.strip(OWS) == "*":
         return True
     if etag is None:
         return False
-    return any(tag.strip() == etag for tag in header.split(",") if not tag.strip().startswith("W/"))
+    return any(tag.strip(OWS) == etag for tag in header.split(",") if not tag.strip(OWS).startswith("W/"))

@@ -12,6 +12,8 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from .numbers import NotANumber, parse_digits
+
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 SELF_CGROUP = Path("/proc/self/cgroup")
 
@@ -94,7 +96,10 @@ def default_workers(environ: Mapping[str, str] | None = None, cgroup_root: Path 
     environ = os.environ if environ is None else environ
     raw = environ.get("WEB_CONCURRENCY", "").strip()
     if raw:
-        value = int(raw)
+        try:
+            value = parse_digits(raw)
+        except NotANumber:  # `١٢`, `+2`, `1_0`: int() takes them, gunicorn too
+            raise ValueError(f"WEB_CONCURRENCY must be a whole number (ASCII digits 0-9), not {raw[:40]!r}") from None
         if value < 1:
             raise ValueError(f"WEB_CONCURRENCY must be at least 1, not {value}")
         return value

@@ -61,7 +61,7 @@ class Behaviour:
     latency: float = 0.0  # seconds slept before every response
     status: int | None = None  # force this status (e.g. 500, 503, 404, 403) instead of serving
     fail_times: int | None = None  # with status: only the first N requests fail, then serve normally
-    retry_after: int | None = None  # Retry-After header value on forced-status responses
+    retry_after: int | str | None = None  # Retry-After on forced-status responses (seconds, or any text)
     reset_after: int | None = None  # send N body bytes, then abort the connection with a TCP RST
     stall_after: int | None = None  # send N body bytes, then pause stall_seconds before the rest
     stall_seconds: float = 30.0
@@ -102,6 +102,11 @@ class Behaviour:
     ignore_conditionals: bool = False  # If-Range and If-Match ignored: a range of whatever version is there now
     range_total_unknown: bool = False  # 206 answers end their Content-Range in `/*` (length not given)
     reset_times: int | None = None  # with reset_after: only the first N bodies are cut, later ones sent whole
+    # -- framing and numbers (issue 14) --
+    chunked: bool = False  # body sent with Transfer-Encoding: chunked, no Content-Length (a streaming server)
+    # (name, value) pairs sent in place of the server's own field of that name, or added: a hostile or
+    # broken server's numbers (`("Content-Length", "1²")`). A replaced Content-Length closes the connection.
+    header_values: tuple[tuple[str, str], ...] = ()
 
 
 _BEHAVIOUR_FIELDS: Final = frozenset(f.name for f in dataclasses.fields(Behaviour))
@@ -201,6 +206,14 @@ def if_match_ok(value: str | None, etag: str) -> bool:
         return True
     tags = [t.strip() for t in value.split(",")]
     return "*" in tags or etag in tags
+
+
+def _chunked(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """`chunks` in HTTP/1.1 chunked transfer coding (RFC 9112 §7.1), ending with the last chunk."""
+    for chunk in chunks:
+        if chunk:
+            yield b"%x\r\n%s\r\n" % (len(chunk), chunk)
+    yield b"0\r\n\r\n"
 
 
 def _gzip_stream(chunks: Iterator[bytes]) -> Iterator[bytes]:
@@ -535,6 +548,7 @@ class _Handler(BaseHTTPRequestHandler):
     timeout = IDLE_TIMEOUT_S
     disable_nagle_algorithm = True  # small responses must not wait 40 ms for delayed ACKs
     server_version = "ZipStreamTestUpstream/1.0"
+    _replaced: frozenset[str] = frozenset()  # lower-cased names behaviour.header_values replaces
 
     @property
     def upstream(self) -> UpstreamServer:
@@ -599,7 +613,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send_simple(behaviour.read_status, head)
         if behaviour.status is not None and up._should_fail(path, behaviour):
             extra = {} if behaviour.retry_after is None else {"Retry-After": str(behaviour.retry_after)}
-            if behaviour.retry_after is not None and behaviour.retry_after_enforced:
+            if isinstance(behaviour.retry_after, int) and behaviour.retry_after_enforced:
                 up._enforce(path, behaviour.retry_after)
             return self._send_simple(behaviour.status, head, extra)
         resource = up._resource(path)
@@ -644,6 +658,7 @@ class _Handler(BaseHTTPRequestHandler):
         if head and behaviour.head_no_length:
             # An HTTP/1.0 answer (this connection then closes): no length, the close ends the body.
             self.protocol_version = "HTTP/1.0"
+        self._replaced = frozenset(name.lower() for name, _value in behaviour.header_values)
         self.send_response(HTTPStatus.PARTIAL_CONTENT if span else HTTPStatus.OK)
         self.send_header("Content-Type", resource.content_type)
         omitted = {*behaviour.no_validators, *(behaviour.omit_on_206 if span else ())}
@@ -660,12 +675,16 @@ class _Handler(BaseHTTPRequestHandler):
         elif behaviour.content_encoding is not None:
             self.send_header("Content-Encoding", behaviour.content_encoding)
         no_length = behaviour.no_length or (head and behaviour.head_no_length)
-        if length is not None and not no_length:
+        if behaviour.chunked:
+            self.send_header("Transfer-Encoding", "chunked")
+            if not head:
+                body = _chunked(body)
+        elif length is not None and not no_length:
             self.send_header("Content-Length", str(max(0, length + behaviour.wrong_length)))
-        if length is None or no_length or behaviour.wrong_length:
+        if (length is None or no_length or behaviour.wrong_length) and not behaviour.chunked:
             # Without a correct length the only framing left is closing the connection.
             self.send_header("Connection", "close")
-        self.end_headers()
+        self._end_headers(behaviour)
         if head:
             return
         try:
@@ -674,6 +693,20 @@ class _Handler(BaseHTTPRequestHandler):
             close = getattr(body, "close", None)  # generators: release an open disk file now
             if close is not None:
                 close()
+
+    def send_header(self, keyword: str, value: str) -> None:
+        if keyword.lower() not in self._replaced:  # else behaviour.header_values sends its own
+            super().send_header(keyword, value)
+
+    def _end_headers(self, behaviour: Behaviour) -> None:
+        """End the headers, with behaviour.header_values in place of the fields of the same names."""
+        for name, value in behaviour.header_values:
+            super().send_header(name, value)
+        if self._replaced & {"content-length", "transfer-encoding"}:
+            super().send_header("Connection", "close")  # the framing may be a lie: never reuse it
+            self.close_connection = True
+        self._replaced = frozenset()
+        self.end_headers()
 
     def _gzipped(self, resource: _Resource, start: int, end: int) -> tuple[Iterator[bytes], int | None]:
         """Gzip the selected bytes: whole in memory for small content, streamed (no length) from disk."""

@@ -8,7 +8,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import datetime
-from email.utils import format_datetime, parsedate_to_datetime
+from email.utils import format_datetime
 from typing import Any
 from urllib.parse import urldefrag, urljoin, urlsplit
 
@@ -29,6 +29,8 @@ from ..errors import (
     SourceTimeout,
 )
 from ..names import name_from_src
+from ..numbers import NotANumber, NumberTooLarge, is_digits, parse_digits
+from ..numbers import http_date as _http_date
 from . import CHUNK_SIZE, SourceInfo
 from .held import Holding
 from .netguard import AddressRefused, Policy, guarded_pool_manager, literal_address, unusual_literal
@@ -79,25 +81,52 @@ def _refused(error: BaseException) -> AddressRefused | None:
     return None
 
 
-def _http_date(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    try:
-        return parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-
-
 def _content_range(value: str | None) -> tuple[int, int, int | None] | None:
-    """(first, last, total or None) of a `bytes first-last/total` Content-Range, None if malformed."""
-    unit, _, spec = (value or "").strip().partition(" ")
+    """(first, last, total or None) of a `bytes first-last/total` Content-Range, None if malformed.
+
+    RFC 9110 §14.4: `bytes SP first-pos "-" last-pos "/" ( complete-length / "*" )`, positions
+    ASCII digits of at most numbers.MAX_BYTES, last < total. Anything else (a multipart answer's
+    missing field too) is None: no size is learned from it, and a continuation fails as not the
+    range asked for.
+    """
+    unit, _, spec = (value or "").strip(" \t").partition(" ")
     span, _, total = spec.partition("/")
     first, _, last = span.partition("-")
-    if unit.lower() != "bytes" or not first.isdigit() or not last.isdigit() or int(last) < int(first):
+    if unit.lower() != "bytes":
         return None
-    if total.isdigit() and int(last) >= int(total):
+    try:
+        start, end = parse_digits(first), parse_digits(last)
+        length = None if total == "*" else parse_digits(total)
+    except NotANumber:
         return None
-    return int(first), int(last), int(total) if total.isdigit() else None
+    if end < start or (length is not None and end >= length):
+        return None
+    return start, end, length
+
+
+def _content_length(response: requests.Response) -> int | None:
+    """The body length an answer announces, or None without one.
+
+    RFC 9112 §6.3: a Transfer-Encoding overrides Content-Length (None then); a list of equal
+    values (`5, 5`) is that value; any other value -- not ASCII digits, different values (urllib3
+    refuses those itself), over numbers.MAX_BYTES -- makes the framing invalid, an unrecoverable
+    error: raises NotANumber (see _invalid_length).
+    """
+    value = response.headers.get("Content-Length")
+    if value is None or response.headers.get("Transfer-Encoding"):
+        return None
+    parts = [part.strip(" \t") for part in value.split(",")]
+    lengths = {parse_digits(part) for part in parts if part}  # empty list elements: RFC 9110 §5.6.1.2
+    if len(lengths) != 1:
+        raise NotANumber(f"several lengths: {value[:40]!r}")
+    return lengths.pop()
+
+
+def _invalid_length(src: str, response: requests.Response) -> SourceError:
+    """The error for an answer whose Content-Length is invalid (502); its connection is dropped."""
+    response.close()
+    value = response.headers.get("Content-Length", "")
+    return SourceError(src, f"upstream sent an invalid Content-Length ({value[:40]!r})")
 
 
 def redirect_target(url: str, location: str) -> str:
@@ -120,9 +149,12 @@ def _retry_after(response: requests.Response) -> float | None:
     """Seconds a 429/503 asks to wait (Retry-After as delta-seconds or an HTTP date), else None."""
     if response.status_code not in (429, 503):
         return None
-    value = response.headers.get("Retry-After", "").strip()
-    if value.isdigit():
-        return float(value)
+    value = response.headers.get("Retry-After", "").strip(" \t")
+    if is_digits(value):  # delay-seconds (RFC 9110 §10.2.3)
+        try:
+            return float(parse_digits(value))
+        except NumberTooLarge:
+            return float("inf")  # longer than any deadline: no retry
     when = _http_date(value)
     if when is None:
         return None
@@ -225,8 +257,11 @@ def _release(response: requests.Response) -> None:
     instead so the connection goes back to the pool — pre-flight of 1,000 files would otherwise
     open 1,000 connections.
     """
-    length = response.headers.get("Content-Length", "")
-    if response.request.method == "HEAD" or (length.isdigit() and int(length) <= 65536):
+    try:
+        length = _content_length(response)
+    except NotANumber:  # invalid framing: the connection can't be reused
+        length = None
+    if response.request.method == "HEAD" or (length is not None and length <= 65536):
         with contextlib.suppress(requests.RequestException), _abortable(response):
             response.content  # noqa: B018 - reading it out is the point
     response.close()
@@ -416,10 +451,9 @@ class HttpSource:
             response.close()
             return None
         _release(response)
-        length = response.headers.get("Content-Length", "")
         try:
-            return self._info(src, response, int(length) if length.isdigit() else None)
-        except SourceError:  # an encoded HEAD: its length is not the file's
+            return self._info(src, response, _content_length(response))
+        except (SourceError, NotANumber):  # an encoded HEAD or an invalid length: not the file's
             return None
 
     def _stat_get(self, src: str, want: int, deadline: Deadline,
@@ -444,14 +478,17 @@ class HttpSource:
         expected: int | None = None
         if status >= 400:
             raise self._fail(src, response)
-        elif status == 206:
+        try:
+            length = _content_length(response)
+        except NotANumber:
+            raise _invalid_length(src, response) from None
+        if status == 206:
             content_range = _content_range(response.headers.get("Content-Range"))
             if content_range is not None and content_range[0] == 0:
                 size, expected = content_range[2], content_range[1] + 1
             # else multipart/byteranges, or not what was asked: no size from it (a HEAD may tell)
         else:  # 200: the server ignored the range and sends the whole file
-            length = response.headers.get("Content-Length", "")
-            size = int(length) if length.isdigit() else None
+            size = length
             expected = size if size is not None and size <= want else None
         try:
             info = self._info(src, response, size)
@@ -572,8 +609,11 @@ class HttpSource:
         # Range ignored (or failing) at the server: the whole file, the version checked above.
         skip = start if status == 200 else self._range_skip(info, response, start)
         expected = None if info.size is None else info.size - start
-        length = response.headers.get("Content-Length")
-        announced = int(length) - skip if length is not None and length.isdigit() and not encoding else None
+        try:
+            length = _content_length(response)
+        except NotANumber:
+            raise _invalid_length(info.src, response) from None
+        announced = length - skip if length is not None and not encoding else None
         if expected is not None and announced is not None and announced != expected:
             raise SourceChanged(info.src, f"upstream announced {announced} bytes, expected {expected}")
         discarded = metrics.UPSTREAM_BYTES_DISCARDED.labels("https")

@@ -30,6 +30,7 @@ from ..aws import DeadlinePassed, s3_client
 from ..config import Config
 from ..deadline import Deadline
 from ..errors import SourceChanged, SourceError, SourceInterrupted, SourceNotFound, SourceRefused, SourceTimeout
+from ..numbers import NotANumber, parse_digits
 from . import CHUNK_SIZE, SourceInfo
 from .held import Holding
 
@@ -42,6 +43,9 @@ log = logging.getLogger(__name__)
 _MULTIPART_ETAG = re.compile(r'-\d+"?$')
 # Errors a body can fail with part-way: all mean "cut here, resume from the last byte received".
 _BODY_ERRORS: tuple[type[BaseException], ...] = (BotoCoreError, urllib3.exceptions.HTTPError, OSError)
+# Errors of a request: botocore reads a store's numbers and dates itself (int(), dateutil), so a
+# malformed Content-Length or Last-Modified is a plain ValueError, not one of its own.
+_ANSWER_ERRORS: tuple[type[Exception], ...] = (ClientError, BotoCoreError, ValueError)
 
 # S3's rules for general purpose bucket names (AWS S3 User Guide, "General purpose bucket naming rules").
 # Access point aliases (`-s3alias`, `--ol-s3`) and directory buckets (`--x-s3`) are accepted: no bucket
@@ -176,6 +180,8 @@ def translate(src: str, error: Exception) -> SourceError:
             return SourceNotFound(src, "encrypted with a customer-provided key (SSE-C), which this service "
                                        "does not hold: it can't be read")
         return SourceError(src, f"S3 answered {code or 'an error'} (HTTP {status or '?'})")
+    if isinstance(error, ValueError):
+        return SourceError(src, f"S3 sent a malformed answer ({str(error)[:100]})")
     if isinstance(error, ConnectTimeoutError | ReadTimeoutError):
         return SourceTimeout(src, f"S3 did not answer in time (S3_TIMEOUT): {type(error).__name__}")
     return SourceError(src, f"S3 request failed: {type(error).__name__}")
@@ -231,9 +237,12 @@ def _check_same_version(info: SourceInfo, start: int, response: dict[str, Any]) 
             raise SourceChanged(src, f"S3 answered a GET for the bytes from {start} without a Content-Range")
         return
     match = _CONTENT_RANGE.fullmatch(str(content_range))
+    try:  # a 5,000-digit position is no size (and int() refuses it: a ValueError)
+        got = None if match is None else tuple(parse_digits(group) for group in match.groups())
+    except NotANumber:
+        got = None
     wanted = None if info.size is None else (start, info.size - 1, info.size)
-    if match is None or (wanted is not None and tuple(map(int, match.groups())) != wanted) \
-            or (wanted is None and int(match.group(1)) != start):
+    if got is None or (wanted is not None and got != wanted) or (wanted is None and got[0] != start):
         raise SourceChanged(src, f"S3 answered with Content-Range {content_range!r}, asked for the bytes from "
                                  f"{start} of {info.size if info.size is not None else '?'}")
 
@@ -284,7 +293,7 @@ class S3Source:
             head = client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
         except ClientError as error:
             raise translate(src, _explain_bad_request(client, bucket, key, error)) from None
-        except BotoCoreError as error:
+        except (BotoCoreError, ValueError) as error:  # ValueError: see _ANSWER_ERRORS
             raise translate(src, error) from None
         return [SourceInfo(
             src=src,
@@ -331,7 +340,7 @@ class S3Source:
                         last_modified=_utc(item.get("LastModified")),
                         location=(bucket, key),
                     ))
-        except (ClientError, BotoCoreError) as error:
+        except _ANSWER_ERRORS as error:
             raise translate(src, error) from None
         if not infos and not markers:
             raise SourceNotFound(src, "no objects under prefix")
@@ -360,7 +369,7 @@ class S3Source:
             params["Range"] = f"bytes={start}-"
         try:
             response = self.client.get_object(**params)
-        except (ClientError, BotoCoreError) as error:
+        except _ANSWER_ERRORS as error:
             raise translate(info.src, error) from None
         body = response["Body"]
         try:
