@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 import os
 import time
 from pathlib import Path
@@ -53,6 +54,7 @@ def s3_requests(tmp: Path, runs: int, count: int, size: int, latency: float, par
                   "(moto server behind nginx)",
                   ["client", "S3 requests per object", "first byte s", "total s",
                    f"limit: GetObject each, {parallel} at once s", "vs limit"])
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's server logs every request otherwise
     port = free_port()
     moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     moto.start()

@@ -615,6 +615,8 @@ def _profile(pid: int, out: Path, action: Callable[[], object], sources: int) ->
         table.add(name, f"{100 * n / max(1, total):.1f}", f"{100 * inclusive[name] / max(1, total):.1f}")
     table.notes.append(f"{total} samples of active (non-idle) Python stacks at 1,000 Hz; raw stacks in {out.name}; "
                        f"{sources} sources per GET. py-spy: {err.decode(errors='replace').strip()[-200:] or 'ok'}")
+    table.notes.append("Hub.run's own share is gevent's event loop (libev, in C: callbacks, epoll) as py-spy sees it; "
+                       "py-spy drops only samples it knows to be idle, so part of it may be waiting.")
     table.notes.append("heaviest callers by inclusive share: " + "; ".join(
         f"{name} {100 * n / max(1, total):.0f}%" for name, n in sorted(inclusive.items(), key=lambda i: -i[1])[:15]))
     return table
