@@ -53,6 +53,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--b8-stall", type=float, default=None, help="seconds the slow clients stall (default 10)")
     parser.add_argument("--b8-fast", type=int, default=2, help="fast clients during the stall")
     parser.add_argument("--b8-files", default="3x8", help="the bundle: COUNTxMIB (default 3x8)")
+    parser.add_argument("--b8-rcvbuf", type=int, default=4096,
+                        help="the slow clients' SO_RCVBUF in bytes (default 4096, as B3)")
     parser.add_argument("--b9-objects", type=int, default=None, help="small S3 objects in the bundle (200)")
     parser.add_argument("--latency-ms", type=float, default=20.0,
                         help="upstream latency per request for B2, B5, B7, B9 (ms, default 20)")
@@ -116,7 +118,7 @@ def run(args: argparse.Namespace, tmp: Path) -> list[Table]:
             stall = args.b8_stall if args.b8_stall is not None else 1.0 if small else 30.0 if full else 10.0
             files, mib = (int(part) for part in args.b8_files.lower().split("x"))
             tables.append(suite.slow_clients(tmp, counts, files, (1 if small else mib) * suite.MiB, stall,
-                                             args.b8_fast, runs, env))
+                                             args.b8_fast, runs, env, args.b8_rcvbuf))
         elif name == "b9":
             from . import s3_requests
 

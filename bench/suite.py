@@ -177,14 +177,15 @@ def small_files(tmp: Path, runs: int, count: int, size: int, latency: float,
 
 # -- B3 and B8: crowds of slow readers --------------------------------------------------------------
 async def _slow_reader(host: str, port: int, path: str, started: list[int], go: asyncio.Event, first: int,
-                       read_size: int, pause: float, drain_buffer: int, waves: asyncio.Semaphore) -> tuple[int, str]:
-    """One download on a raw socket with a 4 KiB receive buffer: read the head and `first` body bytes, wait
+                       read_size: int, pause: float, drain_buffer: int, waves: asyncio.Semaphore,
+                       receive_buffer: int = 4096) -> tuple[int, str]:
+    """One download on a raw socket with a small receive buffer: read the head and `first` body bytes, wait
     for `go`, then read the rest `read_size` at a time with `pause` s between reads (the receive buffer raised
     to `drain_buffer` first, if given). Nothing is buffered in user space: what the client does not read stays
     in the service. Returns (body bytes, sha256 of the body)."""
     loop = asyncio.get_running_loop()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a slow reader's small window
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)  # a slow reader's small window
     sock.setblocking(False)
     try:
         async with waves:  # connect in waves: the listen backlog is finite
@@ -227,8 +228,8 @@ async def _slow_reader(host: str, port: int, path: str, started: list[int], go: 
 
 
 async def _crowd(host: str, port: int, path: str, count: int, expected: str, *, first: int, read_size: int,
-                 pause: float, drain_buffer: int, settle: float, while_open: Callable[[int], object]
-                 ) -> tuple[int, list[str], float]:
+                 pause: float, drain_buffer: int, settle: float, while_open: Callable[[int], object],
+                 receive_buffer: int = 4096) -> tuple[int, list[str], float]:
     """`count` slow readers; once every one has read its first bytes (and `settle` s more), `while_open(how
     many started)` runs (the event loop, and so every reader, stands still meanwhile), then all drain.
     Returns (complete and byte-correct, errors, seconds to drain)."""
@@ -236,7 +237,7 @@ async def _crowd(host: str, port: int, path: str, count: int, expected: str, *, 
     go = asyncio.Event()
     waves = asyncio.Semaphore(200)
     tasks = [asyncio.create_task(_slow_reader(host, port, path, started, go, first, read_size, pause,
-                                              drain_buffer, waves))
+                                              drain_buffer, waves, receive_buffer))
              for _ in range(count)]
     deadline = time.monotonic() + 120 + count / 50
     while started[0] < count and time.monotonic() < deadline and not all(t.done() for t in tasks):
@@ -346,7 +347,7 @@ def _fast_clients(url: str, count: int, length: int) -> list[float]:
 
 
 def slow_clients(tmp: Path, counts: list[int], files: int, size: int, stall: float, fast: int, runs: int,
-                 env: dict[str, str]) -> Table:
+                 env: dict[str, str], receive_buffer: int = 4096) -> Table:
     """B8: N concurrent slow downloads of a bundle of big files (each reads 4 KiB, stalls, then drains) on 2
     gevent workers: peak worker RSS, completion and byte-correctness, fast clients' speed meanwhile."""
     limit = raise_nofile()
@@ -385,6 +386,7 @@ def slow_clients(tmp: Path, counts: list[int], files: int, size: int, stall: flo
                 def stalled(open_now: int, url: str = url, length: int = length,
                             meanwhile: list[float] = meanwhile) -> None:
                     began = time.monotonic()
+                    time.sleep(min(5.0, stall / 2))  # past the burst of read-ahead that follows the first bytes
                     if fast:
                         meanwhile.extend(_fast_clients(url, fast, length))
                     time.sleep(max(0.0, stall - (time.monotonic() - began)))
@@ -394,6 +396,7 @@ def slow_clients(tmp: Path, counts: list[int], files: int, size: int, stall: flo
                     ok, errors, elapsed = asyncio.run(_crowd(
                         "127.0.0.1", server.port, path, count, expected, first=4096, read_size=256 * 1024,
                         pause=0.0, drain_buffer=256 * 1024, settle=0.5, while_open=stalled,
+                        receive_buffer=receive_buffer,
                     ))
                 finally:
                     sampler.stop()
@@ -408,13 +411,15 @@ def slow_clients(tmp: Path, counts: list[int], files: int, size: int, stall: flo
                 table.notes.append(f"{count} downloads, first errors: {sorted(set(errors))[:3]}")
     finally:
         upstream.stop()
-    table.notes.append(f"client: asyncio raw sockets with a 4 KiB receive buffer, each reads the head and 4 KiB of "
-                       f"body; once all have, they stall {stall:g} s (the fast clients run then), then drain with a "
-                       f"256 KiB buffer, hashing (sha256) what they read. RSS sampled every 0.2 s from /proc (sum "
-                       f"of both workers); VmHWM reset just before the crowd. Fast clients: curl, {fast} at once, "
-                       f"during the stall; alone: median of {runs}. Open-file limit {limit}. Targets (issue 16): "
-                       "10,000 slow downloads all complete byte-correct, peak RSS ≤ budget + baseline (e.g. ≤ 512 "
-                       "MiB per worker), fast clients near full speed.")
+    table.notes.append(
+        f"client: asyncio raw sockets with a {_size(receive_buffer)} receive buffer (SO_RCVBUF), each reads the "
+        f"head and 4 KiB of body; once all have, they stall {stall:g} s (the fast clients run "
+        f"{min(5.0, stall / 2):g} s into it), then drain with the buffer raised to 256 KiB (the window scale stays "
+        "as set at connect: a 4 KiB buffer means 2 KiB segments and a 64 KiB window, so the drain is slow), "
+        "hashing (sha256) what they read. RSS sampled every 0.2 s from /proc (sum of both workers); VmHWM reset "
+        f"just before the crowd. Fast clients: curl, {fast} at once, during the stall; alone: median of {runs}. "
+        f"Open-file limit {limit}. Targets (issue 16): 10,000 slow downloads all complete byte-correct, peak RSS "
+        "≤ budget + baseline (e.g. ≤ 512 MiB per worker), fast clients near full speed.")
     return table
 
 
