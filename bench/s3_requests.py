@@ -69,7 +69,7 @@ def s3_requests(tmp: Path, runs: int, count: int, size: int, latency: float, par
         for key in keys:
             client.put_object(Bucket=bucket, Key=key, Body=os.urandom(size))
         settings = {**CREDENTIALS, "AWS_ENDPOINT_URL": delayed.base_url, "FS_INTERFACES": "s3,https",
-                    "S3_PATH_STYLE": "true", **env}
+                    "S3_PATH_STYLE": "true", "S3_BUCKETS": bucket, **env}
         srcs = [f"s3://{bucket}/{key}" for key in keys]
         body = json_body(tmp, srcs)
         with service(tmp, settings) as server, requests.Session() as session:
