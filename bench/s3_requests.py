@@ -16,7 +16,7 @@ from botocore.config import Config
 from tests.support.moto import REGION
 from tests.support.nginx import Nginx
 
-from .harness import Table, curl, interleaved, json_body, service
+from .harness import Table, curl, interleaved, json_body, service, time_to_first_byte
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": REGION,
                "AWS_REGION": REGION}
@@ -78,15 +78,18 @@ def s3_requests(tmp: Path, runs: int, count: int, size: int, latency: float, par
             url = server.url(f"/{response.json()['id']}")
             curl(url)  # warm-up: connections, clients
 
+            one_off = server.url("/bundle")
+
             def counted(action: str) -> dict[str, float]:
                 before = delayed.requests_served()
-                fetched = curl(url) if action == "get" else curl(server.url("/bundle"), post_json=body)
-                return {"first": fetched.first_byte, "s": fetched.wall,
-                        "requests": delayed.requests_served() - before}
+                fetched = curl(url) if action == "get" else curl(one_off, post_json=body)
+                return {"s": fetched.wall, "requests": delayed.requests_served() - before}
 
             got = interleaved(runs, {
                 "get": lambda: counted("get"),
                 "post": lambda: counted("post"),
+                "get first": lambda: {"first": time_to_first_byte(url)},
+                "post first": lambda: {"first": time_to_first_byte(one_off, post_json=body)},
                 "limit": lambda: {"s": _get_all(delayed.base_url, bucket, keys, parallel)},
                 "moto": lambda: {"s": _get_all(direct, bucket, keys, parallel)},
                 "proxy0": lambda: {"s": _get_all(zero.base_url, bucket, keys, parallel)},
@@ -98,9 +101,10 @@ def s3_requests(tmp: Path, runs: int, count: int, size: int, latency: float, par
     limit = got["limit"]["s"]
     table.add(f"limit: GetObject each ({ms})", 1, "-", limit, limit, "1x")
     for name, label in (("get", "GET /:id (stored zip)"), ("post", "POST /bundle")):
-        table.add(label, got[name]["requests"] / count, got[name]["first"], got[name]["s"], limit,
+        table.add(label, got[name]["requests"] / count, got[f"{name} first"]["first"], got[name]["s"], limit,
                   f"{got[name]['s'] / limit:.2f}x")
-    table.notes.append(f"median of {runs} interleaved runs after one warm-up; client: curl; the limit's client: "
+    table.notes.append(f"median of {runs} interleaved runs after one warm-up; client: curl (first byte: "
+                       "http.client, a request of its own that hangs up at the status line); the limit's client: "
                        f"boto3 GetObject from {parallel} threads. S3 requests counted by nginx (stub_status) in "
                        "front of moto server (ThreadedMotoServer on 127.0.0.1), latency added by nginx's echo "
                        f"module. The proxy's own cost: GetObject of every object, {parallel} at once, straight "
