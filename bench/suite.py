@@ -1,4 +1,4 @@
-"""The benchmarks B1-B6 (README, Performance); each starts its own upstream and service and returns a Table."""
+"""The benchmarks B1-B8 (README, Performance); each starts its own upstream (nginx) and service and returns a Table."""
 
 from __future__ import annotations
 
