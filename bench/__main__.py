@@ -8,7 +8,7 @@ every timed table reports, beside the service's time, the limit it is measured a
 
 The default run keeps most sizes moderate (several minutes on 2 cores); `--small` is a smoke test (about
 a minute); `--full` uses the full sizes (2 x 1 GiB, a 5 GiB member, 10,000 concurrent downloads, 10,000
-slow clients of 3 x 8 MiB).
+slow clients of 3 x 8 MiB: B8 then drains 240 GB through the loopback, which takes long).
 """
 
 from __future__ import annotations
@@ -35,7 +35,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", default=",".join(ALL), help="comma-separated benchmarks (default: all)")
     parser.add_argument("--full", action="store_true",
-                        help="full sizes: 2 x 1 GiB, a 5 GiB member, 10,000 files, 10,000 downloads (~5 min)")
+                        help="full sizes: 2 x 1 GiB, a 5 GiB member, 10,000 files, 10,000 downloads, 10,000 slow "
+                             "clients of 3 x 8 MiB (B8 alone then drains 240 GB: long; --b8-rcvbuf 65536 drains "
+                             "faster)")
     parser.add_argument("--runs", type=int, default=3, help="runs per measurement; the median is reported")
     parser.add_argument("--tmp", type=Path, default=None,
                         help="directory for test files (kept between runs; default: a temporary one)")
