@@ -11,7 +11,6 @@ Gone means EOF or a reset. Readable bytes are not: the client may have pipelined
 
 from __future__ import annotations
 
-import _socket
 import contextlib
 import logging
 import socket
@@ -21,6 +20,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from .deadline import Deadline
+from .peek import peek
 
 log = logging.getLogger(__name__)
 
@@ -28,24 +28,11 @@ INTERVAL = 0.25  # seconds between looks: pre-flight stops well within a second 
 
 
 def client_gone(sock: socket.socket) -> bool:
-    """True if the peer closed or reset the connection; never blocks, never consumes a byte.
-
-    One non-blocking `recv(1, MSG_PEEK | MSG_DONTWAIT)` on the raw descriptor: no `select()`, which
-    refuses descriptors from 1024 up (FD_SETSIZE) — a worker holding that many connections took
-    every live client for gone — and not through gevent's socket, which would wait for a byte.
-    """
+    """True if the peer closed or reset the connection; never blocks, never consumes a byte."""
     try:
-        raw = _socket.socket(fileno=sock.fileno())
+        return peek(sock.fileno()) == b""  # None: nothing to read; a byte: a pipelined request
     except OSError:
-        return True  # already closed
-    try:
-        return raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-    except BlockingIOError:
-        return False  # nothing to read: still connected
-    except OSError:
-        return True  # reset
-    finally:
-        raw.detach()  # the descriptor stays the connection's own
+        return True  # reset, or the socket is already closed
 
 
 @contextlib.contextmanager
