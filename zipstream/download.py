@@ -132,7 +132,8 @@ def entry_names(files: Sequence[FileRef], stats: Sequence[Sequence[SourceInfo]])
                 name = safe_name(ref.dst)
             else:
                 name = safe_name(info.name)
-            names.append(name or safe_name(info.src.split("://", 1)[-1]) or "file")
+            # A dst that leaves nothing once made safe ("", "..", "/") means the src's default name.
+            names.append(name or safe_name(info.name) or safe_name(info.src.split("://", 1)[-1]) or "file")
     return unique_names(names)
 
 
