@@ -26,7 +26,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from werkzeug.http import parse_options_header
 
-from zipstream import create_app
+from zipstream import create_app, names
 from zipstream.config import Config
 from zipstream.models import Bundle, FileRef
 from zipstream.names import UniqueNames, download_filename, safe_name, unique_names
@@ -240,7 +240,8 @@ def _assert_extractable(result: list[str]) -> None:
     (["d/x", "d"], ["d/x", "d (1)"]),
     (["d", "d (1)", "d/x"], ["d", "d (1)", "d (2)/x"]),
     (["a/b", "a/b/c"], ["a/b", "a/b (1)/c"]),
-    (["a/b", "A/B"], ["a/b", "A/B (1)"]),
+    (["a/b", "A/B"], ["a/b", "a/B (1)"]),  # a folder keeps its first spelling
+    (["Docs/a.txt", "docs/b.txt", "DOCS/x/y"], ["Docs/a.txt", "Docs/b.txt", "Docs/x/y"]),
 ])
 def test_unique_names(given_names: list[str], expected: list[str]) -> None:
     assert unique_names(given_names) == expected
@@ -453,6 +454,30 @@ def test_stored_bundle_over_max_files_is_413_before_any_source_is_asked(
     assert after.delete(url).status_code == 200
 
 
+def test_expansion_past_max_files_is_413_before_any_name_is_made(make_config: Callable[..., Config],
+                                                                 tmp_path: Path) -> None:
+    folder = tmp_path / "root" / "many"
+    folder.mkdir(parents=True)
+    for i in range(5):
+        (folder / f"{i}.txt").write_bytes(b"x")
+    config = make_config(FS_INTERFACES="file", FILE_ROOT=str(tmp_path / "root"), MAX_FILES="3")
+    client = create_app(config).test_client()
+    named: list[str] = []
+
+    def profile(frame: Any, event: str, _arg: Any) -> None:
+        if event == "call" and frame.f_code.co_filename == names.__file__:
+            named.append(frame.f_code.co_name)
+
+    sys.setprofile(profile)
+    try:
+        response = client.post("/bundle", json={"files": [{"src": "file:///many/"}]})
+    finally:
+        sys.setprofile(None)
+    assert response.status_code == 413, response.data
+    assert "expands to 5 files" in response.json["error"]["message"]
+    assert "safe_name" not in named and "add" not in named
+
+
 # -- real extractors ---------------------------------------------------------------------------------
 
 _RUN = uuid.uuid4().hex[:12]
@@ -522,3 +547,60 @@ def _walk(root: Path) -> list[Path]:
         dirs.sort()
         found.extend(Path(current) / name for name in sorted([*dirs, *filenames]))
     return found
+
+
+# -- unique_names against a plain reference --------------------------------------------------------
+
+
+def _reference_unique_names(given_names: list[str]) -> list[str]:
+    """The rules of UniqueNames, written plainly (a node per folder, numbers tried from 1)."""
+    nodes: dict[tuple[int, str], int] = {}  # (parent id, key) -> -1 for a file, else the folder's id
+    spelled: dict[int, str] = {}  # folder id -> the name it was first given
+    moved: dict[tuple[int, str], int] = {}  # a file's (parent id, key) -> the folder paths through it take
+    files: dict[tuple[int, str], str] = {}  # a file's (parent id, key) -> its name
+
+    def key(segment: str) -> str:
+        return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", segment).casefold())
+
+    def numbered(parent: int, stem: str, ext: str) -> str:
+        number = 1
+        while (parent, key(f"{stem} ({number}){ext}")) in nodes:
+            number += 1
+        return f"{stem} ({number}){ext}"
+
+    def new_folder(parent: int, segment: str) -> int:
+        folder = nodes[(parent, key(segment))] = len(nodes) + 1
+        spelled[folder] = segment
+        return folder
+
+    result = []
+    for name in given_names:
+        *folders, leaf = name.split("/")
+        parent, path = 0, []
+        for segment in folders:
+            at = (parent, key(segment))
+            if nodes.get(at) == -1:
+                if at not in moved:
+                    moved[at] = new_folder(parent, numbered(parent, files[at], ""))
+                parent = moved[at]
+            else:
+                parent = nodes[at] if at in nodes else new_folder(parent, segment)
+            path.append(spelled[parent])
+        if (parent, key(leaf)) in nodes:
+            leaf = numbered(parent, *names._split_extension(leaf))
+        nodes[(parent, key(leaf))] = -1
+        files[(parent, key(leaf))] = leaf
+        result.append("/".join([*path, leaf]))
+    return result
+
+
+_PATHS = st.lists(st.lists(st.sampled_from(["a", "A", "b", "a (1)", "a (2)", "c.txt", "C.TXT", "c (1).txt", "ß", "ss"]),
+                           min_size=1, max_size=12).map("/".join), max_size=30)
+
+
+@settings(max_examples=600, deadline=None)
+@given(given_names=_PATHS, walk_budget=st.sampled_from([names.WALK_BUDGET, 1, 2]))
+def test_unique_names_match_the_plain_rules(given_names: list[str], walk_budget: int) -> None:
+    # A small walk budget makes every lookup start from a known folder near the end of its path.
+    unique = UniqueNames(walk_budget)
+    assert [unique.add(name) for name in given_names] == _reference_unique_names(given_names)
