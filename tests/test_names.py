@@ -147,9 +147,7 @@ def _assert_safe(name: str) -> None:
         assert char not in "\u2215\u2044\u29f8\u2216\u29f5\u29f9\u00a5\u20a9\u2236\ua789", (name, char)
     for segment in name.split("/"):
         assert segment and segment == segment.strip() and not segment.endswith((".", " ")), (name, segment)
-        base = segment.partition(".")[0].rstrip(" ").upper()
-        assert base not in {"CON", "PRN", "AUX", "NUL"} and not (
-            base[:3] in ("COM", "LPT") and len(base) == 4 and base[3].isdigit()), (name, segment)
+        assert segment.partition(".")[0].rstrip(" ").upper() not in names.RESERVED_NAMES, (name, segment)
     assert safe_name(name) == name  # idempotent
 
 
@@ -222,6 +220,18 @@ def _assert_extractable(result: list[str]) -> None:
     folders = {key.rsplit("/", depth)[0] for key in files for depth in range(1, key.count("/") + 1)}
     assert len(set(files)) == len(files)
     assert not set(files) & folders
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(_HOSTILE_ALPHABET, max_size=30) | st.text(max_size=30))
+def test_download_filename_invariants_hold_for_any_input(raw: str) -> None:
+    shown = download_filename(raw)
+    if shown:
+        assert shown.lower().endswith(".zip") and not shown.startswith((".", " ")) and shown == shown.strip()
+        assert not {"/", "\\"} & set(shown)
+        assert all(unicodedata.category(char) not in ("Cc", "Cf", "Zl", "Zp", "Cs") for char in shown)
+        assert shown.partition(".")[0].rstrip(" ").upper() not in names.RESERVED_NAMES
+        assert download_filename(shown) == shown
 
 
 # -- unique_names: semantics ---------------------------------------------------------------------

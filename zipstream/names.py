@@ -60,8 +60,8 @@ _SEGMENT_EDGES = re.compile(r"(?<![.\s])(?:[.\s]*+/)++\s*+")
 _DRIVES = re.compile(r"(?:[A-Za-z]:[\s/]*+)++")
 
 
-# Which sets of segments' edges need trimming can be told by a few substrings (after _clean_text the
-# only whitespace is " " and U+1680): without them, _SEGMENT_EDGES has nothing to do.
+# Whether any segment needs trimming shows in a few substrings of "/" + path + "/" (after _clean_text
+# the only whitespace left is " " and U+1680): without them, _SEGMENT_EDGES has nothing to do.
 _EDGE_MARKS = ("//", "/.", "./", " /", "/ ", "\u1680")
 
 
