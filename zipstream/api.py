@@ -266,9 +266,9 @@ def _refuse_resume(start: int, etag: str) -> Response:
 def _prepare(files: tuple[FileRef, ...] | list[FileRef], filename: str, compression: str,
              created_at: int) -> PreparedZip:
     # A bundle stored before MAX_FILES was lowered: refused before any source is asked or named.
-    if len(files) > _config().max_files:
-        raise LimitExceeded(f"the bundle holds {len(files)} files; at most {_config().max_files} are allowed "
-                            f"(MAX_FILES)", limit="MAX_FILES")
+    if len(files) > (limit := _config().max_files):
+        raise LimitExceeded(f"the bundle holds {len(files)} files; at most {limit} are allowed (MAX_FILES)",
+                            limit="MAX_FILES")
     # Only a request for the whole zip lets pre-flight keep small files' bytes for the stream (not a
     # HEAD, a range, or a conditional request that may well end in 304).
     hold = request.method != "HEAD" and not {"Range", "If-None-Match"} & set(request.headers.keys())
