@@ -135,6 +135,10 @@ def test_upstream_5xx_is_502(client: FlaskClient, files: dict[str, str], upstrea
     ({"files": [{"src": "https://x/y"}], "compression": "lzma"}, 422, "compression"),
     ({"files": "nope"}, 422, "files"),
     ({"files": [{"src": "https://x/y", "crc32": -1}]}, 422, "files"),
+    # urlsplit raises on an unbalanced "[" or "]" in the host: was a 500
+    ({"files": [{"src": "https://[x/y"}]}, 422, "files"),
+    ({"files": [{"src": "https://[::1/y"}]}, 422, "files"),
+    ({"files": [{"src": "http://a]b/"}]}, 422, "files"),
 ])
 def test_invalid_bodies_get_field_errors(client: FlaskClient, body: dict[str, object], status: int,
                                          field: str) -> None:

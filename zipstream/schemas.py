@@ -70,7 +70,10 @@ class FileRefSchema(Schema):
                 f"Longer than the maximum of {self.config.max_src_length} characters (MAX_SRC_LENGTH).")
         if any(ord(char) < 32 or ord(char) == 127 for char in value):
             raise ValidationError("Contains control characters.")
-        scheme = urlsplit(value).scheme.lower()
+        try:
+            scheme = urlsplit(value).scheme.lower()
+        except ValueError as error:  # "Invalid IPv6 URL": an unbalanced "[" or "]" in the host
+            raise ValidationError(f"Not a valid URL: {error}.") from None
         enabled = [s for backend in self.config.fs_interfaces for s in SCHEMES.get(backend, ())]
         if scheme not in enabled:
             raise ValidationError(
