@@ -16,6 +16,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 
 from . import cooperative, disconnect, metrics, ranges
 from .auth import bearer_matches
+from .chunks import close_iterator
 from .config import Config
 from .deadline import Deadline
 from .download import PreparedZip, prepare
@@ -239,9 +240,7 @@ def _after(first: list[bytes], chunks: Iterator[bytes]) -> Iterator[bytes]:
         yield from first
         yield from chunks
     finally:
-        close = getattr(chunks, "close", None)
-        if close is not None:
-            close()
+        close_iterator(chunks)
 
 
 def _refuse_resume(start: int, etag: str) -> Response:

@@ -9,6 +9,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
+from .chunks import close_iterator
+
 T = TypeVar("T")
 
 log = logging.getLogger(__name__)
@@ -96,6 +98,4 @@ def yielding(chunks: Iterator[bytes]) -> Iterator[bytes]:
                 time.sleep(0)
                 due = clock() + SWITCH_INTERVAL
     finally:
-        close = getattr(chunks, "close", None)
-        if close is not None:
-            close()
+        close_iterator(chunks)

@@ -18,6 +18,7 @@ from functools import cached_property
 
 from . import cooperative
 from .archive import Entry, ZipPlan, clamp_time, deflate_stream
+from .chunks import close_iterator
 from .config import Config
 from .deadline import Deadline
 from .errors import (
@@ -235,9 +236,7 @@ class PreparedZip:
                                         limit="MAX_BUNDLE_BYTES")
                 yield chunk
         finally:
-            close = getattr(chunks, "close", None)
-            if close is not None:
-                close()
+            close_iterator(chunks)
 
     def _open_yielding(self, index: int, start: int) -> Iterator[bytes]:
         """Member chunks with a greenlet switch after each: stream-zip can deflate many input chunks

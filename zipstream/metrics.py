@@ -26,6 +26,7 @@ from prometheus_client import (
 from prometheus_client import generate_latest as _generate_latest
 
 from .auth import bearer_matches
+from .chunks import close_iterator
 from .errors import StreamAborted, Unauthorized
 
 bp = Blueprint("metrics", __name__)
@@ -94,9 +95,7 @@ def track_download(
         raise
     finally:
         IN_FLIGHT.dec()
-        close = getattr(chunks, "close", None)
-        if close is not None:
-            close()
+        close_iterator(chunks)
         if outcome == "completed":
             DOWNLOADS_COMPLETED.labels(kind).inc()
         else:

@@ -15,15 +15,13 @@ from typing import Protocol
 from urllib.parse import urlsplit
 
 from .. import metrics
+from ..chunks import close_iterator
 from ..config import Config
 from ..deadline import Deadline
 from ..errors import SourceChanged, SourceError, SourceInterrupted, SourceRefused
 from .held import Head, HoldBudget, Holding
 
 log = logging.getLogger(__name__)
-
-# Read size for every upstream body: large enough that per-chunk Python work is negligible.
-CHUNK_SIZE = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -215,9 +213,7 @@ class Sources:
                     raise
                 log.warning("re-opening %s at byte %d after: %s", info.src, position, error.reason)
             finally:
-                close = getattr(body, "close", None)
-                if close is not None:
-                    close()
+                close_iterator(body)
 
 
 def _reread(info: SourceInfo, error: SourceChanged, rereads: int) -> SourceInfo:

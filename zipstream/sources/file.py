@@ -21,10 +21,11 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from urllib.parse import unquote, urlsplit
 
+from ..chunks import CHUNK_SIZE
 from ..config import Config
 from ..deadline import Deadline
 from ..errors import SourceChanged, SourceError, SourceNotFound, SourceRefused
-from . import CHUNK_SIZE, SourceInfo
+from . import SourceInfo
 from .held import Holding
 
 log = logging.getLogger(__name__)

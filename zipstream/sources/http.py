@@ -17,6 +17,7 @@ from requests.adapters import HTTPAdapter
 from requests.utils import requote_uri
 
 from .. import metrics
+from ..chunks import CHUNK_SIZE
 from ..config import Config
 from ..deadline import Deadline, current, shut
 from ..errors import (
@@ -31,7 +32,7 @@ from ..errors import (
 from ..names import name_from_src
 from ..numbers import NotANumber, NumberTooLarge, is_digits, parse_digits
 from ..numbers import http_date as _http_date
-from . import CHUNK_SIZE, SourceInfo
+from . import SourceInfo
 from .held import Holding
 from .netguard import AddressRefused, Policy, guarded_pool_manager, literal_address, unusual_literal
 
