@@ -16,9 +16,9 @@ import pytest
 from zipstream.config import Config, ConfigError
 from zipstream.deadline import Deadline
 from zipstream.disconnect import client_gone
-from zipstream.download import preflight
 from zipstream.errors import ClientGone, SourceError, SourceNotFound, SourcesFailed, SourceTimeout
 from zipstream.models import FileRef
+from zipstream.preflight import preflight
 from zipstream.sources import build_sources
 
 from .support.upstream import UpstreamServer

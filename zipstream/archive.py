@@ -86,6 +86,12 @@ crc32_combine: Callable[[int, int, int], int] = getattr(_zlib, "crc32_combine", 
 DEFLATE_LEVEL = 6
 # Bumped whenever the bytes written for the same members change, so old ETags stop matching.
 FORMAT_VERSION = 2  # 2: ZIP64 end records at the sentinel edges, classic record disk 0 (issue 12)
+# stream-zip's `chunk_size` is not a read size: it is how much deflated output stream-zip gathers
+# before it yields any, so the deflate path's first byte waits for that much (and until the first
+# byte a failing source is still a JSON 502, after it a cut connection). A quarter of CHUNK_SIZE:
+# the deflate path's first byte comes as soon as it did before chunks.CHUNK_SIZE was one size
+# (tests/test_download_live.py::test_upstream_dying_mid_file_cuts_the_download[deflate]).
+DEFLATE_BLOCK = CHUNK_SIZE // 4
 FILE_MODE = stat.S_IFREG | 0o644
 _DOS_EPOCH = datetime(1980, 1, 1, tzinfo=UTC)
 _UNIX_EXTRA_MAX = 2**31 - 1
@@ -507,7 +513,7 @@ def deflate_stream(entries: list[Entry], open_member: OpenMember) -> Iterator[by
             yield entry.name, entry.modified_at, FILE_MODE, method, _checked(entry, open_member(index, 0))
 
     yield from _corrected_end_records(
-        stream_zip(members(), chunk_size=CHUNK_SIZE, get_compressobj=_compressobj), len(entries)
+        stream_zip(members(), chunk_size=DEFLATE_BLOCK, get_compressobj=_compressobj), len(entries)
     )
 
 
@@ -548,7 +554,7 @@ def _corrected_end_records(chunks: Iterable[bytes], count: int) -> Iterator[byte
                 held = chunk
             else:
                 held += chunk
-                if len(held) > CHUNK_SIZE:
+                if len(held) > DEFLATE_BLOCK:
                     yield held[:-_END_MAX]
                     emitted += len(held) - _END_MAX
                     held = held[-_END_MAX:]
