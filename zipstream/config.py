@@ -127,7 +127,8 @@ def _filestores(name: str, raw: str) -> tuple[str, ...]:
 
 def _table_name(name: str, raw: str) -> str:
     value = raw.strip()
-    if not value.replace("_", "").replace("-", "").replace(".", "").isalnum():
+    # ASCII only: str.isalnum() is true for full-width letters or CJK, which DynamoDB refuses at every call.
+    if not (value.isascii() and value.replace("_", "").replace("-", "").replace(".", "").isalnum()):
         raise ConfigError(f"{name} may only hold letters, digits, '_', '-' and '.', not {value!r}")
     return value
 
