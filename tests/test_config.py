@@ -399,7 +399,7 @@ def test_the_app_holds_its_config(tmp_path: Path) -> None:
 # -- the README's configuration table: the declared names, with the declared defaults --
 
 # Rows the README has yet to take from /work/notes/R4-readme.md: empty this set when it has.
-README_PENDING = {"HEADER_TIMEOUT", "ZIPSTREAM_URL", "S3_PATH_STYLE", "S3_MAX_POOL"}
+README_PENDING = {"ZIPSTREAM_URL", "S3_MAX_POOL"}
 
 
 def readme_defaults() -> dict[str, str]:
