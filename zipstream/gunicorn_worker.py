@@ -36,6 +36,7 @@ import gevent
 from gunicorn.workers.ggevent import GeventWorker as _GeventWorker
 
 from .config import HEADER_TIMEOUT
+from .peek import peek
 
 # How often a worker looks whether it was told to stop; the base worker's own loop sleeps 1 s.
 _STOP_POLL_SECONDS = 0.25
@@ -140,7 +141,17 @@ class _HeadDeadline:
         self.timer = self.loop.timer(self.idle)
         self.timer.start(self._expire)
         self.readable = self.loop.io(self.sock.fileno(), 1)  # 1: readable
-        self.readable.start(self._first_byte)
+        # Bytes that came while the last response was finishing are read at once, without a trip
+        # through the hub, so the watcher would never see them: the head's clock starts now. (What
+        # lands between this look and that read still waits `idle`.)
+        try:
+            waiting = peek(self.sock.fileno())
+        except OSError:
+            waiting = None
+        if waiting:
+            self._first_byte()
+        else:
+            self.readable.start(self._first_byte)
         return self
 
     def _first_byte(self) -> None:  # in the hub
