@@ -10,7 +10,7 @@ from flask.testing import FlaskClient
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from zipstream import create_app
+from zipstream import create_app, ranges
 from zipstream.config import Config
 from zipstream.errors import RangeNotSatisfiable
 from zipstream.ranges import if_match, if_range_matches, none_match, parse_range
@@ -68,6 +68,14 @@ ETAG = '"zs1-abc"'
 ])
 def test_if_range(header: str | None, matches: bool) -> None:
     assert if_range_matches(header, ETAG) is matches
+
+
+def test_if_range_rules() -> None:
+    assert ranges.if_range_matches(None, '"a"')
+    assert ranges.if_range_matches('"a"', '"a"')
+    assert not ranges.if_range_matches('"b"', '"a"')
+    assert not ranges.if_range_matches('W/"a"', '"a"')
+    assert not ranges.if_range_matches("Tue, 14 Nov 2023 22:13:20 GMT", '"a"')
 
 
 @pytest.mark.parametrize(("header", "etag", "allowed"), [
