@@ -1,5 +1,7 @@
-"""The HTTP API (the Node ZipStream's routes). A download: validate -> load the bundle -> prepare (download.py)
--> ZipResponse (response.py)."""
+"""The HTTP API (the Node ZipStream's routes).
+
+A download: validate -> load the bundle -> prepare (download.py) -> ZipResponse (response.py).
+"""
 
 from __future__ import annotations
 
@@ -41,6 +43,7 @@ from .sources import Sources
 
 log = logging.getLogger(__name__)
 bp = Blueprint("api", __name__)
+
 
 def _config() -> Config:
     return get_config()
