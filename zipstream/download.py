@@ -99,9 +99,9 @@ def _known(plan: Plan, cache: CrcCache | None) -> Known:
     """
     if plan.layout is None or cache is None:
         return Known()
-    identities = [info.identity() for index, info in enumerate(plan.infos)
-                  if info.validated and plan.entries[index].crc32 is None]
-    srcs = [info.src for info in plan.infos if info.validated]
+    identities = list(dict.fromkeys(info.identity() for index, info in enumerate(plan.infos)
+                                    if info.validated and plan.entries[index].crc32 is None))
+    srcs = list(dict.fromkeys(info.src for info in plan.infos if info.validated))
     try:
         return cache.known(identities, srcs, plan.etag)
     except SchemaNotReady:
