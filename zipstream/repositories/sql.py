@@ -8,14 +8,23 @@ import threading
 import time
 import weakref
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
 from ..errors import LimitExceeded, SchemaNotReady, ServiceUnavailable
 from ..models import Bundle, FileRef
-from . import MigrationsMissing, SchemaConflict, SchemaError, SchemaState
+from .contract import (
+    CACHE_LIFETIME,
+    Known,
+    MigrationsMissing,
+    SchemaConflict,
+    SchemaError,
+    SchemaState,
+    src_key,
+    version_key,
+)
 
 # The repository's top-level migrations/ folder; setup.py maps it into the package as
 # `zipstream.migrations`, so a wheel carries it. This path only exists in a checkout.
@@ -55,7 +64,6 @@ def migration_scripts(table: str) -> list[tuple[str, str]]:
     return [(name, script.replace("{table}", table)) for name, script in _shipped_scripts()]
 
 
-CRC_MAX_AGE = 30 * 24 * 3600  # seconds a learned CRC-32 is kept by purge-expired
 # purge-expired deletes in batches, each its own short write transaction, so the service keeps
 # writing in between: at most this many bundles, and (bundles being up to MAX_FILES files) at most
 # about this many file rows, per batch.
@@ -68,7 +76,14 @@ _SCHEMA_COLUMNS = (
     ("{t}", _EXPECTED_COLUMNS),
     ("{t}_files", "bundle_id, position, src, dst, crc32"),
     ("{t}_crcs", "identity, crc32, learned_at"),
+    ("{t}_served", "version_sha256, delivered, recorded_at"),
+    ("{t}_unstable", "src_sha256, marked_at"),
 )
+# Every table a migrated database holds, as suffixes of TABLE_NAME, those that refer to others first.
+TABLE_SUFFIXES = ("_files", "_crcs", "_served", "_unstable", "_migrations", "")
+# The download cache's tables and the column saying when each record was last written (purge-expired).
+_CACHE_TABLES = (("{t}_crcs", "identity", "learned_at"), ("{t}_served", "version_sha256", "recorded_at"),
+                 ("{t}_unstable", "src_sha256", "marked_at"))
 
 
 class _BundleLock:
@@ -80,10 +95,12 @@ class _BundleLock:
 
 
 class SqlRepository(ABC):
-    """Bundles in two tables: `{table}` (one row a bundle) and `{table}_files` (one row a file)."""
+    """Bundles in two tables, `{table}` (one row a bundle) and `{table}_files` (one row a file); the
+    download cache in `{table}_crcs`, `{table}_served` and `{table}_unstable` (migrations/)."""
 
     placeholder = "?"
     timeout = 5.0  # seconds; the backends set theirs (DB_TIMEOUT)
+    migrate_on_start = False
 
     def __init__(self, table: str) -> None:
         self.table = table
@@ -344,33 +361,49 @@ class SqlRepository(ABC):
             if len(rows) < PURGE_BATCH_BUNDLES and len(ids) == len(rows):
                 break
             self._between_batches(time.monotonic() - started)
-        # Learned CRC-32s are a cache: forget those learned over 30 days ago, as DynamoDB's TTL does
-        # for its copy (a download needing one again just reads the file).
-        while True:
-            started = time.monotonic()
-            with self.transaction() as cursor:
-                cursor.execute(
-                    self._sql("DELETE FROM {t}_crcs WHERE identity IN"
-                              " (SELECT identity FROM {t}_crcs WHERE learned_at <= ? LIMIT ?)"),
-                    (now - CRC_MAX_AGE, PURGE_BATCH_FILES),
-                )
-                forgotten = int(cursor.rowcount)
-            if forgotten < PURGE_BATCH_FILES:
-                break
-            self._between_batches(time.monotonic() - started)
+        # The download cache: forget records last written over CACHE_LIFETIME ago, as DynamoDB's TTL
+        # does for its copy (a download needing one again just reads the file, or refuses a resume).
+        for table, key, written in _CACHE_TABLES:
+            while True:
+                started = time.monotonic()
+                with self.transaction() as cursor:
+                    cursor.execute(
+                        self._sql(f"DELETE FROM {table} WHERE {key} IN"  # noqa: S608 - constants
+                                  f" (SELECT {key} FROM {table} WHERE {written} <= ? LIMIT ?)"),
+                        (now - CACHE_LIFETIME, PURGE_BATCH_FILES),
+                    )
+                    forgotten = int(cursor.rowcount)
+                if forgotten < PURGE_BATCH_FILES:
+                    break
+                self._between_batches(time.monotonic() - started)
         self._reclaim_space()
         return removed
 
-    def get_crcs(self, identities: Sequence[str]) -> dict[str, int]:
-        found: dict[str, int] = {}
-        with self.transaction(write=False) as cursor:
-            for batch in _batches(list(identities), 500):
-                marks = ", ".join("?" for _ in batch)
+    # -- the download cache (CrcCache) ------------------------------------------------------------
+
+    def known(self, identities: Collection[str], srcs: Collection[str], version: str | None) -> Known:
+        if not identities and not srcs and version is None:
+            return Known()
+        by_key = {src_key(src): src for src in srcs}
+        crcs: dict[str, int] = {}
+        unstable: set[str] = set()
+        delivered = 0
+        with self.transaction(write=False) as cursor:  # one snapshot of the three
+            for batch in _batches(list(dict.fromkeys(identities)), 500):
                 # Only "?" placeholders are interpolated; the values travel as parameters.
-                query = f"SELECT identity, crc32 FROM {{t}}_crcs WHERE identity IN ({marks})"  # noqa: S608
+                query = f"SELECT identity, crc32 FROM {{t}}_crcs WHERE identity IN ({_marks(batch)})"  # noqa: S608
                 cursor.execute(self._sql(query), batch)
-                found.update({identity: int(crc) for identity, crc in cursor.fetchall()})
-        return found
+                crcs.update({identity: int(crc) for identity, crc in cursor.fetchall()})
+            for batch in _batches(list(by_key), 500):
+                query = f"SELECT src_sha256 FROM {{t}}_unstable WHERE src_sha256 IN ({_marks(batch)})"  # noqa: S608
+                cursor.execute(self._sql(query), batch)
+                unstable.update(by_key[key] for (key,) in cursor.fetchall())
+            if version is not None:
+                cursor.execute(self._sql("SELECT delivered FROM {t}_served WHERE version_sha256 = ?"),
+                               (version_key(version),))
+                row = cursor.fetchone()
+                delivered = int(row[0]) if row is not None else 0
+        return Known(crcs=crcs, delivered=delivered, unstable=frozenset(unstable))
 
     def put_crcs(self, crcs: Mapping[str, int]) -> None:
         if not crcs:
@@ -385,12 +418,39 @@ class SqlRepository(ABC):
                 [(identity, crc, now) for identity, crc in sorted(crcs.items())],
             )
 
+    def mark_served(self, version: str, delivered: int) -> None:
+        # One statement: the row lock (Postgres) / the write lock (SQLite) orders concurrent marks, and
+        # the WHERE is checked against the row as it is then, so the largest one stays.
+        with self.transaction() as cursor:
+            cursor.execute(
+                self._sql(
+                    "INSERT INTO {t}_served (version_sha256, delivered, recorded_at) VALUES (?, ?, ?)"
+                    " ON CONFLICT (version_sha256) DO UPDATE SET delivered = excluded.delivered,"
+                    " recorded_at = excluded.recorded_at WHERE {t}_served.delivered < excluded.delivered"
+                ),
+                (version_key(version), delivered, int(time.time())),
+            )
+
+    def mark_unstable(self, src: str) -> None:
+        with self.transaction() as cursor:
+            cursor.execute(
+                self._sql(
+                    "INSERT INTO {t}_unstable (src_sha256, marked_at) VALUES (?, ?)"
+                    " ON CONFLICT (src_sha256) DO UPDATE SET marked_at = excluded.marked_at"
+                ),
+                (src_key(src), int(time.time())),
+            )
+
 
 def _statements(script: str) -> Iterator[str]:
     lines = [line for line in script.splitlines() if not line.strip().startswith("--")]
     for statement in "\n".join(lines).split(";"):
         if statement.strip():
             yield statement.strip()
+
+
+def _marks(batch: Sequence[str]) -> str:
+    return ", ".join("?" for _ in batch)
 
 
 def _batches(items: list[str], size: int) -> Iterator[list[str]]:
