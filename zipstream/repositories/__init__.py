@@ -2,7 +2,8 @@
 
     contract.py   BundleRepository, CrcCache (+ Known), Backend (construction); SchemaState, schema errors
     readiness.py  the 503 gate until the database answers and its schema is current
-    sql.py        the SQL both relational backends share; sqlite.py and postgres.py, their connections
+    sql.py        the SQL both relational backends share (sql_cache.py: the cache's); sqlite.py and
+                  postgres.py, their connections
     dynamodb/     the DynamoDB backend
 
 As flaskr's db.py: `init_app(app, config)` builds the backend into the app, and `get_repository()` /

@@ -7,24 +7,16 @@ import importlib.resources
 import threading
 import time
 import weakref
-from abc import ABC, abstractmethod
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from abc import abstractmethod
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
 from ..errors import LimitExceeded, SchemaNotReady, ServiceUnavailable
 from ..models import Bundle, FileRef
-from .contract import (
-    CACHE_LIFETIME,
-    Known,
-    MigrationsMissing,
-    SchemaConflict,
-    SchemaError,
-    SchemaState,
-    src_key,
-    version_key,
-)
+from .contract import MigrationsMissing, SchemaConflict, SchemaError, SchemaState
+from .sql_cache import SqlCrcCache
 
 # The repository's top-level migrations/ folder; setup.py maps it into the package as
 # `zipstream.migrations`, so a wheel carries it. This path only exists in a checkout.
@@ -81,9 +73,6 @@ _SCHEMA_COLUMNS = (
 )
 # Every table a migrated database holds, as suffixes of TABLE_NAME, those that refer to others first.
 TABLE_SUFFIXES = ("_files", "_crcs", "_served", "_unstable", "_migrations", "")
-# The download cache's tables and the column saying when each record was last written (purge-expired).
-_CACHE_TABLES = (("{t}_crcs", "identity", "learned_at"), ("{t}_served", "version_sha256", "recorded_at"),
-                 ("{t}_unstable", "src_sha256", "marked_at"))
 
 
 class _BundleLock:
@@ -94,7 +83,7 @@ class _BundleLock:
         self.lock = threading.Lock()
 
 
-class SqlRepository(ABC):
+class SqlRepository(SqlCrcCache):
     """Bundles in two tables, `{table}` (one row a bundle) and `{table}_files` (one row a file); the
     download cache in `{table}_crcs`, `{table}_served` and `{table}_unstable` (migrations/)."""
 
@@ -361,85 +350,9 @@ class SqlRepository(ABC):
             if len(rows) < PURGE_BATCH_BUNDLES and len(ids) == len(rows):
                 break
             self._between_batches(time.monotonic() - started)
-        # The download cache: forget records last written over CACHE_LIFETIME ago, as DynamoDB's TTL
-        # does for its copy (a download needing one again just reads the file, or refuses a resume).
-        for table, key, written in _CACHE_TABLES:
-            while True:
-                started = time.monotonic()
-                with self.transaction() as cursor:
-                    cursor.execute(
-                        self._sql(f"DELETE FROM {table} WHERE {key} IN"  # noqa: S608 - constants
-                                  f" (SELECT {key} FROM {table} WHERE {written} <= ? LIMIT ?)"),
-                        (now - CACHE_LIFETIME, PURGE_BATCH_FILES),
-                    )
-                    forgotten = int(cursor.rowcount)
-                if forgotten < PURGE_BATCH_FILES:
-                    break
-                self._between_batches(time.monotonic() - started)
+        self._forget_cache(now)
         self._reclaim_space()
         return removed
-
-    # -- the download cache (CrcCache) ------------------------------------------------------------
-
-    def known(self, identities: Collection[str], srcs: Collection[str], version: str | None) -> Known:
-        if not identities and not srcs and version is None:
-            return Known()
-        by_key = {src_key(src): src for src in srcs}
-        crcs: dict[str, int] = {}
-        unstable: set[str] = set()
-        delivered = 0
-        with self.transaction(write=False) as cursor:  # one snapshot of the three
-            for batch in _batches(list(dict.fromkeys(identities)), 500):
-                # Only "?" placeholders are interpolated; the values travel as parameters.
-                query = f"SELECT identity, crc32 FROM {{t}}_crcs WHERE identity IN ({_marks(batch)})"  # noqa: S608
-                cursor.execute(self._sql(query), batch)
-                crcs.update({identity: int(crc) for identity, crc in cursor.fetchall()})
-            for batch in _batches(list(by_key), 500):
-                query = f"SELECT src_sha256 FROM {{t}}_unstable WHERE src_sha256 IN ({_marks(batch)})"  # noqa: S608
-                cursor.execute(self._sql(query), batch)
-                unstable.update(by_key[key] for (key,) in cursor.fetchall())
-            if version is not None:
-                cursor.execute(self._sql("SELECT delivered FROM {t}_served WHERE version_sha256 = ?"),
-                               (version_key(version),))
-                row = cursor.fetchone()
-                delivered = int(row[0]) if row is not None else 0
-        return Known(crcs=crcs, delivered=delivered, unstable=frozenset(unstable))
-
-    def put_crcs(self, crcs: Mapping[str, int]) -> None:
-        if not crcs:
-            return
-        now = int(time.time())
-        with self.transaction() as cursor:
-            cursor.executemany(
-                self._sql(
-                    "INSERT INTO {t}_crcs (identity, crc32, learned_at) VALUES (?, ?, ?)"
-                    " ON CONFLICT (identity) DO UPDATE SET crc32 = excluded.crc32, learned_at = excluded.learned_at"
-                ),
-                [(identity, crc, now) for identity, crc in sorted(crcs.items())],
-            )
-
-    def mark_served(self, version: str, delivered: int) -> None:
-        # One statement: the row lock (Postgres) / the write lock (SQLite) orders concurrent marks, and
-        # the WHERE is checked against the row as it is then, so the largest one stays.
-        with self.transaction() as cursor:
-            cursor.execute(
-                self._sql(
-                    "INSERT INTO {t}_served (version_sha256, delivered, recorded_at) VALUES (?, ?, ?)"
-                    " ON CONFLICT (version_sha256) DO UPDATE SET delivered = excluded.delivered,"
-                    " recorded_at = excluded.recorded_at WHERE {t}_served.delivered < excluded.delivered"
-                ),
-                (version_key(version), delivered, int(time.time())),
-            )
-
-    def mark_unstable(self, src: str) -> None:
-        with self.transaction() as cursor:
-            cursor.execute(
-                self._sql(
-                    "INSERT INTO {t}_unstable (src_sha256, marked_at) VALUES (?, ?)"
-                    " ON CONFLICT (src_sha256) DO UPDATE SET marked_at = excluded.marked_at"
-                ),
-                (src_key(src), int(time.time())),
-            )
 
 
 def _statements(script: str) -> Iterator[str]:
@@ -447,12 +360,3 @@ def _statements(script: str) -> Iterator[str]:
     for statement in "\n".join(lines).split(";"):
         if statement.strip():
             yield statement.strip()
-
-
-def _marks(batch: Sequence[str]) -> str:
-    return ", ".join("?" for _ in batch)
-
-
-def _batches(items: list[str], size: int) -> Iterator[list[str]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
