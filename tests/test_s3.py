@@ -30,6 +30,7 @@ from zipstream import create_app
 from zipstream.config import Config
 from zipstream.errors import ServiceUnavailable, SourceChanged, SourceError, SourceNotFound, SourceRefused
 from zipstream.models import Bundle, FileRef
+from zipstream.repositories import get_repository
 from zipstream.sources import build_sources
 from zipstream.sources.s3 import S3Source
 
@@ -230,7 +231,8 @@ def test_expired_bundle_on_dynamodb_is_410(make_config: Callable[..., Config], d
     config = make_config(DB_INTERFACE="dynamodb", TABLE_NAME=dynamo_table, FS_INTERFACES="s3", AWS_REGION=REGION)
     app = create_app(config)
     old = Bundle.new("old.zip", (FileRef("s3://bucket/a"),), 1, now=time.time() - 3600)
-    app.extensions["zipstream.repository"].create(old)
+    with app.app_context():
+        get_repository().create(old)
     client = app.test_client()
     for path in (f"/{old.id}", f"/{old.id}/{old.secret}"):
         response = client.get(path)

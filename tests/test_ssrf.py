@@ -26,6 +26,7 @@ from zipstream import create_app
 from zipstream.config import Config
 from zipstream.errors import SourceRefused
 from zipstream.models import Bundle, FileRef
+from zipstream.repositories import get_repository
 from zipstream.sources import Sources
 from zipstream.sources.http import HttpSource
 from zipstream.sources.netguard import AddressRefused, Policy, literal_address, refusal
@@ -203,7 +204,8 @@ def test_a_stored_bundle_meets_todays_rules_when_downloaded(strict_app: Flask, u
     at download (403 naming the rule), nothing fetched or looked up."""
     upstream.add("/a.txt", b"data")
     client = strict_app.test_client()
-    repository = strict_app.extensions["zipstream.repository"]
+    with strict_app.app_context():
+        repository = get_repository()
     for host, words in ((f"127.0.0.1.:{upstream.port}", "loopback; only public addresses may be fetched"),
                         (f"\uff11\uff12\uff17.\uff10.\uff10.\uff11:{upstream.port}", "loopback; only public"),
                         ("93.184.216.34.", "notation"), ("[fec0::1]", "site-local"), ("192.0.0.8", "IETF")):

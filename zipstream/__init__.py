@@ -61,7 +61,7 @@ def _register_errors(app: Flask) -> None:
         if isinstance(error, SchemaNotReady):
             from .repositories import schema_gone
 
-            schema_gone(app, error)
+            schema_gone(error)
         return _error_response(error)
 
     @app.errorhandler(HTTPException)

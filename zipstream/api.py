@@ -38,7 +38,7 @@ from .errors import (
 )
 from .models import Bundle, FileRef
 from .names import download_filename
-from .repositories import BundleRepository, confirm_ready, get_repository, schema_gone
+from .repositories import BundleRepository, confirm_ready, get_cache, get_repository, schema_gone
 from .schemas import AppendFilesSchema, CreateBundleSchema, OneOffBundleSchema, form_to_body, load
 from .sources import Sources
 
@@ -54,7 +54,7 @@ def _config() -> Config:
 
 def _repository() -> BundleRepository:
     """The repository, once ready: until then every route that needs it answers 503 naming the fix."""
-    return get_repository(current_app)
+    return get_repository()
 
 
 def _sources() -> Sources:
@@ -281,7 +281,7 @@ def _prepare(files: tuple[FileRef, ...] | list[FileRef], filename: str, compress
     # One deadline for all of pre-flight (PREFLIGHT_TIMEOUT), cancelled if the client hangs up meanwhile.
     deadline = Deadline(_config().preflight_timeout)
     with metrics.PREFLIGHT_SECONDS.time(), disconnect.watching(request.environ, deadline):
-        return prepare(files, filename, compression, created_at, _sources(), _repository(), _config(), hold,
+        return prepare(files, filename, compression, created_at, _sources(), get_cache(), _config(), hold,
                        deadline)
 
 
@@ -369,10 +369,10 @@ def health_check() -> tuple[Response, int]:
     """
     unavailable: ServiceUnavailable | None = None
     try:
-        confirm_ready(current_app)
+        confirm_ready()
     except ServiceUnavailable as error:  # its message already says what is unavailable, and why
         if isinstance(error, SchemaNotReady):
-            schema_gone(current_app, error)
+            schema_gone(error)
         unavailable = error
     except ZipStreamError as error:
         unavailable = ServiceUnavailable(f"database unavailable: {error.message}")

@@ -33,7 +33,7 @@ from .models import FileRef
 from .names import safe_name, unique_names
 from .numbers import MAX_BYTES
 from .prefetch import Prefetcher
-from .repositories import BundleRepository
+from .repositories import CrcCache, Known
 from .sources import SourceInfo, Sources
 from .sources.held import Holding
 
@@ -55,11 +55,6 @@ SAME_IN_EVERY_ZIP = 2
 
 # How often pre-flight looks up from waiting to see whether the client has gone (seconds).
 CANCEL_POLL = 0.25
-
-
-def unstable_key(src: str) -> str:
-    """The learned-CRC cache key that records "src's validators differ between requests" (value unused)."""
-    return hashlib.sha256(f"unstable\x00{src}".encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def preflight(files: Sequence[FileRef], sources: Sources, concurrency: int,
@@ -146,7 +141,7 @@ class PreparedZip:
     entries: list[Entry]
     infos: list[SourceInfo]
     sources: Sources
-    repository: BundleRepository | None
+    cache: CrcCache | None
     plan: ZipPlan | None
     learned: dict[int, int] = field(default_factory=dict)
     # Bytes of this exact zip (by ETag), from its first, known to have gone out in some response:
@@ -190,8 +185,7 @@ class PreparedZip:
         for index in indexes:
             self.infos[index] = replace(self.infos[index], stable=False)
             self.learned.pop(index, None)
-        for cached in ("etag", "served_key"):
-            self.__dict__.pop(cached, None)
+        self.__dict__.pop("etag", None)
         self.delivered = 0
 
     def _held_whole(self, index: int) -> bool:
@@ -258,10 +252,10 @@ class PreparedZip:
         this src are served without ranges or ETag (see prepare)."""
         log.warning("%s: its validators differ between requests; bundles naming it are served "
                     "without ranges or ETag from now on", info.src)
-        if self.repository is None:
+        if self.cache is None:
             return
         try:
-            self.repository.put_crcs({unstable_key(info.src): 0})
+            self.cache.mark_unstable(info.src)
         except Exception as error:  # noqa: BLE001 - losing a cache write must never break a download
             log.warning("could not record the unstable validators of %s: %s", info.src, error)
 
@@ -316,13 +310,6 @@ class PreparedZip:
         return len(self.plan.members)
 
     # -- how much of each zip version went out: a resume without If-Range is only safe inside that --
-    @cached_property
-    def served_key(self) -> str | None:
-        """This zip version's key in the learned-CRC cache; its value: bytes delivered from the zip's start."""
-        if self.etag is None:
-            return None
-        return hashlib.sha256(f"delivered\x00{self.etag}".encode()).hexdigest()
-
     def vouches(self, start: int) -> bool:
         """Whether a client claiming the first `start` bytes of this zip (Range without If-Range) may
         resume it: only bytes that some response of this very version delivered can be in its file.
@@ -344,7 +331,7 @@ class PreparedZip:
         end of this response: a `Range: bytes=0-0` probe of a new version vouched for its first
         256 KiB, so an old partial file of that size could be resumed with the new version's bytes.
         """
-        if end <= self.delivered or self.served_key is None or self.repository is None:
+        if end <= self.delivered or self.etag is None or self.cache is None:
             return
         step = max(DELIVERY_STEP, self.delivered // 16)
         target = max(end, self.delivered + step)
@@ -355,7 +342,7 @@ class PreparedZip:
             return
         self.delivered = target
         try:
-            self.repository.put_crcs({self.served_key: target})
+            self.cache.mark_served(self.etag, target)
         except Exception as error:  # noqa: BLE001 - losing a cache write must never break a download
             log.warning("could not record the delivered part of the zip: %s", error)
 
@@ -373,7 +360,7 @@ class PreparedZip:
             self._flush_crcs(force=self._pending_bytes >= CRC_FLUSH_BYTES)
 
     def _flush_crcs(self, force: bool = False) -> None:
-        if not self._pending or self.repository is None:
+        if not self._pending or self.cache is None:
             return
         due = len(self._pending) >= CRC_FLUSH_MEMBERS or time.monotonic() - self._last_flush > CRC_FLUSH_SECONDS
         if not (force or due):
@@ -381,7 +368,7 @@ class PreparedZip:
         pending, self._pending, self._pending_bytes = self._pending, {}, 0
         self._last_flush = time.monotonic()
         try:
-            self.repository.put_crcs(pending)
+            self.cache.put_crcs(pending)
         except Exception as error:  # noqa: BLE001 - losing a cache write must never break a download
             log.warning("could not store %d learned CRC-32s: %s", len(pending), error)
 
@@ -402,7 +389,7 @@ def prepare(
     compression: str,
     created_at: int,
     sources: Sources,
-    repository: BundleRepository | None,
+    cache: CrcCache | None,
     config: Config,
     hold: bool = False,
     deadline: Deadline | None = None,
@@ -459,30 +446,28 @@ def prepare(
         plan = ZipPlan(entries) if compression == "stored" else None
         prepared = PreparedZip(
             filename=filename, compression=compression, entries=entries, infos=infos, sources=sources,
-            repository=repository, plan=plan, prefetch=config.prefetch, prefetch_bytes=config.prefetch_bytes,
+            cache=cache, plan=plan, prefetch=config.prefetch, prefetch_bytes=config.prefetch_bytes,
             max_bytes=config.max_bundle_bytes,
         )
-        if plan is not None and repository is not None:
+        if plan is not None and cache is not None:
             identities = {info.identity(): index for index, info in enumerate(infos)
                           if info.validated and entries[index].crc32 is None}
-            unstable = {unstable_key(info.src): index for index, info in enumerate(infos) if info.validated}
-            served_key = prepared.served_key
-            # One read for the three caches: learned CRC-32s, how much of this version went out before,
-            # and which srcs were seen with validators that differ between requests.
-            keys = [*identities, *unstable, *([served_key] if served_key else [])]
-            if keys:
+            srcs = {info.src: index for index, info in enumerate(infos) if info.validated}
+            version = prepared.etag
+            # One read for the three records: learned CRC-32s, how much of this version went out
+            # before, and which srcs were seen with validators that differ between requests.
+            if identities or srcs or version is not None:
                 try:
-                    known = repository.get_crcs(keys)
+                    known = cache.known(list(identities), list(srcs), version)
                 except SchemaNotReady:
                     # The table is gone (dropped after migrate): a quiet miss would turn every resume
                     # into a 200 of the whole zip; answer 503 naming `zipstream migrate` instead.
                     raise
                 except Exception as error:  # noqa: BLE001 - a cache miss only costs upstream reads / a restart
                     log.warning("could not read learned CRC-32s: %s", error)
-                    known = {}
-                prepared.learned = {identities[key]: crc for key, crc in known.items() if key in identities}
-                if served_key is not None and served_key in known:
-                    prepared.delivered = known[served_key]
-                if unsteady := [index for key, index in unstable.items() if key in known]:
+                    known = Known()
+                prepared.learned = {identities[key]: crc for key, crc in known.crcs.items() if key in identities}
+                prepared.delivered = known.delivered
+                if unsteady := [index for src, index in srcs.items() if src in known.unstable]:
                     prepared.distrust(unsteady)
         return prepared
