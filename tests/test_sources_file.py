@@ -42,7 +42,7 @@ def root(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def source(root: Path, make_config: Callable[..., Config]) -> FileSource:
-    return FileSource(make_config(FS_INTERFACES="file", FILE_ROOT=str(root)))
+    return FileSource.from_config(make_config(FS_INTERFACES="file", FILE_ROOT=str(root)))
 
 
 def read(source: FileSource, src: str, start: int = 0) -> bytes:
