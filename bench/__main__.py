@@ -1,7 +1,14 @@
 """`python -m bench [--only b1,b2,...] [--full] [--runs N] ...`: run benchmarks, print and save tables.
 
-The default run keeps sizes small: about 2 minutes on 2 cores. `--full` uses the full sizes
-(2 x 1 GiB, 5 GiB member, 10,000 files, 10,000 concurrent downloads): about 5 minutes.
+B1 big files, B2 many small files (total time), B3 10,000 slow readers of a small bundle, B4 one huge
+member, B5 time to first byte, B6 CPU per GB, B7 CPU per pre-flighted source (and --profile), B8 memory
+under slow clients of big files, B9 S3 requests per small object; `traffic`: upstream bytes per resume.
+Upstream: Debian's nginx (installed on first use, as root), latency added inside it by the echo module;
+every timed table reports, beside the service's time, the limit it is measured against.
+
+The default run keeps most sizes moderate (several minutes on 2 cores); `--small` is a smoke test (about
+a minute); `--full` uses the full sizes (2 x 1 GiB, a 5 GiB member, 10,000 concurrent downloads, 10,000
+slow clients of 3 x 8 MiB: B8 then drains 240 GB through the loopback, which takes long).
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ from pathlib import Path
 from . import suite
 from .harness import RESULTS, Table
 
-ALL = ("b1", "b2", "b3", "b4", "b5", "b6", "traffic")
+ALL = ("b1", "b2", "b3", "b4", "b5", "b6", "b7", "b8", "b9", "traffic")
 
 
 def _ints(text: str) -> list[int]:
@@ -28,7 +35,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", default=",".join(ALL), help="comma-separated benchmarks (default: all)")
     parser.add_argument("--full", action="store_true",
-                        help="full sizes: 2 x 1 GiB, a 5 GiB member, 10,000 files, 10,000 downloads (~5 min)")
+                        help="full sizes: 2 x 1 GiB, a 5 GiB member, 10,000 files, 10,000 downloads, 10,000 slow "
+                             "clients of 3 x 8 MiB (B8 alone then drains 240 GB: long; --b8-rcvbuf 65536 drains "
+                             "faster)")
     parser.add_argument("--runs", type=int, default=3, help="runs per measurement; the median is reported")
     parser.add_argument("--tmp", type=Path, default=None,
                         help="directory for test files (kept between runs; default: a temporary one)")
@@ -37,8 +46,22 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--b3-counts", default=None, help="simultaneous downloads, e.g. 1000,5000,10000")
     parser.add_argument("--b3-prefetch", default="default,0", help="PREFETCH values for B3 ('default' = unset)")
     parser.add_argument("--b4-gib", type=float, default=None, help="size of the huge member (GiB)")
-    parser.add_argument("--b5-counts", default=None, help="files per bundle, e.g. 10,100,1000,10000")
+    parser.add_argument("--b5-counts", default=None, help="files per bundle (default 1000,10000)")
     parser.add_argument("--b6-mib", type=int, default=None, help="data streamed per compression (MiB)")
+    parser.add_argument("--b7-files", type=int, default=None, help="sources in the CPU-per-source bundle (2000)")
+    parser.add_argument("--profile", action="store_true",
+                        help="B7: also sample the worker with py-spy (pip-installed if missing); b7_profile.md")
+    parser.add_argument("--b8-counts", default=None, help="slow downloads, e.g. 300,1000 (default 100; --full 10000)")
+    parser.add_argument("--b8-stall", type=float, default=None, help="seconds the slow clients stall (default 10)")
+    parser.add_argument("--b8-fast", type=int, default=2, help="fast clients during the stall")
+    parser.add_argument("--b8-files", default="3x8", help="the bundle: COUNTxMIB (default 3x8)")
+    parser.add_argument("--b8-rcvbuf", type=int, default=4096,
+                        help="the slow clients' SO_RCVBUF in bytes (default 4096, as B3)")
+    parser.add_argument("--b9-objects", type=int, default=None, help="small S3 objects in the bundle (200)")
+    parser.add_argument("--latency-ms", type=float, default=20.0,
+                        help="upstream latency per request for B2, B5, B7, B9 (ms, default 20)")
+    parser.add_argument("--parallel", type=int, default=64,
+                        help="connections of the best concurrent direct fetch (the limit; default 64)")
     parser.add_argument("--results", type=Path, default=RESULTS, help="where the tables are written")
     parser.add_argument("--small", action="store_true", help="tiny sizes (the smoke test uses this)")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
@@ -51,6 +74,9 @@ def run(args: argparse.Namespace, tmp: Path) -> list[Table]:
     only = [name.strip().lower() for name in args.only.split(",") if name.strip()]
     small, full = args.small, args.full
     runs = 1 if small else args.runs
+    latency = args.latency_ms / 1000
+    parallel = args.parallel
+    tmp = tmp.resolve()
     tables = []
     for name in only:
         began = time.perf_counter()
@@ -59,7 +85,7 @@ def run(args: argparse.Namespace, tmp: Path) -> list[Table]:
             big = args.b1_big_mib or (1 if small else 1024 if full else 256)
             cases = [(3, 64 * 1024)] if small else [(20, 10 * suite.MiB)]
             cases.append((2, big * suite.MiB))
-            tables.append(suite.big_files(tmp, runs, cases, env))
+            tables.append(suite.big_files(tmp, runs, cases, env, parallel))
         elif name == "b2":
             count = 20 if small else args.b2_files
             head = {"PREFLIGHT_FETCH_BYTES": "0"}
@@ -70,7 +96,7 @@ def run(args: argparse.Namespace, tmp: Path) -> list[Table]:
                 {},  # the defaults
                 {"PREFETCH": "0"},
             ]
-            tables.append(suite.small_files(tmp, runs, count, 16 * 1024, 0.02, variants, env))
+            tables.append(suite.small_files(tmp, runs, count, 16 * 1024, latency, variants, env, parallel))
         elif name == "b3":
             counts = _ints(args.b3_counts) if args.b3_counts else [20] if small else \
                 [1000, 5000, 10000] if full else [1000]
@@ -80,12 +106,26 @@ def run(args: argparse.Namespace, tmp: Path) -> list[Table]:
             size = int((args.b4_gib or (0.01 if small else 5 if full else 1)) * suite.GiB)
             tables.append(suite.huge_member(tmp, size, env))
         elif name == "b5":
-            counts = _ints(args.b5_counts) if args.b5_counts else [10, 50] if small else \
-                [10, 100, 1000, 10000] if full else [10, 100, 1000]
-            tables.append(suite.first_byte(tmp, runs, counts, 0.005, env))
+            counts = _ints(args.b5_counts) if args.b5_counts else [10, 50] if small else [1000, 10000]
+            tables.append(suite.first_byte(tmp, runs, counts, 16 * 1024, latency, env, parallel))
         elif name == "b6":
             size = (args.b6_mib or (4 if small else 1024 if full else 128)) * suite.MiB
             tables.append(suite.cpu_per_gb(tmp, size, env))
+        elif name == "b7":
+            count = args.b7_files or (50 if small else 2000)
+            profile = args.results / "b7_profile.raw" if args.profile else None
+            tables.extend(suite.cpu_per_source(tmp, runs, count, 16 * 1024, latency, env, profile))
+        elif name == "b8":
+            counts = _ints(args.b8_counts) if args.b8_counts else [5] if small else [10000] if full else [100]
+            stall = args.b8_stall if args.b8_stall is not None else 1.0 if small else 30.0 if full else 10.0
+            files, mib = (int(part) for part in args.b8_files.lower().split("x"))
+            tables.append(suite.slow_clients(tmp, counts, files, (1 if small else mib) * suite.MiB, stall,
+                                             args.b8_fast, runs, env, args.b8_rcvbuf))
+        elif name == "b9":
+            from . import s3_requests
+
+            count = args.b9_objects or (10 if small else 200)
+            tables.append(s3_requests.s3_requests(tmp, runs, count, 16 * 1024, latency, parallel, env))
         elif name == "traffic":  # upstream bytes per download and per resume
             from . import upstream_traffic
 

@@ -1,10 +1,17 @@
-"""What every benchmark needs: local upstreams, the real service, timers, /proc readings, result tables."""
+"""What every benchmark needs: local upstreams (Debian's nginx), the real service, curl as the client,
+interleaved timers, /proc readings, result tables."""
 
 from __future__ import annotations
 
+import hashlib
+import http.client
+import json
 import os
 import resource
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -12,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import median
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 
@@ -20,7 +28,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from tests.support.live import LiveServer, live_server  # noqa: E402 - after the path set-up
-from tests.support.upstream import UpstreamServer  # noqa: E402
+from tests.support.nginx import Nginx  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 CLIENT_CHUNK = 1 << 20
@@ -134,8 +142,10 @@ def workers_stat(server: LiveServer) -> list[ProcStat]:
 
 @contextmanager
 def service(tmp: Path, env: Mapping[str, str], workers: int = 1) -> Iterator[LiveServer]:
-    """The real service: gunicorn with the gevent worker, no access log, the given settings."""
-    settings: Mapping[str, str] = {"ACCESS_LOG": "", "LOG_LEVEL": "warning", **env}
+    """The real service: gunicorn with the gevent worker, no access log, PREFLIGHT_TIMEOUT 300 s, then `env`."""
+    # PREFLIGHT_TIMEOUT: the default 20 s can pass for 10,000 sources on a busy 2-core machine; the bench
+    # measures how long pre-flight takes, the deadline is the tests' business.
+    settings: Mapping[str, str] = {"ACCESS_LOG": "", "LOG_LEVEL": "warning", "PREFLIGHT_TIMEOUT": "300", **env}
     with live_server(settings, tmp, workers=workers) as server:
         yield server
 
@@ -154,10 +164,121 @@ def make_file(path: Path, size: int, random_bytes: bool) -> Path:
     return path
 
 
-def upstream_with(files: Mapping[str, Path], latency: float = 0.0) -> UpstreamServer:
-    server = UpstreamServer().start()
+def upstream_with(files: Mapping[str, Path], latency: float = 0.0) -> Nginx:
+    """nginx serving `files` (URL path -> file); with `latency`, `url()` adds that many seconds per request."""
+    server = Nginx(delay=latency or None).start()
     for name, path in files.items():
         server.add_file(name, path)
-    if latency:
-        server.set_behaviour(latency=latency)
     return server
+
+
+# -- curl, the client of every timed download -------------------------------------------------------
+@dataclass(frozen=True)
+class Fetch:
+    """One timed curl run: wall seconds of the curl process, and for a single GET its first byte (for a POST
+    see `time_to_first_byte`)."""
+
+    wall: float
+    first_byte: float  # time_starttransfer of the (last) transfer, s
+    size: int  # bytes received, all transfers
+
+
+def _curl() -> str:
+    found = shutil.which("curl")
+    if found is None:
+        raise RuntimeError("curl is not installed: apt-get install -y curl")
+    return found
+
+
+def curl(url: str, *, post_json: Path | None = None, expect: int = 200) -> Fetch:
+    """GET `url` (or POST the JSON file `post_json` to it) with curl, body to /dev/null; checks the status."""
+    command = [_curl(), "-sS", "-o", os.devnull, "-w", "%{http_code} %{time_starttransfer} %{size_download}\\n"]
+    if post_json is not None:
+        command += ["-H", "Content-Type: application/json", "--data-binary", f"@{post_json}"]
+    began = time.perf_counter()
+    done = subprocess.run([*command, url], capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - began
+    fields = done.stdout.split()
+    if done.returncode != 0 or len(fields) != 3 or int(fields[0]) != expect:
+        raise RuntimeError(f"curl {url}: exit {done.returncode}, {done.stdout.strip()!r} {done.stderr.strip()!r}")
+    return Fetch(wall, float(fields[1]), int(fields[2]))
+
+
+def time_to_first_byte(url: str, *, post_json: Path | None = None) -> float:
+    """Seconds from sending a GET (or the POST of the JSON file `post_json`), connection included, to the
+    status line, which the service sends with the zip's first bytes; then hangs up. Raises RuntimeError
+    unless the status is 200.
+
+    Not curl: curl 7.88's time_starttransfer is taken when it starts uploading a request body larger than
+    its 64 KiB upload buffer (a POST /bundle of 10,000 sources is 600 KB), not at the answer.
+    """
+    parts = urlsplit(url)
+    body = post_json.read_bytes() if post_json is not None else None
+    headers = {"Content-Type": "application/json"} if body is not None else {}
+    connection = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=600)
+    try:
+        began = time.perf_counter()
+        connection.request("GET" if body is None else "POST", parts.path or "/", body=body, headers=headers)
+        response = connection.getresponse()
+        took = time.perf_counter() - began
+        if response.status != 200:
+            raise RuntimeError(f"{url}: HTTP {response.status}: {response.read(300)!r}")
+    finally:
+        connection.close()
+    return took
+
+
+def curl_many(urls: Sequence[str], parallel: int = 1) -> Fetch:
+    """Fetch every url with one curl process: one after another on one connection, or `parallel` at once.
+
+    Returns the wall time of the curl process (its start-up, a few ms, included) and the bytes received;
+    raises RuntimeError unless every answer is 200.
+    """
+    with tempfile.NamedTemporaryFile("w", suffix=".curl", delete=False) as config:
+        for url in urls:
+            config.write(f'url = "{url}"\noutput = "{os.devnull}"\n')
+    command = [_curl(), "-sS", "-w", "%{http_code} %{size_download}\\n", "-K", config.name]
+    if parallel > 1:
+        # --parallel-immediate: open the connections at once rather than wait to learn whether the first
+        # one could multiplex (HTTP/1.1 never does: that wait costs one round trip).
+        command += ["--parallel", "--parallel-immediate", "--parallel-max", str(parallel)]
+    try:
+        began = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        wall = time.perf_counter() - began
+    finally:
+        os.unlink(config.name)
+    lines = done.stdout.split("\n")
+    answers = [line.split() for line in lines if line.strip()]
+    bad = [answer for answer in answers if answer[0] != "200"]
+    if done.returncode != 0 or bad or len(answers) != len(urls):
+        raise RuntimeError(f"curl of {len(urls)} urls: exit {done.returncode}, {len(answers)} answers, "
+                           f"first bad {bad[:1]}, {done.stderr.strip()[:300]!r}")
+    return Fetch(wall, 0.0, sum(int(answer[1]) for answer in answers))
+
+
+def json_body(tmp: Path, srcs: Sequence[str], compression: str = "stored") -> Path:
+    """A POST /bundle request body in a file, for curl's --data-binary @file."""
+    body = {"files": [{"src": src} for src in srcs], "compression": compression}
+    digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+    path = tmp / f"body-{digest}.json"
+    path.write_text(json.dumps(body))
+    return path
+
+
+def interleaved(runs: int, actions: Mapping[str, Callable[[], Mapping[str, float]]]) -> dict[str, dict[str, float]]:
+    """Run every action once per round, `runs` rounds, the order rotated each round so that none always goes
+    first; returns each action's median of each reading (an action returns its readings by name)."""
+    names = list(actions)
+    readings: dict[str, list[Mapping[str, float]]] = {name: [] for name in names}
+    for round_ in range(runs):
+        shift = round_ % len(names)
+        for name in names[shift:] + names[:shift]:
+            readings[name].append(actions[name]())
+    return {name: {key: median(reading[key] for reading in got) for key in got[0]}
+            for name, got in readings.items()}
+
+
+def ratio(ours: float, limit: float) -> str:
+    """`ours / limit` as "1.23x" ('-' without a limit)."""
+    return f"{ours / limit:.2f}x" if limit > 0 else "-"

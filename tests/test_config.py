@@ -145,6 +145,13 @@ def test_gunicorn_refuses_a_contradiction_with_one_line_and_stops(tmp_path: Path
     assert "s3cret" not in result.stderr
 
 
+@pytest.mark.parametrize("name", ["\uff5a\uff53", "表", "zs²"])
+def test_a_table_name_with_letters_or_digits_outside_ascii_is_refused_for_dynamodb(name: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Config.from_env({"DB_INTERFACE": "dynamodb", "AWS_REGION": "eu-west-1", "TABLE_NAME": name})
+    assert "TABLE_NAME" in str(caught.value)
+
+
 @pytest.mark.parametrize("name", ["zip-bundles", "zs.bundles", "1bundles", "b" * 53])
 @pytest.mark.parametrize("database", [{}, {"DATABASE_URL": "postgresql://127.0.0.1/test"}])
 def test_a_table_name_sql_cannot_use_is_refused_for_sql_backends(name: str, database: dict[str, str]) -> None:

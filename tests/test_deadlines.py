@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import resource
 import socket
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
+import gevent.socket
 import pytest
 
 from zipstream.config import Config, ConfigError
@@ -88,6 +92,27 @@ def test_client_gone_means_eof_or_reset_only() -> None:
         assert not client_gone(server)  # nothing to read
         client.sendall(b"GET /next HTTP/1.1\r\n")
         assert not client_gone(server)  # a pipelined request: peeked at, not consumed
+        assert server.recv(100) == b"GET /next HTTP/1.1\r\n"
+        client.close()
+        assert client_gone(server)
+
+
+@pytest.mark.parametrize("make_pair", [socket.socketpair, gevent.socket.socketpair], ids=["stdlib", "gevent"])
+def test_client_gone_on_a_descriptor_past_fd_setsize(make_pair: Callable[[], tuple[Any, Any]]) -> None:
+    """select() refuses descriptors >= 1024: a worker holding that many connections took every live
+    client for gone, and its download was cancelled as a 499 (found by bench B8)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 2048:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(4096, hard), hard))
+    server, client = make_pair()
+    high = os.dup2(server.fileno(), 1500)
+    server.close()
+    server = type(client)(fileno=high)
+    with server, client:
+        assert server.fileno() >= 1024
+        assert not client_gone(server)
+        client.sendall(b"GET /next HTTP/1.1\r\n")
+        assert not client_gone(server)
         assert server.recv(100) == b"GET /next HTTP/1.1\r\n"
         client.close()
         assert client_gone(server)

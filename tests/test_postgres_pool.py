@@ -149,3 +149,33 @@ def test_connections_a_proxy_lost_silently_are_replaced_at_the_first_statement(
         assert health.status_code == 200, health.text
         assert statuses == [200] * len(statuses), statuses
         assert "Traceback" not in server.log_text()
+
+
+def test_an_idle_connection_past_fd_setsize_is_kept_and_a_terminated_one_dropped(database: str) -> None:
+    """A worker holding 1,024 descriptors (slow clients) had every pooled connection judged dead by
+    select(), which refuses them: each request reconnected (zipstream.peek)."""
+    import resource
+
+    from zipstream.repositories.postgres import _alive
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 2048:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(4096, hard), hard))
+    filler = [open("/dev/null", "rb") for _ in range(1100)]  # noqa: SIM115 - held open on purpose
+    try:
+        connection = psycopg2.connect(database)
+        try:
+            assert connection.fileno() >= 1024
+            assert _alive(connection)
+            with psycopg2.connect(database) as admin, admin.cursor() as cursor:
+                cursor.execute("SELECT pg_terminate_backend(%s)", (connection.get_backend_pid(),))
+            admin.close()
+            deadline = time.monotonic() + 10
+            while _alive(connection) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert not _alive(connection)
+        finally:
+            connection.close()
+    finally:
+        for handle in filler:
+            handle.close()

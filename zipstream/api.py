@@ -36,6 +36,7 @@ from .errors import (
     ZipStreamError,
 )
 from .models import Bundle, FileRef
+from .names import download_filename
 from .repositories import BundleRepository, confirm_ready, get_repository, schema_gone
 from .schemas import AppendFilesSchema, CreateBundleSchema, OneOffBundleSchema, form_to_body, load
 from .sources import get_sources
@@ -136,7 +137,9 @@ def _load_bundle(bundle_id: str, secret: str | None = None, expired_ok: bool = F
 
 
 def content_disposition(filename: str) -> str:
-    """RFC 6266: an ASCII fallback plus the exact UTF-8 name."""
+    """RFC 6266: the stored `filename` made safe (names.download_filename; DEFAULT_FILENAME if nothing
+    is left), as an ASCII fallback `filename` plus, when that differs, the exact name in RFC 8187 `filename*`."""
+    filename = download_filename(filename) or DEFAULT_FILENAME
     fallback = "".join(char if 32 <= ord(char) < 127 and char not in '"\\%' else "_" for char in filename)
     if fallback == filename:
         return f'attachment; filename="{filename}"'
@@ -257,6 +260,10 @@ def _refuse_resume(start: int, etag: str) -> Response:
 
 def _prepare(files: tuple[FileRef, ...] | list[FileRef], filename: str, compression: str,
              created_at: int) -> PreparedZip:
+    # A bundle stored before MAX_FILES was lowered: refused before any source is asked or named.
+    if len(files) > (limit := _config().max_files):
+        raise LimitExceeded(f"the bundle holds {len(files)} files; at most {limit} are allowed (MAX_FILES)",
+                            limit="MAX_FILES")
     # Only a request for the whole zip lets pre-flight keep small files' bytes for the stream (not a
     # HEAD, a range, or a conditional request that may well end in 304).
     hold = request.method != "HEAD" and not {"Range", "If-None-Match"} & set(request.headers.keys())

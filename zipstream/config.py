@@ -226,7 +226,8 @@ class Config:
         if file_root and not os.path.isdir(file_root):
             raise ConfigError(f"FILE_ROOT {file_root!r} is not a directory")
         table_name = env.get("TABLE_NAME", "bundles").strip() or "bundles"
-        if not table_name.replace("_", "").replace("-", "").replace(".", "").isalnum():
+        # ASCII only: str.isalnum() is true for full-width letters or CJK, which DynamoDB refuses at every call.
+        if not (table_name.isascii() and table_name.replace("_", "").replace("-", "").replace(".", "").isalnum()):
             raise ConfigError(f"TABLE_NAME may only hold letters, digits, '_', '-' and '.', not {table_name!r}")
         if db_interface in ("sqlite", "postgres") and not _sql_table_name(table_name):
             # Used unquoted in SQL: `-`/`.` were a syntax error in migrate, then "run migrate" forever.

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import select
 import socket
 import ssl
 import threading
@@ -21,6 +20,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from .deadline import Deadline
+from .peek import peek
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +30,8 @@ INTERVAL = 0.25  # seconds between looks: pre-flight stops well within a second 
 def client_gone(sock: socket.socket) -> bool:
     """True if the peer closed or reset the connection; never blocks, never consumes a byte."""
     try:
-        readable, _, _ = select.select([sock], [], [], 0)
-        if not readable:
-            return False
-        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-    except BlockingIOError:
-        return False  # readable, then not (another reader): still connected
-    except (OSError, ValueError):
+        return peek(sock.fileno()) == b""  # None: nothing to read; a byte: a pipelined request
+    except OSError:
         return True  # reset, or the socket is already closed
 
 

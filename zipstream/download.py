@@ -134,7 +134,8 @@ def entry_names(files: Sequence[FileRef], stats: Sequence[Sequence[SourceInfo]])
                 name = safe_name(ref.dst)
             else:
                 name = safe_name(info.name)
-            names.append(name or safe_name(info.src.split("://", 1)[-1]) or "file")
+            # A dst that leaves nothing once made safe ("", "..", "/") means the src's default name.
+            names.append(name or safe_name(info.name) or safe_name(info.src.split("://", 1)[-1]) or "file")
     return unique_names(names)
 
 
@@ -418,6 +419,13 @@ def prepare(
         deadline = Deadline(config.preflight_timeout)
     stats = preflight(files, sources, config.preflight_concurrency, deadline, hold)
     with _heads_given_back_on_error(stats):
+        # Before any name is made: a prefix or directory may expand to far more files than MAX_FILES.
+        count = sum(len(infos) for infos in stats)
+        if count > config.max_files:
+            raise LimitExceeded(
+                f"the bundle expands to {count} files; at most {config.max_files} are allowed (MAX_FILES)",
+                limit="MAX_FILES",
+            )
         names = entry_names(files, stats)
         fallback_time = clamp_time(datetime.fromtimestamp(created_at, UTC))
         entries: list[Entry] = []
@@ -435,11 +443,6 @@ def prepare(
                 ))
                 infos.append(info)
                 position += 1
-        if len(entries) > config.max_files:
-            raise LimitExceeded(
-                f"the bundle expands to {len(entries)} files; at most {config.max_files} are allowed (MAX_FILES)",
-                limit="MAX_FILES",
-            )
         # A store's size is its own say (botocore reads any int): none is below 0 or above numbers.MAX_BYTES.
         absurd = [SourceError(info.src, f"the source claims a size of {info.size} bytes") for info in infos
                   if info.size is not None and not 0 <= info.size <= MAX_BYTES]

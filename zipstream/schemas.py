@@ -22,10 +22,9 @@ from marshmallow import (
 from .config import COMPRESSIONS, Config
 from .errors import BadRequest, InvalidInput, LimitExceeded
 from .models import FileRef
-from .names import safe_name
+from .names import download_filename
 
 SCHEMES = {"s3": ("s3",), "https": ("http", "https"), "file": ("file",)}
-_FORBIDDEN_IN_FILENAME = set('/\\"') | {chr(code) for code in range(32)} | {"\x7f"}
 
 
 def _check_text(value: str) -> None:
@@ -49,7 +48,9 @@ class FileRefSchema(Schema):
         "example": "s3://my-aws-bucket-1/path/to/foo.jpg",
     })
     dst = fields.String(allow_none=True, metadata={
-        "description": "Path of the file inside the zip; defaults to the path of src.", "example": "foo.jpg",
+        "description": "Path of the file inside the zip; defaults to the path of src. Made safe at download "
+                       "time; one that leaves nothing (\"\", \"..\", \"/\") means the default.",
+        "example": "foo.jpg",
     })
     crc32 = fields.Integer(
         # strict: "12" or 1.5 is a mistake, and a wrong CRC-32 makes every download of the file fail.
@@ -69,7 +70,10 @@ class FileRefSchema(Schema):
                 f"Longer than the maximum of {self.config.max_src_length} characters (MAX_SRC_LENGTH).")
         if any(ord(char) < 32 or ord(char) == 127 for char in value):
             raise ValidationError("Contains control characters.")
-        scheme = urlsplit(value).scheme.lower()
+        try:
+            scheme = urlsplit(value).scheme.lower()
+        except ValueError as error:  # "Invalid IPv6 URL": an unbalanced "[" or "]" in the host
+            raise ValidationError(f"Not a valid URL: {error}.") from None
         enabled = [s for backend in self.config.fs_interfaces for s in SCHEMES.get(backend, ())]
         if scheme not in enabled:
             raise ValidationError(
@@ -91,20 +95,24 @@ class FileRefSchema(Schema):
         if len(value) > self.config.max_name_length:
             raise ValidationError(
                 f"Longer than the maximum of {self.config.max_name_length} characters (MAX_NAME_LENGTH).")
-        if not safe_name(value):
-            raise ValidationError("Leaves no usable file name once made safe (no '..', '.', '/' only paths).")
+        # Nothing else is refused: the name is made safe at download time (names.safe_name), and one
+        # that leaves nothing falls back to the src's default name, so a bad title can't fail a cart.
 
     @post_load
     def _make(self, data: dict[str, Any], **_: Any) -> FileRef:
-        dst = data.get("dst") or None
-        return FileRef(src=data["src"], dst=dst, crc32=data.get("crc32"))
+        # Stored as sent ("" included): what a client stored is what it reads back.
+        return FileRef(src=data["src"], dst=data.get("dst"), crc32=data.get("crc32"))
 
 
 class _BundleBodySchema(Schema):
     class Meta:
         unknown = RAISE
 
-    filename = fields.String(metadata={"description": "File name of the zip.", "example": "my-awesome-bundle.zip"})
+    filename = fields.String(metadata={
+        "description": "File name of the zip, stored as sent. Downloads carry it made safe (controls and bidi "
+                       "characters dropped, '/' and '\\' as '_', '.zip' appended unless present).",
+        "example": "my-awesome-bundle.zip",
+    })
     compression = fields.String(
         validate=validate.OneOf(COMPRESSIONS),
         metadata={"description": "stored (default: exact length, resumable) or deflate."},
@@ -122,8 +130,10 @@ class _BundleBodySchema(Schema):
             raise ValidationError("Must not be empty.")
         if len(value) > 255:
             raise ValidationError("Longer than the maximum of 255 characters.")
-        if set(value) & _FORBIDDEN_IN_FILENAME:
-            raise ValidationError("Must not contain '/', '\\', '\"' or control characters.")
+        # Stored as sent; made safe when a download names the zip (names.download_filename).
+        if not download_filename(value):
+            raise ValidationError("Leaves no usable file name once made safe (only dots, spaces, "
+                                  "control or bidi characters).")
 
 
 class CreateBundleSchema(_BundleBodySchema):

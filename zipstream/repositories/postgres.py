@@ -16,7 +16,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import select
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,6 +26,7 @@ import psycopg2
 import psycopg2.extensions
 
 from ..errors import SchemaNotReady, ServiceUnavailable, ZipStreamError
+from ..peek import peek
 from . import MIGRATE_HINT
 from .sql import SqlRepository
 
@@ -217,16 +217,14 @@ def _alive(connection: psycopg2.extensions.connection) -> bool:
     """Whether an idle pooled connection may still be used, checked without a round trip.
 
     An idle libpq connection has nothing to read: a readable socket means the server sent a
-    termination notice (`pg_terminate_backend`, shutdown) or closed it. gevent's patched `select`
-    answers a zero timeout without blocking either.
+    termination notice (`pg_terminate_backend`, shutdown) or closed it (see zipstream.peek).
     """
     if connection.closed:
         return False
     try:
-        readable, _, _ = select.select([connection.fileno()], [], [], 0)
-    except (OSError, ValueError, psycopg2.Error):  # the descriptor is gone
+        return peek(connection.fileno()) is None
+    except (OSError, psycopg2.Error):  # reset, or the descriptor is gone
         return False
-    return not readable
 
 
 def _lock_key(name: str) -> int:
