@@ -99,7 +99,8 @@ class Source(Protocol):
         `file://` directory ending in '/'), in a stable order (by key or path).
 
         `src` is checked first (SourceRefused). A src that does not exist, or that the backend may
-        not read, raises SourceNotFound; an empty folder too. With a `deadline`, a network backend
+        not read, raises SourceNotFound (an S3 prefix with no objects too: S3 can't tell it from a
+        mistyped one; an existing empty directory is an empty list). With a `deadline`, a network backend
         starts no request after it has passed or been cancelled (`deadline.check`), caps each
         attempt's timeout and back-off by the time left, and lets `deadline.aborting` unblock a
         request in flight; it raises SourceTimeout (or ClientGone) then.

@@ -219,10 +219,14 @@ class FileSource:
             raise SourceChanged(info.src, f"is no longer a regular file ({kind})") from None
         except OSError as error:
             raise SourceError(info.src, f"cannot open: {error.strerror or error}") from None
-        return self._read(info, descriptor, start)
+        reading = self._read(info, descriptor, start)
+        next(reading)  # inside its `try` now: closing it even before its first chunk closes the descriptor
+        return reading
 
     def _read(self, info: SourceInfo, descriptor: int, start: int) -> Iterator[bytes]:
+        """The chunks (after one empty item that `open` takes: see there); closes `descriptor`."""
         try:
+            yield b""
             self._same_version(info, descriptor)
             remaining = (info.size or 0) - start
             position = start
