@@ -195,6 +195,8 @@ class HttpSource:
         return cls(transport, config.preflight_fetch_bytes, HoldBudget(hold))
 
     def check(self, src: str) -> None:
+        """An http(s) URL with a host and no credentials, allowed by HTTP_HOSTS, not naming a non-public
+        IP literal (HTTP_ALLOW_PRIVATE) nor one in a notation clients read differently; else SourceRefused."""
         parts = urlsplit(src)
         policy = self.transport.policy
         if parts.scheme not in self.schemes or not parts.hostname:
