@@ -614,3 +614,35 @@ def test_unique_names_match_the_plain_rules(given_names: list[str], walk_budget:
     # A small walk budget makes every lookup start from a known folder near the end of its path.
     unique = UniqueNames(walk_budget)
     assert [unique.add(name) for name in given_names] == _reference_unique_names(given_names)
+
+
+# -- lengths and the dotless i (attack pass) -------------------------------------------------------
+
+
+@pytest.mark.parametrize(("raw", "kept_end"), [
+    ("a" * 300 + ".txt", ".txt"),
+    ("é" * 200 + ".pdf", ".pdf"),  # 2 bytes each: cut between characters, never inside one
+    ("d/" + "b" * 400, "b"),
+    ("x." + "e" * 300, "e"),  # an "extension" too long to keep is cut like the rest
+    ("CON" + " " * 300 + "x.txt", ".txt"),  # a cut that leaves a device name is made harmless again
+    ("." * 300 + "x", "_"),  # a cut that leaves only dots
+])
+def test_every_segment_fits_in_255_bytes(raw: str, kept_end: str) -> None:
+    """unzip, bsdtar and 7-Zip fail on a 300-byte name ("File name too long") and skip that file."""
+    name = safe_name(raw)
+    _assert_safe(name)
+    assert all(len(segment.encode()) <= names.MAX_SEGMENT_BYTES for segment in name.split("/"))
+    assert name.endswith(kept_end)
+
+
+def test_numbered_duplicates_of_a_long_name_still_fit() -> None:
+    long = safe_name("a" * 300 + ".txt")
+    unique = unique_names([long, long, long])
+    assert len(set(unique)) == 3
+    assert all(len(name.encode()) <= names.MAX_SEGMENT_BYTES and name.endswith(".txt") for name in unique)
+    assert unique[1].endswith(" (1).txt") and unique[2].endswith(" (2).txt")
+
+
+def test_the_dotless_i_is_the_same_name_as_i_on_windows() -> None:
+    """NTFS compares upper-cased names: U+0131 upper-cases to "I", though casefold() keeps it apart."""
+    assert unique_names(["\u0131.txt", "I.txt", "i.txt"]) == ["\u0131.txt", "I (1).txt", "i (2).txt"]

@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import quote
 
 from flask import Blueprint, Response, current_app, jsonify, request
+from gunicorn.http.errors import ParseException
 
 from . import cooperative, counters, disconnect, ranges
 from .auth import bearer_matches
@@ -70,7 +71,13 @@ def _bound_chunked_body() -> None:
     if not environ.get("wsgi.input_terminated") and "chunked" not in environ.get("HTTP_TRANSFER_ENCODING", ""):
         return
     limit = _config().max_body_bytes
-    data = environ["wsgi.input"].read(limit + 1)
+    try:
+        data = environ["wsgi.input"].read(limit + 1)
+    except (ParseException, OSError) as error:
+        # gunicorn's chunked reader: a bad chunk size or terminator, or a body cut short (NoMoreData
+        # is an OSError); gunicorn does not reuse the connection after it (RFC 9112 §7.1).
+        raise BadRequest(f"the chunked request body is malformed ({type(error).__name__}); "
+                         "send Transfer-Encoding: chunked as RFC 9112 §7.1 frames it") from None
     if len(data) > limit:
         raise LimitExceeded(
             f"the request body is larger than {limit} bytes (MAX_BODY_BYTES)", limit="MAX_BODY_BYTES"

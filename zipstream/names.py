@@ -19,6 +19,13 @@ import unicodedata
 from collections.abc import Iterable
 from urllib.parse import unquote, urlsplit
 
+# The longest name segment, in UTF-8 bytes: ext4, XFS and APFS allow 255 bytes, NTFS 255 UTF-16
+# units (never fewer than 255 UTF-8 bytes hold); past it unzip, bsdtar and 7-Zip fail with "File
+# name too long" and that file is not extracted.
+MAX_SEGMENT_BYTES = 255
+# An extension kept whole when a long segment is shortened; a longer "extension" is just text.
+_MAX_KEPT_EXTENSION = 32
+
 # What every refused character becomes: visible, legal on every file system, never path syntax.
 REPLACEMENT = "_"
 
@@ -178,7 +185,28 @@ def safe_name(name: str) -> str:
     drives = _DRIVES.match(relative)
     if drives:
         relative = relative[drives.end():]
-    return _make_harmless(relative)
+    relative = _make_harmless(relative)
+    if len(relative) > MAX_SEGMENT_BYTES // 4 and any(
+            len(segment.encode("utf-8", "surrogatepass")) > MAX_SEGMENT_BYTES for segment in relative.split("/")):
+        relative = "/".join(_shorten(segment) for segment in relative.split("/"))
+    return relative
+
+
+def _shorten(segment: str, suffix: str = "", limit: int = MAX_SEGMENT_BYTES) -> str:
+    """`segment` with `suffix` ("" or " (n)") before its extension, within `limit` UTF-8 bytes.
+
+    The stem is cut (never inside a character) and the cut's trailing dots and spaces removed; an
+    extension of up to 32 bytes is kept. Only the lengths change: the result is as safe as `segment`.
+    """
+    stem, ext = _split_extension(segment)
+    if len(ext.encode("utf-8", "surrogatepass")) > _MAX_KEPT_EXTENSION:
+        stem, ext = segment, ""
+    room = limit - len((suffix + ext).encode("utf-8", "surrogatepass"))
+    encoded = stem.encode("utf-8", "surrogatepass")
+    if len(encoded) > room:
+        # A cut can leave nothing ("....x") or a device name ("CON" and spaces): check again.
+        stem = _make_harmless(_trim(encoded[:room].decode("utf-8", "ignore")) or REPLACEMENT)
+    return f"{stem}{suffix}{ext}"
 
 
 def download_filename(name: str) -> str:
@@ -228,7 +256,9 @@ def _fold(text: str) -> str:
     Unicode-normalised (close to Unicode's compatibility caseless match; "ß" matches "ss")."""
     if text.isascii():
         return text.lower()
-    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
+    # upper() first: NTFS compares upper-cased names, and for U+0131 (dotless i) upper() gives "I" while
+    # casefold() keeps it (the one such character in the BMP); others fold the same either way.
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).upper().casefold())
 
 
 def _path_key(path: str) -> str:
@@ -419,6 +449,8 @@ class UniqueNames:
         while True:
             self.probes += 1
             candidate = f"{stem} ({number}){ext}"
+            if len(candidate) > MAX_SEGMENT_BYTES // 4:
+                candidate = _shorten(stem + ext, f" ({number})")
             number += 1
             if _fold(candidate) not in parent.edges:
                 self._next[base] = number

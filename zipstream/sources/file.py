@@ -14,6 +14,7 @@ pre-flight and again when the file is streamed (it may have been swapped since).
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import stat as stat_module
@@ -34,6 +35,9 @@ log = logging.getLogger(__name__)
 # O_NOFOLLOW: the path was resolved already; a symlink there now was put in place since.
 _OPEN_FLAGS = (os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | getattr(os, "O_NOCTTY", 0)
                | getattr(os, "O_CLOEXEC", 0))
+# Each folder of a resolved path, opened from its parent's descriptor: O_NOFOLLOW refuses a folder
+# swapped for a symlink since the path was resolved (open() follows symlinks in every folder of a path).
+_FOLDER_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0)
 
 _KINDS = (
     (stat_module.S_ISDIR, "a directory"),
@@ -58,10 +62,29 @@ def _etag(status: os.stat_result) -> str:
     return f'"{status.st_ino}-{status.st_size}-{status.st_mtime_ns}"'
 
 
-def _open_regular(path: str) -> tuple[int, os.stat_result]:
-    """A descriptor of `path` opened without blocking, and its fstat; raises OSError (ELOOP for a
-    symlink), or _NotRegular naming the kind of anything but a regular file (closed again)."""
-    descriptor = os.open(path, _OPEN_FLAGS)
+def _open_beneath(root: str, path: str) -> int:
+    """A descriptor of `path` (a resolved path below the folder `root`), reached one segment at a time
+    from `root` without following any symlink: a folder of `path` swapped for a symlink after `path` was
+    resolved can't lead the open out of `root`. Raises OSError (ELOOP or ENOTDIR for a symlink)."""
+    segments = os.path.relpath(path, root).split(os.sep)
+    if segments[0] in (os.curdir, os.pardir):
+        raise OSError(errno.EXDEV, "not below FILE_ROOT", path)
+    folder = os.open(root, _FOLDER_FLAGS)
+    try:
+        for segment in segments[:-1]:
+            inner = os.open(segment, _FOLDER_FLAGS, dir_fd=folder)
+            os.close(folder)
+            folder = inner
+        return os.open(segments[-1], _OPEN_FLAGS, dir_fd=folder)
+    finally:
+        os.close(folder)
+
+
+def _open_regular(root: str, path: str) -> tuple[int, os.stat_result]:
+    """A descriptor of `path` (below `root`, see _open_beneath) opened without blocking, and its fstat;
+    raises OSError (ELOOP for a symlink), or _NotRegular naming the kind of anything but a regular file
+    (closed again)."""
+    descriptor = _open_beneath(root, path)
     try:
         status = os.fstat(descriptor)
     except BaseException:
@@ -112,7 +135,10 @@ class FileSource:
 
     def _resolve(self, src: str, relative: str) -> str:
         """The real path (symlinks resolved), refusing one that ends up outside FILE_ROOT."""
-        real = os.path.realpath(os.path.join(self.root, relative))
+        try:
+            real = os.path.realpath(os.path.join(self.root, relative))
+        except OSError as error:  # a folder swapped for a symlink while it was read (EINVAL)
+            raise SourceNotFound(src, f"cannot resolve the path: {error.strerror or error}") from None
         if not self._inside(real):
             raise SourceRefused(src, "the path leads outside FILE_ROOT")
         return real
@@ -153,11 +179,10 @@ class FileSource:
             raise SourceNotFound(src, "is a file, not a directory")
         return [self._info(src, relative, real, self._opened(src, real))]
 
-    @staticmethod
-    def _opened(src: str, real: str) -> os.stat_result:
+    def _opened(self, src: str, real: str) -> os.stat_result:
         """The fstat of `real` opened as a regular file (it opens: readable; it is what was looked at)."""
         try:
-            descriptor, status = _open_regular(real)
+            descriptor, status = _open_regular(self.root, real)
         except _NotRegular as kind:
             raise SourceRefused(src, f"not a regular file ({kind})") from None
         except FileNotFoundError:
@@ -184,8 +209,11 @@ class FileSource:
             subdirectories.sort()
             for name in sorted(files):
                 lexical = os.path.join(current, name)
-                real = os.path.realpath(lexical)
                 member_src = src + os.path.relpath(lexical, directory).replace(os.sep, "/")
+                try:
+                    real = os.path.realpath(lexical)
+                except OSError as error:  # a folder swapped for a symlink while it was read (EINVAL)
+                    raise SourceNotFound(member_src, f"cannot resolve the path: {error.strerror or error}") from None
                 if not self._inside(real):
                     raise SourceRefused(member_src, "a symlink leads outside FILE_ROOT")
                 try:
@@ -212,7 +240,7 @@ class FileSource:
             before = os.lstat(path)
             if not stat_module.S_ISREG(before.st_mode):  # refused before it is opened, where it can be
                 raise _NotRegular(_kind(before.st_mode))
-            descriptor, _status = _open_regular(path)
+            descriptor, _status = _open_regular(self.root, path)
         except FileNotFoundError:
             raise SourceChanged(info.src, "the file was removed after pre-flight") from None
         except _NotRegular as kind:
