@@ -6,6 +6,7 @@ and `zipstream serve`'s address.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import importlib.metadata
 import io
@@ -26,7 +27,7 @@ from pathlib import Path
 import psycopg2
 import requests
 
-from zipstream.config import Config
+from zipstream.config import SETTINGS, Config
 
 from .support.live import free_port
 from .support.pgdb import throwaway_database
@@ -35,12 +36,6 @@ from .support.upstream import UpstreamServer
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Read outside Config.from_env: by gunicorn_conf.py, boto3 (endpoints), the CLI, prometheus-client.
-RUNTIME = {
-    "WEB_CONCURRENCY", "WORKER_CONNECTIONS", "GRACEFUL_TIMEOUT", "WORKER_TIMEOUT", "HEADER_TIMEOUT", "ACCESS_LOG",
-    "PROMETHEUS_MULTIPROC_DIR", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL_DYNAMODB",
-    "ZIPSTREAM_URL", "HOST",
-}
 # Set by the platform (PORT, DATABASE_URL) or meaningless there (the CLI's target).
 # HOST is `zipstream serve`'s address; on a platform the Procfile's gunicorn line binds 0.0.0.0:$PORT.
 NOT_IN_APP_JSON = {"PORT", "DATABASE_URL", "ZIPSTREAM_URL", "HOST"}
@@ -80,18 +75,22 @@ def env_example() -> dict[str, str]:
 
 def test_env_example_names_every_variable_and_nothing_else() -> None:
     documented = set(env_example())
-    assert config_variables() - documented == set(), "add these to .env.example"
-    assert documented - config_variables() - RUNTIME == set(), "stale names in .env.example"
+    assert config_variables() <= set(SETTINGS), "Config.from_env reads a variable that is not declared"
+    assert set(SETTINGS) - documented == set(), "add these to .env.example"
+    assert documented - set(SETTINGS) == set(), "stale names in .env.example"
 
 
-def test_runtime_variables_are_really_read_somewhere() -> None:
-    code = "\n".join(path.read_text() for path in (ROOT / "zipstream").rglob("*.py"))
-    for name in RUNTIME:
-        assert name in code, name
+def test_every_declared_setting_is_used() -> None:
+    """Each declaration is read somewhere: a Config field (`NAME.field()`) or `NAME.read(...)` in the server,
+    the CLI, the metrics or the boto3 endpoint lookup."""
+    used = {node.id for path in (ROOT / "zipstream").rglob("*.py") for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load)}
+    assert set(SETTINGS) - used == set(), "declared but never read"
 
 
 def test_env_example_values_are_the_defaults() -> None:
-    example = {name: value for name, value in env_example().items() if name not in RUNTIME}
+    example = env_example()
+    assert {name: example[name] for name in SETTINGS} == {name: s.shown_default for name, s in SETTINGS.items()}
     documented, default = Config.from_env(example), Config.from_env({})
     for field in fields(Config):
         assert getattr(documented, field.name) == getattr(default, field.name), field.name
@@ -105,8 +104,10 @@ def test_app_json_describes_every_config_var() -> None:
         assert spec.get("required") is False, name
     assert {"plan": "heroku-postgresql"} in app["addons"]
     assert app["env"]["DB_INTERFACE"]["value"] == "postgres"
-    assert Config.from_env({name: spec.get("value", "") for name, spec in app["env"].items()
-                            if name not in RUNTIME} | {"DATABASE_URL": "postgres://h/db"}).db_interface == "postgres"
+    values = {name: spec.get("value", "") for name, spec in app["env"].items()}
+    for name in values:
+        SETTINGS[name].read(values)  # every value is one its declaration takes (ConfigError otherwise)
+    assert Config.from_env(values | {"DATABASE_URL": "postgres://h/db"}).db_interface == "postgres"
 
 
 def test_procfile_python_version_and_gunicorn_config() -> None:

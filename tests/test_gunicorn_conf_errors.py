@@ -15,6 +15,10 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize(("name", "value"), [
     ("WORKER_CONNECTIONS", "abc"), ("GRACEFUL_TIMEOUT", "1h"), ("WORKER_TIMEOUT", "-5"), ("PORT", "x"),
     ("WEB_CONCURRENCY", "0"), ("HEADER_TIMEOUT", "0"), ("HEADER_TIMEOUT", "2.5"),
+    # gunicorn's socket.bind raised OverflowError with a traceback.
+    ("PORT", "70000"),
+    # Was read unchecked by the master: each worker then failed to boot, with gunicorn's lines around it.
+    ("LOG_LEVEL", "loud"),
 ])
 def test_a_bad_setting_is_one_line(tmp_path: Path, name: str, value: str) -> None:
     env = {**os.environ, "SQLITE_PATH": str(tmp_path / "z.sqlite3"), name: value}

@@ -11,6 +11,7 @@ import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from . import config as configuration
 from .config import Config
 from .errors import LimitExceeded, SchemaNotReady, ZipStreamError
 
@@ -32,18 +33,12 @@ def create_app(config: Config | Mapping[str, str] | None = None) -> Flask:
         config = Config.from_env(config)
     logs.configure(config.log_level)
     app = Flask(__name__)
-    app.config.update(
-        MAX_CONTENT_LENGTH=config.max_body_bytes,
-        MAX_FORM_MEMORY_SIZE=config.max_body_bytes,
-        # Werkzeug's default of 1,000 form parts would cap a form post at ~500 files.
-        MAX_FORM_PARTS=config.max_files * 2 + 16,
-        JSON_SORT_KEYS=False,
-    )
+    configuration.init_app(app, config)
+    app.config.update(JSON_SORT_KEYS=False)
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.url_map.strict_slashes = False
     # "/bundle//" should be a JSON 404, not Werkzeug's HTML redirect to "/bundle/".
     app.url_map.merge_slashes = False
-    app.extensions["zipstream.config"] = config
     repositories.init_app(app, config)
     sources.init_app(app, config)
     app.register_blueprint(api.bp)

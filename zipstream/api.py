@@ -17,7 +17,7 @@ from gunicorn.http.errors import ParseException
 
 from . import cooperative, counters, disconnect, ranges
 from .auth import bearer_matches
-from .config import Config
+from .config import Config, get_config
 from .deadline import Deadline
 from .download import PreparedZip, prepare
 from .errors import (
@@ -49,8 +49,7 @@ DEFAULT_FILENAME = "bundle.zip"
 
 
 def _config() -> Config:
-    config: Config = current_app.extensions["zipstream.config"]
-    return config
+    return get_config()
 
 
 def _repository() -> BundleRepository:

@@ -1,8 +1,9 @@
 """boto3 clients for the S3 source and the DynamoDB repository: one per process and settings.
 
 Endpoints are left to boto3's own `AWS_ENDPOINT_URL`, `AWS_ENDPOINT_URL_S3` and
-`AWS_ENDPOINT_URL_DYNAMODB` handling (MinIO, Ceph, R2, moto work the same way); credentials come
-from boto3's usual chain. Nothing here translates errors: each caller does that at its own edge.
+`AWS_ENDPOINT_URL_DYNAMODB` handling (MinIO, Ceph, R2, moto work the same way; `config.aws_endpoint`
+names the one in use); credentials come from boto3's usual chain. Nothing here translates errors:
+each caller does that at its own edge.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from urllib.parse import urlsplit
 import boto3
 from botocore.config import Config as BotoConfig
 
-from .config import Config
+from .config import Config, aws_endpoint
 from .deadline import current
 
 if TYPE_CHECKING:
@@ -98,7 +99,7 @@ def s3_client(config: Config, preflight: bool = False) -> S3Client:
     otherwise outlive it by S3_TIMEOUT).
     """
     # The pid is part of the key: a client (and its sockets) must never be shared across a fork.
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    endpoint = aws_endpoint("s3")
     timeout = min(config.s3_timeout, config.preflight_timeout) if preflight else config.s3_timeout
     key = (os.getpid(), endpoint, config.aws_region, pool_size(config), timeout, config.s3_path_style)
     with _lock:

@@ -9,7 +9,7 @@ import sys
 import time
 from datetime import UTC, datetime
 
-from .config import Config, ConfigError
+from .config import API_KEY, HOST, ZIPSTREAM_URL, Config, ConfigError
 from .errors import ZipStreamError
 
 
@@ -72,7 +72,7 @@ def _call(args: argparse.Namespace, method: str, base: str, path: str, expected:
     import requests
 
     headers = {"Accept": "application/json", "Connection": "close"}  # one request, then exit
-    api_key = getattr(args, "api_key", None) or os.environ.get("API_KEY", "")
+    api_key = getattr(args, "api_key", None) or API_KEY.read(os.environ)
     if api_key:
         headers["Authorization"] = f"Bearer {api_key}"
     try:
@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     serve_parser = commands.add_parser("serve", help=serve.__doc__)
     # Loopback unless asked: with HTTP_ALLOW_PRIVATE=true a LAN-wide listener fetches intranet URLs for
     # anyone who reaches it. Platforms bind through the Procfile's gunicorn line (0.0.0.0:$PORT) instead.
-    serve_parser.add_argument("--host", default=os.environ.get("HOST") or "127.0.0.1",
+    serve_parser.add_argument("--host", default=HOST.read(os.environ),
                               help="address to bind (default $HOST, else 127.0.0.1)")
     serve_parser.set_defaults(func=serve)
     commands.add_parser("migrate", help=migrate.__doc__).set_defaults(func=migrate)
@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         command.add_argument("secret", nargs="?", help="the bundle's secret (not needed with a manage link)")
         command.set_defaults(func=func)
     for command in bundle_commands.choices.values():
-        command.add_argument("--url", default=os.environ.get("ZIPSTREAM_URL", "http://localhost:4040"),
+        command.add_argument("--url", default=ZIPSTREAM_URL.read(os.environ),
                              help="the service's base URL (default $ZIPSTREAM_URL or http://localhost:4040)")
         command.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the service")
     args = parser.parse_args(argv)

@@ -1,30 +1,53 @@
-"""One typed configuration, read from the environment once and validated at start-up.
+"""Every environment variable ZipStream reads, declared once; the app's typed `Config`, read and validated once.
+
+Each `Setting` below is one variable: its name, how its text becomes a value (a `ConfigError` naming
+the variable otherwise), its default and one line of doc. A blank value means the default.
+`Config.from_env` reads the app's settings from them; the gunicorn master (gunicorn_conf.py), the CLI,
+boto3's endpoints (`aws_endpoint`) and the metrics read theirs through the same declarations. Tests
+pass a plain mapping instead of patching `os.environ`.
 
 The names and defaults are the Node ZipStream's (`PORT`, `DB_INTERFACE`, `DB_CNXN`, `FS_INTERFACES`,
-`AWS_REGION`, `TABLE_NAME`, `DATA_LIFETIME`) so its deployments can switch over; everything else is
-an addition. Tests pass a plain mapping instead of patching `os.environ`.
+`AWS_REGION`, `TABLE_NAME`, `DATA_LIFETIME`) so its deployments can switch over; Heroku's
+(`DATABASE_URL`, `WEB_CONCURRENCY`), gunicorn's, boto3's and prometheus-client's where they have one;
+everything else is an addition. The README's configuration table lists the same names and defaults
+(tests/test_config.py keeps them in step).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from .numbers import MAX_BYTES, NotANumber, NumberTooLarge, parse_decimal, parse_digits
+
+if TYPE_CHECKING:
+    from flask import Flask
 
 T = TypeVar("T")
 
 DB_INTERFACES = ("sqlite", "postgres", "dynamodb")
-FS_INTERFACES = ("s3", "https", "file")
+FILESTORES = ("s3", "https", "file")
 COMPRESSIONS = ("stored", "deflate")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+# PostgreSQL truncates identifiers past 63 bytes; the longest derived name adds "_migrations" (11).
+SQL_TABLE_NAME_MAX = 52
 
 
 class ConfigError(ValueError):
-    """A configuration value is missing or malformed; the message names the variable."""
+    """A configuration value is missing or malformed; the message (one line) names the variable."""
+
+
+# -- parsers: (variable name, raw text) -> value, or ConfigError naming the variable --
+
+Parser = Callable[[str, str], T]
+
+
+def _text(_name: str, raw: str) -> str:
+    return raw.strip()
 
 
 def _bool(name: str, raw: str) -> bool:
@@ -36,25 +59,25 @@ def _bool(name: str, raw: str) -> bool:
     raise ConfigError(f"{name} must be true or false, not {raw!r}")
 
 
-def _int(name: str, raw: str, minimum: int = 0) -> int:
-    try:
-        value = parse_digits(raw.strip())
-    except NumberTooLarge:
-        raise ConfigError(f"{name} must be at most {MAX_BYTES}, not {raw.strip()[:40]!r}") from None
-    except NotANumber:
-        raise ConfigError(f"{name} must be a whole number (ASCII digits 0-9), not {raw[:40]!r}") from None
-    if value < minimum:
-        raise ConfigError(f"{name} must be at least {minimum}, not {value}")
-    return value
+def whole(minimum: int = 0, maximum: int = MAX_BYTES) -> Parser[int]:
+    """ASCII digits (`١٢`, `+5`, `1_0` are refused: zipstream.numbers) from `minimum` to `maximum`."""
+
+    def parse(name: str, raw: str) -> int:
+        try:
+            value = parse_digits(raw.strip(), maximum)
+        except NumberTooLarge:
+            raise ConfigError(f"{name} must be at most {maximum}, not {raw.strip()[:40]!r}") from None
+        except NotANumber:
+            raise ConfigError(f"{name} must be a whole number (ASCII digits 0-9), not {raw[:40]!r}") from None
+        if value < minimum:
+            raise ConfigError(f"{name} must be at least {minimum}, not {value}")
+        return value
+
+    return parse
 
 
-def whole_number(name: str, raw: str, minimum: int = 0) -> int:
-    """`raw` (ASCII digits, surrounding whitespace ignored) as an int of at least `minimum`;
-    ConfigError naming `name` otherwise (for settings read elsewhere). `١٢`, `+5`, `1_0` are refused."""
-    return _int(name, raw, minimum)
-
-
-def _float(name: str, raw: str) -> float:
+def _seconds(name: str, raw: str) -> float:
+    """A positive decimal (`30`, `0.5`): `float()` took `nan`, a timeout nothing is ever past, and `inf`."""
     try:
         value = parse_decimal(raw.strip())
     except NotANumber:
@@ -64,12 +87,218 @@ def _float(name: str, raw: str) -> float:
     return value
 
 
+def one_of(choices: tuple[str, ...]) -> Parser[str]:
+    """One of `choices`, any case."""
+
+    def parse(name: str, raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in choices:
+            raise ConfigError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
+        return value
+
+    return parse
+
+
 def _csv(raw: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
 
 
-# PostgreSQL truncates identifiers past 63 bytes; the longest derived name adds "_migrations" (11).
-SQL_TABLE_NAME_MAX = 52
+def _list(_name: str, raw: str) -> tuple[str, ...]:
+    return _csv(raw)
+
+
+def _hosts(_name: str, raw: str) -> tuple[str, ...]:
+    return tuple(host.lower().lstrip(".") for host in _csv(raw))
+
+
+def _origins(_name: str, raw: str) -> tuple[str, ...]:
+    return tuple(origin.rstrip("/") for origin in _csv(raw))
+
+
+def _filestores(name: str, raw: str) -> tuple[str, ...]:
+    chosen = tuple(part.lower() for part in _csv(raw))
+    unknown = [part for part in chosen if part not in FILESTORES]
+    if unknown:
+        raise ConfigError(f"{name} has unknown backends {', '.join(unknown)}; known: {', '.join(FILESTORES)}")
+    if not chosen:
+        raise ConfigError(f"{name} must name at least one filestore backend")
+    return chosen
+
+
+def _table_name(name: str, raw: str) -> str:
+    value = raw.strip()
+    # ASCII only: str.isalnum() is true for full-width letters or CJK, which DynamoDB refuses at every call.
+    if not (value.isascii() and value.replace("_", "").replace("-", "").replace(".", "").isalnum()):
+        raise ConfigError(f"{name} may only hold letters, digits, '_', '-' and '.', not {value!r}")
+    return value
+
+
+def _directory(name: str, raw: str) -> str:
+    """An existing directory, as its real path (symbolic links resolved)."""
+    path = raw.strip()
+    if not os.path.isdir(path):
+        raise ConfigError(f"{name} {path!r} is not a directory")
+    return os.path.realpath(path)
+
+
+# -- the declarations --
+
+SETTINGS: dict[str, Setting[Any]] = {}  # every variable the project reads, in declaration order
+
+
+@dataclass(frozen=True)
+class Setting(Generic[T]):
+    """One environment variable: `name`, `parse` (text -> value), `default` (for unset or blank), `doc`.
+
+    `shown` is the default as `.env.example` and the README write it when that is not the value itself
+    ("": unset, the default is computed). `secret` keeps the value out of reprs.
+    """
+
+    name: str
+    parse: Parser[T]
+    default: T
+    doc: str
+    shown: str | None = None
+    secret: bool = False
+
+    def read(self, env: Mapping[str, str]) -> T:
+        """The value in `env`, the default when unset or blank; ConfigError naming the variable if malformed."""
+        raw = env.get(self.name)
+        if raw is None or not raw.strip():
+            return self.default
+        return self.parse(self.name, raw)
+
+    @property
+    def shown_default(self) -> str:
+        """The default as text in the variable's own syntax ("" when unset is the default)."""
+        if self.shown is not None:
+            return self.shown
+        value: Any = self.default
+        if value is None:
+            return ""
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, tuple):
+            return ",".join(value)
+        if isinstance(value, float) and value.is_integer():
+            return str(int(value))
+        return str(value)
+
+    def field(self) -> T:
+        """A `Config` field holding this setting (its default; `Config.from_env` reads it)."""
+        return dataclasses.field(default=self.default, repr=not self.secret, metadata={_SETTING: self})
+
+
+_SETTING = "zipstream.setting"
+
+
+def setting(name: str, parse: Parser[T], default: T, doc: str, *, shown: str | None = None,
+            secret: bool = False) -> Setting[T]:
+    """Declare the variable `name` (once: a second declaration of a name raises)."""
+    if name in SETTINGS:
+        raise ValueError(f"{name} is declared twice")
+    declared = Setting(name, parse, default, doc, shown, secret)
+    SETTINGS[name] = declared
+    return declared
+
+
+# The Node ZipStream's names (same meanings).
+PORT = setting("PORT", whole(1, 65535), 4040, "TCP port to listen on (Heroku sets it)")
+DB_INTERFACE = setting("DB_INTERFACE", one_of(DB_INTERFACES), "",
+                       "sqlite, postgres or dynamodb; unset: postgres when DATABASE_URL or DB_CNXN is set, else sqlite")
+DB_CNXN = setting("DB_CNXN", _text, "", "PostgreSQL connection string (URL or key=value); wins over DATABASE_URL",
+                  secret=True)
+DATABASE_URL = setting("DATABASE_URL", _text, "", "PostgreSQL URL set by Heroku, Render, Fly, Dokku; selects postgres",
+                       secret=True)
+FS_INTERFACES: Setting[tuple[str, ...]] = setting(
+    "FS_INTERFACES", _filestores, ("s3", "https"), "filestore backends, comma-separated: s3, https, file")
+AWS_REGION = setting("AWS_REGION", _text, "us-west-2", "region for S3 and DynamoDB")
+TABLE_NAME = setting("TABLE_NAME", _table_name, "bundles", "SQL table or DynamoDB table holding bundles")
+DATA_LIFETIME = setting("DATA_LIFETIME", whole(1), 10080, "minutes a stored bundle lives")
+# Database.
+SQLITE_PATH = setting("SQLITE_PATH", _text, "zipstream.sqlite3", "the SQLite file")
+DB_POOL_SIZE = setting("DB_POOL_SIZE", whole(1), 10, "PostgreSQL connections per worker")
+DB_TIMEOUT = setting("DB_TIMEOUT", _seconds, 5.0, "seconds before a database call gives up (503)")
+DB_IDLE_TIMEOUT = setting("DB_IDLE_TIMEOUT", _seconds, 60.0,
+                          "seconds a pooled PostgreSQL connection may sit unused before it is closed")
+# Sources.
+HTTP_ALLOW_PRIVATE = setting("HTTP_ALLOW_PRIVATE", _bool, False,
+                             "allow http(s) sources on private, loopback and link-local addresses")
+HTTP_HOSTS: Setting[tuple[str, ...]] = setting(
+    "HTTP_HOSTS", _hosts, (), "allowlist of http(s) source hosts or .suffixes, comma-separated (empty: any)")
+HTTP_TIMEOUT = setting("HTTP_TIMEOUT", _seconds, 30.0, "seconds to wait on an http(s) source between bytes")
+# The whole pre-flight (every source, retries included) must fit in this: under Heroku's 30 s to first
+# byte with room for queueing and the database. See README, deploying.
+PREFLIGHT_TIMEOUT = setting("PREFLIGHT_TIMEOUT", _seconds, 20.0, "seconds for one download's whole pre-flight (504)")
+S3_BUCKETS: Setting[tuple[str, ...]] = setting(
+    "S3_BUCKETS", _list, (), "allowlist of S3 buckets, comma-separated (empty: any the credentials can read)")
+S3_PATH_STYLE: Setting[bool | None] = setting(
+    "S3_PATH_STYLE", _bool, None, "S3 addressing: true path style, false virtual-hosted, unset botocore's choice")
+# 0 is "unset" here: the pool is then sized from PREFLIGHT_CONCURRENCY (aws.pool_size).
+S3_MAX_POOL = setting("S3_MAX_POOL", whole(1), 0,
+                      "S3 connections per worker (unset: max(100, 4 x PREFLIGHT_CONCURRENCY))", shown="")
+S3_TIMEOUT = setting("S3_TIMEOUT", _seconds, 30.0, "seconds to wait for S3")
+FILE_ROOT = setting("FILE_ROOT", _directory, "", "directory file:// sources are confined to (needed with file)")
+PREFETCH = setting("PREFETCH", whole(0), 16, "members fetched ahead of the one streaming out (bench B2)")
+PREFETCH_BYTES = setting("PREFETCH_BYTES", whole(64 * 1024), 4 * 1024 * 1024,
+                         "bytes read ahead per download, all members together")
+PREFLIGHT_CONCURRENCY = setting("PREFLIGHT_CONCURRENCY", whole(1), 64,
+                                "concurrent requests per download's pre-flight (bench B2)")
+# Files this small need no second request. See sources/held.py and README, performance.
+PREFLIGHT_FETCH_BYTES = setting("PREFLIGHT_FETCH_BYTES", whole(0), 64 * 1024,
+                                "first bytes of each http(s) file pre-flight GETs and keeps (0: HEAD only)")
+PREFLIGHT_HOLD_BYTES = setting("PREFLIGHT_HOLD_BYTES", whole(0), 64 * 1024 * 1024,
+                               "bytes pre-flight may hold that way per worker (one download: half)")
+AWS_ENDPOINT_URL = setting("AWS_ENDPOINT_URL", _text, "", "boto3's endpoint for every AWS service (MinIO, moto)")
+AWS_ENDPOINT_URL_S3 = setting("AWS_ENDPOINT_URL_S3", _text, "", "boto3's S3 endpoint (MinIO, Ceph, R2)")
+AWS_ENDPOINT_URL_DYNAMODB = setting("AWS_ENDPOINT_URL_DYNAMODB", _text, "",
+                                    "boto3's DynamoDB endpoint (local DynamoDB)")
+# Limits.
+MAX_FILES = setting("MAX_FILES", whole(1), 10000, "files per bundle")
+MAX_BODY_BYTES = setting("MAX_BODY_BYTES", whole(1024), 16 * 1024 * 1024, "request body size")
+MAX_NAME_LENGTH = setting("MAX_NAME_LENGTH", whole(16), 1024, "longest dst")
+MAX_SRC_LENGTH = setting("MAX_SRC_LENGTH", whole(16), 4096, "longest src")
+MAX_BUNDLE_BYTES = setting("MAX_BUNDLE_BYTES", whole(0), 0, "total size of a bundle's files (0: unlimited)")
+# API.
+API_KEY = setting("API_KEY", _text, "", "when set, creating bundles needs 'Authorization: Bearer <API_KEY>'",
+                  secret=True)
+METRICS_TOKEN = setting("METRICS_TOKEN", _text, "", "when set, /metrics needs 'Authorization: Bearer <METRICS_TOKEN>'",
+                        secret=True)
+CORS_ORIGINS: Setting[tuple[str, ...]] = setting(
+    "CORS_ORIGINS", _origins, (), "origins allowed by CORS, comma-separated ('*': any; empty: no CORS headers)")
+DEFAULT_COMPRESSION = setting("DEFAULT_COMPRESSION", one_of(COMPRESSIONS), "stored",
+                              "stored or deflate, when a request does not say")
+DEMO = setting("DEMO", _bool, False, "serve the shopping-cart example page at /demo")
+# Operations: the app, and the gunicorn master (gunicorn_conf.py) and its workers.
+LOG_LEVEL = setting("LOG_LEVEL", one_of(LOG_LEVELS), "info", "debug, info, warning, error or critical")
+ACCESS_LOG = setting("ACCESS_LOG", _text, "", "gunicorn's own access log file ('-': stderr; unset: none)")
+WEB_CONCURRENCY: Setting[int | None] = setting(
+    "WEB_CONCURRENCY", whole(1), None, "gunicorn workers (unset: the CPUs this process may use, at least 2)")
+WORKER_CONNECTIONS = setting("WORKER_CONNECTIONS", whole(1), 10000,
+                             "requests one worker serves at once; past it 503 (middleware.py)")
+GRACEFUL_TIMEOUT = setting("GRACEFUL_TIMEOUT", whole(0), 3600, "seconds a stopping worker lets downloads finish")
+WORKER_TIMEOUT = setting("WORKER_TIMEOUT", whole(1), 60, "gunicorn's worker heartbeat timeout, seconds")
+HEADER_TIMEOUT = setting("HEADER_TIMEOUT", whole(1), 10,
+                         "seconds a client has to send a request's line and headers (gunicorn_worker.py)")
+PROMETHEUS_MULTIPROC_DIR = setting("PROMETHEUS_MULTIPROC_DIR", _text, "",
+                                   "prometheus-client's directory for every worker's metrics (unset: a temporary one)")
+TRUSTED_PROXY_HOPS = setting("TRUSTED_PROXY_HOPS", whole(0), 0,
+                             "proxies in front appending to X-Forwarded-For (0: the header is ignored)")
+# The CLI.
+HOST = setting("HOST", _text, "127.0.0.1", "address `zipstream serve` binds")
+ZIPSTREAM_URL = setting("ZIPSTREAM_URL", _text, "http://localhost:4040",
+                        "the service `zipstream bundle create|show|delete` talk to")
+
+
+def aws_endpoint(service: Literal["s3", "dynamodb"], env: Mapping[str, str] | None = None) -> str | None:
+    """The endpoint boto3 uses for `service`: AWS_ENDPOINT_URL_<SERVICE>, else AWS_ENDPOINT_URL, else AWS's (None).
+
+    boto3 reads these itself when it builds a client (they are its settings, not `Config`'s); this names
+    the same one for the S3 client cache and the start-up line.
+    """
+    env = os.environ if env is None else env
+    specific = AWS_ENDPOINT_URL_S3 if service == "s3" else AWS_ENDPOINT_URL_DYNAMODB
+    return specific.read(env) or AWS_ENDPOINT_URL.read(env) or None
 
 
 def _sql_table_name(name: str) -> bool:
@@ -78,7 +307,7 @@ def _sql_table_name(name: str) -> bool:
             and len(name) <= SQL_TABLE_NAME_MAX)
 
 
-def _database(env: Mapping[str, str]) -> tuple[str, str]:
+def _database(interface: str, cnxn: str, database_url: str) -> tuple[str, str]:
     """(backend, Postgres connection string or "") by convention; ConfigError on a contradiction.
 
     - DB_INTERFACE set: it decides (the seed's meaning). postgres connects to DB_CNXN, else to
@@ -90,11 +319,6 @@ def _database(env: Mapping[str, str]) -> tuple[str, str]:
     A DB_CNXN next to DB_INTERFACE=sqlite/dynamodb is ignored, as in the seed (.env files copied
     from the seed's example carry one).
     """
-    interface = env.get("DB_INTERFACE", "").strip().lower()
-    database_url = env.get("DATABASE_URL", "").strip()
-    cnxn = env.get("DB_CNXN", "").strip()
-    if interface and interface not in DB_INTERFACES:
-        raise ConfigError(f"DB_INTERFACE must be one of {', '.join(DB_INTERFACES)}, not {interface!r}")
     if interface in ("sqlite", "dynamodb") and database_url:
         raise ConfigError(
             f"DB_INTERFACE={interface} but DATABASE_URL is set (a PostgreSQL database this instance would "
@@ -149,135 +373,75 @@ def _mask_password_parameters(dsn: str) -> str:
 
 @dataclass(frozen=True)
 class Config:
-    """Every setting the service reads; see the README's configuration table."""
+    """The app's settings, typed: one field per declared setting (see above and the README's configuration
+    table), plus the database the DB_INTERFACE / DB_CNXN / DATABASE_URL convention selects."""
 
-    port: int = 4040
-    db_interface: str = "sqlite"
-    # The PostgreSQL connection string in use (DB_CNXN or DATABASE_URL, see _database); "" for the
-    # other backends.
+    port: int = PORT.field()
+    db_interface: str = "sqlite"  # the backend in use: DB_INTERFACE, or the convention (_database)
+    # The PostgreSQL connection string in use (DB_CNXN or DATABASE_URL); "" for the other backends.
     db_cnxn: str = field(default="", repr=False)  # may hold a password
-    sqlite_path: str = "zipstream.sqlite3"
-    db_pool_size: int = 10
-    db_timeout: float = 5.0
-    db_idle_timeout: float = 60.0  # seconds a pooled PostgreSQL connection may sit unused before it is closed
-    fs_interfaces: tuple[str, ...] = ("s3", "https")
-    aws_region: str = "us-west-2"
-    table_name: str = "bundles"
-    data_lifetime: int = 10080  # minutes
-    http_allow_private: bool = False
-    http_hosts: tuple[str, ...] = ()
-    http_timeout: float = 30.0
-    # The whole pre-flight (every source, retries included) must fit in this: under Heroku's 30 s
-    # to first byte with room for queueing and the database. See README, deploying.
-    preflight_timeout: float = 20.0
-    max_files: int = 10000
-    max_body_bytes: int = 16 * 1024 * 1024
-    max_name_length: int = 1024
-    max_src_length: int = 4096
-    max_bundle_bytes: int = 0  # 0 = unlimited
-    s3_buckets: tuple[str, ...] = ()
-    s3_path_style: bool | None = None  # None: botocore's choice (path style for a custom endpoint)
-    s3_max_pool: int = 0  # 0 = max(100, 4 x PREFLIGHT_CONCURRENCY)
-    s3_timeout: float = 30.0
-    file_root: str = ""
-    prefetch: int = 16  # chosen by bench B2: see README, performance
-    prefetch_bytes: int = 4 * 1024 * 1024  # read-ahead buffered per download, all members together
-    preflight_concurrency: int = 64  # chosen by bench B2: see README, performance
-    # Pre-flight GETs this many first bytes of each http(s) file instead of a HEAD (0: HEAD only);
-    # files this small need no second request. See sources/held.py and README, performance.
-    preflight_fetch_bytes: int = 64 * 1024
-    preflight_hold_bytes: int = 64 * 1024 * 1024  # per worker; one download holds at most half
-    api_key: str = field(default="", repr=False)  # secrets stay out of reprs and tracebacks
-    metrics_token: str = field(default="", repr=False)  # when set, /metrics needs "Bearer <METRICS_TOKEN>"
-    cors_origins: tuple[str, ...] = ()  # empty = no CORS headers; "*" = any origin
-    default_compression: str = "stored"
-    demo: bool = False  # GET /demo, the shopping-cart example page
-    log_level: str = "info"
-    worker_connections: int = 10000  # requests one gunicorn worker serves at once; past it, 503 (middleware.py)
-    trusted_proxy_hops: int = 0  # proxies appending to X-Forwarded-For in front of us; 0 = header ignored
-    extra: Mapping[str, str] = field(default_factory=dict)
+    sqlite_path: str = SQLITE_PATH.field()
+    db_pool_size: int = DB_POOL_SIZE.field()
+    db_timeout: float = DB_TIMEOUT.field()
+    db_idle_timeout: float = DB_IDLE_TIMEOUT.field()
+    fs_interfaces: tuple[str, ...] = FS_INTERFACES.field()
+    aws_region: str = AWS_REGION.field()
+    table_name: str = TABLE_NAME.field()
+    data_lifetime: int = DATA_LIFETIME.field()
+    http_allow_private: bool = HTTP_ALLOW_PRIVATE.field()
+    http_hosts: tuple[str, ...] = HTTP_HOSTS.field()
+    http_timeout: float = HTTP_TIMEOUT.field()
+    preflight_timeout: float = PREFLIGHT_TIMEOUT.field()
+    max_files: int = MAX_FILES.field()
+    max_body_bytes: int = MAX_BODY_BYTES.field()
+    max_name_length: int = MAX_NAME_LENGTH.field()
+    max_src_length: int = MAX_SRC_LENGTH.field()
+    max_bundle_bytes: int = MAX_BUNDLE_BYTES.field()
+    s3_buckets: tuple[str, ...] = S3_BUCKETS.field()
+    s3_path_style: bool | None = S3_PATH_STYLE.field()
+    s3_max_pool: int = S3_MAX_POOL.field()
+    s3_timeout: float = S3_TIMEOUT.field()
+    file_root: str = FILE_ROOT.field()
+    prefetch: int = PREFETCH.field()
+    prefetch_bytes: int = PREFETCH_BYTES.field()
+    preflight_concurrency: int = PREFLIGHT_CONCURRENCY.field()
+    preflight_fetch_bytes: int = PREFLIGHT_FETCH_BYTES.field()
+    preflight_hold_bytes: int = PREFLIGHT_HOLD_BYTES.field()
+    api_key: str = API_KEY.field()
+    metrics_token: str = METRICS_TOKEN.field()
+    cors_origins: tuple[str, ...] = CORS_ORIGINS.field()
+    default_compression: str = DEFAULT_COMPRESSION.field()
+    demo: bool = DEMO.field()
+    log_level: str = LOG_LEVEL.field()
+    worker_connections: int = WORKER_CONNECTIONS.field()
+    trusted_proxy_hops: int = TRUSTED_PROXY_HOPS.field()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
         """Read and validate the settings; raises ConfigError naming the bad variable."""
         env = os.environ if env is None else env
+        db_interface, db_cnxn = _database(DB_INTERFACE.read(env), DB_CNXN.read(env), DATABASE_URL.read(env))
+        values = {name: declared.read(env) for name, declared in cls.declared().items()}
+        config = cls(db_interface=db_interface, db_cnxn=db_cnxn, **values)
+        config._check_together()
+        return config
 
-        def get(name: str, convert: Callable[[str, str], T], default: T) -> T:
-            raw = env.get(name)
-            if raw is None or raw.strip() == "":
-                return default
-            return convert(name, raw)
+    @classmethod
+    def declared(cls) -> dict[str, Setting[Any]]:
+        """Field name -> the declaration of the variable it holds, for every field but the database's two."""
+        return {f.name: f.metadata[_SETTING] for f in fields(cls) if _SETTING in f.metadata}
 
-        db_interface, db_cnxn = _database(env)
-        fs = tuple(name.lower() for name in _csv(env.get("FS_INTERFACES", "s3,https")))
-        unknown = [name for name in fs if name not in FS_INTERFACES]
-        if unknown:
-            raise ConfigError(
-                f"FS_INTERFACES has unknown backends {', '.join(unknown)}; known: {', '.join(FS_INTERFACES)}"
-            )
-        if not fs:
-            raise ConfigError("FS_INTERFACES must name at least one filestore backend")
-        compression = env.get("DEFAULT_COMPRESSION", "stored").strip().lower() or "stored"
-        if compression not in COMPRESSIONS:
-            raise ConfigError(f"DEFAULT_COMPRESSION must be one of {', '.join(COMPRESSIONS)}")
-        file_root = env.get("FILE_ROOT", "").strip()
-        if "file" in fs and not file_root:
+    def _check_together(self) -> None:
+        """The rules that involve more than one setting."""
+        if "file" in self.fs_interfaces and not self.file_root:
             raise ConfigError("FS_INTERFACES contains 'file' but FILE_ROOT is not set")
-        if file_root and not os.path.isdir(file_root):
-            raise ConfigError(f"FILE_ROOT {file_root!r} is not a directory")
-        table_name = env.get("TABLE_NAME", "bundles").strip() or "bundles"
-        # ASCII only: str.isalnum() is true for full-width letters or CJK, which DynamoDB refuses at every call.
-        if not (table_name.isascii() and table_name.replace("_", "").replace("-", "").replace(".", "").isalnum()):
-            raise ConfigError(f"TABLE_NAME may only hold letters, digits, '_', '-' and '.', not {table_name!r}")
-        if db_interface in ("sqlite", "postgres") and not _sql_table_name(table_name):
+        if self.db_interface in ("sqlite", "postgres") and not _sql_table_name(self.table_name):
             # Used unquoted in SQL: `-`/`.` were a syntax error in migrate, then "run migrate" forever.
             raise ConfigError(
-                f"TABLE_NAME {table_name!r} is not usable with {db_interface}: use letters, digits and '_' only,"
-                f" not starting with a digit, at most {SQL_TABLE_NAME_MAX} characters ('-' and '.' are for DynamoDB)"
+                f"TABLE_NAME {self.table_name!r} is not usable with {self.db_interface}: use letters, digits and '_'"
+                f" only, not starting with a digit, at most {SQL_TABLE_NAME_MAX} characters ('-' and '.' are for"
+                " DynamoDB)"
             )
-        log_level = env.get("LOG_LEVEL", "info").strip().lower() or "info"
-        if log_level not in LOG_LEVELS:
-            raise ConfigError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, not {log_level!r}")
-        return cls(
-            port=get("PORT", lambda n, r: _int(n, r, 1), 4040),
-            db_interface=db_interface,
-            db_cnxn=db_cnxn,
-            sqlite_path=env.get("SQLITE_PATH", "").strip() or "zipstream.sqlite3",
-            db_pool_size=get("DB_POOL_SIZE", lambda n, r: _int(n, r, 1), 10),
-            db_timeout=get("DB_TIMEOUT", _float, 5.0),
-            db_idle_timeout=get("DB_IDLE_TIMEOUT", _float, 60.0),
-            fs_interfaces=fs,
-            aws_region=env.get("AWS_REGION", "").strip() or "us-west-2",
-            table_name=table_name,
-            data_lifetime=get("DATA_LIFETIME", lambda n, r: _int(n, r, 1), 10080),
-            http_allow_private=get("HTTP_ALLOW_PRIVATE", _bool, False),
-            http_hosts=tuple(h.lower().lstrip(".") for h in _csv(env.get("HTTP_HOSTS", ""))),
-            http_timeout=get("HTTP_TIMEOUT", _float, 30.0),
-            preflight_timeout=get("PREFLIGHT_TIMEOUT", _float, 20.0),
-            max_files=get("MAX_FILES", lambda n, r: _int(n, r, 1), 10000),
-            max_body_bytes=get("MAX_BODY_BYTES", lambda n, r: _int(n, r, 1024), 16 * 1024 * 1024),
-            max_name_length=get("MAX_NAME_LENGTH", lambda n, r: _int(n, r, 16), 1024),
-            max_src_length=get("MAX_SRC_LENGTH", lambda n, r: _int(n, r, 16), 4096),
-            max_bundle_bytes=get("MAX_BUNDLE_BYTES", _int, 0),
-            s3_buckets=_csv(env.get("S3_BUCKETS", "")),
-            s3_path_style=get("S3_PATH_STYLE", _bool, None),
-            s3_max_pool=get("S3_MAX_POOL", lambda n, r: _int(n, r, 1), 0),
-            s3_timeout=get("S3_TIMEOUT", _float, 30.0),
-            file_root=os.path.realpath(file_root) if file_root else "",
-            prefetch=get("PREFETCH", lambda n, r: _int(n, r, 0), 16),
-            prefetch_bytes=get("PREFETCH_BYTES", lambda n, r: _int(n, r, 64 * 1024), 4 * 1024 * 1024),
-            preflight_concurrency=get("PREFLIGHT_CONCURRENCY", lambda n, r: _int(n, r, 1), 64),
-            preflight_fetch_bytes=get("PREFLIGHT_FETCH_BYTES", lambda n, r: _int(n, r, 0), 64 * 1024),
-            preflight_hold_bytes=get("PREFLIGHT_HOLD_BYTES", lambda n, r: _int(n, r, 0), 64 * 1024 * 1024),
-            api_key=env.get("API_KEY", "").strip(),
-            metrics_token=env.get("METRICS_TOKEN", "").strip(),
-            cors_origins=tuple(origin.rstrip("/") for origin in _csv(env.get("CORS_ORIGINS", ""))),
-            default_compression=compression,
-            demo=get("DEMO", _bool, False),
-            log_level=log_level,
-            worker_connections=get("WORKER_CONNECTIONS", lambda n, r: _int(n, r, 1), 10000),
-            trusted_proxy_hops=get("TRUSTED_PROXY_HOPS", lambda n, r: _int(n, r, 0), 0),
-        )
 
     def describe_database(self) -> str:
         """One line naming the backend and its target, password masked (logged at start-up).
@@ -289,12 +453,30 @@ class Config:
             return f"postgres {mask_dsn(self.db_cnxn)} table {self.table_name}"
         if self.db_interface == "sqlite":
             return f"sqlite {os.path.abspath(self.sqlite_path)} table {self.table_name}"
-        # boto3 reads the endpoint from the environment itself (see aws.py); named here so the log says it.
-        endpoint = os.environ.get("AWS_ENDPOINT_URL_DYNAMODB") or os.environ.get("AWS_ENDPOINT_URL") or "AWS"
-        return f"dynamodb region {self.aws_region} table {self.table_name} endpoint {endpoint}"
+        return f"dynamodb region {self.aws_region} table {self.table_name} endpoint {aws_endpoint('dynamodb') or 'AWS'}"
 
     def replace(self, **changes: Any) -> Config:
         """A copy with some settings changed (tests use this)."""
-        values = {f.name: getattr(self, f.name) for f in fields(self)}
-        values.update(changes)
-        return Config(**values)
+        return dataclasses.replace(self, **changes)
+
+
+_EXTENSION = "zipstream.config"
+
+
+def init_app(app: Flask, config: Config) -> None:
+    """Make `config` the app's (`get_config()`), with the Flask settings it decides."""
+    app.config.update(
+        MAX_CONTENT_LENGTH=config.max_body_bytes,
+        MAX_FORM_MEMORY_SIZE=config.max_body_bytes,
+        # Werkzeug's default of 1,000 form parts would cap a form post at ~500 files.
+        MAX_FORM_PARTS=config.max_files * 2 + 16,
+    )
+    app.extensions[_EXTENSION] = config
+
+
+def get_config() -> Config:
+    """The current app's Config (needs an app context, as in a request)."""
+    from flask import current_app  # here: nothing else in this module needs Flask, and the sources import it
+
+    config: Config = current_app.extensions[_EXTENSION]
+    return config

@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 from urllib.parse import quote
 
-from flask import Blueprint, current_app, render_template
+from flask import Blueprint, render_template
 
-from .config import Config
+from .config import get_config
 from .errors import NotFound
 
 bp = Blueprint("demo", __name__, template_folder="templates")
@@ -39,7 +39,7 @@ def list_files(root: str, limit: int = MAX_LISTED) -> list[tuple[str, str, int]]
 @bp.get("/demo")
 def demo() -> str:
     """The shopping-cart example page."""
-    config: Config = current_app.extensions["zipstream.config"]
+    config = get_config()
     if not config.demo:
         raise NotFound("the demo page is off; start the service with DEMO=true")
     files = list_files(config.file_root) if "file" in config.fs_interfaces and config.file_root else []

@@ -29,27 +29,17 @@ import contextlib
 import json
 import os
 import socket
-from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 
 import gevent
 from gunicorn.workers.ggevent import GeventWorker as _GeventWorker
 
-from .config import whole_number
+from .config import HEADER_TIMEOUT
+from .peek import peek
 
 # How often a worker looks whether it was told to stop; the base worker's own loop sleeps 1 s.
 _STOP_POLL_SECONDS = 0.25
-HEADER_TIMEOUT_DEFAULT = 10  # seconds
-
-
-def header_timeout(environ: Mapping[str, str] = os.environ) -> int:
-    """`HEADER_TIMEOUT`: whole seconds (at least 1) a client has to send a request's line and headers.
-
-    Raises ConfigError naming it for anything but a whole number of at least 1.
-    """
-    raw = environ.get("HEADER_TIMEOUT", "").strip()
-    return whole_number("HEADER_TIMEOUT", raw, 1) if raw else HEADER_TIMEOUT_DEFAULT
 
 
 class GeventWorker(_GeventWorker):  # type: ignore[misc]
@@ -58,7 +48,7 @@ class GeventWorker(_GeventWorker):  # type: ignore[misc]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._idle: set[socket.socket] = set()  # connections waiting for (the rest of) their next request
-        self.header_timeout = header_timeout()
+        self.header_timeout = HEADER_TIMEOUT.read(os.environ)  # gunicorn_conf.py refused a bad one already
         # The connection each handler greenlet serves, and how many heads it has waited for.
         self._connections: dict[Any, list[Any]] = {}
 
@@ -151,7 +141,17 @@ class _HeadDeadline:
         self.timer = self.loop.timer(self.idle)
         self.timer.start(self._expire)
         self.readable = self.loop.io(self.sock.fileno(), 1)  # 1: readable
-        self.readable.start(self._first_byte)
+        # Bytes that came while the last response was finishing are read at once, without a trip
+        # through the hub, so the watcher would never see them: the head's clock starts now. (What
+        # lands between this look and that read still waits `idle`.)
+        try:
+            waiting = peek(self.sock.fileno())
+        except OSError:
+            waiting = None
+        if waiting:
+            self._first_byte()
+        else:
+            self.readable.start(self._first_byte)
         return self
 
     def _first_byte(self) -> None:  # in the hub

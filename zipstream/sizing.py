@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
 from pathlib import Path
-
-from .numbers import NotANumber, parse_digits
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 SELF_CGROUP = Path("/proc/self/cgroup")
@@ -85,22 +82,13 @@ def usable_cpus(cgroup_root: Path = CGROUP_ROOT, self_cgroup: Path = SELF_CGROUP
     return max(1, cpus)
 
 
-def default_workers(environ: Mapping[str, str] | None = None, cgroup_root: Path = CGROUP_ROOT,
-                    self_cgroup: Path = SELF_CGROUP, affinity: int | None = None) -> int:
-    """gunicorn workers: WEB_CONCURRENCY when set, else one per usable CPU, at least 2.
+def default_workers(web_concurrency: int | None, cgroup_root: Path = CGROUP_ROOT, self_cgroup: Path = SELF_CGROUP,
+                    affinity: int | None = None) -> int:
+    """gunicorn workers: `web_concurrency` (WEB_CONCURRENCY) when set, else one per usable CPU, at least 2.
 
     Two at least, so one worker busy with CPU work (deflate) or restarting never leaves the
-    instance with nobody to answer. Raises ValueError for a WEB_CONCURRENCY that is not a whole
-    number of at least 1.
+    instance with nobody to answer.
     """
-    environ = os.environ if environ is None else environ
-    raw = environ.get("WEB_CONCURRENCY", "").strip()
-    if raw:
-        try:
-            value = parse_digits(raw)
-        except NotANumber:  # `١٢`, `+2`, `1_0`: int() takes them, gunicorn too
-            raise ValueError(f"WEB_CONCURRENCY must be a whole number (ASCII digits 0-9), not {raw[:40]!r}") from None
-        if value < 1:
-            raise ValueError(f"WEB_CONCURRENCY must be at least 1, not {value}")
-        return value
+    if web_concurrency is not None:
+        return web_concurrency
     return max(2, usable_cpus(cgroup_root, self_cgroup, affinity))
