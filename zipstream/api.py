@@ -15,7 +15,7 @@ from urllib.parse import quote
 from flask import Blueprint, Response, current_app, jsonify, request
 from gunicorn.http.errors import ParseException
 
-from . import cooperative, disconnect, metrics, ranges
+from . import cooperative, counters, disconnect, ranges
 from .auth import bearer_matches
 from .config import Config, get_config
 from .deadline import Deadline
@@ -40,7 +40,7 @@ from .models import Bundle, FileRef
 from .names import download_filename
 from .repositories import BundleRepository, confirm_ready, get_cache, get_repository, schema_gone
 from .schemas import AppendFilesSchema, CreateBundleSchema, OneOffBundleSchema, form_to_body, load
-from .sources import Sources
+from .sources import get_sources
 
 log = logging.getLogger(__name__)
 bp = Blueprint("api", __name__)
@@ -55,11 +55,6 @@ def _config() -> Config:
 def _repository() -> BundleRepository:
     """The repository, once ready: until then every route that needs it answers 503 naming the fix."""
     return get_repository()
-
-
-def _sources() -> Sources:
-    sources: Sources = current_app.extensions["zipstream.sources"]
-    return sources
 
 
 @bp.before_app_request
@@ -122,7 +117,7 @@ def _check_api_key() -> None:
 
 def _check_sources(files: list[FileRef]) -> None:
     """Refuse srcs no backend will read (bucket allowlist, FILE_ROOT) before storing anything."""
-    sources = _sources()
+    sources = get_sources()
     for ref in files:
         sources.check(ref.src)
 
@@ -211,7 +206,7 @@ def zip_response(prepared: PreparedZip) -> Response:
         return response
     chunks = prepared.stream(start, stop)
     first = _first_chunk(chunks, prepared)
-    body = metrics.track_download(
+    body = counters.track_download(
         cooperative.yielding(_after(first, chunks)),
         kind="one_off" if request.method == "POST" else "bundle",
         started=request.environ.get("zipstream.started") or time.monotonic(),
@@ -280,8 +275,8 @@ def _prepare(files: tuple[FileRef, ...] | list[FileRef], filename: str, compress
     hold = request.method != "HEAD" and not {"Range", "If-None-Match"} & set(request.headers.keys())
     # One deadline for all of pre-flight (PREFLIGHT_TIMEOUT), cancelled if the client hangs up meanwhile.
     deadline = Deadline(_config().preflight_timeout)
-    with metrics.PREFLIGHT_SECONDS.time(), disconnect.watching(request.environ, deadline):
-        return prepare(files, filename, compression, created_at, _sources(), get_cache(), _config(), hold,
+    with counters.PREFLIGHT_SECONDS.time(), disconnect.watching(request.environ, deadline):
+        return prepare(files, filename, compression, created_at, get_sources(), get_cache(), _config(), hold,
                        deadline)
 
 

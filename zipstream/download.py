@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import cached_property
@@ -34,8 +34,7 @@ from .names import safe_name, unique_names
 from .numbers import MAX_BYTES
 from .prefetch import Prefetcher
 from .repositories import CrcCache, Known
-from .sources import SourceInfo, Sources
-from .sources.held import Holding
+from .sources import HoldScope, SourceInfo, Sources
 
 log = logging.getLogger(__name__)
 
@@ -58,21 +57,24 @@ CANCEL_POLL = 0.25
 
 
 def preflight(files: Sequence[FileRef], sources: Sources, concurrency: int,
-              holding: Holding | None = None, deadline: Deadline | None = None) -> list[list[SourceInfo]]:
+              deadline: Deadline | None = None, hold: bool = False) -> list[list[SourceInfo]]:
     """Stat every src concurrently; raises SourcesFailed listing every src that cannot be read.
 
-    With a `holding`, sources may keep the first bytes of files (`SourceInfo.head`) within it.
+    With `hold`, sources may keep the first bytes of files (`SourceInfo.head`) within this
+    download's share of their budget (sources/held.py).
     With a `deadline`, the answer comes by then whatever the sources do: a src not stat-ed by then
     fails with SourceTimeout (so SourcesFailed is a 504 unless another src failed worse), and the
     requests still in flight are aborted. If the deadline is cancelled (the client hung up), queued
     srcs are never requested, those in flight are aborted, and ClientGone is raised.
     """
     deadline = deadline if deadline is not None else Deadline(None)
+    scope = HoldScope() if hold else None
 
     def stat(ref: FileRef) -> list[SourceInfo] | SourceError:
         try:
             deadline.check(ref.src)  # queued behind slower srcs: maybe there is no time left
-            return sources.stat(ref.src, holding, deadline)
+            with scope.applying() if scope is not None else nullcontext():
+                return sources.stat(ref.src, deadline)
         except SourceError as error:
             return error
 
@@ -402,8 +404,7 @@ def prepare(
     """
     if deadline is None:
         deadline = Deadline(config.preflight_timeout)
-    stats = preflight(files, sources, config.preflight_concurrency, sources.holding() if hold else None,
-                      deadline)
+    stats = preflight(files, sources, config.preflight_concurrency, deadline, hold)
     with _heads_given_back_on_error(stats):
         # Before any name is made: a prefix or directory may expand to far more files than MAX_FILES.
         count = sum(len(infos) for infos in stats)
