@@ -17,8 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from flask import current_app
-
 from ..config import Config
 from ..errors import SchemaNotReady
 from .contract import (
@@ -104,6 +102,8 @@ def init_app(app: Flask, config: Config, backend: Backend | None = None) -> None
 
 
 def _installed() -> _Installed:
+    from flask import current_app  # only the web layer asks: the CLI and the data path never load Flask
+
     installed: _Installed = current_app.extensions[_EXTENSION]
     return installed
 
