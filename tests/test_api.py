@@ -14,6 +14,7 @@ from flask.testing import FlaskClient
 
 from zipstream import create_app
 from zipstream.config import Config
+from zipstream.repositories import get_repository
 
 from .support.upstream import UpstreamServer
 
@@ -296,7 +297,8 @@ def test_expired_bundle_is_410_on_every_route_but_delete(make_config: Callable[.
     app: Flask = create_app(make_config(DATA_LIFETIME="1"))
     client = app.test_client()
     bundle = _create(client, [{"src": files["rock"]}])
-    repository = app.extensions["zipstream.repository"]
+    with app.app_context():
+        repository = get_repository()
     stored = repository.get(bundle["id"])
     repository.delete(stored.id)
     from dataclasses import replace
@@ -324,7 +326,8 @@ def test_health_check(client: FlaskClient) -> None:
 
 def test_health_check_reports_database_down(make_config: Callable[..., Config], tmp_path: object) -> None:
     app = create_app(make_config())
-    app.extensions["zipstream.repository"].path = "/nonexistent-dir/x.sqlite3"
+    with app.app_context():
+        get_repository().path = "/nonexistent-dir/x.sqlite3"  # type: ignore[attr-defined]
     response = app.test_client().get("/health-check")
     assert response.status_code == 503
     assert response.headers["Retry-After"]

@@ -87,7 +87,7 @@ def test_folder_swapped_for_a_symlink_after_resolution_is_not_followed_at_prefli
     then: 36 of 1,500 downloads through gunicorn held the outside file). Before, the open followed the
     new symlink in the folder part of the path (O_NOFOLLOW covers only the last segment)."""
     root, outside = planted
-    source = FileSource(make_config(FS_INTERFACES="file", FILE_ROOT=str(root)))
+    source = FileSource.from_config(make_config(FS_INTERFACES="file", FILE_ROOT=str(root)))
     resolve = os.path.realpath
 
     def resolve_then_swap(path: str, *args: Any, **kwargs: Any) -> str:  # the attacker's moment
@@ -105,7 +105,7 @@ def test_folder_swapped_for_a_symlink_after_resolution_is_not_followed_at_prefli
 def test_folder_swapped_for_a_symlink_after_preflight_is_not_followed_when_streaming(
         planted: tuple[Path, Path], make_config: Callable[..., Config]) -> None:
     root, outside = planted
-    source = FileSource(make_config(FS_INTERFACES="file", FILE_ROOT=str(root)))
+    source = FileSource.from_config(make_config(FS_INTERFACES="file", FILE_ROOT=str(root)))
     (info,) = source.stat("file:///up/d/s.txt")
     _swap_for_symlink(root / "up" / "d", outside)
     with pytest.raises(SourceError):

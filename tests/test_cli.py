@@ -21,6 +21,7 @@ from zipstream import cli
 from zipstream.config import Config
 from zipstream.models import Bundle, FileRef
 from zipstream.repositories import build_repository
+from zipstream.repositories.sql import TABLE_SUFFIXES
 
 from .support.live import LiveServer, free_port
 
@@ -47,7 +48,7 @@ def postgres_env(env: dict[str, str], postgres_url: str, monkeypatch: pytest.Mon
     import psycopg2
 
     with psycopg2.connect(postgres_url) as connection, connection.cursor() as cursor:
-        for suffix in ("_files", "_crcs", "_migrations", ""):
+        for suffix in TABLE_SUFFIXES:
             cursor.execute(f"DROP TABLE IF EXISTS {table}{suffix} CASCADE")
     connection.close()
 

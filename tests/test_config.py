@@ -398,8 +398,8 @@ def test_the_app_holds_its_config(tmp_path: Path) -> None:
 
 # -- the README's configuration table: the declared names, with the declared defaults --
 
-# Rows the README has yet to take from /work/notes/R4-readme.md: empty this set when it has.
-README_PENDING = {"ZIPSTREAM_URL", "S3_MAX_POOL"}
+# Rows where the README may differ from the declarations: none (add a name here only with a reason).
+README_PENDING: set[str] = set()
 
 
 def readme_defaults() -> dict[str, str]:

@@ -63,7 +63,7 @@ def test_a_connect_timeout_is_a_timeout(make_config: Callable[..., Config]) -> N
         with socket.create_connection(("127.0.0.1", port)):
             sources = build_sources(make_config(HTTP_TIMEOUT="0.2"))
             with pytest.raises(SourceTimeout, match=r"HTTP_TIMEOUT\), 4 attempts"):
-                sources.stat(f"http://127.0.0.1:{port}/never.bin", None, Deadline(20))
+                sources.stat(f"http://127.0.0.1:{port}/never.bin", Deadline(20))
 
 
 def test_client_gone_means_eof_or_reset_only() -> None:

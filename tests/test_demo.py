@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import time
+import functools
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +16,10 @@ from zipstream.config import Config
 
 from .support.browser import chromium
 from .support.live import LiveServer
+from .support.waiting import wait_for as _wait_for
+
+# A browser's download or page can take a while on a loaded machine.
+wait_for = functools.partial(_wait_for, timeout=15.0, interval=0.1)
 
 FILES = {"a.txt": b"alpha\n", "c d.txt": b"with a space\n", "sub/b.csv": b"x,y\n1,2\n", "sub/e.bin": bytes(range(256))}
 
@@ -27,16 +31,6 @@ def root(tmp_path: Path) -> Path:
         (base / name).parent.mkdir(parents=True, exist_ok=True)
         (base / name).write_bytes(data)
     return base
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def finished_download(directory: Path, name: str) -> Path | None:

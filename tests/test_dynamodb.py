@@ -91,8 +91,10 @@ OPERATIONS: dict[str, Callable[[DynamoRepository, Bundle], Any]] = {
     "create": lambda repo, _b: repo.create(_bundle()),
     "append": lambda repo, b: repo.append(b.id, [FileRef("https://example.com/more.bin")], 100),
     "delete": lambda repo, b: repo.delete(b.id),
-    "get_crcs": lambda repo, _b: repo.get_crcs(["identity-1", "identity-2"]),
+    "known": lambda repo, _b: repo.known(["identity-1", "identity-2"], ["https://example.com/a"], '"zs1-v"'),
     "put_crcs": lambda repo, _b: repo.put_crcs({"identity-1": 1234}),
+    "mark_served": lambda repo, _b: repo.mark_served('"zs1-v"', 1000),
+    "mark_unstable": lambda repo, _b: repo.mark_unstable("https://example.com/a"),
 }
 
 

@@ -385,7 +385,7 @@ def test_browser_habits_end_to_end_under_gunicorn(serve: Callable[..., Any], ups
     ("https://h/a/dl", "//m.example/x?y=1#frag", "https://m.example/x?y=1"),
 ])
 def test_redirect_target(base: str, location: str, expected: str) -> None:
-    from zipstream.sources.http import redirect_target
+    from zipstream.sources.http_transport import redirect_target
 
     assert redirect_target(base, location) == expected
 
@@ -410,12 +410,12 @@ def test_retry_after_as_an_http_date(upstream: UpstreamServer) -> None:
 
     import requests
 
-    from zipstream.sources.http import _retry_after
+    from zipstream.sources.http_transport import retry_after
 
     upstream.set_behaviour("/a", status=503)
     response = requests.get(upstream.url("/a"), timeout=5)
     response.headers["Retry-After"] = email.utils.formatdate(time.time() + 30, usegmt=True)
-    wait = _retry_after(response)
+    wait = retry_after(response)
     assert wait is not None and 28 <= wait <= 30
     response.headers["Retry-After"] = "soon"
-    assert _retry_after(response) is None
+    assert retry_after(response) is None

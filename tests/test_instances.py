@@ -55,8 +55,10 @@ def database_env(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
             yield env
     else:
         moto: MotoServer = request.getfixturevalue("moto_server")
+        # moto answers one request at a time: 100 concurrent appends queue there for seconds, which
+        # DynamoDB itself doesn't do, so each call gets longer than DB_TIMEOUT's default (as in support/dynamo.py).
         env = {"DB_INTERFACE": "dynamodb", "TABLE_NAME": "instances_" + uuid.uuid4().hex[:12],
-               "AWS_ENDPOINT_URL_DYNAMODB": moto.endpoint}
+               "AWS_ENDPOINT_URL_DYNAMODB": moto.endpoint, "DB_TIMEOUT": "30"}
         _migrate(env)
         yield env
 

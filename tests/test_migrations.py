@@ -18,6 +18,8 @@ import psycopg2
 import pytest
 import requests
 
+from zipstream.repositories.sql import TABLE_SUFFIXES
+
 from .support.live import LiveServer, free_port
 from .support.moto import MotoServer
 from .support.upstream import UpstreamServer
@@ -278,7 +280,7 @@ def test_every_shipped_script_can_run_again(request: pytest.FixtureRequest, back
     finally:
         if backend == "postgres":
             with repository.transaction() as cursor:
-                for suffix in ("_files", "_crcs", "_migrations", ""):
+                for suffix in TABLE_SUFFIXES:
                     cursor.execute(f"DROP TABLE IF EXISTS {table}{suffix} CASCADE")
         repository.close()
 
@@ -321,6 +323,6 @@ def test_a_table_dropped_under_a_running_service_is_a_503_until_migrate_repairs_
         assert requests.post(server.url("/"), json={"files": []}, timeout=10).status_code == 201
     finally:
         with psycopg2.connect(postgres_url) as connection, connection.cursor() as cursor:
-            for suffix in ("_files", "_crcs", "_migrations", ""):
+            for suffix in TABLE_SUFFIXES:
                 cursor.execute(f"DROP TABLE IF EXISTS {table}{suffix} CASCADE")
         connection.close()

@@ -20,7 +20,7 @@ import pytest
 import requests
 
 from zipstream.config import Config
-from zipstream.sources.http import BACKOFF
+from zipstream.sources.http_transport import BACKOFF
 
 from .support.counting import CountingUpstream
 from .support.live import LiveServer, live_server

@@ -18,11 +18,14 @@ from zipstream.config import Config
 from zipstream.download import prepare
 from zipstream.errors import SourceChanged, SourceError, SourcesFailed
 from zipstream.models import FileRef
-from zipstream.sources import Sources, build_sources
+from zipstream.sources import HoldScope, SourceInfo, Sources, build_sources
+from zipstream.sources.held import HoldBudget
+from zipstream.sources.http import HttpSource
 
 from .support.live import LiveServer
 from .support.readers import CheckZip
 from .support.upstream import UpstreamServer
+from .support.waiting import wait_for
 
 FETCH = 64 * 1024
 FIRST = f"bytes=0-{FETCH - 1}"
@@ -33,6 +36,19 @@ def sources(make_config: Callable[..., Config]) -> Sources:
     return build_sources(make_config())
 
 
+def _budget(sources: Sources) -> HoldBudget:
+    """The worker's budget of held bytes: the HTTP source's own."""
+    source = sources.backend("http://upstream/")
+    assert isinstance(source, HttpSource)
+    return source.budget
+
+
+def _stat(sources: Sources, src: str, scope: HoldScope | None = None) -> list[SourceInfo]:
+    """`sources.stat(src)` as the pre-flight of a download that may hold runs it (in `scope`, else a new one)."""
+    with (scope or HoldScope()).applying():
+        return sources.stat(src)
+
+
 def _methods_and_ranges(upstream: UpstreamServer, path: str) -> list[tuple[str, str | None]]:
     return [(record.method, record.range) for record in upstream.requests_for(path)]
 
@@ -40,53 +56,54 @@ def _methods_and_ranges(upstream: UpstreamServer, path: str) -> list[tuple[str, 
 def test_small_file_costs_one_request(sources: Sources, upstream: UpstreamServer) -> None:
     data = os.urandom(5000)
     upstream.add("/a.bin", data)
-    holding = sources.holding()
-    assert holding is not None
-    [info] = sources.stat(upstream.url("/a.bin"), holding)
+    holding = HoldScope()
+    [info] = _stat(sources, upstream.url("/a.bin"), holding)
     assert info.size == 5000
     assert info.etag is not None
     assert holding.used == 5000  # the rest of the 64 KiB reservation went back at once
     assert b"".join(sources.open(info)) == data
     assert _methods_and_ranges(upstream, "/a.bin") == [("GET", FIRST)]
     assert holding.used == 0
-    assert sources.budget.used == 0
+    assert _budget(sources).used == 0
 
 
 def test_big_file_continues_after_the_held_part_without_reading_a_byte_twice(
         sources: Sources, upstream: UpstreamServer) -> None:
     data = os.urandom(300_000)
     upstream.add("/big.bin", data)
-    [info] = sources.stat(upstream.url("/big.bin"), sources.holding())
+    [info] = _stat(sources, upstream.url("/big.bin"))
     assert info.size == 300_000
     assert info.head is not None
     assert info.head.size == FETCH
     assert b"".join(sources.open(info)) == data
     assert _methods_and_ranges(upstream, "/big.bin") == [("GET", FIRST), ("GET", f"bytes={FETCH}-")]
     assert upstream.requests_for("/big.bin")[1].headers["if-range"] == info.etag
+    # The upstream counts a response's bytes after writing them: the client can be done first.
+    wait_for(lambda: upstream.bytes_sent["/big.bin"] >= len(data), "the upstream's count of what it sent")
     assert upstream.bytes_sent["/big.bin"] == len(data)
-    assert sources.budget.used == 0
+    assert _budget(sources).used == 0
 
 
 def test_a_range_inside_the_held_part_is_served_from_it(sources: Sources, upstream: UpstreamServer) -> None:
     data = os.urandom(9000)
     upstream.add("/a.bin", data)
-    [info] = sources.stat(upstream.url("/a.bin"), sources.holding())
+    [info] = _stat(sources, upstream.url("/a.bin"))
     assert b"".join(sources.open(info, 1234)) == data[1234:]
     assert len(upstream.requests_for("/a.bin")) == 1
 
 
 def test_file_changed_after_preflight_is_refused_not_spliced(sources: Sources, upstream: UpstreamServer) -> None:
     upstream.add("/big.bin", os.urandom(200_000))
-    [info] = sources.stat(upstream.url("/big.bin"), sources.holding())
+    [info] = _stat(sources, upstream.url("/big.bin"))
     upstream.add("/big.bin", os.urandom(200_000))  # new content, new ETag
     with pytest.raises(SourceChanged):
         b"".join(sources.open(info))
-    assert sources.budget.used == 0
+    assert _budget(sources).used == 0
 
 
 def test_empty_file(sources: Sources, upstream: UpstreamServer) -> None:
     upstream.add("/empty.bin", b"")
-    [info] = sources.stat(upstream.url("/empty.bin"), sources.holding())
+    [info] = _stat(sources, upstream.url("/empty.bin"))
     assert info.size == 0
     assert b"".join(sources.open(info)) == b""
     # "bytes=0-65535" of nothing is a 416, which need not carry the validators: a plain GET gets them.
@@ -98,9 +115,9 @@ def test_server_that_ignores_range(sources: Sources, upstream: UpstreamServer) -
     upstream.add("/small.bin", small)
     upstream.add("/big.bin", big)
     upstream.set_behaviour(no_range=True)
-    holding = sources.holding()
-    [small_info] = sources.stat(upstream.url("/small.bin"), holding)
-    [big_info] = sources.stat(upstream.url("/big.bin"), holding)
+    holding = HoldScope()
+    [small_info] = _stat(sources, upstream.url("/small.bin"), holding)
+    [big_info] = _stat(sources, upstream.url("/big.bin"), holding)
     assert small_info.head is not None  # the whole file came in the 200: kept
     assert big_info.head is None  # a whole big file we didn't ask for: dropped, not read
     assert big_info.size == 400_000
@@ -108,15 +125,15 @@ def test_server_that_ignores_range(sources: Sources, upstream: UpstreamServer) -
     assert b"".join(sources.open(big_info)) == big
     assert len(upstream.requests_for("/small.bin")) == 1
     assert len(upstream.requests_for("/big.bin")) == 2
-    assert sources.budget.used == 0
+    assert _budget(sources).used == 0
 
 
 def test_encoded_answer_is_not_held_and_has_no_size(sources: Sources, upstream: UpstreamServer) -> None:
     upstream.add("/a.txt", b"hello " * 1000)
     upstream.set_behaviour("/a.txt", gzip=True)
-    [info] = sources.stat(upstream.url("/a.txt"), sources.holding())
+    [info] = _stat(sources, upstream.url("/a.txt"))
     assert info.size is None and info.head is None  # the encoded bytes are not the file's
-    assert sources.budget.used == 0
+    assert _budget(sources).used == 0
     assert b"".join(sources.open(info)) == b"hello " * 1000  # decoded, as a browser saves it
 
 
@@ -124,17 +141,17 @@ def test_an_encoding_we_cannot_decode_is_refused(sources: Sources, upstream: Ups
     upstream.add("/a.txt", b"hello " * 1000)
     upstream.set_behaviour("/a.txt", content_encoding="br")
     with pytest.raises(SourceError, match="br-encoded"):
-        sources.stat(upstream.url("/a.txt"), sources.holding())
-    assert sources.budget.used == 0
+        _stat(sources, upstream.url("/a.txt"))
+    assert _budget(sources).used == 0
 
 
 def test_small_files_share_one_kept_alive_connection(sources: Sources, upstream: UpstreamServer) -> None:
-    holding = sources.holding()
+    holding = HoldScope()
     for index in range(20):
         upstream.add(f"/f{index}.bin", os.urandom(100 * index))
-        sources.stat(upstream.url(f"/f{index}.bin"), holding)
+        _stat(sources, upstream.url(f"/f{index}.bin"), holding)
     upstream.add("/big.bin", os.urandom(FETCH + 1))
-    [big] = sources.stat(upstream.url("/big.bin"), holding)
+    [big] = _stat(sources, upstream.url("/big.bin"), holding)
     b"".join(sources.open(big))
     assert upstream.connections_accepted == 1
 
@@ -144,7 +161,7 @@ def test_spent_budget_discards_the_first_bytes(make_config: Callable[..., Config
     upstream.add("/a.bin", b"a" * 100)
     # A download may hold half the worker's budget: 50,000 bytes is less than one 64 KiB reservation.
     sources = build_sources(make_config(PREFLIGHT_HOLD_BYTES="100000"))
-    [info] = sources.stat(upstream.url("/a.bin"), sources.holding())
+    [info] = _stat(sources, upstream.url("/a.bin"))
     assert info.head is None
     assert b"".join(sources.open(info)) == b"a" * 100
     # A ranged GET as ever (read the same way, so the same zip), of one byte; the member is read later.
@@ -155,8 +172,8 @@ def test_fetch_bytes_zero_means_one_byte_probe(make_config: Callable[..., Config
                                                upstream: UpstreamServer) -> None:
     upstream.add("/a.bin", b"a" * 100)
     sources = build_sources(make_config(PREFLIGHT_FETCH_BYTES="0"))
-    assert sources.holding() is None
-    [info] = sources.stat(upstream.url("/a.bin"), sources.holding())
+    assert _budget(sources).total == 0
+    [info] = _stat(sources, upstream.url("/a.bin"))
     assert info.head is None
     assert info.size == 100
     assert _methods_and_ranges(upstream, "/a.bin") == [("GET", "bytes=0-0")]
@@ -168,14 +185,13 @@ def test_per_download_limit_leaves_room_for_others(make_config: Callable[..., Co
         upstream.add(f"/f{index}.bin", os.urandom(40_000))
     # Worker budget 512 KiB: one download may reserve 256 KiB, i.e. four 64 KiB reservations at once.
     sources = build_sources(make_config(PREFLIGHT_HOLD_BYTES=str(512 * 1024)))
-    first = sources.holding()
-    infos = [info for index in range(8) for info in sources.stat(upstream.url(f"/f{index}.bin"), first)]
+    first = HoldScope()
+    infos = [info for index in range(8) for info in _stat(sources, upstream.url(f"/f{index}.bin"), first)]
     held = [info for info in infos if info.head is not None]
     assert 4 <= len(held) < 8  # 40,000 bytes kept per file: six fit in 256 KiB after the first ones
-    assert first is not None
     assert first.used == 40_000 * len(held) <= 256 * 1024
-    second = sources.holding()
-    [other] = sources.stat(upstream.url("/f0.bin"), second)
+    second = HoldScope()
+    [other] = _stat(sources, upstream.url("/f0.bin"), second)
     assert other.head is not None  # the other half of the worker's budget is still there
 
 
@@ -188,7 +204,7 @@ def test_failed_preflight_gives_the_bytes_back(make_config: Callable[..., Config
     with pytest.raises(SourcesFailed) as failed:
         prepare(files, "x.zip", "stored", 0, sources, None, config, hold=True)
     assert failed.value.__traceback__ is not None  # its frames still see the held bytes: given back anyway
-    assert sources.budget.used == 0
+    assert _budget(sources).used == 0
 
 
 def test_abandoned_download_gives_the_bytes_back(make_config: Callable[..., Config],
@@ -199,16 +215,16 @@ def test_abandoned_download_gives_the_bytes_back(make_config: Callable[..., Conf
         upstream.add(f"/f{index}.bin", os.urandom(30_000))
     files = [FileRef(upstream.url(f"/f{index}.bin")) for index in range(10)]
     prepared = prepare(files, "x.zip", "stored", 0, sources, None, config, hold=True)
-    assert sources.budget.used == 300_000
+    assert _budget(sources).used == 300_000
     stream = prepared.stream()
     next(stream)
     stream.close()  # the client went away after the first chunk
-    assert sources.budget.used == 0
+    assert _budget(sources).used == 0
     # A prepared zip that is never streamed (HEAD, 304) gives them back when it goes.
     prepared = prepare(files, "x.zip", "stored", 0, sources, None, config, hold=True)
-    assert sources.budget.used == 300_000
+    assert _budget(sources).used == 300_000
     del prepared
-    assert sources.budget.used == 0
+    assert _budget(sources).used == 0
 
 
 def test_holding_never_changes_a_byte_of_the_zip(serve: Callable[..., LiveServer], upstream: UpstreamServer,
@@ -300,7 +316,7 @@ def test_zip_is_the_same_whichever_preflight_ran(make_config: Callable[..., Conf
         files.append(FileRef(upstream.url(f"/f{index}.bin")))
     upstream.set_behaviour(**behaviour)
     held, held_etag = _zip(sources, config, files, hold=True)
-    assert sources.budget.used == 0
+    assert _budget(sources).used == 0
     not_held, not_held_etag = _zip(sources, config, files, hold=False)
     assert held == not_held
     assert held_etag == not_held_etag
@@ -311,7 +327,7 @@ def test_a_server_without_range_or_etag_costs_one_request_per_small_file(sources
     data = os.urandom(3000)
     upstream.add("/a.bin", data)
     upstream.set_behaviour(no_range=True, no_validators=("ETag",))  # like `python -m http.server`
-    [info] = sources.stat(upstream.url("/a.bin"), sources.holding())
+    [info] = _stat(sources, upstream.url("/a.bin"))
     assert info.etag is None
     assert info.last_modified is not None
     assert b"".join(sources.open(info)) == data
@@ -323,10 +339,10 @@ def test_a_first_part_needs_a_strong_etag(sources: Sources, upstream: UpstreamSe
     upstream.add("/weak-small.bin", os.urandom(2000), etag='W/"v1"')
     upstream.add("/dated-big.bin", os.urandom(200_000))
     upstream.set_behaviour("/dated-big.bin", no_validators=("ETag",))
-    holding = sources.holding()
-    [weak_big] = sources.stat(upstream.url("/weak-big.bin"), holding)
-    [weak_small] = sources.stat(upstream.url("/weak-small.bin"), holding)
-    [dated_big] = sources.stat(upstream.url("/dated-big.bin"), holding)
+    holding = HoldScope()
+    [weak_big] = _stat(sources, upstream.url("/weak-big.bin"), holding)
+    [weak_small] = _stat(sources, upstream.url("/weak-small.bin"), holding)
+    [dated_big] = _stat(sources, upstream.url("/dated-big.bin"), holding)
     # A continuation after a weak ETag or a date could splice two versions: read those whole later.
     assert weak_big.head is None
     assert dated_big.head is None
@@ -334,7 +350,7 @@ def test_a_first_part_needs_a_strong_etag(sources: Sources, upstream: UpstreamSe
     assert b"".join(sources.open(weak_big)) and upstream.ranges_for("/weak-big.bin")[-1] is None
     for info in (weak_small, dated_big):
         b"".join(sources.open(info))
-    assert sources.budget.used == 0
+    assert _budget(sources).used == 0
 
 
 def test_content_range_beyond_its_total_is_not_trusted() -> None:
@@ -349,7 +365,7 @@ def test_content_range_beyond_its_total_is_not_trusted() -> None:
 def test_empty_file_on_a_server_without_head(sources: Sources, upstream: UpstreamServer) -> None:
     upstream.add("/empty.bin", b"")
     upstream.set_behaviour(no_head=True)  # HEAD -> 405, and "bytes=0-0" of nothing -> 416
-    [held] = sources.stat(upstream.url("/empty.bin"), sources.holding())
+    [held] = _stat(sources, upstream.url("/empty.bin"))
     [not_held] = sources.stat(upstream.url("/empty.bin"))
     assert held.size == 0
     assert held == not_held
@@ -421,5 +437,5 @@ def test_a_zip_refused_after_preflight_gives_the_bytes_back(make_config: Callabl
         prepare(files, "x.zip", "stored", 0, sources, None, config, hold=True)
     # Given back at once, not whenever the exception (whose frames still see them) is collected.
     assert refused.value.__traceback__ is not None
-    assert sources.budget.used == 0
+    assert _budget(sources).used == 0
     assert all(record.range == FIRST for record in upstream.requests)  # they were held, then given back

@@ -176,7 +176,7 @@ def test_a_malformed_range_is_ignored_not_a_500(served: tuple[FlaskClient, str],
 def test_no_range_or_if_range_value_is_a_5xx(served: tuple[FlaskClient, str], value: str,
                                              if_range: str | None, method: str) -> None:
     headers = {"Range": value} | ({"If-Range": if_range} if if_range is not None else {})
-    # 428: a resume without If-Range from a byte this zip version never sent (see zip_response).
+    # 428: a resume without If-Range from a byte this zip version never sent (see response.ZipResponse).
     assert _status(served, method, headers) in (200, 206, 416, 428)
 
 

@@ -1,4 +1,4 @@
-"""One contract suite that every BundleRepository backend must pass, against the real databases."""
+"""One contract suite that every backend (BundleRepository, CrcCache) must pass, against the real databases."""
 
 from __future__ import annotations
 
@@ -16,13 +16,22 @@ import pytest
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from zipstream import create_app
-from zipstream.config import Config
+from zipstream import create_app, repositories
+from zipstream.config import DB_INTERFACES, Config
 from zipstream.errors import LimitExceeded, SchemaNotReady, ServiceUnavailable
 from zipstream.models import Bundle, FileRef
-from zipstream.repositories import BundleRepository, Readiness, SchemaError, SchemaState, build_repository
+from zipstream.repositories import BACKENDS as REGISTRY
+from zipstream.repositories import (
+    Backend,
+    BundleRepository,
+    Known,
+    Readiness,
+    SchemaError,
+    SchemaState,
+    build_repository,
+)
 from zipstream.repositories.postgres import PostgresRepository
-from zipstream.repositories.sql import SqlRepository
+from zipstream.repositories.sql import TABLE_SUFFIXES, SqlRepository
 from zipstream.repositories.sqlite import SqliteRepository
 
 from .support.dynamo import dynamodb_backend
@@ -30,22 +39,22 @@ from .support.live import free_port
 from .support.upstream import UpstreamServer
 
 # Each backend registers a factory: request -> repository (fresh, migrated, isolated table).
-BACKENDS: dict[str, Callable[[pytest.FixtureRequest], BundleRepository]] = {}
+BACKENDS: dict[str, Callable[[pytest.FixtureRequest], Backend]] = {}
 
 
-def _sqlite(request: pytest.FixtureRequest) -> BundleRepository:
+def _sqlite(request: pytest.FixtureRequest) -> Backend:
     tmp = request.getfixturevalue("tmp_path")
     return SqliteRepository(str(tmp / "contract.sqlite3"), "bundles")
 
 
-def _postgres(request: pytest.FixtureRequest) -> BundleRepository:
+def _postgres(request: pytest.FixtureRequest) -> Backend:
     url = request.getfixturevalue("postgres_url")
     table = "t_" + uuid.uuid4().hex[:12]
     repository = PostgresRepository(url, table, pool_size=20)
 
     def drop() -> None:
         with repository.transaction() as cursor:
-            for suffix in ("_files", "_crcs", "_migrations", ""):
+            for suffix in TABLE_SUFFIXES:
                 cursor.execute(f"DROP TABLE IF EXISTS {table}{suffix} CASCADE")
         repository.close()
 
@@ -59,7 +68,7 @@ BACKENDS["dynamodb"] = dynamodb_backend
 
 
 @pytest.fixture(params=sorted(BACKENDS))
-def repo(request: pytest.FixtureRequest) -> Iterator[BundleRepository]:
+def repo(request: pytest.FixtureRequest) -> Iterator[Backend]:
     repository = BACKENDS[request.param](request)
     repository.migrate()
     yield repository
@@ -190,10 +199,9 @@ def test_expired_bundles_are_still_returned(repo: BundleRepository) -> None:
 
 def test_the_owner_deletes_an_expired_bundle(repo: BundleRepository, make_config: Callable[..., Config]) -> None:
     """Expired: 410 for downloads, reads and appends, but its owner can still delete it (200, as when live)."""
-    app = create_app(make_config())
-    app.extensions["zipstream.repository"].close()
-    app.extensions["zipstream.repository"] = repo  # the API on this backend
-    app.extensions.pop("zipstream.readiness")
+    config = make_config()
+    app = create_app(config)
+    repositories.init_app(app, config, backend=repo)  # the API on this backend
     client = app.test_client()
     old = Bundle.new("old.zip", (FileRef("https://example.com/a"),), 1, now=time.time() - 3600)
     repo.create(old)
@@ -209,17 +217,107 @@ def test_the_owner_deletes_an_expired_bundle(repo: BundleRepository, make_config
     assert client.delete(path).status_code == 404
 
 
-def test_learned_crcs_round_trip_and_update(repo: BundleRepository) -> None:
-    assert repo.get_crcs(["a" * 64]) == {}
+# -- the download cache (CrcCache): learned CRC-32s, served records, unstable marks --------------------
+
+VERSION = '"zs1-' + "0123456789" * 4 + '"'  # a zip's ETag
+
+
+def test_nothing_is_known_at_first(repo: Backend) -> None:
+    assert repo.known(["a" * 64], ["https://example.com/a"], VERSION) == Known()
+    assert repo.known([], [], None) == Known()
+
+
+def test_learned_crcs_round_trip_and_update(repo: Backend) -> None:
+    assert repo.known(["a" * 64], [], None).crcs == {}
     repo.put_crcs({"a" * 64: 1, "b" * 64: 0xFFFFFFFF})
     repo.put_crcs({"a" * 64: 2})
-    assert repo.get_crcs(["a" * 64, "b" * 64, "c" * 64]) == {"a" * 64: 2, "b" * 64: 0xFFFFFFFF}
+    assert repo.known(["a" * 64, "b" * 64, "c" * 64], [], None) == Known(crcs={"a" * 64: 2, "b" * 64: 0xFFFFFFFF})
 
 
-def test_many_learned_crcs(repo: BundleRepository) -> None:
+def test_many_learned_crcs(repo: Backend) -> None:
     crcs = {f"{i:064x}": i for i in range(1200)}
     repo.put_crcs(crcs)
-    assert repo.get_crcs(list(crcs)) == crcs
+    assert repo.known(list(crcs), [], None).crcs == crcs
+
+
+def test_a_served_record_only_ever_rises(repo: Backend) -> None:
+    repo.mark_served(VERSION, 1000)
+    repo.mark_served(VERSION, 500)  # a later, shorter response of the same version
+    assert repo.known([], [], VERSION).delivered == 1000
+    repo.mark_served(VERSION, 2**40)  # past 32 bits
+    assert repo.known([], [], VERSION).delivered == 2**40
+    assert repo.known([], [], '"zs1-another"').delivered == 0  # one record per version
+
+
+def test_concurrent_served_marks_leave_the_largest(repo: Backend) -> None:
+    """Every step of eight concurrent downloads' records, interleaved: the largest stays (a read, then a
+    write of the larger, would let a slower writer put back a smaller value)."""
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(8)
+
+    def downloader(offset: int) -> None:
+        try:
+            barrier.wait()
+            for step in range(1, 13):
+                repo.mark_served(VERSION, step * 1000 + offset)
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=downloader, args=(offset,)) for offset in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert repo.known([], [], VERSION).delivered == 12_007
+
+
+def test_unstable_marks(repo: Backend) -> None:
+    marked, other = "https://example.com/a.bin?v=1", "s3://bucket/ключ файл.bin"
+    long = "https://example.com/" + "x" * 5000  # any length is a key
+    repo.mark_unstable(marked)
+    repo.mark_unstable(marked)
+    repo.mark_unstable(long)
+    assert repo.known([], [marked, other, long], None).unstable == {marked, long}
+    assert repo.known([], [other], None).unstable == frozenset()
+
+
+def test_the_three_kinds_of_record_never_answer_for_one_another(repo: Backend) -> None:
+    """Served and unstable marks were fake CRC-32s in one table: now each is its own record."""
+    text = "c" * 64
+    repo.mark_served(text, 10)
+    repo.mark_unstable(text)
+    assert repo.known([text], [], None).crcs == {}
+    repo.put_crcs({text: 0})
+    assert repo.known([text], [text], text) == Known(crcs={text: 0}, delivered=10, unstable=frozenset({text}))
+    assert repo.known([], [], '"zs1-other"').delivered == 0
+
+
+def test_purge_forgets_cache_records_after_their_lifetime(repo: Backend) -> None:
+    from zipstream.repositories import CACHE_LIFETIME
+
+    repo.put_crcs({"a" * 64: 1})
+    repo.mark_served(VERSION, 100)
+    repo.mark_unstable("https://example.com/a")
+    everything = Known(crcs={"a" * 64: 1}, delivered=100, unstable=frozenset({"https://example.com/a"}))
+    repo.purge_expired(int(time.time()))
+    assert repo.known(["a" * 64], ["https://example.com/a"], VERSION) == everything  # recent: kept
+    repo.purge_expired(int(time.time()) + CACHE_LIFETIME + 24 * 3600)
+    assert repo.known(["a" * 64], ["https://example.com/a"], VERSION) == Known()
+
+
+@pytest.mark.parametrize("backend", sorted(BACKENDS))
+def test_the_cache_of_an_unmigrated_database_names_migrate(request: pytest.FixtureRequest, backend: str) -> None:
+    repository = BACKENDS[backend](request)  # never migrated
+    calls: list[Callable[[], object]] = [
+        lambda: repository.known(["a" * 64], ["https://example.com/a"], VERSION),
+        lambda: repository.put_crcs({"a" * 64: 1}), lambda: repository.mark_served(VERSION, 1),
+        lambda: repository.mark_unstable("https://example.com/a"),
+    ]
+    for call in calls:
+        with pytest.raises(SchemaNotReady, match="run `zipstream migrate`"):
+            call()
+    repository.close()
 
 
 def test_large_bundle_round_trips(repo: BundleRepository) -> None:
@@ -359,7 +457,7 @@ def _unmigrated_config(request: pytest.FixtureRequest, backend: str) -> Config:
 
         def drop() -> None:
             with psycopg2.connect(url) as connection, connection.cursor() as cursor:
-                for suffix in ("_files", "_crcs", "_migrations", ""):
+                for suffix in TABLE_SUFFIXES:
                     cursor.execute(f"DROP TABLE IF EXISTS {table}{suffix} CASCADE")
             connection.close()
 
@@ -412,25 +510,69 @@ def test_unmigrated_database_answers_503_naming_migrate_then_becomes_ready(
     assert client.get(f"/{created.get_json()['id']}/{created.get_json()['secret']}").status_code == 200
 
 
+def _unapply(repository: Backend, script: str, suffixes: tuple[str, ...]) -> None:
+    """Undo one migration behind the repository's back: as a database an older release migrated."""
+    assert isinstance(repository, SqlRepository)
+    with repository.transaction() as cursor:
+        cursor.execute(f"DELETE FROM {repository.table}_migrations WHERE name = '{script}'")  # noqa: S608
+        for suffix in suffixes:
+            cursor.execute(f"DROP TABLE {repository.table}{suffix}")
+
+
+# Each migration after the first, and the tables it creates.
+LATER_MIGRATIONS = {"0002_source_crcs.sql": ("_crcs",), "0003_download_records.sql": ("_served", "_unstable")}
+
+
+@pytest.mark.parametrize("script", sorted(LATER_MIGRATIONS))
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
-def test_a_schema_older_than_the_code_is_not_ready(request: pytest.FixtureRequest, backend: str) -> None:
-    """Only the first migration applied (no learned-CRC table): 503 naming migrate, not a quiet warning."""
+def test_a_schema_older_than_the_code_is_not_ready(request: pytest.FixtureRequest, backend: str, script: str) -> None:
+    """A migration not applied (its tables missing): 503 naming migrate, not a quiet warning."""
     repository = BACKENDS[backend](request)
     assert repository.schema_state() is SchemaState.MISSING
     repository.migrate()
     assert repository.schema_state() is SchemaState.CURRENT
-    assert isinstance(repository, SqlRepository)
-    with repository.transaction() as cursor:
-        cursor.execute(f"DELETE FROM {repository.table}_migrations WHERE name = '0002_source_crcs.sql'")  # noqa: S608
-        cursor.execute(f"DROP TABLE {repository.table}_crcs")
+    _unapply(repository, script, LATER_MIGRATIONS[script])
     assert repository.schema_state() is SchemaState.OUTDATED
     readiness = Readiness(repository, repository.table)
     problem = readiness.check()
     assert isinstance(problem, SchemaNotReady)
     assert "older than the code: run `zipstream migrate`" in problem.message
+    with pytest.raises(SchemaNotReady, match="run `zipstream migrate`"):
+        repository.known(["a" * 64], ["https://example.com/a"], VERSION)
     repository.migrate()
     assert repository.schema_state() is SchemaState.CURRENT
+    repository.mark_served(VERSION, 5)
+    assert repository.known([], [], VERSION).delivered == 5
     repository.close()
+
+
+def test_a_postgres_database_of_the_previous_release_answers_503_naming_migrate_until_it_runs(
+    request: pytest.FixtureRequest,
+) -> None:
+    """The release adds 0003 (served and unstable records): a web process started before the release
+    step answers 503 naming `zipstream migrate` on every route (never a 500), and is ready once it ran."""
+    config = _unmigrated_config(request, "postgres")
+    previous = build_repository(config)
+    previous.migrate()
+    _unapply(previous, "0003_download_records.sql", LATER_MIGRATIONS["0003_download_records.sql"])
+    client = create_app(config).test_client()
+    _all_503(client, "older than the code: run `zipstream migrate`")
+    previous.migrate()  # the release step
+    _until_ready(client)
+    created = client.post("/", json={"files": [{"src": "http://127.0.0.1:9/a.txt"}]})
+    assert created.status_code == 201
+    previous.close()
+
+
+def test_an_embedded_sqlite_file_of_the_previous_release_migrates_itself(tmp_path: Path) -> None:
+    path = tmp_path / "previous.sqlite3"
+    previous = SqliteRepository(str(path))
+    previous.migrate()
+    _unapply(previous, "0003_download_records.sql", LATER_MIGRATIONS["0003_download_records.sql"])
+    assert previous.schema_state() is SchemaState.OUTDATED
+    client = create_app({"SQLITE_PATH": str(path), "FS_INTERFACES": "https"}).test_client()
+    assert client.get("/health-check").status_code == 200
+    assert previous.schema_state() is SchemaState.CURRENT
 
 
 def _drop(repository: BundleRepository, suffix: str) -> None:
@@ -441,7 +583,7 @@ def _drop(repository: BundleRepository, suffix: str) -> None:
         cursor.execute(f"DROP TABLE {repository.table}{suffix}{cascade}")
 
 
-@pytest.mark.parametrize("suffix", ["_files", "_crcs", ""])
+@pytest.mark.parametrize("suffix", ["_files", "_crcs", "_served", "_unstable", ""])
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 def test_a_table_dropped_after_migrate_is_not_ready_and_migrate_restores_it(
     request: pytest.FixtureRequest, backend: str, suffix: str,
@@ -461,10 +603,13 @@ def test_a_table_dropped_after_migrate_is_not_ready_and_migrate_restores_it(
     assert repository.schema_state() is SchemaState.CURRENT
     assert readiness.check() is None
     readiness.confirm()
-    if suffix == "_crcs":
+    if suffix not in ("_files", ""):
         assert repository.get(bundle.id) == bundle
     repository.put_crcs({"a" * 64: 7})
-    assert repository.get_crcs(["a" * 64]) == {"a" * 64: 7}
+    repository.mark_served(VERSION, 9)
+    repository.mark_unstable("https://example.com/a")
+    assert repository.known(["a" * 64], ["https://example.com/a"], VERSION) == Known(
+        crcs={"a" * 64: 7}, delivered=9, unstable=frozenset({"https://example.com/a"}))
     again = _bundle(files=3)
     repository.create(again)
     assert repository.get(again.id) == again
@@ -487,11 +632,13 @@ def test_a_missing_column_is_not_ready_and_migrate_says_it_cannot_fix_it(
     repository.close()
 
 
+@pytest.mark.parametrize("suffix", ["_crcs", "_served"])
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 def test_health_check_sees_a_dropped_table_and_a_resume_never_quietly_becomes_200(
-    request: pytest.FixtureRequest, backend: str, upstream: UpstreamServer, tmp_path: Path,
+    request: pytest.FixtureRequest, backend: str, suffix: str, upstream: UpstreamServer, tmp_path: Path,
 ) -> None:
-    """Dropped learned-CRC table: health-check stayed 200 and every resume answered 200 with the whole zip."""
+    """Dropped learned-CRC table: health-check stayed 200 and every resume answered 200 with the whole zip.
+    The served records are read by the same resume: their table dropped is the same 503."""
     if backend == "postgres":
         config = _unmigrated_config(request, "postgres")
         build_repository(config).migrate()
@@ -508,7 +655,7 @@ def test_health_check_sees_a_dropped_table_and_a_resume_never_quietly_becomes_20
     assert client.get(download, headers={"Range": "bytes=500-"}).status_code == 206
     repository = build_repository(config)
     # The readiness probe sees the table gone (it used to answer 200: its ping was SELECT 1).
-    _drop(repository, "_crcs")
+    _drop(repository, suffix)
     health = client.get("/health-check")
     assert health.status_code == 503, health.get_json()
     assert "run `zipstream migrate`" in health.get_json()["error"]["message"]
@@ -517,7 +664,7 @@ def test_health_check_sees_a_dropped_table_and_a_resume_never_quietly_becomes_20
     _until_ready(client)  # SQLite: the web process migrates its own embedded file again
     # A resume is the first to meet it: 503 naming the fix (it used to be a quiet 200 of the whole zip).
     assert client.get(download).get_data() == whole.get_data()
-    _drop(repository, "_crcs")
+    _drop(repository, suffix)
     resumed = client.get(download, headers={"Range": "bytes=500-"})
     assert resumed.status_code == 503, (resumed.status_code, resumed.headers)
     assert "run `zipstream migrate`" in resumed.get_json()["error"]["message"]
@@ -571,7 +718,7 @@ def test_sqlite_tables_gone_under_a_running_app_name_the_fix_and_come_back(tmp_p
     client = app.test_client()
     assert client.get("/health-check").status_code == 200
     with sqlite3.connect(path) as connection:
-        for suffix in ("_files", "_crcs", "_migrations", ""):
+        for suffix in TABLE_SUFFIXES:
             connection.execute(f"DROP TABLE bundles{suffix}")
     connection.close()
     response = client.get(f"/{uuid.uuid4()}")
@@ -617,9 +764,37 @@ def test_no_library_error_escapes_a_repository(
         repository.migrate, repository.schema_state, repository.ping, lambda: repository.create(_bundle()),
         lambda: repository.get(str(uuid.uuid4())), lambda: repository.append(str(uuid.uuid4()), (), 10),
         lambda: repository.delete(str(uuid.uuid4())), lambda: repository.purge_expired(0),
-        lambda: repository.get_crcs(["a" * 64]), lambda: repository.put_crcs({"a" * 64: 1}),
+        lambda: repository.known(["a" * 64], ["https://example.com/a"], VERSION),
+        lambda: repository.put_crcs({"a" * 64: 1}), lambda: repository.mark_served(VERSION, 1),
+        lambda: repository.mark_unstable("https://example.com/a"),
     ]
     for call in calls:
         with pytest.raises(ServiceUnavailable):
             call()
     repository.close()
+
+
+# -- construction: DB_INTERFACE picks a backend from the registry, which builds itself from Config ---------
+
+def test_every_db_interface_names_a_backend_that_builds_itself_from_the_settings(tmp_path: Path) -> None:
+    from zipstream.repositories.dynamodb import DynamoRepository
+
+    assert sorted(REGISTRY) == sorted(DB_INTERFACES)
+    base = {"FS_INTERFACES": "https", "TABLE_NAME": "t_built", "DB_TIMEOUT": "7"}
+    sqlite = build_repository(Config.from_env({**base, "SQLITE_PATH": str(tmp_path / "b.sqlite3")}))
+    assert isinstance(sqlite, SqliteRepository)
+    assert (sqlite.path, sqlite.table, sqlite.timeout) == (str(tmp_path / "b.sqlite3"), "t_built", 7.0)
+    assert sqlite.migrate_on_start
+    dsn = "postgresql://zipstream@127.0.0.1:9/none"  # nothing is connected to yet
+    postgres = build_repository(Config.from_env({**base, "DB_INTERFACE": "postgres", "DB_CNXN": dsn,
+                                                 "DB_IDLE_TIMEOUT": "30"}))
+    assert isinstance(postgres, PostgresRepository)
+    assert (postgres.dsn, postgres.table, postgres.timeout, postgres.idle_timeout) == (dsn, "t_built", 7.0, 30.0)
+    assert not postgres.migrate_on_start
+    dynamodb = build_repository(Config.from_env({**base, "DB_INTERFACE": "dynamodb", "AWS_REGION": "us-east-1"}))
+    assert isinstance(dynamodb, DynamoRepository)
+    assert (dynamodb.table, dynamodb.calls.db_timeout) == ("t_built", 7.0)
+    assert not dynamodb.migrate_on_start
+    for built in (sqlite, postgres, dynamodb):
+        assert type(built) is REGISTRY[type(built).__module__.split(".")[2]]()
+        built.close()

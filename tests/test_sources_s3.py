@@ -23,6 +23,7 @@ from zipstream import create_app
 from zipstream.config import Config
 from zipstream.errors import SourceChanged, SourceError, SourceNotFound, SourceRefused, StreamAborted
 from zipstream.models import Bundle, FileRef
+from zipstream.repositories import get_repository
 from zipstream.sources import build_sources
 from zipstream.sources.s3 import S3Source
 
@@ -87,7 +88,8 @@ def _app(make_config: Callable[..., Config], buckets: Buckets, **env: str) -> Fl
 def _stored(app: Flask, *srcs: str) -> Bundle:
     """A bundle written straight to the repository, as one stored before a validation existed."""
     bundle = Bundle.new("old.zip", tuple(FileRef(src) for src in srcs), 60)
-    app.extensions["zipstream.repository"].create(bundle)
+    with app.app_context():
+        get_repository().create(bundle)
     return bundle
 
 

@@ -26,6 +26,7 @@ from zipstream import create_app
 from zipstream.config import Config
 from zipstream.errors import SourceRefused
 from zipstream.models import Bundle, FileRef
+from zipstream.repositories import get_repository
 from zipstream.sources import Sources
 from zipstream.sources.http import HttpSource
 from zipstream.sources.netguard import AddressRefused, Policy, literal_address, refusal
@@ -203,7 +204,8 @@ def test_a_stored_bundle_meets_todays_rules_when_downloaded(strict_app: Flask, u
     at download (403 naming the rule), nothing fetched or looked up."""
     upstream.add("/a.txt", b"data")
     client = strict_app.test_client()
-    repository = strict_app.extensions["zipstream.repository"]
+    with strict_app.app_context():
+        repository = get_repository()
     for host, words in ((f"127.0.0.1.:{upstream.port}", "loopback; only public addresses may be fetched"),
                         (f"\uff11\uff12\uff17.\uff10.\uff10.\uff11:{upstream.port}", "loopback; only public"),
                         ("93.184.216.34.", "notation"), ("[fec0::1]", "site-local"), ("192.0.0.8", "IETF")):
@@ -310,7 +312,7 @@ def test_dns_rebinding_connects_to_the_checked_address(
             UpstreamServer({"/a.txt": b"internal data"}) as internal:
         # First answer: the "public" stand-in; every later answer: loopback (the rebinding attack).
         calls = _fake_dns(monkeypatch, {"rebind.test": [[STAND_IN], ["127.0.0.1"]]})
-        source = HttpSource(make_config(HTTP_ALLOW_PRIVATE="false"), policy=STAND_IN_POLICY)
+        source = HttpSource.from_config(make_config(HTTP_ALLOW_PRIVATE="false"), policy=STAND_IN_POLICY)
         src = f"http://rebind.test:{public.port}/a.txt"
         [info] = source.stat(src)
         # Had urllib3 looked the name up again to connect, it would have seen loopback.
@@ -319,7 +321,7 @@ def test_dns_rebinding_connects_to_the_checked_address(
         # A kept-alive connection stays with the address that was checked.
         assert b"".join(source.open(info)) == b"public data"
         # The next new connection gets the rebinding answer, and that answer is checked and refused.
-        source.adapter.poolmanager.clear()
+        source.transport.adapter.poolmanager.clear()
         with pytest.raises(SourceRefused, match=r"non-public address: 127\.0\.0\.1 is loopback"):
             b"".join(source.open(info))
         assert internal.requests == []
@@ -333,7 +335,7 @@ def stand_in_app(make_config: Callable[..., Config]) -> Iterator[tuple[Flask, Up
     """The app with only 127.0.0.2 judged public, and an upstream listening there."""
     config = make_config(HTTP_ALLOW_PRIVATE="false")
     app = create_app(config)
-    app.extensions["zipstream.sources"] = Sources([HttpSource(config, policy=STAND_IN_POLICY)])
+    app.extensions["zipstream.sources"] = Sources([HttpSource.from_config(config, policy=STAND_IN_POLICY)])
     with UpstreamServer({"/a.txt": b"public data"}, host=STAND_IN) as public:
         yield app, public
 

@@ -62,8 +62,8 @@ def test_https_to_http_redirect_is_refused(tls_redirector: tuple[str, Path], ups
                                            make_config: Callable[..., Config]) -> None:
     base, cert = tls_redirector
     upstream.add("/a.txt", b"plain")
-    source = HttpSource(make_config())
-    source.verify = str(cert)  # trust the test's own certificate, nothing else changes
+    source = HttpSource.from_config(make_config())
+    source.transport.verify = str(cert)  # trust the test's own certificate, nothing else changes
     with pytest.raises(SourceRefused, match="redirect from https to http"):
         source.stat(f"{base}/a.txt")
     assert upstream.requests_for("/a.txt") == []  # the plain-http target was never contacted

@@ -21,7 +21,8 @@ from zipstream import create_app
 from zipstream.config import Config
 from zipstream.errors import SourceChanged
 from zipstream.numbers import MAX_BYTES, NotANumber
-from zipstream.sources.http import _content_length, _content_range
+from zipstream.sources.http import _content_range
+from zipstream.sources.http_transport import content_length
 from zipstream.sources.s3 import S3Source
 
 from .support.moto import REGION
@@ -231,7 +232,7 @@ def test_content_length_is_a_length_or_not_a_number(value: str) -> None:
     response = requests.Response()
     response.headers = CaseInsensitiveDict({"Content-Length": value})
     try:
-        length = _content_length(response)
+        length = content_length(response)
     except NotANumber:
         return
     assert length is not None and 0 <= length <= MAX_BYTES

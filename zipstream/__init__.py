@@ -1,17 +1,22 @@
-"""ZipStream: build and stream zip bundles of remote files."""
+"""ZipStream: build and stream zip bundles of remote files.
+
+Flask is imported by `create_app` and the web modules only: importing a module below the web layer
+(`zipstream.sources`, `zipstream.archive`, `zipstream.repositories`) imports this package first, and
+must not bring Flask with it (tests/test_layers.py).
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any
-
-from flask import Flask, Response, current_app, jsonify
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from typing import TYPE_CHECKING, Any
 
 from . import config as configuration
 from .config import Config
 from .errors import LimitExceeded, SchemaNotReady, ZipStreamError
+
+if TYPE_CHECKING:
+    from flask import Flask, Response
 
 __version__ = "0.1.0"
 
@@ -20,8 +25,9 @@ log = logging.getLogger(__name__)
 
 def create_app(config: Config | Mapping[str, str] | None = None) -> Flask:
     """Assemble the app: read config, build the repository and sources, register blueprints."""
-    from . import api, cors, demo, docs, logs, metrics, middleware, openapi, repositories
-    from .sources import build_sources
+    from flask import Flask
+
+    from . import api, cors, demo, docs, logs, metrics, middleware, openapi, repositories, sources
 
     if not isinstance(config, Config):
         config = Config.from_env(config)
@@ -34,7 +40,7 @@ def create_app(config: Config | Mapping[str, str] | None = None) -> Flask:
     # "/bundle//" should be a JSON 404, not Werkzeug's HTML redirect to "/bundle/".
     app.url_map.merge_slashes = False
     repositories.init_app(app, config)
-    app.extensions["zipstream.sources"] = build_sources(config)
+    sources.init_app(app, config)
     app.register_blueprint(api.bp)
     app.register_blueprint(openapi.bp)
     app.register_blueprint(docs.bp)
@@ -49,6 +55,8 @@ def create_app(config: Config | Mapping[str, str] | None = None) -> Flask:
 
 
 def _error_response(error: ZipStreamError) -> Response:
+    from flask import jsonify
+
     response = jsonify(error.to_dict())
     response.status_code = error.status
     response.headers.update(error.headers())
@@ -56,12 +64,15 @@ def _error_response(error: ZipStreamError) -> Response:
 
 
 def _register_errors(app: Flask) -> None:
+    from flask import current_app
+    from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
     @app.errorhandler(ZipStreamError)
     def zipstream_error(error: ZipStreamError) -> Response:
         if isinstance(error, SchemaNotReady):
             from .repositories import schema_gone
 
-            schema_gone(app, error)
+            schema_gone(error)
         return _error_response(error)
 
     @app.errorhandler(HTTPException)

@@ -16,8 +16,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify, request
 from gunicorn.http.errors import ParseException
 
-from . import disconnect, metrics
-from ._cache_shim import CrcCache
+from . import counters, disconnect
 from .auth import bearer_matches
 from .config import Config, get_config
 from .deadline import Deadline
@@ -36,10 +35,10 @@ from .errors import (
 )
 from .models import Bundle, FileRef
 from .plan import check_count
-from .repositories import BundleRepository, confirm_ready, get_repository, schema_gone
+from .repositories import BundleRepository, confirm_ready, get_cache, get_repository, schema_gone
 from .response import DEFAULT_FILENAME, ZipResponse
 from .schemas import AppendFilesSchema, CreateBundleSchema, OneOffBundleSchema, form_to_body, load
-from .sources import Sources
+from .sources import get_sources
 
 log = logging.getLogger(__name__)
 bp = Blueprint("api", __name__)
@@ -51,12 +50,7 @@ def _config() -> Config:
 
 def _repository() -> BundleRepository:
     """The repository, once ready: until then every route that needs it answers 503 naming the fix."""
-    return get_repository(current_app)
-
-
-def _sources() -> Sources:
-    sources: Sources = current_app.extensions["zipstream.sources"]
-    return sources
+    return get_repository()
 
 
 @bp.before_app_request
@@ -119,7 +113,7 @@ def _check_api_key() -> None:
 
 def _check_sources(files: list[FileRef]) -> None:
     """Refuse srcs no backend will read (bucket allowlist, FILE_ROOT) before storing anything."""
-    sources = _sources()
+    sources = get_sources()
     for ref in files:
         sources.check(ref.src)
 
@@ -150,8 +144,8 @@ def _prepare(files: tuple[FileRef, ...] | list[FileRef], filename: str, compress
     check_count(len(files), _config().max_files)
     # One deadline for all of pre-flight (PREFLIGHT_TIMEOUT), cancelled if the client hangs up meanwhile.
     deadline = Deadline(_config().preflight_timeout)
-    with metrics.PREFLIGHT_SECONDS.time(), disconnect.watching(request.environ, deadline):
-        return prepare(files, filename, compression, created_at, _sources(), CrcCache(_repository()), _config(),
+    with counters.PREFLIGHT_SECONDS.time(), disconnect.watching(request.environ, deadline):
+        return prepare(files, filename, compression, created_at, get_sources(), get_cache(), _config(),
                        ZipResponse.sends_whole_zip(request), deadline)
 
 
@@ -239,10 +233,10 @@ def health_check() -> tuple[Response, int]:
     """
     unavailable: ServiceUnavailable | None = None
     try:
-        confirm_ready(current_app)
+        confirm_ready()
     except ServiceUnavailable as error:  # its message already says what is unavailable, and why
         if isinstance(error, SchemaNotReady):
-            schema_gone(current_app, error)
+            schema_gone(error)
         unavailable = error
     except ZipStreamError as error:
         unavailable = ServiceUnavailable(f"database unavailable: {error.message}")

@@ -13,13 +13,13 @@ import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from ._cache_shim import CrcCache, Known
 from .config import Config
 from .deadline import Deadline
 from .errors import SchemaNotReady
 from .models import FileRef
 from .plan import Plan, plan_zip
 from .preflight import heads_given_back_on_error, preflight
+from .repositories import CrcCache, Known
 from .sources import Sources
 from .stream import ZipStream
 
@@ -71,8 +71,7 @@ def prepare(
     """
     if deadline is None:
         deadline = Deadline(config.preflight_timeout)
-    stats = preflight(files, sources, config.preflight_concurrency, sources.holding() if hold else None,
-                      deadline)
+    stats = preflight(files, sources, config.preflight_concurrency, deadline, hold)
     with heads_given_back_on_error(stats):
         plan = plan_zip(files, stats, filename, compression, created_at, config.max_files,
                         config.max_bundle_bytes)

@@ -11,35 +11,37 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 from .deadline import Deadline
 from .errors import ClientGone, SourceError, SourcesFailed, SourceTimeout
 from .models import FileRef
-from .sources import SourceInfo, Sources
-from .sources.held import Holding
+from .sources import HoldScope, SourceInfo, Sources
 
 # How often pre-flight looks up from waiting to see whether the client has gone (seconds).
 CANCEL_POLL = 0.25
 
 
 def preflight(files: Sequence[FileRef], sources: Sources, concurrency: int,
-              holding: Holding | None = None, deadline: Deadline | None = None) -> list[list[SourceInfo]]:
+              deadline: Deadline | None = None, hold: bool = False) -> list[list[SourceInfo]]:
     """Stat every src concurrently: for each file, in order, what its src names (several files for a
     prefix or directory). Raises SourcesFailed listing every src that cannot be read.
 
-    With a `holding`, sources may keep the first bytes of files (`SourceInfo.head`) within it.
+    With `hold`, sources may keep the first bytes of files (`SourceInfo.head`) within this
+    download's share of their budget (sources/held.py).
     With a `deadline`, the answer comes by then whatever the sources do: a src not stat-ed by then
     fails with SourceTimeout (so SourcesFailed is a 504 unless another src failed worse), and the
     requests still in flight are aborted. If the deadline is cancelled (the client hung up), queued
     srcs are never requested, those in flight are aborted, and ClientGone is raised.
     """
     deadline = deadline if deadline is not None else Deadline(None)
+    scope = HoldScope() if hold else None
 
     def stat(ref: FileRef) -> list[SourceInfo] | SourceError:
         try:
             deadline.check(ref.src)  # queued behind slower srcs: maybe there is no time left
-            return sources.stat(ref.src, holding, deadline)
+            with scope.applying() if scope is not None else nullcontext():
+                return sources.stat(ref.src, deadline)
         except SourceError as error:
             return error
 

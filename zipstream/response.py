@@ -16,7 +16,7 @@ from urllib.parse import quote
 
 from flask import Request, Response, jsonify
 
-from . import metrics, ranges
+from . import counters, ranges
 from .chunks import close_iterator
 from .download import PreparedZip
 from .errors import PreconditionFailed, ResumeRefused, SourceError, StreamAborted, ZipStreamError
@@ -117,7 +117,7 @@ class ZipResponse(Response):
             return
         chunks = prepared.stream(start, stop)
         first = self._first_chunk(chunks)
-        body = metrics.track_download(
+        body = counters.track_download(
             self._sent(first, chunks, start, stop),
             kind=kind,
             started=request.environ.get("zipstream.started") or time.monotonic(),

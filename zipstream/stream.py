@@ -15,13 +15,13 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Protocol
 
 from . import cooperative
-from ._cache_shim import CrcCache
 from .archive import deflate_stream
 from .chunks import close_iterator
 from .errors import LimitExceeded, StreamAborted
 from .plan import Plan
 from .prefetch import Prefetcher
 from .preflight import discard_heads
+from .repositories import CrcCache
 from .sources import SourceInfo
 
 log = logging.getLogger(__name__)

@@ -37,6 +37,8 @@ def dynamodb_backend(request: pytest.FixtureRequest) -> BundleRepository:
         client = dynamodb_client(repository.config)
         try:
             client.delete_table(TableName=repository.table)
+        except client.exceptions.ResourceNotFoundException:
+            pass  # never migrated
         finally:
             client.close()
 

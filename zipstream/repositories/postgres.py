@@ -20,14 +20,15 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Self
 
 import psycopg2
 import psycopg2.extensions
 
+from ..config import Config
 from ..errors import SchemaNotReady, ServiceUnavailable, ZipStreamError
 from ..peek import peek
-from . import MIGRATE_HINT
+from .contract import MIGRATE_HINT
 from .sql import SqlRepository
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,12 @@ class PostgresRepository(SqlRepository):
         self._slots = threading.BoundedSemaphore(pool_size)
         self._reaper: threading.Thread | None = None
         self._closed = False
+
+    @classmethod
+    def from_config(cls, config: Config) -> Self:
+        """DB_CNXN (or DATABASE_URL), TABLE_NAME, DB_POOL_SIZE, DB_TIMEOUT, DB_IDLE_TIMEOUT."""
+        return cls(config.db_cnxn, config.table_name, pool_size=config.db_pool_size, timeout=config.db_timeout,
+                   idle_timeout=config.db_idle_timeout)
 
     def _connect(self) -> psycopg2.extensions.connection:
         # pg_stat_activity then tells which process holds a connection (unless the DSN names itself).

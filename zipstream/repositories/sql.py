@@ -7,15 +7,16 @@ import importlib.resources
 import threading
 import time
 import weakref
-from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from abc import abstractmethod
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
 from ..errors import LimitExceeded, SchemaNotReady, ServiceUnavailable
 from ..models import Bundle, FileRef
-from . import MigrationsMissing, SchemaConflict, SchemaError, SchemaState
+from .contract import MigrationsMissing, SchemaConflict, SchemaError, SchemaState
+from .sql_cache import SqlCrcCache
 
 # The repository's top-level migrations/ folder; setup.py maps it into the package as
 # `zipstream.migrations`, so a wheel carries it. This path only exists in a checkout.
@@ -55,7 +56,6 @@ def migration_scripts(table: str) -> list[tuple[str, str]]:
     return [(name, script.replace("{table}", table)) for name, script in _shipped_scripts()]
 
 
-CRC_MAX_AGE = 30 * 24 * 3600  # seconds a learned CRC-32 is kept by purge-expired
 # purge-expired deletes in batches, each its own short write transaction, so the service keeps
 # writing in between: at most this many bundles, and (bundles being up to MAX_FILES files) at most
 # about this many file rows, per batch.
@@ -68,7 +68,11 @@ _SCHEMA_COLUMNS = (
     ("{t}", _EXPECTED_COLUMNS),
     ("{t}_files", "bundle_id, position, src, dst, crc32"),
     ("{t}_crcs", "identity, crc32, learned_at"),
+    ("{t}_served", "version_sha256, delivered, recorded_at"),
+    ("{t}_unstable", "src_sha256, marked_at"),
 )
+# Every table a migrated database holds, as suffixes of TABLE_NAME, those that refer to others first.
+TABLE_SUFFIXES = ("_files", "_crcs", "_served", "_unstable", "_migrations", "")
 
 
 class _BundleLock:
@@ -79,11 +83,13 @@ class _BundleLock:
         self.lock = threading.Lock()
 
 
-class SqlRepository(ABC):
-    """Bundles in two tables: `{table}` (one row a bundle) and `{table}_files` (one row a file)."""
+class SqlRepository(SqlCrcCache):
+    """Bundles in two tables, `{table}` (one row a bundle) and `{table}_files` (one row a file); the
+    download cache in `{table}_crcs`, `{table}_served` and `{table}_unstable` (migrations/)."""
 
     placeholder = "?"
     timeout = 5.0  # seconds; the backends set theirs (DB_TIMEOUT)
+    migrate_on_start = False
 
     def __init__(self, table: str) -> None:
         self.table = table
@@ -344,46 +350,9 @@ class SqlRepository(ABC):
             if len(rows) < PURGE_BATCH_BUNDLES and len(ids) == len(rows):
                 break
             self._between_batches(time.monotonic() - started)
-        # Learned CRC-32s are a cache: forget those learned over 30 days ago, as DynamoDB's TTL does
-        # for its copy (a download needing one again just reads the file).
-        while True:
-            started = time.monotonic()
-            with self.transaction() as cursor:
-                cursor.execute(
-                    self._sql("DELETE FROM {t}_crcs WHERE identity IN"
-                              " (SELECT identity FROM {t}_crcs WHERE learned_at <= ? LIMIT ?)"),
-                    (now - CRC_MAX_AGE, PURGE_BATCH_FILES),
-                )
-                forgotten = int(cursor.rowcount)
-            if forgotten < PURGE_BATCH_FILES:
-                break
-            self._between_batches(time.monotonic() - started)
+        self._forget_cache(now)
         self._reclaim_space()
         return removed
-
-    def get_crcs(self, identities: Sequence[str]) -> dict[str, int]:
-        found: dict[str, int] = {}
-        with self.transaction(write=False) as cursor:
-            for batch in _batches(list(identities), 500):
-                marks = ", ".join("?" for _ in batch)
-                # Only "?" placeholders are interpolated; the values travel as parameters.
-                query = f"SELECT identity, crc32 FROM {{t}}_crcs WHERE identity IN ({marks})"  # noqa: S608
-                cursor.execute(self._sql(query), batch)
-                found.update({identity: int(crc) for identity, crc in cursor.fetchall()})
-        return found
-
-    def put_crcs(self, crcs: Mapping[str, int]) -> None:
-        if not crcs:
-            return
-        now = int(time.time())
-        with self.transaction() as cursor:
-            cursor.executemany(
-                self._sql(
-                    "INSERT INTO {t}_crcs (identity, crc32, learned_at) VALUES (?, ?, ?)"
-                    " ON CONFLICT (identity) DO UPDATE SET crc32 = excluded.crc32, learned_at = excluded.learned_at"
-                ),
-                [(identity, crc, now) for identity, crc in sorted(crcs.items())],
-            )
 
 
 def _statements(script: str) -> Iterator[str]:
@@ -391,8 +360,3 @@ def _statements(script: str) -> Iterator[str]:
     for statement in "\n".join(lines).split(";"):
         if statement.strip():
             yield statement.strip()
-
-
-def _batches(items: list[str], size: int) -> Iterator[list[str]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]

@@ -3,7 +3,7 @@
 Built so one SQLite file never stops a gevent worker:
 
 - WAL journal: readers see a snapshot and never wait for a writer, nor a writer for them.
-- Reads (`transaction(write=False)`: get, get_crcs, ping) are deferred transactions that only
+- Reads (`transaction(write=False)`: get, known, ping) are deferred transactions that only
   read, so they never take the write lock; writes take it up front (`BEGIN IMMEDIATE`), so
   concurrent appends queue instead of failing on a lock upgrade.
 - Every sqlite3 call runs in a real thread under gevent (`cooperative.offload`): waiting for the
@@ -31,11 +31,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Self
 
+from ..config import Config
 from ..cooperative import offload
 from ..errors import SchemaNotReady, ServiceUnavailable
-from . import MIGRATE_HINT
+from .contract import MIGRATE_HINT
 from .sql import SqlRepository
 
 READ_THREADS = 4  # per worker; a read waits for nothing in WAL mode, so few are needed
@@ -56,6 +57,8 @@ def _translate(error: sqlite3.Error) -> ServiceUnavailable:
 class SqliteRepository(SqlRepository):
     """Bundles in a local SQLite file; a short-lived connection per operation (WAL, busy timeout)."""
 
+    migrate_on_start = True  # the embedded file has no release step: the web process creates its schema
+
     def __init__(self, path: str, table: str = "bundles", timeout: float = 5.0) -> None:
         """`timeout`: seconds an operation may wait for the write lock before ServiceUnavailable."""
         super().__init__(table)
@@ -64,6 +67,11 @@ class SqliteRepository(SqlRepository):
         self._prepared = False
         self._writers = threading.BoundedSemaphore(1)
         self._writers_pid = os.getpid()
+
+    @classmethod
+    def from_config(cls, config: Config) -> Self:
+        """SQLITE_PATH, TABLE_NAME, DB_TIMEOUT."""
+        return cls(config.sqlite_path, config.table_name, timeout=config.db_timeout)
 
     def _write_turn(self) -> threading.BoundedSemaphore:
         """This process's turn for write transactions: one at a time (SQLite has one writer anyway).

@@ -1,111 +1,51 @@
 """Where file bytes come from. A source turns a `src` into metadata (`stat`) and byte chunks (`open`).
 
-Nothing here knows about Flask. Library errors (requests, botocore, OS errors) are translated into
-`SourceError` subclasses inside each source module, so callers never see which library was used.
+The contract is `contract.Source` (one backend per module: http.py, s3.py, file.py); `Sources` routes
+each src to the backend of its scheme, counts the requests and reads on where a body was cut. The
+backends FS_INTERFACES names are built from the settings (`build_sources`), once per app (`init_app`,
+`get_sources`). Nothing here imports Flask. Library errors (requests, botocore, OS errors) are
+translated into `SourceError` subclasses inside each source module, so callers never see which
+library was used.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
-from datetime import datetime
-from typing import Protocol
+from dataclasses import replace
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from .. import metrics
-from ..chunks import close_iterator
+from .. import counters
+from ..chunks import CHUNK_SIZE, close_iterator
 from ..config import Config
 from ..deadline import Deadline
 from ..errors import SourceChanged, SourceError, SourceInterrupted, SourceRefused
-from .held import Head, HoldBudget, Holding
+from .contract import Source, SourceInfo
+from .held import HoldScope
+
+if TYPE_CHECKING:
+    from flask import Flask
+
+__all__ = ["BACKENDS", "CHUNK_SIZE", "HoldScope", "Source", "SourceInfo", "Sources", "build_sources",
+           "get_sources", "init_app"]
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class SourceInfo:
-    """What pre-flight learned about one file: enough to lay out the zip and to re-open it safely."""
-
-    src: str
-    name: str  # default entry name (relative path), before sanitising
-    size: int | None
-    etag: str | None = None
-    last_modified: datetime | None = None
-    crc32: int | None = None  # a full-object CRC-32 the store vouches for
-    # Backend-specific handles (bucket/key, final URL after redirects, path on disk).
-    location: tuple[str, ...] = field(default=())
-    # The file's first bytes (or all of it) if pre-flight fetched them; not part of its identity.
-    head: Head | None = field(default=None, compare=False, repr=False)
-    # False when the source's validators were seen to disagree between requests for the same file
-    # (per-host ETags behind a load balancer, an ETag new on every response): they can't vouch for
-    # its bytes across requests, so it counts as not validated (no ranges, no ETag, no continuation).
-    stable: bool = True
-
-    @property
-    def strong_etag(self) -> str | None:
-        """The ETag if it is a strong one (the only kind If-Range can use), else None."""
-        return self.etag if self.etag is not None and not self.etag.startswith("W/") else None
-
-    @property
-    def validated(self) -> bool:
-        """True when a change to the file would show in its metadata (so resumes can be safe).
-
-        A weak ETag (`W/"..."`) does not count: equal weak tags need not mean equal bytes, and
-        If-Range can't use one, so a source with nothing better can't be continued mid-file.
-        """
-        return self.stable and self.size is not None and (
-            self.strong_etag is not None or self.last_modified is not None)
-
-    def identity(self) -> str:
-        """A key for 'this exact version of this file': learned CRCs are stored under it."""
-        stamp = self.last_modified.isoformat() if self.last_modified else ""
-        raw = "\x00".join((self.src, str(self.size), self.etag or "", stamp))
-        return hashlib.sha256(raw.encode("utf-8", "surrogatepass")).hexdigest()
-
-
-class Source(Protocol):
-    """A filestore backend, chosen by the scheme of a `src`."""
-
-    schemes: tuple[str, ...]
-
-    def check(self, src: str) -> None:
-        """Refuse a src this backend will never read (malformed, not allowed) by raising SourceRefused.
-
-        Called at validation time, before anything is stored or fetched; must not do network I/O.
-        """
-
-    def stat(self, src: str, holding: Holding | None = None,
-             deadline: Deadline | None = None) -> list[SourceInfo]:
-        """Metadata of the file(s) `src` names (several for an S3 prefix), raising SourceError.
-
-        With a `holding`, a backend may also fetch a file's first bytes while it is at it and return
-        them as `SourceInfo.head`, within the holding's budget (see held.py). With a `deadline`, a
-        network backend starts no request after it has passed or been cancelled (`deadline.check`),
-        caps each attempt's timeout and back-off by the time left, and lets `deadline.aborting`
-        unblock a request in flight; it raises SourceTimeout (or ClientGone) then.
-        """
-
-    def open(self, info: SourceInfo, start: int = 0) -> Iterator[bytes]:
-        """The file's bytes from offset `start`, only if it is still the version `info` describes.
-
-        Raises SourceChanged if it is not, SourceError on failure. The iterator closes its
-        upstream body when closed or exhausted.
-        """
+_EXTENSION = "zipstream.sources"
 
 
 class Sources:
-    """The enabled filestore backends, by scheme."""
+    """The enabled filestore backends, by scheme: every src is checked, stat-ed and read through here."""
 
-    def __init__(self, backends: list[Source], hold_bytes: int = 0) -> None:
-        self.budget = HoldBudget(hold_bytes)
+    def __init__(self, backends: list[Source]) -> None:
         self.by_scheme: dict[str, Source] = {}
         for backend in backends:
             for scheme in backend.schemes:
                 self.by_scheme[scheme] = backend
 
     def backend(self, src: str) -> Source:
+        """The backend reading `src`'s scheme; SourceRefused naming the enabled ones if none does."""
         scheme = urlsplit(src).scheme.lower()
         try:
             return self.by_scheme[scheme]
@@ -115,21 +55,18 @@ class Sources:
             raise SourceRefused(src, reason) from None
 
     def check(self, src: str) -> None:
+        """Refuse a src no enabled backend will read (SourceRefused); no I/O (see `Source.check`)."""
         self.backend(src).check(src)
 
-    def holding(self) -> Holding | None:
-        """One download's share of the bytes pre-flight may hold (half the worker's), or None if off."""
-        return Holding(self.budget, self.budget.total // 2) if self.budget.total > 0 else None
-
-    def stat(self, src: str, holding: Holding | None = None,
-             deadline: Deadline | None = None) -> list[SourceInfo]:
+    def stat(self, src: str, deadline: Deadline | None = None) -> list[SourceInfo]:
+        """The backend's `stat` of `src` (see `Source.stat`), counted in zipstream_upstream_requests."""
         backend = self.backend(src)
-        label = metrics.backend_label(urlsplit(src).scheme)
-        metrics.UPSTREAM_REQUESTS.labels(label, "stat").inc()
+        label = counters.backend_label(urlsplit(src).scheme)
+        counters.UPSTREAM_REQUESTS.labels(label, "stat").inc()
         try:
-            return backend.stat(src, holding, deadline)
+            return backend.stat(src, deadline)
         except SourceError as error:
-            metrics.UPSTREAM_ERRORS.labels(label, "stat", error.code).inc()
+            counters.UPSTREAM_ERRORS.labels(label, "stat", error.code).inc()
             raise
 
     def open(self, info: SourceInfo, start: int = 0, retries: int = 3,
@@ -149,7 +86,7 @@ class Sources:
         not sent.
         """
         backend = self.backend(info.src)
-        label = metrics.backend_label(urlsplit(info.src).scheme)
+        label = counters.backend_label(urlsplit(info.src).scheme)
         position = start
         held = info.head.take() if info.head is not None else None
         pending = b""  # held bytes waiting for the continuation to prove the same version
@@ -172,11 +109,11 @@ class Sources:
         sent = False
         attempts = 0
         while True:
-            metrics.UPSTREAM_REQUESTS.labels(label, "open").inc()
+            counters.UPSTREAM_REQUESTS.labels(label, "open").inc()
             try:
                 body = backend.open(current, position)
             except SourceError as error:
-                metrics.UPSTREAM_ERRORS.labels(label, "open", error.code).inc()
+                counters.UPSTREAM_ERRORS.labels(label, "open", error.code).inc()
                 if not sent and rereads < 2 and isinstance(error, SourceChanged) and error.seen:
                     rereads += 1
                     distrusted = rereads == 2
@@ -198,7 +135,7 @@ class Sources:
                     unstable(info)
                 return
             except SourceError as error:
-                metrics.UPSTREAM_ERRORS.labels(label, "read", error.code).inc()
+                counters.UPSTREAM_ERRORS.labels(label, "read", error.code).inc()
                 if not sent and rereads < 2 and isinstance(error, SourceChanged) and error.seen:
                     rereads += 1
                     distrusted = rereads == 2
@@ -235,19 +172,41 @@ def _without_validators(info: SourceInfo) -> SourceInfo:
     return replace(info, etag=None, last_modified=None, head=None, stable=False)
 
 
+def _http() -> type[Source]:
+    from .http import HttpSource
+
+    return HttpSource
+
+
+def _s3() -> type[Source]:
+    from .s3 import S3Source  # botocore is imported only where S3 is enabled
+
+    return S3Source
+
+
+def _file() -> type[Source]:
+    from .file import FileSource
+
+    return FileSource
+
+
+# Every backend by its FS_INTERFACES name ("https" reads http:// and https://), imported when enabled.
+BACKENDS: dict[str, Callable[[], type[Source]]] = {"https": _http, "s3": _s3, "file": _file}
+
+
 def build_sources(config: Config) -> Sources:
-    """The backends named by FS_INTERFACES, each built from the config."""
-    backends: list[Source] = []
-    if "https" in config.fs_interfaces:
-        from .http import HttpSource
+    """The backends FS_INTERFACES names, each built from the config (`Source.from_config`)."""
+    return Sources([load().from_config(config) for name, load in BACKENDS.items() if name in config.fs_interfaces])
 
-        backends.append(HttpSource(config))
-    if "s3" in config.fs_interfaces:
-        from .s3 import S3Source
 
-        backends.append(S3Source(config))
-    if "file" in config.fs_interfaces:
-        from .file import FileSource
+def init_app(app: Flask, config: Config) -> None:
+    """Build the app's sources from `config`; `get_sources()` gives them to its requests."""
+    app.extensions[_EXTENSION] = build_sources(config)
 
-        backends.append(FileSource(config))
-    return Sources(backends, hold_bytes=config.preflight_hold_bytes if config.preflight_fetch_bytes else 0)
+
+def get_sources() -> Sources:
+    """The running app's sources (inside a request or an app context)."""
+    from flask import current_app  # only the web layer asks, so only it imports Flask
+
+    sources: Sources = current_app.extensions[_EXTENSION]
+    return sources

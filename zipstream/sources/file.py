@@ -20,14 +20,14 @@ import os
 import stat as stat_module
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from typing import ClassVar
 from urllib.parse import unquote, urlsplit
 
 from ..chunks import CHUNK_SIZE
 from ..config import Config
 from ..deadline import Deadline
 from ..errors import SourceChanged, SourceError, SourceNotFound, SourceRefused
-from . import SourceInfo
-from .held import Holding
+from .contract import SourceInfo
 
 log = logging.getLogger(__name__)
 
@@ -100,12 +100,17 @@ def _open_regular(root: str, path: str) -> tuple[int, os.stat_result]:
 class FileSource:
     """Reads regular files below FILE_ROOT; every path is resolved and checked before it is opened."""
 
-    schemes: tuple[str, ...] = ("file",)
+    schemes: ClassVar[tuple[str, ...]] = ("file",)
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, root: str) -> None:
+        self.root = os.path.realpath(root)
+
+    @classmethod
+    def from_config(cls, config: Config) -> FileSource:
+        """FILE_ROOT; ValueError without one."""
         if not config.file_root:
             raise ValueError("FileSource needs FILE_ROOT")
-        self.root = os.path.realpath(config.file_root)
+        return cls(config.file_root)
 
     # -- names --------------------------------------------------------------------------------
 
@@ -151,11 +156,10 @@ class FileSource:
         except UnicodeDecodeError:
             raise SourceRefused(src, "the path is not valid UTF-8 once percent-decoded") from None
 
-    def stat(self, src: str, holding: Holding | None = None,
-             deadline: Deadline | None = None) -> list[SourceInfo]:
+    def stat(self, src: str, deadline: Deadline | None = None) -> list[SourceInfo]:
         """One SourceInfo for a file, or one per regular file below a directory src ending in '/'."""
-        # `holding` is not used: reading a local file while streaming costs no round trip. Nor is
-        # `deadline`: a hung mount still cannot hold the answer past it (pre-flight stops waiting).
+        # `deadline` is not used: a hung mount still cannot hold the answer past it (pre-flight stops
+        # waiting for it).
         self.check(src)
         relative = self._relative(src)
         real = self._resolve(src, relative)
@@ -244,10 +248,14 @@ class FileSource:
             raise SourceChanged(info.src, f"is no longer a regular file ({kind})") from None
         except OSError as error:
             raise SourceError(info.src, f"cannot open: {error.strerror or error}") from None
-        return self._read(info, descriptor, start)
+        reading = self._read(info, descriptor, start)
+        next(reading)  # inside its `try` now: closing it even before its first chunk closes the descriptor
+        return reading
 
     def _read(self, info: SourceInfo, descriptor: int, start: int) -> Iterator[bytes]:
+        """The chunks (after one empty item that `open` takes: see there); closes `descriptor`."""
         try:
+            yield b""
             self._same_version(info, descriptor)
             remaining = (info.size or 0) - start
             position = start

@@ -7,15 +7,26 @@ costs 1,000 upstream round trips instead of 2,000 (bench B2). A larger file's fi
 too, and its member continues from byte n (Range + If-Range, the resume path), so no byte is read
 twice.
 
-Held bytes are bounded twice: per worker (`PREFLIGHT_HOLD_BYTES`) and per download (half of that,
-so one huge bundle cannot starve every other download of the fast path). When the budget is spent,
-pre-flight falls back to HEAD and the member is fetched while streaming, as before: the budget only
-changes how many requests are sent, never a byte of the zip.
+Held bytes are bounded twice: per worker (`PREFLIGHT_HOLD_BYTES`, the `HoldBudget` the HTTP source
+builds for itself) and per download (half of that, so one huge bundle cannot starve every other
+download of the fast path). When the budget is spent, pre-flight asks for one byte instead and the
+member is fetched while streaming, as before: the budget only changes how many requests are sent,
+never a byte of the zip.
+
+Only a download that streams every member right after pre-flight may hold (a whole-zip GET; a HEAD,
+a range or a conditional request would hold bytes it never sends). Its pre-flight says so by running
+each `stat` inside `HoldScope.applying()`: the `Source` contract has no parameter for it, and a source
+that never holds (S3, file) never sees it. A source that holds asks `current()` for the download's
+scope and `HoldScope.holding(budget)` for its share of its own budget.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
+
+_current = threading.local()  # greenlet-local under gevent (threading.local is patched)
 
 
 class HoldBudget:
@@ -40,6 +51,48 @@ class HoldBudget:
     def release(self, count: int) -> None:
         with self._lock:
             self.used -= count
+
+
+class HoldScope:
+    """One download's permission to hold first bytes, and its share of each budget (half of it).
+
+    Its pre-flight makes one (only when it streams every member right after) and runs each `stat`
+    within `applying()`, in whichever thread (greenlet) runs it.
+    """
+
+    def __init__(self) -> None:
+        self._holdings: dict[int, Holding] = {}
+        self._lock = threading.Lock()
+
+    def holding(self, budget: HoldBudget) -> Holding:
+        """This download's share of `budget`: half of its total (the same object on every call)."""
+        with self._lock:
+            share = self._holdings.get(id(budget))
+            if share is None:
+                share = self._holdings[id(budget)] = Holding(budget, budget.total // 2)
+            return share
+
+    @property
+    def used(self) -> int:
+        """Bytes this download holds now, in every budget."""
+        with self._lock:
+            return sum(holding.used for holding in self._holdings.values())
+
+    @contextlib.contextmanager
+    def applying(self) -> Iterator[HoldScope]:
+        """Make this the running thread's (greenlet's) scope within the block; see `current()`."""
+        previous = getattr(_current, "scope", None)
+        _current.scope = self
+        try:
+            yield self
+        finally:
+            _current.scope = previous
+
+
+def current() -> HoldScope | None:
+    """The hold scope of the pre-flight the running thread (greenlet) works for, if it may hold."""
+    scope: HoldScope | None = getattr(_current, "scope", None)
+    return scope
 
 
 class Holding:

@@ -20,7 +20,7 @@ import re
 import unicodedata
 from collections.abc import Collection, Iterator
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import unquote
 
 import urllib3.exceptions
@@ -32,8 +32,7 @@ from ..config import Config
 from ..deadline import Deadline
 from ..errors import SourceChanged, SourceError, SourceInterrupted, SourceNotFound, SourceRefused, SourceTimeout
 from ..numbers import NotANumber, parse_digits
-from . import SourceInfo
-from .held import Holding
+from .contract import SourceInfo
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -251,11 +250,16 @@ def _check_same_version(info: SourceInfo, start: int, response: dict[str, Any]) 
 class S3Source:
     """Reads objects through one boto3 client per process (see zipstream.aws)."""
 
-    schemes: tuple[str, ...] = ("s3",)
+    schemes: ClassVar[tuple[str, ...]] = ("s3",)
 
     def __init__(self, config: Config) -> None:
-        self.config = config
+        self.config = config  # the client's settings: AWS_REGION, S3_TIMEOUT, S3_PATH_STYLE (aws.py)
         self.buckets = frozenset(config.s3_buckets)
+
+    @classmethod
+    def from_config(cls, config: Config) -> S3Source:
+        """S3_BUCKETS, and the client's settings (see zipstream.aws); the client is made on first use."""
+        return cls(config)
 
     @property
     def client(self) -> S3Client:
@@ -269,10 +273,9 @@ class S3Source:
         if self.buckets and bucket not in self.buckets:
             raise SourceRefused(src, f"bucket {bucket} is not in S3_BUCKETS")
 
-    def stat(self, src: str, holding: Holding | None = None,
-             deadline: Deadline | None = None) -> list[SourceInfo]:
-        # `holding` is not used: the HEAD returns the object's stored CRC-32 (ChecksumMode), which a
-        # ranged GET does not, and a known CRC-32 decides the zip's layout.
+    def stat(self, src: str, deadline: Deadline | None = None) -> list[SourceInfo]:
+        """HeadObject of a key (with its stored CRC-32: ChecksumMode, which a ranged GET does not
+        return, and a known CRC-32 decides the zip's layout), or ListObjectsV2 of a prefix ending in '/'."""
         if deadline is None:
             return self._stat(src)
         # The client's before-send hook reads the deadline from the thread: no attempt (nor any of
