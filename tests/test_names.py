@@ -429,7 +429,8 @@ def test_a_form_can_name_the_zip_with_quotes(client: FlaskClient, readme: str) -
 
 def test_a_stored_filename_that_leaves_nothing_downloads_as_bundle_zip(client: FlaskClient, readme: str) -> None:
     # Stored before these rules (or by another version): the download still gets a name.
-    repository = get_repository(client.application)
+    with client.application.app_context():
+        repository = get_repository()
     for stored, shown in (("..", "bundle.zip"), ("\u202e", "bundle.zip"), ("", "bundle.zip"), ("/", "_.zip")):
         bundle = Bundle.new(filename=stored, files=(FileRef(src=readme),), lifetime_minutes=5)
         repository.create(bundle)
