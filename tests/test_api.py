@@ -340,17 +340,3 @@ def test_openapi_document_describes_the_api(client: FlaskClient) -> None:
     file_ref = spec["components"]["schemas"]["FileRef"]
     assert file_ref["required"] == ["src"]
     assert {"src", "dst", "crc32"} <= set(file_ref["properties"])
-
-
-def test_source_without_size_streams_without_length_or_ranges(client: FlaskClient, upstream: UpstreamServer) -> None:
-    upstream.add("/unsized.bin", b"u" * 100_000)
-    upstream.add("/sized.bin", b"s" * 1000)
-    upstream.set_behaviour("/unsized.bin", no_length=True, no_head=True, no_range=True)
-    bundle = _create(client, [{"src": upstream.url("/sized.bin")}, {"src": upstream.url("/unsized.bin")}])
-    response = client.get(f"/{bundle['id']}", headers={"Range": "bytes=10-"})
-    assert response.status_code == 200  # no ranges without a known length
-    assert "Content-Length" not in response.headers
-    assert response.headers["Accept-Ranges"] == "none"
-    assert "ETag" not in response.headers
-    archive = _zip(response.data)
-    assert archive.read("unsized.bin") == b"u" * 100_000

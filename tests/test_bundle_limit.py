@@ -62,20 +62,6 @@ def test_a_source_without_a_size_is_cut_at_the_limit(serve: Serve, upstream: Ups
     assert "MAX_BUNDLE_BYTES" in server.log_text()
 
 
-def test_a_known_total_past_the_limit_is_refused_before_the_first_byte(serve: Serve,
-                                                                        upstream: UpstreamServer) -> None:
-    upstream.add("/a.bin", os.urandom(LIMIT // 2 + 1))
-    upstream.add("/b.bin", os.urandom(LIMIT // 2 + 1))  # with a.bin, one byte past the limit
-    upstream.add("/endless.bin", os.urandom(MB))
-    upstream.set_behaviour("/endless.bin", chunked=True, no_range=True)
-    server = serve(MAX_BUNDLE_BYTES=str(LIMIT))
-    files = [{"src": upstream.url(path)} for path in ("/endless.bin", "/a.bin", "/b.bin")]
-    response = requests.post(server.url("/bundle"), json={"files": files}, timeout=60)
-    assert response.status_code == 413
-    assert response.json()["error"]["limit"] == "MAX_BUNDLE_BYTES"
-    assert not upstream.requests_for("/endless.bin", "GET")[1:]  # nothing read past pre-flight's request
-
-
 @pytest.mark.parametrize("compression", ["stored", "deflate"])
 def test_a_source_streaming_more_than_pre_flight_saw_is_cut_at_its_size(
         serve: Serve, upstream: UpstreamServer, tmp_path: Path, compression: str) -> None:

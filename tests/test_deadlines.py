@@ -1,12 +1,13 @@
-"""The pre-flight deadline's parts: Deadline arithmetic, cancellation, the 502/504 rule, the setting."""
+"""The pre-flight deadline's parts: Deadline arithmetic, the 502/504 rule, the setting.
+
+Pre-flight's cancellation by the deadline: tests/test_preflight.py.
+"""
 
 from __future__ import annotations
 
 import os
 import resource
 import socket
-import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -16,29 +17,8 @@ import pytest
 from zipstream.config import Config, ConfigError
 from zipstream.deadline import Deadline
 from zipstream.disconnect import client_gone
-from zipstream.download import preflight
-from zipstream.errors import ClientGone, SourceError, SourceNotFound, SourcesFailed, SourceTimeout
-from zipstream.models import FileRef
+from zipstream.errors import SourceError, SourceNotFound, SourcesFailed, SourceTimeout
 from zipstream.sources import build_sources
-
-from .support.upstream import UpstreamServer
-
-
-def test_preflight_cancelled_from_another_thread_stops_at_once(make_config: Callable[..., Config],
-                                                               upstream: UpstreamServer) -> None:
-    for index in range(50):
-        upstream.add(f"/f{index}.bin", b"f")
-    upstream.set_behaviour(latency=1.0)
-    sources = build_sources(make_config())
-    files = [FileRef(src=upstream.url(f"/f{index}.bin")) for index in range(50)]
-    deadline = Deadline(30)
-    threading.Timer(0.3, deadline.cancel).start()
-    started = time.monotonic()
-    with pytest.raises(ClientGone):
-        preflight(files, sources, 4, deadline=deadline)
-    assert time.monotonic() - started < 1.0  # the in-flight requests were closed, not waited for
-    time.sleep(1.5)
-    assert len(upstream.requests) <= 4  # only the first wave was ever sent
 
 
 def test_deadline_arithmetic() -> None:

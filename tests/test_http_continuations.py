@@ -394,7 +394,7 @@ def test_redirect_target(base: str, location: str, expected: str) -> None:
 def test_decoded_reads_every_deflate_flavour_in_bounded_pieces(wbits: int) -> None:
     import zlib
 
-    from zipstream.sources import CHUNK_SIZE
+    from zipstream.chunks import CHUNK_SIZE
     from zipstream.sources.http import _decoded
 
     data = b"\0" * (5 * CHUNK_SIZE) + os.urandom(1000)

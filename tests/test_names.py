@@ -26,8 +26,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from werkzeug.http import parse_options_header
 
-from zipstream import create_app, names
-from zipstream.config import Config
+from zipstream import names
 from zipstream.models import Bundle, FileRef
 from zipstream.names import UniqueNames, download_filename, safe_name, unique_names
 from zipstream.repositories import get_repository
@@ -441,52 +440,6 @@ def test_a_stored_filename_that_leaves_nothing_downloads_as_bundle_zip(client: F
 
 
 # -- MAX_FILES on every route that loads a bundle ----------------------------------------------------
-
-
-def test_stored_bundle_over_max_files_is_413_before_any_source_is_asked(
-        make_config: Callable[..., Config], upstream: UpstreamServer) -> None:
-    for i in range(4):
-        upstream.add(f"/f{i}.txt", b"x")
-    before = create_app(make_config(MAX_FILES="4")).test_client()
-    created = before.post("/", json={"files": [{"src": upstream.url(f"/f{i}.txt")} for i in range(4)]})
-    assert created.status_code == 201, created.data
-    after = create_app(make_config(MAX_FILES="2")).test_client()  # the limit lowered, same database
-    for method in ("GET", "HEAD"):
-        response = after.open(f"/{created.json['id']}", method=method)
-        assert response.status_code == 413
-        if method == "GET":
-            assert response.json["error"]["code"] == "limit_exceeded"
-            assert "MAX_FILES" in response.json["error"]["message"]
-    assert upstream.requests == []
-    # Its owner can still read, trim (by deleting) and see it; appending is refused as before.
-    url = f"/{created.json['id']}/{created.json['secret']}"
-    assert after.get(url).status_code == 200
-    assert after.put(url, json={"files": [{"src": upstream.url("/f0.txt")}]}).status_code == 413
-    assert after.delete(url).status_code == 200
-
-
-def test_expansion_past_max_files_is_413_before_any_name_is_made(make_config: Callable[..., Config],
-                                                                 tmp_path: Path) -> None:
-    folder = tmp_path / "root" / "many"
-    folder.mkdir(parents=True)
-    for i in range(5):
-        (folder / f"{i}.txt").write_bytes(b"x")
-    config = make_config(FS_INTERFACES="file", FILE_ROOT=str(tmp_path / "root"), MAX_FILES="3")
-    client = create_app(config).test_client()
-    named: list[str] = []
-
-    def profile(frame: Any, event: str, _arg: Any) -> None:
-        if event == "call" and frame.f_code.co_filename == names.__file__:
-            named.append(frame.f_code.co_name)
-
-    sys.setprofile(profile)
-    try:
-        response = client.post("/bundle", json={"files": [{"src": "file:///many/"}]})
-    finally:
-        sys.setprofile(None)
-    assert response.status_code == 413, response.data
-    assert "expands to 5 files" in response.json["error"]["message"]
-    assert "safe_name" not in named and "add" not in named
 
 
 # -- real extractors ---------------------------------------------------------------------------------

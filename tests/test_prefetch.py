@@ -1,26 +1,15 @@
-"""The bounded read-ahead of members: order, errors, early close, memory bound; alone and in a real zip."""
+"""The bounded read-ahead of members: order, errors, early close, memory bound (in a real zip: test_stream.py)."""
 
 from __future__ import annotations
 
-import io
 import threading
 import time
-import zipfile
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 
 import pytest
-import requests
 
-from zipstream.config import Config
-from zipstream.download import PreparedZip, prepare
-from zipstream.errors import StreamAborted
-from zipstream.models import FileRef
 from zipstream.prefetch import Prefetcher
-from zipstream.sources import build_sources
 
-from .support.live import LiveServer
-from .support.upstream import UpstreamServer
 from .support.waiting import wait_for
 
 CHUNK = 64 * 1024
@@ -183,104 +172,3 @@ def test_a_chunk_larger_than_the_budget_still_passes() -> None:
     prefetcher = Prefetcher(big_chunks, 1, depth=1, budget=CHUNK)
     assert b"".join(prefetcher.take(0)) == bodies.expected(0)
     prefetcher.close()
-
-
-# -- through download.PreparedZip with a real upstream ------------------------------------------
-
-
-def _config(tmp_path: Path, **env: str) -> Config:
-    return Config.from_env({"SQLITE_PATH": str(tmp_path / "z.sqlite3"), "FS_INTERFACES": "https",
-                            "HTTP_ALLOW_PRIVATE": "true", **env})
-
-
-@pytest.mark.parametrize("compression", ["stored", "deflate"])
-def test_zip_of_many_members_is_byte_correct_with_prefetch(
-    tmp_path: Path, upstream: UpstreamServer, compression: str
-) -> None:
-    contents = {f"/f{i:03d}.bin": bytes([i % 256]) * (i * 37) for i in range(120)}
-    for path, data in contents.items():
-        upstream.add(path, data)
-    upstream.set_behaviour(latency=0.005)
-    config = _config(tmp_path, PREFETCH="6", PREFETCH_BYTES="262144")
-    files = [FileRef(src=upstream.url(path)) for path in contents]
-    prepared = prepare(files, "b.zip", compression, 0, build_sources(config), None, config)
-    archive = zipfile.ZipFile(io.BytesIO(b"".join(prepared.stream())))
-    assert archive.namelist() == [path[1:] for path in contents]
-    for path, data in contents.items():
-        assert archive.read(path[1:]) == data
-
-
-def _prepared(tmp_path: Path, upstream: UpstreamServer, prefix: str, count: int, size: int,
-              prefetch: int) -> tuple[PreparedZip, dict[str, bytes]]:
-    """A stored zip of `count` members of `size` bytes served by `upstream`, and their contents by path."""
-    contents = {f"/{prefix}{i}.bin": bytes([i]) * size for i in range(count)}
-    for path, data in contents.items():
-        upstream.add(path, data)
-    config = _config(tmp_path, PREFETCH=str(prefetch))
-    files = [FileRef(src=upstream.url(path)) for path in contents]
-    return prepare(files, "b.zip", "stored", 0, build_sources(config), None, config), contents
-
-
-def test_resume_from_the_middle_uses_prefetch_and_matches_the_whole(
-    tmp_path: Path, upstream: UpstreamServer
-) -> None:
-    prepared, _ = _prepared(tmp_path, upstream, "r", 10, 50_000, prefetch=3)
-    whole = b"".join(prepared.stream())
-    assert b"".join(prepared.stream(123_456)) == whole[123_456:]
-    assert b"".join(prepared.stream(1000, 300_000)) == whole[1000:300_000]
-
-
-def test_failing_member_aborts_the_zip_after_earlier_members(
-    tmp_path: Path, upstream: UpstreamServer
-) -> None:
-    prepared, contents = _prepared(tmp_path, upstream, "e", 6, 100_000, prefetch=4)
-    upstream.set_behaviour("/e3.bin", status=404)  # after pre-flight: fails inside a read-ahead
-    received = bytearray()
-
-    def download() -> None:
-        for chunk in prepared.stream():
-            received.extend(chunk)
-
-    with pytest.raises(StreamAborted, match=r"e3\.bin"):
-        download()
-    # Everything of members 0-2 went out before the abort; none of member 3's data did.
-    for path in ("/e0.bin", "/e1.bin", "/e2.bin"):
-        assert contents[path] in received
-    assert bytes([3]) * 1000 not in received
-
-
-def test_closing_the_download_early_closes_upstream_bodies(tmp_path: Path, upstream: UpstreamServer) -> None:
-    size = 16 * 1024 * 1024
-    contents = {f"/big{i}.bin": bytes([i]) * size for i in range(5)}
-    for path, data in contents.items():
-        upstream.add(path, data)
-    config = _config(tmp_path, PREFETCH="4", PREFETCH_BYTES="1048576")
-    files = [FileRef(src=upstream.url(path)) for path in contents]
-    prepared = prepare(files, "b.zip", "stored", 0, build_sources(config), None, config)
-    baseline = threading.active_count()
-    stream = prepared.stream()
-    next(stream)  # the first local header
-    next(stream)  # member 0's first chunk: the read-ahead is running now
-    # The read-ahead's GET asks no Range; pre-flight's (already logged) asked `bytes=0-0`.
-    wait_for(lambda: None in upstream.ranges_for("/big4.bin"), "read-ahead reached member 4")
-    stream.close()  # the client went away
-    wait_for(lambda: threading.active_count() <= baseline, "prefetch workers ended")
-    # Cut bodies were closed: no member was sent whole (sockets hold a few MiB at most).
-    sent = upstream.bytes_sent
-    assert all(sent.get(path, 0) < size for path in contents), sent
-
-
-def test_prefetch_under_gunicorn_gevent_worker(
-    serve: Callable[..., LiveServer], upstream: UpstreamServer
-) -> None:
-    contents = {f"/g{i:02d}.txt": f"file {i}\n".encode() * (i + 1) * 100 for i in range(60)}
-    for path, data in contents.items():
-        upstream.add(path, data)
-    upstream.set_behaviour(latency=0.01)
-    server = serve(PREFETCH="8", ACCESS_LOG="/dev/null")
-    body = {"files": [{"src": upstream.url(path)} for path in contents], "compression": "deflate"}
-    response = requests.post(server.url("/bundle"), json=body, timeout=30)
-    assert response.status_code == 200
-    archive = zipfile.ZipFile(io.BytesIO(response.content))
-    for path, data in contents.items():
-        assert archive.read(path[1:]) == data

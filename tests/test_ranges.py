@@ -10,7 +10,7 @@ from flask.testing import FlaskClient
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from zipstream import create_app
+from zipstream import create_app, ranges
 from zipstream.config import Config
 from zipstream.errors import RangeNotSatisfiable
 from zipstream.ranges import if_match, if_range_matches, none_match, parse_range
@@ -68,6 +68,14 @@ ETAG = '"zs1-abc"'
 ])
 def test_if_range(header: str | None, matches: bool) -> None:
     assert if_range_matches(header, ETAG) is matches
+
+
+def test_if_range_rules() -> None:
+    assert ranges.if_range_matches(None, '"a"')
+    assert ranges.if_range_matches('"a"', '"a"')
+    assert not ranges.if_range_matches('"b"', '"a"')
+    assert not ranges.if_range_matches('W/"a"', '"a"')
+    assert not ranges.if_range_matches("Tue, 14 Nov 2023 22:13:20 GMT", '"a"')
 
 
 @pytest.mark.parametrize(("header", "etag", "allowed"), [
@@ -168,7 +176,7 @@ def test_a_malformed_range_is_ignored_not_a_500(served: tuple[FlaskClient, str],
 def test_no_range_or_if_range_value_is_a_5xx(served: tuple[FlaskClient, str], value: str,
                                              if_range: str | None, method: str) -> None:
     headers = {"Range": value} | ({"If-Range": if_range} if if_range is not None else {})
-    # 428: a resume without If-Range from a byte this zip version never sent (see zip_response).
+    # 428: a resume without If-Range from a byte this zip version never sent (see response.ZipResponse).
     assert _status(served, method, headers) in (200, 206, 416, 428)
 
 

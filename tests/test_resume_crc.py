@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from flask.testing import FlaskClient
 
 from .support.live import LiveServer
 from .support.readers import CheckZip
@@ -74,3 +75,26 @@ def test_resume_inside_a_member_of_unknown_crc_starts_at_once(serve: Serve, upst
     assert path.read_bytes() == whole
     zip_readers(path, {"a.bin": data})
     print(f"first byte {first_byte:.2f} s, whole resume {total:.2f} s")
+
+
+def test_a_src_named_twice_gets_its_learned_crc_in_both_members(client: FlaskClient, upstream: UpstreamServer) -> None:
+    """One CRC-32 learned for a src serves every member that names it: a resume inside the first of
+    two reads only the bytes it sends (it was the last member only, so the first was read again
+    from its start, for its CRC-32)."""
+    data = os.urandom(100_000)
+    upstream.add("/a.bin", data)
+    src = upstream.url("/a.bin")
+    created = client.post("/", json={"files": [{"src": src, "dst": "one.bin"}, {"src": src, "dst": "two.bin"}]})
+    assert created.status_code == 201, created.data
+    url = f"/{created.json['id']}"
+    whole = client.get(url)
+    assert whole.status_code == 200
+    zipped = whole.data  # streamed to the end: the CRC-32 of a.bin is learned
+    upstream.clear_log()
+    cut = 50_000  # inside one.bin's data
+    part = client.get(url, headers={"Range": f"bytes={cut}-", "If-Range": whole.headers["ETag"]})
+    assert part.status_code == 206
+    assert part.data == zipped[cut:]
+    reads = [record.range for record in upstream.requests_for("/a.bin", "GET") if record.range != "bytes=0-0"]
+    # one.bin from the cut (a Range), two.bin whole (no Range); nothing else.
+    assert len(reads) == 2 and reads.count(None) == 1, reads

@@ -12,7 +12,6 @@ import pytest
 import requests
 from flask.testing import FlaskClient
 
-from zipstream import ranges
 from zipstream.logs import mask_path
 from zipstream.names import unique_names
 from zipstream.repositories.sqlite import SqliteRepository
@@ -96,44 +95,6 @@ def test_upper_case_id_works_on_every_route(client: FlaskClient, upstream: Upstr
     upper = bundle["id"].upper()
     assert client.get(f"/{upper}").status_code == 200
     assert client.get(f"/{upper}/{bundle['secret']}").status_code == 200
-
-
-# -- download headers -------------------------------------------------------------------------
-
-
-def test_head_of_unknown_length_has_no_content_length(client: FlaskClient, upstream: UpstreamServer) -> None:
-    upstream.add("/a.txt", b"a" * 1000)
-    bundle = _create(client, [{"src": upstream.url("/a.txt")}], compression="deflate")
-    head = client.head(f"/{bundle['id']}")
-    assert head.status_code == 200
-    assert "Content-Length" not in head.headers
-    get = client.get(f"/{bundle['id']}")
-    assert "Content-Length" not in get.headers
-    assert zipfile.ZipFile(io.BytesIO(get.data)).read("a.txt") == b"a" * 1000
-
-
-def test_if_range_with_a_date_never_splices(client: FlaskClient, upstream: UpstreamServer) -> None:
-    """Appending an older file keeps Last-Modified, so only the ETag may authorise a range."""
-    upstream.add("/new.txt", b"n" * 5000, last_modified=1_700_000_000)
-    upstream.add("/old.txt", b"o" * 5000, last_modified=1_500_000_000)
-    bundle = _create(client, [{"src": upstream.url("/new.txt")}])
-    first = client.get(f"/{bundle['id']}")
-    date = first.headers["Last-Modified"]
-    client.put(f"/{bundle['id']}/{bundle['secret']}", json={"files": [{"src": upstream.url("/old.txt")}]})
-    again = client.get(f"/{bundle['id']}", headers={"Range": "bytes=100-", "If-Range": date})
-    assert again.headers["Last-Modified"] == date  # unchanged, although the zip changed
-    assert again.status_code == 200
-    assert zipfile.ZipFile(io.BytesIO(again.data)).testzip() is None
-    etag = again.headers["ETag"]
-    assert client.get(f"/{bundle['id']}", headers={"Range": "bytes=100-", "If-Range": etag}).status_code == 206
-
-
-def test_if_range_rules() -> None:
-    assert ranges.if_range_matches(None, '"a"')
-    assert ranges.if_range_matches('"a"', '"a"')
-    assert not ranges.if_range_matches('"b"', '"a"')
-    assert not ranges.if_range_matches('W/"a"', '"a"')
-    assert not ranges.if_range_matches("Tue, 14 Nov 2023 22:13:20 GMT", '"a"')
 
 
 # -- names, logs, cache -------------------------------------------------------------------------

@@ -18,9 +18,10 @@ import pytest
 import requests
 
 from zipstream import create_app
+from zipstream.chunks import CHUNK_SIZE
 from zipstream.config import Config
 from zipstream.errors import SourceChanged, SourceNotFound, SourceRefused
-from zipstream.sources import CHUNK_SIZE, Sources
+from zipstream.sources import Sources
 from zipstream.sources.file import FileSource
 
 from .support import ci

@@ -1,4 +1,7 @@
-"""The HTTP API (the Node ZipStream's routes): validate -> repository -> sources -> zip response."""
+"""The HTTP API (the Node ZipStream's routes).
+
+A download: validate -> load the bundle -> prepare (download.py) -> ZipResponse (response.py).
+"""
 
 from __future__ import annotations
 
@@ -8,14 +11,12 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
-from urllib.parse import quote
 
 from flask import Blueprint, Response, current_app, jsonify, request
 from gunicorn.http.errors import ParseException
 
-from . import cooperative, counters, disconnect, ranges
+from . import counters, disconnect
 from .auth import bearer_matches
 from .config import Config, get_config
 from .deadline import Deadline
@@ -26,26 +27,21 @@ from .errors import (
     Gone,
     LimitExceeded,
     NotFound,
-    PreconditionFailed,
-    ResumeRefused,
     SchemaNotReady,
     ServiceUnavailable,
-    SourceError,
-    StreamAborted,
     Unauthorized,
     UnsupportedMediaType,
     ZipStreamError,
 )
 from .models import Bundle, FileRef
-from .names import download_filename
+from .plan import check_count
 from .repositories import BundleRepository, confirm_ready, get_cache, get_repository, schema_gone
+from .response import DEFAULT_FILENAME, ZipResponse
 from .schemas import AppendFilesSchema, CreateBundleSchema, OneOffBundleSchema, form_to_body, load
 from .sources import get_sources
 
 log = logging.getLogger(__name__)
 bp = Blueprint("api", __name__)
-
-DEFAULT_FILENAME = "bundle.zip"
 
 
 def _config() -> Config:
@@ -142,142 +138,15 @@ def _load_bundle(bundle_id: str, secret: str | None = None, expired_ok: bool = F
     return bundle
 
 
-def content_disposition(filename: str) -> str:
-    """RFC 6266: the stored `filename` made safe (names.download_filename; DEFAULT_FILENAME if nothing
-    is left), as an ASCII fallback `filename` plus, when that differs, the exact name in RFC 8187 `filename*`."""
-    filename = download_filename(filename) or DEFAULT_FILENAME
-    fallback = "".join(char if 32 <= ord(char) < 127 and char not in '"\\%' else "_" for char in filename)
-    if fallback == filename:
-        return f'attachment; filename="{filename}"'
-    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
-
-
-def zip_response(prepared: PreparedZip) -> Response:
-    """The download response, honouring HEAD, Range, If-Range, If-Match and If-None-Match.
-
-    Raises (as JSON errors) everything that goes wrong before the first byte, including a source
-    that fails on the first fetch of a resume; after it, an error cuts the connection.
-    """
-    headers = {
-        "Content-Type": "application/zip",
-        "Content-Disposition": content_disposition(prepared.filename),
-        # no-transform: a proxy that compresses would break Content-Length and byte ranges.
-        "Cache-Control": "private, no-transform",
-        "X-Accel-Buffering": "no",
-        "Last-Modified": ranges.http_date(prepared.last_modified),
-    }
-    etag = prepared.etag
-    length = prepared.length
-    start, stop, status = 0, length, 200
-    if_match = request.headers.get("If-Match")
-    if not ranges.if_match(if_match, etag):
-        raise PreconditionFailed(
-            f"If-Match names another version of this zip; it is now {etag or 'a zip without an ETag'}",
-            etag=etag,
-        )
-    if prepared.rangeable and length is not None:
-        headers["Accept-Ranges"] = "bytes"
-        headers["ETag"] = etag or ""
-        if ranges.none_match(request.headers.get("If-None-Match"), etag):
-            return Response(status=304, headers={k: headers[k] for k in ("ETag", "Cache-Control", "Last-Modified")})
-        if ranges.if_range_matches(request.headers.get("If-Range"), etag):
-            wanted = ranges.parse_range(request.headers.get("Range"), length)
-            # curl -C -, wget -c, aria2c -c resume without If-Range: unless this version's first
-            # bytes up to the resume point went out before, the bytes they hold are of another
-            # version. A 206 would splice the two, and so would a 200 (wget -c skips the first N
-            # bytes of a 200 and appends the rest): refuse, with nothing to append.
-            proven = bool(request.headers.get("If-Range")) or (if_match is not None and if_match.strip() != "*")
-            if (wanted is not None and not proven and request.method != "HEAD"
-                    and not prepared.vouches(wanted[0])):
-                return _refuse_resume(wanted[0], etag or "")
-            if wanted is not None:
-                start, stop = wanted
-                status = 206
-                headers["Content-Range"] = f"bytes {start}-{stop - 1}/{length}"
-    else:
-        headers["Accept-Ranges"] = "none"
-    if stop is not None:
-        headers["Content-Length"] = str(stop - start)
-    if request.method == "HEAD":
-        response = Response(status=status, headers=headers)
-        if stop is None:  # unknown length: say nothing rather than Werkzeug's "0" for the empty body
-            response.automatically_set_content_length = False
-            response.headers.pop("Content-Length", None)
-        return response
-    chunks = prepared.stream(start, stop)
-    first = _first_chunk(chunks, prepared)
-    body = counters.track_download(
-        cooperative.yielding(_after(first, chunks)),
-        kind="one_off" if request.method == "POST" else "bundle",
-        started=request.environ.get("zipstream.started") or time.monotonic(),
-        request_id=request.environ.get("zipstream.request_id"),
-    )
-    return Response(body, status=status, headers=headers, direct_passthrough=True)
-
-
-def _first_chunk(chunks: Iterator[bytes], prepared: PreparedZip) -> list[bytes]:
-    """The stream's first chunk (none for an empty stream), read before the response starts.
-
-    Until a byte is sent the client can still get a JSON error: a resume inside a member opens
-    its source before producing anything, and a failure there would otherwise reach gunicorn,
-    whose answer is an HTML 500 page. Raises the SourceError (502 naming the src).
-    """
-    try:
-        return [next(chunks)]
-    except StopIteration:
-        return []
-    except StreamAborted as error:
-        cause = error.__cause__
-        if isinstance(cause, ZipStreamError):
-            raise cause from None
-        raise SourceError(prepared.failed_src or "(unknown source)", str(cause or error)) from None
-
-
-def _after(first: list[bytes], chunks: Iterator[bytes]) -> Iterator[bytes]:
-    """`first`, then the rest of `chunks`; closing this closes `chunks` (its finally gives back held
-    bytes, stops read-ahead and stores learned CRC-32s), which itertools.chain would not."""
-    try:
-        yield from first
-        yield from chunks
-    finally:
-        close = getattr(chunks, "close", None)
-        if close is not None:
-            close()
-
-
-def _refuse_resume(start: int, etag: str) -> Response:
-    """428 for a resume from byte `start` that this zip version cannot vouch for (ResumeRefused)."""
-    error = ResumeRefused(
-        f"the zip changed since your download began: its current version ({etag}) never sent its first "
-        f"{start} bytes, so the file you are resuming holds another version. Download it again from the "
-        f"start (delete the partial file); to resume safely, send the ETag your download began with as If-Match.",
-        etag=etag, resume_from=start,
-    )
-    response = jsonify(error.to_dict())
-    # curl -C - takes a body exactly as long as the part it holds for "already complete" (exit 0).
-    if response.content_length == start:
-        error.details["padding"] = "-"
-        response = jsonify(error.to_dict())
-    response.status_code = error.status
-    response.headers["ETag"] = etag
-    response.headers["Cache-Control"] = "private, no-store"
-    return response
-
-
 def _prepare(files: tuple[FileRef, ...] | list[FileRef], filename: str, compression: str,
              created_at: int) -> PreparedZip:
     # A bundle stored before MAX_FILES was lowered: refused before any source is asked or named.
-    if len(files) > (limit := _config().max_files):
-        raise LimitExceeded(f"the bundle holds {len(files)} files; at most {limit} are allowed (MAX_FILES)",
-                            limit="MAX_FILES")
-    # Only a request for the whole zip lets pre-flight keep small files' bytes for the stream (not a
-    # HEAD, a range, or a conditional request that may well end in 304).
-    hold = request.method != "HEAD" and not {"Range", "If-None-Match"} & set(request.headers.keys())
+    check_count(len(files), _config().max_files)
     # One deadline for all of pre-flight (PREFLIGHT_TIMEOUT), cancelled if the client hangs up meanwhile.
     deadline = Deadline(_config().preflight_timeout)
     with counters.PREFLIGHT_SECONDS.time(), disconnect.watching(request.environ, deadline):
-        return prepare(files, filename, compression, created_at, get_sources(), get_cache(), _config(), hold,
-                       deadline)
+        return prepare(files, filename, compression, created_at, get_sources(), get_cache(), _config(),
+                       ZipResponse.sends_whole_zip(request), deadline)
 
 
 @bp.post("/bundle", strict_slashes=False)
@@ -290,7 +159,7 @@ def one_off_bundle() -> Response:
     _check_sources(files)
     prepared = _prepare(files, data.get("filename") or DEFAULT_FILENAME,
                         data.get("compression") or config.default_compression, int(time.time()))
-    return zip_response(prepared)
+    return ZipResponse(prepared, request, kind="one_off")
 
 
 @bp.post("/")
@@ -318,7 +187,7 @@ def download_bundle(bundle_id: uuid.UUID) -> Response:
     """Stream the bundle's zip (resumable: exact length, ETag, Range)."""
     bundle = _load_bundle(str(bundle_id))
     prepared = _prepare(bundle.files, bundle.filename, bundle.compression, bundle.created_at)
-    return zip_response(prepared)
+    return ZipResponse(prepared, request)
 
 
 @bp.get("/<bundle_id>/<secret>", strict_slashes=False)

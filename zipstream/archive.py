@@ -31,6 +31,8 @@ from typing import Any
 
 from stream_zip import ZIP_32, ZIP_64, stream_zip
 
+from .chunks import CHUNK_SIZE, close_iterator
+
 _zlib: types.ModuleType
 try:  # zlib-ng: the same CRC-32 and deflate formats, 4-5x faster (SIMD); plain zlib where it has no wheel
     from zlib_ng import zlib_ng as _zlib
@@ -84,7 +86,12 @@ crc32_combine: Callable[[int, int, int], int] = getattr(_zlib, "crc32_combine", 
 DEFLATE_LEVEL = 6
 # Bumped whenever the bytes written for the same members change, so old ETags stop matching.
 FORMAT_VERSION = 2  # 2: ZIP64 end records at the sentinel edges, classic record disk 0 (issue 12)
-CHUNK_SIZE = 256 * 1024
+# stream-zip's `chunk_size` is not a read size: it is how much deflated output stream-zip gathers
+# before it yields any, so the deflate path's first byte waits for that much (and until the first
+# byte a failing source is still a JSON 502, after it a cut connection). A quarter of CHUNK_SIZE:
+# the deflate path's first byte comes as soon as it did before chunks.CHUNK_SIZE was one size
+# (tests/test_download_live.py::test_upstream_dying_mid_file_cuts_the_download[deflate]).
+DEFLATE_BLOCK = CHUNK_SIZE // 4
 FILE_MODE = stat.S_IFREG | 0o644
 _DOS_EPOCH = datetime(1980, 1, 1, tzinfo=UTC)
 _UNIX_EXTRA_MAX = 2**31 - 1
@@ -412,9 +419,7 @@ class ZipPlan:
                 elif at >= stop and index in crcs:
                     break  # past the range and the CRC is not needed: stop reading
         finally:
-            close = getattr(chunks, "close", None)
-            if close is not None:
-                close()
+            close_iterator(chunks)
             if head is not None and (limit is None or seen != limit):
                 head.cancel()  # cut short (error or client gone): its CRC will never be needed
         if limit is not None and seen < limit and not (data_start + seen >= stop and index in crcs):
@@ -464,9 +469,7 @@ class _HeadCrc:
         except BaseException as error:  # noqa: BLE001 - handed to result(), raised in the stream
             self._error = error
         finally:
-            close = getattr(chunks, "close", None)
-            if close is not None:
-                close()
+            close_iterator(chunks)
 
     def result(self) -> int:
         """The head's CRC-32, once read (waits for it); raises what the read raised."""
@@ -510,7 +513,7 @@ def deflate_stream(entries: list[Entry], open_member: OpenMember) -> Iterator[by
             yield entry.name, entry.modified_at, FILE_MODE, method, _checked(entry, open_member(index, 0))
 
     yield from _corrected_end_records(
-        stream_zip(members(), chunk_size=CHUNK_SIZE, get_compressobj=_compressobj), len(entries)
+        stream_zip(members(), chunk_size=DEFLATE_BLOCK, get_compressobj=_compressobj), len(entries)
     )
 
 
@@ -551,15 +554,13 @@ def _corrected_end_records(chunks: Iterable[bytes], count: int) -> Iterator[byte
                 held = chunk
             else:
                 held += chunk
-                if len(held) > CHUNK_SIZE:
+                if len(held) > DEFLATE_BLOCK:
                     yield held[:-_END_MAX]
                     emitted += len(held) - _END_MAX
                     held = held[-_END_MAX:]
     finally:
         # An aborted download closes us; close stream-zip now so it closes the sources' bodies.
-        close = getattr(chunks, "close", None)
-        if close is not None:
-            close()
+        close_iterator(chunks)
     total = emitted + len(held)
     if held[-_eocd.size:][:4] != b"PK\x05\x06":
         raise ArchiveError("stream-zip's output does not end with an end of central directory record")
@@ -602,9 +603,7 @@ def _checked(entry: Entry, chunks: Iterator[bytes]) -> Iterator[bytes]:
                 raise ArchiveError(f"{entry.name}: source sent more than its {entry.size} bytes")
             yield chunk
     finally:
-        close = getattr(chunks, "close", None)
-        if close is not None:
-            close()
+        close_iterator(chunks)
     if entry.size is not None and seen != entry.size:
         raise ArchiveError(f"{entry.name}: source ended after {seen} of {entry.size} bytes")
     if entry.crc32 is not None and crc != entry.crc32:

@@ -9,6 +9,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
+from .chunks import close_iterator
+
 T = TypeVar("T")
 
 log = logging.getLogger(__name__)
@@ -79,23 +81,32 @@ def _capture(func: Callable[..., Any], args: tuple[Any, ...]) -> tuple[bool, Any
 SWITCH_INTERVAL = 0.005
 
 
-def yielding(chunks: Iterator[bytes]) -> Iterator[bytes]:
-    """`chunks` with a greenlet switch at least every SWITCH_INTERVAL seconds, closing `chunks` when done.
+class Turns:
+    """One download's turns on the worker: a greenlet switch once it has run SWITCH_INTERVAL seconds.
 
     Under gevent, a download whose upstream and client never make it wait (fast loopback peers,
     deflate of compressible data) would otherwise freeze every other download on the worker;
     `time.sleep(0)` is a switch there and a no-op with plain threads. Switching on every chunk
-    cost ~14% of a fast download's CPU, hence the interval.
+    cost ~14% of a fast download's CPU, hence the interval. One clock for every iterator of the
+    download (its output and, for deflate, each member's input), so a zip of many small members
+    switches as often as one of a big member.
     """
-    clock = time.monotonic
-    due = clock() + SWITCH_INTERVAL
-    try:
-        for chunk in chunks:
-            yield chunk
-            if clock() >= due:
-                time.sleep(0)
-                due = clock() + SWITCH_INTERVAL
-    finally:
-        close = getattr(chunks, "close", None)
-        if close is not None:
-            close()
+
+    def __init__(self) -> None:
+        self._due = time.monotonic() + SWITCH_INTERVAL
+
+    def yielding(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        """`chunks`, switching after any chunk that ends this download's turn; closes `chunks` when done.
+
+        The time counted runs until the consumer asks for the next chunk, so it includes what the
+        consumer did with the last one (deflating it, sending it).
+        """
+        clock = time.monotonic
+        try:
+            for chunk in chunks:
+                yield chunk
+                if clock() >= self._due:
+                    time.sleep(0)
+                    self._due = clock() + SWITCH_INTERVAL
+        finally:
+            close_iterator(chunks)

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from .chunks import close_iterator
 from .errors import StreamAborted
 
 log = logging.getLogger("zipstream.download")
@@ -81,9 +82,7 @@ def track_download(
         raise
     finally:
         IN_FLIGHT.dec()
-        close = getattr(chunks, "close", None)
-        if close is not None:
-            close()
+        close_iterator(chunks)
         if outcome == "completed":
             DOWNLOADS_COMPLETED.labels(kind).inc()
         else:

@@ -1,7 +1,7 @@
 """One pre-flight's time limit and its cancellation, shared by every source request it makes.
 
 No Flask, no network code: the web layer makes a `Deadline` (PREFLIGHT_TIMEOUT) and may `cancel()` it
-when the client hangs up; pre-flight (download.py) and the sources read it. Sources cap each attempt's
+when the client hangs up; pre-flight (preflight.py) and the sources read it. Sources cap each attempt's
 timeout with `cap()`, sleep their back-off with `sleep()`, refuse to start a request with `check()`,
 and register what would unblock a request in flight with `aborting()`: when the deadline passes
 (`expire()`, called by pre-flight) or is cancelled, those callbacks run, so a greenlet or thread

@@ -54,19 +54,9 @@ class NotFound(ZipStreamError):
     code = "not_found"
 
 
-class MethodNotAllowed(ZipStreamError):
-    status = 405
-    code = "method_not_allowed"
-
-
 class Gone(ZipStreamError):
     status = 410
     code = "expired"
-
-
-class PayloadTooLarge(ZipStreamError):
-    status = 413
-    code = "payload_too_large"
 
 
 class UnsupportedMediaType(ZipStreamError):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -55,9 +55,6 @@ class Bundle:
 
     def expired(self, now: float | None = None) -> bool:
         return (time.time() if now is None else now) >= self.expiration_date
-
-    def with_files(self, files: tuple[FileRef, ...]) -> Bundle:
-        return replace(self, files=files)
 
     def to_json(self) -> dict[str, object]:
         """The Node service's JSON shape, plus `compression`."""

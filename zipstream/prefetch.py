@@ -15,6 +15,8 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 
+from .chunks import close_iterator
+
 OpenMember = Callable[[int], Iterator[bytes]]
 
 
@@ -57,9 +59,7 @@ class _Fetch:
                 self._error = error
         finally:
             try:
-                close = getattr(body, "close", None)
-                if close is not None:
-                    close()
+                close_iterator(body)
             finally:
                 with self._cond:
                     self._done = True

@@ -38,7 +38,11 @@ from urllib.parse import quote, unquote
 
 import pytest
 
-CHUNK_SIZE: Final = 256 * 1024
+from zipstream.chunks import close_iterator
+
+# The fake upstream's write size, 256 KiB on purpose: not zipstream.chunks.CHUNK_SIZE, since a real
+# server's writes never line up with our reads (the sources must not assume they do).
+WRITE_SIZE: Final = 256 * 1024
 # Idle keep-alive connections are dropped after this; long enough for any benchmark pause.
 IDLE_TIMEOUT_S: Final = 120.0
 # Client-side disconnects are normal in failure tests; they must not print tracebacks.
@@ -135,18 +139,18 @@ class _Resource:
         return st.st_size, etag, self.last_modified or st.st_mtime
 
     def chunks(self, start: int, end: int) -> Iterator[bytes]:
-        """Yield bytes [start, end) in CHUNK_SIZE pieces without loading a disk file whole."""
+        """Yield bytes [start, end) in WRITE_SIZE pieces without loading a disk file whole."""
         if self.data is not None:
             view = memoryview(self.data)
-            for offset in range(start, end, CHUNK_SIZE):
-                yield bytes(view[offset : min(offset + CHUNK_SIZE, end)])
+            for offset in range(start, end, WRITE_SIZE):
+                yield bytes(view[offset : min(offset + WRITE_SIZE, end)])
             return
         assert self.file is not None
         with self.file.open("rb") as fh:
             fh.seek(start)
             remaining = end - start
             while remaining > 0:
-                chunk = fh.read(min(CHUNK_SIZE, remaining))
+                chunk = fh.read(min(WRITE_SIZE, remaining))
                 if not chunk:  # file shrank underneath us; stop short like a real server would
                     return
                 remaining -= len(chunk)
@@ -364,7 +368,7 @@ class UpstreamServer:
     def add_file(
         self, path: str, file: str | os.PathLike[str], *, content_type: str = "application/octet-stream"
     ) -> None:
-        """Serve a file on disk at path, streamed in CHUNK_SIZE pieces (fine for huge sparse files)."""
+        """Serve a file on disk at path, streamed in WRITE_SIZE pieces (fine for huge sparse files)."""
         source = Path(file)
         if not source.is_file():
             raise FileNotFoundError(source)
@@ -690,9 +694,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             self._send_body(path, body, behaviour)
         finally:
-            close = getattr(body, "close", None)  # generators: release an open disk file now
-            if close is not None:
-                close()
+            close_iterator(body)  # generators: release an open disk file now
 
     def send_header(self, keyword: str, value: str) -> None:
         if keyword.lower() not in self._replaced:  # else behaviour.header_values sends its own

@@ -17,10 +17,11 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from .. import counters
+from ..chunks import CHUNK_SIZE, close_iterator
 from ..config import Config
 from ..deadline import Deadline
 from ..errors import SourceChanged, SourceError, SourceInterrupted, SourceRefused
-from .contract import CHUNK_SIZE, Source, SourceInfo
+from .contract import Source, SourceInfo
 from .held import HoldScope
 
 if TYPE_CHECKING:
@@ -149,9 +150,7 @@ class Sources:
                     raise
                 log.warning("re-opening %s at byte %d after: %s", info.src, position, error.reason)
             finally:
-                close = getattr(body, "close", None)
-                if close is not None:
-                    close()
+                close_iterator(body)
 
 
 def _reread(info: SourceInfo, error: SourceChanged, rereads: int) -> SourceInfo:

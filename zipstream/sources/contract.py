@@ -26,10 +26,6 @@ if TYPE_CHECKING:
     from ..config import Config
     from ..deadline import Deadline
 
-# Read size for every upstream body: large enough that per-chunk Python work is negligible.
-CHUNK_SIZE = 1024 * 1024
-
-
 @dataclass(frozen=True)
 class SourceInfo:
     """What pre-flight learned about one file: enough to lay out the zip and to re-open it safely."""

@@ -23,10 +23,11 @@ from datetime import UTC, datetime
 from typing import ClassVar
 from urllib.parse import unquote, urlsplit
 
+from ..chunks import CHUNK_SIZE
 from ..config import Config
 from ..deadline import Deadline
 from ..errors import SourceChanged, SourceError, SourceNotFound, SourceRefused
-from .contract import CHUNK_SIZE, SourceInfo
+from .contract import SourceInfo
 
 log = logging.getLogger(__name__)
 

@@ -24,13 +24,14 @@ from urllib.parse import urlsplit
 import requests
 
 from .. import counters
+from ..chunks import CHUNK_SIZE
 from ..config import Config
 from ..deadline import Deadline
 from ..errors import SourceChanged, SourceError, SourceInterrupted, SourceNotFound, SourceRefused
 from ..names import name_from_src
 from ..numbers import NotANumber, http_date, parse_digits
 from . import held
-from .contract import CHUNK_SIZE, SourceInfo
+from .contract import SourceInfo
 from .held import HoldBudget, Holding
 from .http_transport import NO_DEADLINE, HttpTransport, abortable, body_chunks, content_length, release
 from .netguard import Policy, literal_address, unusual_literal

@@ -18,10 +18,10 @@ import requests
 from requests.adapters import HTTPAdapter
 from requests.utils import requote_uri
 
+from ..chunks import CHUNK_SIZE
 from ..deadline import Deadline, current, shut
 from ..errors import ClientGone, SourceError, SourceRefused, SourceTimeout
 from ..numbers import NotANumber, NumberTooLarge, http_date, is_digits, parse_digits
-from .contract import CHUNK_SIZE
 from .netguard import AddressRefused, Policy, guarded_pool_manager
 
 MAX_REDIRECTS = 5

@@ -27,11 +27,12 @@ import urllib3.exceptions
 from botocore.exceptions import BotoCoreError, ClientError, ConnectTimeoutError, ReadTimeoutError
 
 from ..aws import DeadlinePassed, s3_client
+from ..chunks import CHUNK_SIZE
 from ..config import Config
 from ..deadline import Deadline
 from ..errors import SourceChanged, SourceError, SourceInterrupted, SourceNotFound, SourceRefused, SourceTimeout
 from ..numbers import NotANumber, parse_digits
-from .contract import CHUNK_SIZE, SourceInfo
+from .contract import SourceInfo
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client

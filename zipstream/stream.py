@@ -1,0 +1,219 @@
+"""The bytes of a planned zip from any offset: members opened (and read ahead), counted, and their
+CRC-32s learned for later downloads.
+
+What it is given is all it uses: the plan (plan.py), how to read a member's source from an offset
+(`OpenSource`: `Sources.open`), and where to record what it learns (a `CrcCache`, or None). It reads
+no bundle, knows no backend, imports no Flask. It runs after the response has started: whatever
+fails here raises StreamAborted, which can only cut the connection (STYLE.md habit 5).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Protocol
+
+from . import cooperative
+from .archive import deflate_stream
+from .chunks import close_iterator
+from .errors import LimitExceeded, StreamAborted
+from .plan import Plan
+from .prefetch import Prefetcher
+from .preflight import discard_heads
+from .repositories import CrcCache
+from .sources import SourceInfo
+
+log = logging.getLogger(__name__)
+
+# How often learned CRC-32s are written back while a download runs (members, seconds).
+# A member this big is written back at once: the cost is nothing next to its bytes, and a client
+# that resumes right after a cut must find the CRC-32s of every member it already has.
+CRC_FLUSH_MEMBERS = 64
+CRC_FLUSH_SECONDS = 5.0
+CRC_FLUSH_BYTES = 4 * 1024 * 1024
+
+# Called when a source's validators disagreed between requests while its bytes did not.
+Unstable = Callable[[SourceInfo], None]
+
+
+class OpenSource(Protocol):
+    """Reads one source from byte `start`, only as the version `info` describes (`Sources.open`)."""
+
+    def __call__(self, info: SourceInfo, start: int = 0, *, unstable: Unstable | None = None) -> Iterator[bytes]:
+        """The source's chunks from `start`; with `unstable`, a member read whole may be read again
+        when its validators disagree before its first byte (see Sources.open)."""
+
+
+class _PendingCrcs:
+    """CRC-32s learned while streaming, not yet in the cache: written in batches (CRC_FLUSH_MEMBERS
+    members or CRC_FLUSH_SECONDS, at once past CRC_FLUSH_BYTES of members) and when the stream ends."""
+
+    def __init__(self, cache: CrcCache | None) -> None:
+        self._cache = cache
+        self._crcs: dict[str, int] = {}
+        self._bytes = 0
+        self._last_flush = time.monotonic()
+
+    def add(self, identity: str, crc: int, size: int) -> None:
+        self._crcs[identity] = crc
+        self._bytes += size
+        self.flush(force=self._bytes >= CRC_FLUSH_BYTES)
+
+    def flush(self, force: bool = False) -> None:
+        if not self._crcs or self._cache is None:
+            return
+        due = len(self._crcs) >= CRC_FLUSH_MEMBERS or time.monotonic() - self._last_flush > CRC_FLUSH_SECONDS
+        if not (force or due):
+            return
+        crcs, self._crcs, self._bytes = self._crcs, {}, 0
+        self._last_flush = time.monotonic()
+        try:
+            self._cache.put_crcs(crcs)
+        except Exception as error:  # noqa: BLE001 - losing a cache write must never break a download
+            log.warning("could not store %d learned CRC-32s: %s", len(crcs), error)
+
+
+class ZipStream:
+    """The bytes of one planned zip, any range of them; one `stream()` at a time.
+
+    `learned`: CRC-32s by member index that earlier downloads learned (the cache's); the ones
+    learned while streaming are added, and stored through `cache`. `prefetch`: members fetched
+    ahead of the one streaming out (0: one after another), within `prefetch_bytes`. `max_bytes`:
+    MAX_BUNDLE_BYTES (0: none); sized members were counted by the plan, the bytes of a member
+    without a size (a decoded gzip body, a close-delimited one) are counted as they stream.
+    """
+
+    def __init__(self, plan: Plan, open_source: OpenSource, cache: CrcCache | None = None,
+                 learned: Mapping[int, int] | None = None, prefetch: int = 0,
+                 prefetch_bytes: int = 4 * 1024 * 1024, max_bytes: int = 0) -> None:
+        self.plan = plan
+        self.learned = dict(learned or {})
+        self._open_source = open_source
+        self._cache = cache
+        self._prefetch = prefetch
+        self._prefetch_bytes = prefetch_bytes
+        self._max_bytes = max_bytes
+        self._sized_bytes = plan.sized_bytes
+        self._pending = _PendingCrcs(cache)
+        # State of the stream running now (set by stream()):
+        self._prefetcher: Prefetcher | None = None
+        self._last_opened: int | None = None
+        self._unsized_sent = 0
+        # The first member whose data lies wholly in the response streaming now: of those (and only
+        # those) no byte was sent by an earlier response, so they may be read whole again (_unstable).
+        self._whole_from = 0
+
+    @property
+    def failed_src(self) -> str | None:
+        """The src of the member opened last: the one a failure before the first byte came from."""
+        return self.plan.infos[self._last_opened].src if self._last_opened is not None else None
+
+    def stream(self, start: int = 0, stop: int | None = None) -> Iterator[bytes]:
+        """The zip's bytes [start, stop); raises StreamAborted if a source fails part-way.
+
+        Cooperative: the one place a download takes turns with the others on a gevent worker
+        (cooperative.Turns), over its output and, for deflate, each member's input.
+        """
+        plan = self.plan
+        length = plan.length
+        expected = None if length is None else (stop if stop is not None else length) - start
+        sent = 0
+        self._unsized_sent = 0
+        self._whole_from = plan.first_whole_member(start)
+        turns = cooperative.Turns()
+        # Read ahead only when the stream runs to the end (whole zip or a resume): a range that
+        # stops early would fetch members it never sends.
+        if self._prefetch > 0 and (stop is None or stop == length):
+            self._prefetcher = Prefetcher(
+                self._open_whole, len(plan.infos), self._prefetch, self._prefetch_bytes, local=self._held_whole
+            )
+        chunks: Iterator[bytes] | None = None
+        try:
+            if plan.layout is None:
+                # stream-zip may deflate many input chunks (very compressible data) before it yields.
+                zipped = deflate_stream(plan.entries, lambda index, at: turns.yielding(self._open(index, at)))
+            else:
+                zipped = plan.layout.stream(self._open, start, stop, self.learned, self._learn,
+                                            open_head=self._open_direct)
+            chunks = turns.yielding(zipped)
+            for chunk in chunks:
+                sent += len(chunk)
+                if expected is not None and sent > expected:
+                    raise StreamAborted(f"produced more than the promised {expected} bytes")
+                yield chunk
+            if expected is not None and sent != expected:
+                raise StreamAborted(f"produced {sent} of the promised {expected} bytes")
+        except StreamAborted:
+            raise
+        except Exception as error:
+            # A member failed after bytes went out: the only honest answer is to cut the connection.
+            raise StreamAborted(f"{type(error).__name__}: {error}") from error
+        finally:
+            close_iterator(chunks)
+            if self._prefetcher is not None:
+                self._prefetcher.close()
+                self._prefetcher = None
+            discard_heads(plan.infos)
+            self._pending.flush(force=True)
+
+    # -- opening members --
+    def _held_whole(self, index: int) -> bool:
+        """Pre-flight fetched this whole file: its bytes are in memory, nothing to fetch ahead."""
+        head = self.plan.infos[index].head
+        return head is not None and head.size == self.plan.infos[index].size
+
+    def _rereadable(self, index: int, start: int) -> bool:
+        return start == 0 and index >= self._whole_from
+
+    def _open(self, index: int, start: int) -> Iterator[bytes]:
+        self._last_opened = index
+        if start == 0 and self._prefetcher is not None and not self._held_whole(index):
+            chunks = self._prefetcher.take(index)
+        else:
+            unstable = self._unstable if self._rereadable(index, start) else None
+            chunks = self._open_source(self.plan.infos[index], start, unstable=unstable)
+        if self._max_bytes and self.plan.entries[index].size is None:
+            return self._counted(chunks)
+        return chunks
+
+    def _open_direct(self, index: int, start: int) -> Iterator[bytes]:
+        """Without read-ahead: a member whose first bytes only are read (for its CRC-32)."""
+        return self._open_source(self.plan.infos[index], start)
+
+    def _open_whole(self, index: int) -> Iterator[bytes]:
+        unstable = self._unstable if self._rereadable(index, 0) else None
+        return self._open_source(self.plan.infos[index], 0, unstable=unstable)
+
+    def _counted(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        """An unsized member's chunks, cut (LimitExceeded) once the bundle passes MAX_BUNDLE_BYTES."""
+        try:
+            for chunk in chunks:
+                self._unsized_sent += len(chunk)
+                if self._sized_bytes + self._unsized_sent > self._max_bytes:
+                    raise LimitExceeded(f"the files add up to more than {self._max_bytes} bytes (MAX_BUNDLE_BYTES)",
+                                        limit="MAX_BUNDLE_BYTES")
+                yield chunk
+        finally:
+            close_iterator(chunks)
+
+    # -- what the stream learns --
+    def _unstable(self, info: SourceInfo) -> None:
+        """`info`'s validators disagreed between requests while its bytes did not (it was read
+        whole again and matched its size): remember that, so later downloads of any bundle naming
+        this src are served without ranges or ETag (download.prepare)."""
+        log.warning("%s: its validators differ between requests; bundles naming it are served "
+                    "without ranges or ETag from now on", info.src)
+        if self._cache is None:
+            return
+        try:
+            self._cache.mark_unstable(info.src)
+        except Exception as error:  # noqa: BLE001 - losing a cache write must never break a download
+            log.warning("could not record the unstable validators of %s: %s", info.src, error)
+
+    def _learn(self, index: int, crc: int) -> None:
+        """A member's CRC-32, computed from its full data: kept, and stored for later downloads."""
+        info = self.plan.infos[index]
+        if info.validated and self.plan.entries[index].crc32 is None and self.learned.get(index) != crc:
+            self.learned[index] = crc
+            self._pending.add(info.identity(), crc, info.size or 0)
