@@ -18,6 +18,7 @@ from .support.live import LiveServer, live_server
 from .support.moto import moto_server  # noqa: F401 - fixture
 from .support.netns import pytest_collection_modifyitems, pytest_runtest_logreport  # noqa: F401 - hooks
 from .support.readers import zip_readers  # noqa: F401 - fixture
+from .support.s3 import store  # noqa: F401 - fixture (the S3 test bucket, one per module that asks)
 from .support.upstream import UpstreamServer
 
 POSTGRES_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")

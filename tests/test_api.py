@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import io
+import json
+import socket
 import time
 import uuid
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
+import requests
 from flask import Flask
 from flask.testing import FlaskClient
 
@@ -16,6 +19,7 @@ from zipstream import create_app
 from zipstream.config import Config
 from zipstream.repositories import get_repository
 
+from .support.live import LiveServer
 from .support.upstream import UpstreamServer
 
 
@@ -340,3 +344,117 @@ def test_openapi_document_describes_the_api(client: FlaskClient) -> None:
     file_ref = spec["components"]["schemas"]["FileRef"]
     assert file_ref["required"] == ["src"]
     assert {"src", "dst", "crc32"} <= set(file_ref["properties"])
+
+
+# -- request bodies: chunked, nested, unstorable text --------------------------------------------
+
+
+def _chunks(data: bytes, size: int = 65536) -> Iterator[bytes]:
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
+
+
+def test_chunked_bodies_are_bounded_not_truncated(serve: Callable[..., LiveServer]) -> None:
+    server = serve(MAX_BODY_BYTES="200000")
+    big_form = "&".join(f"src=https%3A%2F%2Fexample.com%2F{i:06d}.bin" for i in range(8000)).encode()
+    assert len(big_form) > 200_000
+    # requests sends a generator body with Transfer-Encoding: chunked (no Content-Length).
+    response = requests.post(server.url("/"), data=_chunks(big_form), timeout=30,
+                             headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert response.status_code == 413
+    assert response.json()["error"]["limit"] == "MAX_BODY_BYTES"
+    small_form = b"&".join(f"src=https%3A%2F%2Fexample.com%2F{i}.bin".encode() for i in range(100))
+    response = requests.post(server.url("/"), data=_chunks(small_form, 100), timeout=30,
+                             headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert response.status_code == 201, response.text
+    assert len(response.json()["files"]) == 100
+    assert response.json()["files"][-1]["src"] == "https://example.com/99.bin"
+
+
+@pytest.mark.parametrize("payload", [b"[" * 100_000 + b"]" * 100_000, b'{"files": ' + b"[" * 50_000 + b"]" * 50_000])
+def test_deeply_nested_json_is_400(client: FlaskClient, payload: bytes) -> None:
+    response = client.post("/", data=payload, content_type="application/json")
+    assert response.status_code == 400
+    assert response.json["error"]["code"] == "bad_request"
+
+
+def test_deeply_nested_form_files_field_is_400(client: FlaskClient) -> None:
+    response = client.post("/", data={"files": "[" * 100_000})
+    assert response.status_code == 400
+
+
+@pytest.mark.parametrize("body", [
+    {"files": [{"src": "https://example.com/a\ud800.txt"}]},
+    {"files": [{"src": "https://example.com/a.txt", "dst": "x\ud800y.txt"}]},
+    {"files": [{"src": "https://example.com/a.txt"}], "filename": "a\ud800.zip"},
+    {"files": [{"src": "https://example.com/a.txt", "dst": "a\u0000b.txt"}]},
+    {"files": [{"src": "https://example.com/a.txt", "crc32": "12"}]},
+    {"files": [{"src": "https://example.com/a.txt", "crc32": 1.5}]},
+])
+@pytest.mark.parametrize("route", ["/", "/bundle"])
+def test_unstorable_text_and_loose_crc_are_422(client: FlaskClient, body: dict[str, object], route: str) -> None:
+    response = client.post(route, json=body)
+    assert response.status_code == 422, response.data
+    assert response.json["error"]["code"] == "invalid"
+
+
+def test_form_with_both_files_and_src_is_422(client: FlaskClient) -> None:
+    response = client.post("/", data={"files": '[{"src": "https://example.com/a"}]', "src": "https://example.com/b"})
+    assert response.status_code == 422
+
+
+def test_double_slash_is_json_404(client: FlaskClient) -> None:
+    response = client.post("/bundle//", json={"files": [{"src": "https://example.com/a"}]})
+    assert response.status_code == 404
+    assert response.mimetype == "application/json"
+
+
+def test_upper_case_id_works_on_every_route(client: FlaskClient, upstream: UpstreamServer) -> None:
+    upstream.add("/a.txt", b"a")
+    bundle = _create(client, [{"src": upstream.url("/a.txt")}])
+    upper = str(bundle["id"]).upper()
+    assert client.get(f"/{upper}").status_code == 200
+    assert client.get(f"/{upper}/{bundle['secret']}").status_code == 200
+
+
+def _raw_post(server: LiveServer, path: str, content_type: str, body: bytes, finish: bool) -> bytes:
+    """POST `body` as is after a `Transfer-Encoding: chunked` head; the whole answer (or what came in 15 s)."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=15) as sock:
+        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\n"
+                     "Transfer-Encoding: chunked\r\n\r\n".encode() + body)
+        if finish:  # the client sends no more: a body cut short
+            sock.shutdown(socket.SHUT_WR)
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+            data = sock.recv(65536)
+            if not data:
+                break
+            answer += data
+        return answer
+
+
+# Each was a 500 (and an "unexpected error" traceback in the log): gunicorn's chunked reader raised
+# out of the MAX_BODY_BYTES guard.
+MALFORMED_CHUNKED = [
+    pytest.param(b"1\r\nab\r\n0\r\n\r\n", False, id="chunk-longer-than-its-size"),
+    pytest.param(b"zz\r\n{}\r\n0\r\n\r\n", False, id="size-not-hex"),
+    pytest.param(b"-2\r\n{}\r\n0\r\n\r\n", False, id="negative-size"),
+    pytest.param("\u0662\r\n{}\r\n0\r\n\r\n".encode(), False, id="arabic-indic-digit-size"),
+    pytest.param(b"2\r\n{}", True, id="cut-after-a-chunk"),
+]
+
+
+@pytest.mark.parametrize(("body", "finish"), MALFORMED_CHUNKED)
+@pytest.mark.parametrize(("path", "content_type"), [
+    ("/bundle", "application/json"),
+    ("/", "application/x-www-form-urlencoded"),
+    ("/", "multipart/form-data; boundary=x"),
+])
+def test_malformed_chunked_body_is_400_not_500(serve: Callable[..., LiveServer], body: bytes, finish: bool,
+                                               path: str, content_type: str) -> None:
+    server = serve()
+    answer = _raw_post(server, path, content_type, body, finish)
+    head, _, payload = answer.partition(b"\r\n\r\n")
+    assert head.split(b"\r\n")[0] == b"HTTP/1.1 400 BAD REQUEST", answer[:300]
+    assert json.loads(payload)["error"]["code"] == "bad_request"
+    assert "unexpected error" not in server.log_text()

@@ -1,4 +1,5 @@
-"""DynamoDB faults (issue 14): a hung or refusing DynamoDB is a documented status within DB_TIMEOUT.
+"""The DynamoDB repository against moto: large and expired bundles, create-table, S3 bundles served from it;
+and its faults (issue 14): a hung or refusing DynamoDB is a documented status within DB_TIMEOUT.
 
 The DynamoDB endpoint is the moto server behind tests/support/dynamo_faults.py, an HTTP proxy that
 hangs chosen operations, loses their answers, or answers them with DynamoDB's own JSON errors
@@ -27,11 +28,15 @@ from zipstream import create_app
 from zipstream.config import Config
 from zipstream.errors import ServiceUnavailable
 from zipstream.models import Bundle, FileRef
+from zipstream.repositories import get_repository
 from zipstream.repositories.dynamodb import ATTEMPTS, DynamoRepository, server_message
 
+from .support.dynamo import dynamodb_repository
 from .support.dynamo_faults import DynamoFaults
-from .support.live import live_server
+from .support.live import LiveServer, live_server
 from .support.moto import REGION, MotoServer
+from .support.readers import CheckZip
+from .support.s3 import Store, expected_bundle
 from .support.upstream import UpstreamServer
 
 DB_TIMEOUT = 2.0
@@ -39,6 +44,8 @@ DB_TIMEOUT = 2.0
 # as much again. Before the fix a hung DynamoDB took 5 x DB_TIMEOUT (botocore's 5 attempts of 2 s).
 WITHIN = 2 * DB_TIMEOUT
 ROOT = Path(__file__).resolve().parents[1]
+
+Serve = Callable[..., LiveServer]
 
 
 @pytest.fixture
@@ -316,3 +323,90 @@ def test_commands_fail_in_one_line_with_the_servers_message(faults: DynamoFaults
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith(f"zipstream: {argv[0]} failed: "), lines[0]
     assert operation in lines[0] and code in lines[0] and message in lines[0]  # before: the message was dropped
+
+
+# -- the repository behind the service (moto, no faults) -------------------------------------------
+
+
+@pytest.fixture
+def dynamo_table(moto_server: MotoServer) -> Iterator[str]:
+    repository = dynamodb_repository()
+    repository.migrate()
+    yield repository.table
+    repository.client.delete_table(TableName=repository.table)
+    repository.close()
+
+
+def test_ten_thousand_files_on_dynamodb(make_config: Callable[..., Config], dynamo_table: str) -> None:
+    config = make_config(DB_INTERFACE="dynamodb", TABLE_NAME=dynamo_table, FS_INTERFACES="s3",
+                         AWS_REGION=REGION, MAX_FILES="10000")
+    client = create_app(config).test_client()
+    long = "x" * 300
+    files = [{"src": f"s3://bucket/{long}/{i:05d} é.bin", "dst": f"d/{i}"} for i in range(9999)]
+    created = client.post("/", json={"files": files})
+    assert created.status_code == 201, created.get_data(as_text=True)[:500]
+    bundle = created.json
+    assert bundle is not None
+    url = f"/{bundle['id']}/{bundle['secret']}"
+    appended = client.put(url, json={"files": [{"src": "s3://bucket/last.bin"}]})
+    assert appended.status_code == 200
+    assert appended.json is not None and len(appended.json["files"]) == 10000
+    refused = client.put(url, json={"files": [{"src": "s3://bucket/one-too-many.bin"}]})
+    assert refused.status_code == 413
+    stored = client.get(url).json
+    assert stored is not None
+    assert stored["files"] == [*files, {"src": "s3://bucket/last.bin"}]
+
+
+def test_expired_bundle_on_dynamodb_is_410(make_config: Callable[..., Config], dynamo_table: str) -> None:
+    config = make_config(DB_INTERFACE="dynamodb", TABLE_NAME=dynamo_table, FS_INTERFACES="s3", AWS_REGION=REGION)
+    app = create_app(config)
+    old = Bundle.new("old.zip", (FileRef("s3://bucket/a"),), 1, now=time.time() - 3600)
+    with app.app_context():
+        get_repository().create(old)
+    client = app.test_client()
+    for path in (f"/{old.id}", f"/{old.id}/{old.secret}"):
+        response = client.get(path)
+        assert response.status_code == 410
+        assert response.json is not None and response.json["error"]["code"] == "expired"
+
+
+
+
+def test_s3_bundle_on_dynamodb_through_the_service(serve: Serve, store: Store, dynamo_table: str,
+                                                   tmp_path: Path, zip_readers: CheckZip) -> None:
+    files, expected = expected_bundle(store)
+    server = serve(FS_INTERFACES="s3,https", DB_INTERFACE="dynamodb", TABLE_NAME=dynamo_table,
+                   S3_BUCKETS=store.bucket, AWS_REGION=REGION)
+    created = requests.post(server.url("/"), json={"files": files, "filename": "s3.zip"}, timeout=30)
+    assert created.status_code == 201, created.text
+    bundle = created.json()
+    full = requests.get(server.url(f"/{bundle['id']}"), timeout=60)
+    assert full.status_code == 200, full.text[:500]
+    assert int(full.headers["Content-Length"]) == len(full.content)
+    archive = tmp_path / "s3.zip"
+    archive.write_bytes(full.content)
+    zip_readers(archive, expected)
+    start = len(full.content) // 3
+    part = requests.get(server.url(f"/{bundle['id']}"), headers={"Range": f"bytes={start}-"}, timeout=60)
+    assert part.status_code == 206
+    assert part.content == full.content[start:]
+
+
+
+
+def test_create_table_command_is_idempotent_and_enables_ttl(moto_server: MotoServer) -> None:
+    table = "t_" + uuid.uuid4().hex[:12]
+    env = {**os.environ, "DB_INTERFACE": "dynamodb", "TABLE_NAME": table, "AWS_REGION": REGION}
+    for command in ("create-table", "migrate"):
+        done = subprocess.run([sys.executable, "-m", "zipstream.cli", command], env=env, capture_output=True,
+                              text=True, timeout=60, check=False)
+        assert done.returncode == 0, done.stderr
+    client = boto3.client("dynamodb", region_name=REGION)
+    try:
+        ttl = client.describe_time_to_live(TableName=table)["TimeToLiveDescription"]
+        assert ttl.get("TimeToLiveStatus") == "ENABLED" and ttl.get("AttributeName") == "expirationDate"
+        table_info = client.describe_table(TableName=table)["Table"]
+        assert table_info.get("BillingModeSummary", {}).get("BillingMode") == "PAY_PER_REQUEST"
+    finally:
+        client.delete_table(TableName=table)

@@ -6,6 +6,7 @@ import io
 import json
 import signal
 import socket
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from flask.testing import FlaskClient
 
 from zipstream import create_app, logs
 from zipstream.config import Config, ConfigError
+from zipstream.logs import mask_path
 
 
 class Terminal(io.StringIO):
@@ -200,3 +202,18 @@ def _raw_request(port: int, request_line: str) -> None:
         sock.sendall(f"{request_line}\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode())
         while sock.recv(65536):
             pass
+
+
+# -- secrets masked however the path is encoded --------------------------------------------------
+
+
+@pytest.mark.parametrize("path", [
+    "/{id}/{secret}", "/{id}%2F{secret}", "/{id}%252F{secret}", "/{id_first}{id_rest}/{secret}",
+])
+def test_secrets_are_masked_however_encoded(path: str) -> None:
+    bundle_id, secret = str(uuid.uuid4()), str(uuid.uuid4())
+    first = f"%{ord(bundle_id[0]):02X}"  # the id's first character percent-encoded
+    raw = path.format(id=bundle_id, secret=secret, id_first=first, id_rest=bundle_id[1:])
+    masked = mask_path(raw)
+    assert secret not in masked
+    assert masked.endswith("/***")

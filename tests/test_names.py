@@ -600,3 +600,18 @@ def test_numbered_duplicates_of_a_long_name_still_fit() -> None:
 def test_the_dotless_i_is_the_same_name_as_i_on_windows() -> None:
     """NTFS compares upper-cased names: U+0131 upper-cases to "I", though casefold() keeps it apart."""
     assert unique_names(["\u0131.txt", "I.txt", "i.txt"]) == ["\u0131.txt", "I (1).txt", "i (2).txt"]
+
+
+# -- a file and a folder of one name -------------------------------------------------------------
+
+
+def test_a_file_never_shares_its_name_with_a_folder() -> None:
+    names = unique_names(["docs", "docs/b.txt", "a/b.txt", "A", "x/y.txt"])
+    assert names == ["docs", "docs (1)/b.txt", "a/b.txt", "A (1)", "x/y.txt"]
+
+
+def test_zip_with_file_and_folder_of_one_name_extracts(client: FlaskClient, upstream: UpstreamServer) -> None:
+    upstream.add("/a.txt", b"a")
+    response = client.post("/bundle", json={"files": [{"src": upstream.url("/a.txt"), "dst": "docs"},
+                                                      {"src": upstream.url("/a.txt"), "dst": "docs/b.txt"}]})
+    assert zipfile.ZipFile(io.BytesIO(response.data)).namelist() == ["docs", "docs (1)/b.txt"]

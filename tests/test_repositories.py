@@ -798,3 +798,16 @@ def test_every_db_interface_names_a_backend_that_builds_itself_from_the_settings
     for built in (sqlite, postgres, dynamodb):
         assert type(built) is REGISTRY[type(built).__module__.split(".")[2]]()
         built.close()
+
+
+# -- SQLite: learned CRC-32s are purged ----------------------------------------------------------
+
+
+def test_purge_expired_forgets_old_learned_crcs(tmp_path: object) -> None:
+    repository = SqliteRepository(str(tmp_path) + "/crc.sqlite3")  # type: ignore[operator]
+    repository.migrate()
+    repository.put_crcs({"a" * 64: 1})
+    repository.purge_expired(int(time.time()))
+    assert repository.known(["a" * 64], [], None).crcs == {"a" * 64: 1}  # recent: kept
+    repository.purge_expired(int(time.time()) + 31 * 24 * 3600)
+    assert repository.known(["a" * 64], [], None).crcs == {}

@@ -1,36 +1,25 @@
-"""S3 source and DynamoDB repository against a real endpoint (moto over HTTP); zips checked by real readers."""
+"""The S3 source against a real endpoint (moto over HTTP); zips checked by real readers."""
 
 from __future__ import annotations
 
-import io
 import logging
-import os
 import re
 import socket
 import sqlite3
-import subprocess
-import sys
 import threading
-import time
 import uuid
 import zlib
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-import boto3
 import pytest
-import requests
-from boto3.s3.transfer import TransferConfig
 from flask.testing import FlaskClient
 
 from zipstream import create_app
 from zipstream.config import Config
 from zipstream.errors import ServiceUnavailable, SourceError, SourceNotFound, SourceRefused
 from zipstream.models import Bundle, FileRef
-from zipstream.repositories import get_repository
 from zipstream.sources import build_sources
 from zipstream.sources.s3 import S3Source
 
@@ -38,56 +27,9 @@ from .support.dynamo import dynamodb_repository
 from .support.live import LiveServer
 from .support.moto import REGION, CuttingProxy, MotoServer
 from .support.readers import CheckZip
-
-if TYPE_CHECKING:
-    from mypy_boto3_s3 import S3Client
+from .support.s3 import MANY, UTF8_KEY, Store, expected_bundle
 
 Serve = Callable[..., LiveServer]
-
-UTF8_KEY = "dossier/été — ünï cødé +plus%20 100%.txt"
-MANY = 1005  # more than one ListObjectsV2 page (1,000 keys)
-
-
-class Store:
-    """The test bucket and what was put in it."""
-
-    def __init__(self, client: S3Client, bucket: str) -> None:
-        self.client = client
-        self.bucket = bucket
-        self.data: dict[str, bytes] = {}
-
-    def put(self, key: str, data: bytes, **extra: object) -> None:
-        self.client.put_object(Bucket=self.bucket, Key=key, Body=data, **extra)  # type: ignore[arg-type]
-        self.data[key] = data
-
-    def src(self, key: str) -> str:
-        return f"s3://{self.bucket}/{key}"
-
-
-@pytest.fixture(scope="module")
-def store(moto_server: MotoServer) -> Store:
-    client = boto3.client("s3", region_name=REGION)
-    bucket = "zs-" + uuid.uuid4().hex[:12]
-    client.create_bucket(Bucket=bucket)
-    store = Store(client, bucket)
-    store.put("empty.bin", b"")
-    store.put("crc.bin", os.urandom(70_000), ChecksumAlgorithm="CRC32")
-    store.put(UTF8_KEY, "contenu été\n".encode())
-    big = os.urandom(9 * 1024 * 1024)
-    # Two 8 MiB-or-less parts: the object's checksum is a composite of the parts, not the file's CRC.
-    client.upload_fileobj(io.BytesIO(big), bucket, "big.bin", ExtraArgs={"ChecksumAlgorithm": "CRC32"},
-                          Config=TransferConfig(multipart_threshold=8 * 1024 * 1024,
-                                                multipart_chunksize=8 * 1024 * 1024))
-    store.data["big.bin"] = big
-    store.put("many/", b"")  # a "folder" marker, as the S3 console creates them
-    with ThreadPoolExecutor(8) as pool:
-        list(pool.map(lambda i: store.put(f"many/{i:04d}.txt", f"file {i}\n".encode()), range(MANY)))
-    store.put("many/sub/deep é.txt", b"deep")
-    # A small folder for the end-to-end downloads (each member is one GET against moto).
-    store.put("few/", b"")
-    for key in ("few/a.txt", "few/b/c é.txt", "few/z+%.txt"):
-        store.put(key, key.encode() * 100)
-    return store
 
 
 @pytest.fixture
@@ -170,89 +112,7 @@ def test_bucket_not_allowed_is_403_and_nothing_is_stored(s3_client_app: FlaskCli
         assert db.execute("SELECT COUNT(*) FROM bundles").fetchone() == (0,)
 
 
-@pytest.fixture
-def dynamo_table(moto_server: MotoServer) -> Iterator[str]:
-    repository = dynamodb_repository()
-    repository.migrate()
-    yield repository.table
-    repository.client.delete_table(TableName=repository.table)
-    repository.close()
-
-
-def test_ten_thousand_files_on_dynamodb(make_config: Callable[..., Config], dynamo_table: str) -> None:
-    config = make_config(DB_INTERFACE="dynamodb", TABLE_NAME=dynamo_table, FS_INTERFACES="s3",
-                         AWS_REGION=REGION, MAX_FILES="10000")
-    client = create_app(config).test_client()
-    long = "x" * 300
-    files = [{"src": f"s3://bucket/{long}/{i:05d} é.bin", "dst": f"d/{i}"} for i in range(9999)]
-    created = client.post("/", json={"files": files})
-    assert created.status_code == 201, created.get_data(as_text=True)[:500]
-    bundle = created.json
-    assert bundle is not None
-    url = f"/{bundle['id']}/{bundle['secret']}"
-    appended = client.put(url, json={"files": [{"src": "s3://bucket/last.bin"}]})
-    assert appended.status_code == 200
-    assert appended.json is not None and len(appended.json["files"]) == 10000
-    refused = client.put(url, json={"files": [{"src": "s3://bucket/one-too-many.bin"}]})
-    assert refused.status_code == 413
-    stored = client.get(url).json
-    assert stored is not None
-    assert stored["files"] == [*files, {"src": "s3://bucket/last.bin"}]
-
-
-def test_expired_bundle_on_dynamodb_is_410(make_config: Callable[..., Config], dynamo_table: str) -> None:
-    config = make_config(DB_INTERFACE="dynamodb", TABLE_NAME=dynamo_table, FS_INTERFACES="s3", AWS_REGION=REGION)
-    app = create_app(config)
-    old = Bundle.new("old.zip", (FileRef("s3://bucket/a"),), 1, now=time.time() - 3600)
-    with app.app_context():
-        get_repository().create(old)
-    client = app.test_client()
-    for path in (f"/{old.id}", f"/{old.id}/{old.secret}"):
-        response = client.get(path)
-        assert response.status_code == 410
-        assert response.json is not None and response.json["error"]["code"] == "expired"
-
-
 # -- through the real service (gunicorn + gevent) -----------------------------------------------
-
-
-def _expected(store: Store) -> tuple[list[dict[str, str]], dict[str, bytes]]:
-    files = [
-        {"src": store.src("empty.bin")},
-        {"src": store.src("big.bin"), "dst": "big.bin"},
-        {"src": store.src("crc.bin")},
-        {"src": store.src(UTF8_KEY)},
-        {"src": store.src("few/"), "dst": "folder"},
-    ]
-    expected = {
-        "empty.bin": b"",
-        "big.bin": store.data["big.bin"],
-        "crc.bin": store.data["crc.bin"],
-        UTF8_KEY: store.data[UTF8_KEY],
-    }
-    for key in ("few/a.txt", "few/b/c é.txt", "few/z+%.txt"):
-        expected["folder/" + key.removeprefix("few/")] = store.data[key]
-    return files, expected
-
-
-def test_s3_bundle_on_dynamodb_through_the_service(serve: Serve, store: Store, dynamo_table: str,
-                                                   tmp_path: Path, zip_readers: CheckZip) -> None:
-    files, expected = _expected(store)
-    server = serve(FS_INTERFACES="s3,https", DB_INTERFACE="dynamodb", TABLE_NAME=dynamo_table,
-                   S3_BUCKETS=store.bucket, AWS_REGION=REGION)
-    created = requests.post(server.url("/"), json={"files": files, "filename": "s3.zip"}, timeout=30)
-    assert created.status_code == 201, created.text
-    bundle = created.json()
-    full = requests.get(server.url(f"/{bundle['id']}"), timeout=60)
-    assert full.status_code == 200, full.text[:500]
-    assert int(full.headers["Content-Length"]) == len(full.content)
-    archive = tmp_path / "s3.zip"
-    archive.write_bytes(full.content)
-    zip_readers(archive, expected)
-    start = len(full.content) // 3
-    part = requests.get(server.url(f"/{bundle['id']}"), headers={"Range": f"bytes={start}-"}, timeout=60)
-    assert part.status_code == 206
-    assert part.content == full.content[start:]
 
 
 def _readme_pipe_example() -> str:
@@ -265,7 +125,7 @@ def _readme_pipe_example() -> str:
 
 def test_readme_example_pipes_a_bundle_into_s3(serve: Serve, store: Store, tmp_path: Path,
                                                zip_readers: CheckZip) -> None:
-    files, expected = _expected(store)
+    files, expected = expected_bundle(store)
     server = serve(FS_INTERFACES="s3,https", S3_BUCKETS=store.bucket, AWS_REGION=REGION)
     code = _readme_pipe_example()
     assert "upload_fileobj(response.raw" in code and "stream=True" in code
@@ -276,23 +136,6 @@ def test_readme_example_pipes_a_bundle_into_s3(serve: Serve, store: Store, tmp_p
     archive = tmp_path / "piped.zip"
     store.client.download_file(store.bucket, "exports/summer.zip", str(archive))
     zip_readers(archive, expected)
-
-
-def test_create_table_command_is_idempotent_and_enables_ttl(moto_server: MotoServer) -> None:
-    table = "t_" + uuid.uuid4().hex[:12]
-    env = {**os.environ, "DB_INTERFACE": "dynamodb", "TABLE_NAME": table, "AWS_REGION": REGION}
-    for command in ("create-table", "migrate"):
-        done = subprocess.run([sys.executable, "-m", "zipstream.cli", command], env=env, capture_output=True,
-                              text=True, timeout=60, check=False)
-        assert done.returncode == 0, done.stderr
-    client = boto3.client("dynamodb", region_name=REGION)
-    try:
-        ttl = client.describe_time_to_live(TableName=table)["TimeToLiveDescription"]
-        assert ttl.get("TimeToLiveStatus") == "ENABLED" and ttl.get("AttributeName") == "expirationDate"
-        table_info = client.describe_table(TableName=table)["Table"]
-        assert table_info.get("BillingModeSummary", {}).get("BillingMode") == "PAY_PER_REQUEST"
-    finally:
-        client.delete_table(TableName=table)
 
 
 def test_unreachable_or_missing_backends_never_leak_botocore(moto_server: MotoServer,

@@ -20,7 +20,7 @@ import requests
 from zipstream import create_app
 from zipstream.chunks import CHUNK_SIZE
 from zipstream.config import Config
-from zipstream.errors import SourceChanged, SourceNotFound, SourceRefused
+from zipstream.errors import SourceChanged, SourceError, SourceNotFound, SourceRefused
 from zipstream.sources import Sources
 from zipstream.sources.file import FileSource
 
@@ -304,3 +304,54 @@ def test_a_file_swapped_for_a_fifo_while_streaming_cuts_only_that_download(
     assert ended and ended[0] is not None, "the download completed although its file became a FIFO"
     assert sum(got) < 2_000_000 + (root / "reports" / "a.csv").stat().st_size + CHUNK_SIZE * 2
     assert "regular file" in server.log_text()
+
+
+# -- a folder swapped for a symlink between resolving a path and opening it ----------------------
+
+
+@pytest.fixture
+def planted(tmp_path: Path) -> tuple[Path, Path]:
+    """FILE_ROOT with `up/d/s.txt` (a decoy anyone who may write below FILE_ROOT could make), and a
+    folder outside it holding `s.txt`."""
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "up" / "d").mkdir(parents=True)
+    (root / "up" / "d" / "s.txt").write_bytes(b"decoy")
+    outside.mkdir()
+    (outside / "s.txt").write_bytes(b"SECRET-OUTSIDE")
+    return root, outside
+
+
+def _swap_for_symlink(folder: Path, target: Path) -> None:
+    folder.rename(folder.with_name(folder.name + "-was"))
+    folder.symlink_to(target)
+
+
+def test_folder_swapped_for_a_symlink_after_resolution_is_not_followed_at_preflight(
+        planted: tuple[Path, Path], make_config: Callable[..., Config], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The swap lands right after the path was resolved (what a tight loop of renames does now and
+    then: 36 of 1,500 downloads through gunicorn held the outside file). Before, the open followed the
+    new symlink in the folder part of the path (O_NOFOLLOW covers only the last segment)."""
+    root, outside = planted
+    source = FileSource.from_config(make_config(FS_INTERFACES="file", FILE_ROOT=str(root)))
+    resolve = os.path.realpath
+
+    def resolve_then_swap(path: str, *args: Any, **kwargs: Any) -> str:  # the attacker's moment
+        resolved = resolve(path, *args, **kwargs)
+        folder = root / "up" / "d"
+        if str(path).endswith("s.txt") and not folder.is_symlink():
+            _swap_for_symlink(folder, outside)
+        return resolved
+
+    monkeypatch.setattr(os.path, "realpath", resolve_then_swap)
+    with pytest.raises((SourceNotFound, SourceRefused)):
+        source.stat("file:///up/d/s.txt")  # was a SourceInfo of the outside file (14 bytes)
+
+
+def test_folder_swapped_for_a_symlink_after_preflight_is_not_followed_when_streaming(
+        planted: tuple[Path, Path], make_config: Callable[..., Config]) -> None:
+    root, outside = planted
+    source = FileSource.from_config(make_config(FS_INTERFACES="file", FILE_ROOT=str(root)))
+    (info,) = source.stat("file:///up/d/s.txt")
+    _swap_for_symlink(root / "up" / "d", outside)
+    with pytest.raises(SourceError):
+        b"".join(source.open(info))
