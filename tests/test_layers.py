@@ -29,6 +29,7 @@ BELOW_THE_WEB = [
     "zipstream.repositories.sqlite",
     "zipstream.repositories.postgres",
     "zipstream.repositories.dynamodb",
+    "zipstream.cli",  # the release step (`zipstream migrate`) and the bundle commands: no web stack
 ]
 
 
