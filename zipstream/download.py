@@ -81,8 +81,12 @@ def prepare(
                         if info.validated and info.src in known.unstable]:
             plan = plan.distrust(unsteady)  # no ETag now: nothing of "this version" was delivered
             delivered = 0
-        learned = {index: known.crcs[info.identity()] for index, info in enumerate(plan.infos)
-                   if info.validated and plan.entries[index].crc32 is None and info.identity() in known.crcs}
+        learned = {}
+        if known.crcs:
+            for index, info in enumerate(plan.infos):
+                crc = known.crcs.get(info.identity()) if plan.entries[index].crc32 is None else None
+                if crc is not None and info.validated:
+                    learned[index] = crc
         body = ZipStream(plan, sources.open, cache, learned, prefetch=config.prefetch,
                          prefetch_bytes=config.prefetch_bytes, max_bytes=config.max_bundle_bytes)
     return PreparedZip(plan, body, delivered, cache)

@@ -16,6 +16,7 @@ import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
 from .held import Head
@@ -62,7 +63,13 @@ class SourceInfo:
             self.strong_etag is not None or self.last_modified is not None)
 
     def identity(self) -> str:
-        """A key for 'this exact version of this file': learned CRCs are stored under it."""
+        """A key for 'this exact version of this file': learned CRCs are stored under it (a SHA-256, hex)."""
+        return self._identity
+
+    # Worked out once per SourceInfo: a download asks for it several times (the cache read, the ETag,
+    # the CRC-32s learned while streaming). Not a field, so not compared, and `replace()` starts afresh.
+    @cached_property
+    def _identity(self) -> str:
         stamp = self.last_modified.isoformat() if self.last_modified else ""
         raw = "\x00".join((self.src, str(self.size), self.etag or "", stamp))
         return hashlib.sha256(raw.encode("utf-8", "surrogatepass")).hexdigest()
