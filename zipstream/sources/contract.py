@@ -16,7 +16,6 @@ import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from functools import cached_property
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
 from .held import Head
@@ -64,15 +63,17 @@ class SourceInfo:
 
     def identity(self) -> str:
         """A key for 'this exact version of this file': learned CRCs are stored under it (a SHA-256, hex)."""
-        return self._identity
-
-    # Worked out once per SourceInfo: a download asks for it several times (the cache read, the ETag,
-    # the CRC-32s learned while streaming). Not a field, so not compared, and `replace()` starts afresh.
-    @cached_property
-    def _identity(self) -> str:
-        stamp = self.last_modified.isoformat() if self.last_modified else ""
-        raw = "\x00".join((self.src, str(self.size), self.etag or "", stamp))
-        return hashlib.sha256(raw.encode("utf-8", "surrogatepass")).hexdigest()
+        # Worked out once per SourceInfo: a download asks for it several times (the cache read, the ETag,
+        # the CRC-32s learned while streaming). Kept beside the fields, so never compared, and `replace()`
+        # starts afresh. Not functools.cached_property: Python 3.11's takes a lock on every read, which
+        # under gevent is a Python-level lock (it cost more than the hash).
+        cached: str | None = self.__dict__.get("_identity")
+        if cached is None:
+            stamp = self.last_modified.isoformat() if self.last_modified else ""
+            raw = "\x00".join((self.src, str(self.size), self.etag or "", stamp))
+            cached = hashlib.sha256(raw.encode("utf-8", "surrogatepass")).hexdigest()
+            self.__dict__["_identity"] = cached
+        return cached
 
 
 class Source(Protocol):
