@@ -747,3 +747,39 @@ def test_failed_or_abandoned_downloads_give_the_held_bytes_back(buckets: Buckets
     with pytest.raises(LimitExceeded):  # refused after pre-flight
         prepare(files, "x.zip", "stored", 0, sources, None, config.replace(max_bundle_bytes=1000), hold=True)
     assert budget.used == 0
+
+
+def test_a_store_that_ignores_range_holds_only_whole_objects(buckets: Buckets,
+                                                             s3_proxy: Callable[..., FaultProxy]) -> None:
+    proxy = s3_proxy(strip=("Range",))  # every answer is the whole object (200), as from a store without ranges
+    small, big = os.urandom(5000), os.urandom(200_000)
+    folder = f"norange-{uuid.uuid4().hex[:6]}"
+    buckets.put(folder + "/small.bin", small)
+    buckets.put(folder + "/big.bin", big)
+    sources = _sources()
+    info = _held_stat(sources, buckets.src(folder + "/small.bin"))
+    assert info.head is not None and b"".join(sources.open(info)) == small
+    info = _held_stat(sources, buckets.src(folder + "/big.bin"))
+    assert info.head is None  # its rest could not be asked for: read whole while streaming
+    assert b"".join(sources.open(info)) == big
+    assert _s3(sources).budget.used == 0
+    assert [asked for asked in _asked(proxy) if asked[0] == "GET"] == [("GET", "bytes=0-")] * 2 + [("GET", "")]
+
+
+def test_an_archived_object_is_refused_before_the_zip_starts_on_every_route(
+        buckets: Buckets, s3_proxy: Callable[..., FaultProxy], make_config: Callable[..., Config]) -> None:
+    s3_proxy()
+    key = f"archive/{uuid.uuid4().hex[:6]}.bin"
+    buckets.put(key, b"frozen", StorageClass="GLACIER")
+    client = _app(make_config, buckets).test_client()
+    files = [{"src": buckets.src("hello.txt")}, {"src": buckets.src(key)}]
+    response = client.post("/bundle", json={"files": files})  # pre-flight by GetObject: 403 InvalidObjectState
+    assert response.status_code == 422, response.get_data()[:300]
+    assert [(item["src"], item["reason"]) for item in response.get_json()["error"]["sources"]] == [
+        (buckets.src(key), "archived (GLACIER storage class): restore it before it can be bundled")]
+    bundle = client.post("/", json={"files": files}).get_json()
+    assert client.head(f"/{bundle['id']}").status_code == 422  # pre-flight by HeadObject: the same answer
+    buckets.client.restore_object(Bucket=buckets.public, Key=key, RestoreRequest={"Days": 1})
+    assert client.head(f"/{bundle['id']}").status_code == 200
+    whole = client.get(f"/{bundle['id']}")
+    assert whole.status_code == 200 and zipfile.ZipFile(io.BytesIO(whole.data)).read(key) == b"frozen"

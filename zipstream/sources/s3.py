@@ -179,6 +179,9 @@ def translate(src: str, error: Exception) -> SourceError:
         status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
         if code == "NoSuchBucket":
             return SourceNotFound(src, "not found (no such bucket)")
+        if code == "InvalidObjectState":  # a 403 from GetObject: archived, not restored
+            storage = str(error.response.get("Error", {}).get("StorageClass", "") or "an archive")
+            return SourceNotFound(src, _archived_reason(storage))
         if code in ("NoSuchKey", "NotFound", "404") or status == 404:
             return SourceNotFound(src, "not found")
         if code in ("AccessDenied", "Forbidden", "403", "AllAccessDisabled") or status == 403:
@@ -199,6 +202,26 @@ def translate(src: str, error: Exception) -> SourceError:
     if isinstance(error, ConnectTimeoutError | ReadTimeoutError):
         return SourceTimeout(src, f"S3 did not answer in time (S3_TIMEOUT): {type(error).__name__}")
     return SourceError(src, f"S3 request failed: {type(error).__name__}")
+
+
+# Storage classes whose objects GetObject refuses (403 InvalidObjectState) until they are restored.
+_ARCHIVE_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})
+
+
+def _archived_reason(storage: str) -> str:
+    return f"archived ({storage} storage class): restore it before it can be bundled"
+
+
+def _archived(head: dict[str, Any]) -> str | None:
+    """Why GetObject would refuse the object HeadObject describes (an archive storage class, or an
+    Intelligent-Tiering archive tier, with no restored copy: `Restore: ongoing-request="false"`), or None."""
+    storage = head.get("StorageClass")
+    tier = head.get("ArchiveStatus")
+    if storage not in _ARCHIVE_CLASSES and not tier:
+        return None
+    if 'ongoing-request="false"' in str(head.get("Restore") or ""):
+        return None
+    return _archived_reason(str(tier or storage))
 
 
 def _explain_bad_request(client: S3Client, bucket: str, key: str, error: ClientError) -> ClientError:
@@ -406,13 +429,18 @@ class S3Source:
         return [_info(src, bucket, key, self._head(src, bucket, key, client))]
 
     def _head(self, src: str, bucket: str, key: str, client: S3Client) -> dict[str, Any]:
-        """HeadObject's answer (ChecksumMode: with the stored checksum, if any), errors translated."""
+        """HeadObject's answer (ChecksumMode: with the stored checksum, if any), errors translated; an
+        archived object is refused (SourceNotFound) as GetObject refuses it, before any byte is sent."""
         try:
-            return dict(client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED"))
+            head = dict(client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED"))
         except ClientError as error:
             raise translate(src, _explain_bad_request(client, bucket, key, error)) from None
         except (BotoCoreError, ValueError) as error:  # ValueError: see _ANSWER_ERRORS
             raise translate(src, error) from None
+        archived = _archived(head)
+        if archived is not None:
+            raise SourceNotFound(src, archived)
+        return head
 
     def _stat_get(self, src: str, bucket: str, key: str, client: S3Client,
                   want: int) -> tuple[SourceInfo, bytes | None] | None:
@@ -442,6 +470,8 @@ class S3Source:
             body.close()  # a bigger object's connection is dropped here, not read out
         if size is None:
             return None
+        if data is not None and len(data) < size and response.get("ContentRange") is None:
+            data = None  # a store that ignores Range: the rest could not be asked for from byte `want`
         info = _info(src, bucket, key, response, size)
         if _has_checksum(response):
             self.range_checksums = True
