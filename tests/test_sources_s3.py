@@ -545,9 +545,8 @@ def _put_all(buckets: Buckets, folder: str, sizes: list[int], **extra: Any) -> d
     return objects
 
 
-def _without_range_checksums(moto_port: int) -> Callable[[Request], Reply | None]:
-    """A proxy hook playing MinIO or Ceph: a ranged GetObject's answer never carries a checksum,
-    even when its range is the whole object (HeadObject's does)."""
+def _changing_ranged_answers(moto_port: int, change: Callable[[Reply], Reply]) -> Callable[[Request], Reply | None]:
+    """A proxy hook: every ranged GetObject is forwarded to moto, and its answer `change`d on the way back."""
 
     def answer(request: Request) -> Reply | None:
         if request.method != "GET" or "range" not in request.headers:
@@ -558,13 +557,20 @@ def _without_range_checksums(moto_port: int) -> Callable[[Request], Reply | None
                 name: value for name, value in request.headers.items() if name not in ("connection", "keep-alive")})
             got = connection.getresponse()
             body = got.read()
-            headers = {name: value for name, value in got.getheaders()
-                       if not name.lower().startswith("x-amz-checksum") and name.lower() != "connection"}
-            return Reply(got.status, headers, body)
+            headers = {name: value for name, value in got.getheaders() if name.lower() != "connection"}
+            return change(Reply(got.status, headers, body))
         finally:
             connection.close()
 
     return answer
+
+
+def _without_range_checksums(moto_port: int) -> Callable[[Request], Reply | None]:
+    """A proxy hook playing MinIO or Ceph: a ranged GetObject's answer never carries a checksum,
+    even when its range is the whole object (HeadObject's does)."""
+    return _changing_ranged_answers(moto_port, lambda reply: Reply(reply.status, {
+        name: value for name, value in reply.headers.items() if not name.lower().startswith("x-amz-checksum")},
+        reply.body))
 
 
 def test_a_small_object_costs_one_request_a_bigger_one_two_and_the_zip_is_the_same(
@@ -783,3 +789,17 @@ def test_an_archived_object_is_refused_before_the_zip_starts_on_every_route(
     assert client.head(f"/{bundle['id']}").status_code == 200
     whole = client.get(f"/{bundle['id']}")
     assert whole.status_code == 200 and zipfile.ZipFile(io.BytesIO(whole.data)).read(key) == b"frozen"
+
+
+def test_held_bytes_that_differ_from_the_stored_crc_are_refused_before_the_zip_starts(
+        buckets: Buckets, s3_proxy: Callable[..., FaultProxy], moto_server: MotoServer) -> None:
+    proxy = s3_proxy()
+    key = f"hold/corrupt-{uuid.uuid4().hex[:6]}.bin"
+    buckets.put(key, os.urandom(3000), ChecksumAlgorithm="CRC32")
+    flipped = _changing_ranged_answers(moto_server.port, lambda reply: Reply(
+        reply.status, reply.headers, bytes([reply.body[0] ^ 1]) + reply.body[1:]))
+    proxy.hook = flipped
+    sources = _sources()
+    with pytest.raises(SourceError, match="CRC-32 differs"):
+        _held_stat(sources, buckets.src(key))
+    assert _s3(sources).budget.used == 0
