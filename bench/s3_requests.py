@@ -95,6 +95,7 @@ def s3_requests(tmp: Path, runs: int, count: int, size: int, latency: float, par
         srcs = [f"s3://{bucket}/{key}" for key in keys]
         big_srcs = [f"s3://{bucket}/{key}" for key in big_keys]
         body, big_body = json_body(tmp, srcs), json_body(tmp, big_srcs)
+        prefix_body = json_body(tmp, [f"s3://{bucket}/small/"])  # listed: no per-object pre-flight request
         with service(tmp, settings) as server, service(tmp, {**settings, "PREFLIGHT_FETCH_BYTES": "0"}) as before, \
                 requests.Session() as session:
             response = session.post(server.url("/"), json={"files": [{"src": src} for src in srcs]}, timeout=120)
@@ -128,6 +129,8 @@ def s3_requests(tmp: Path, runs: int, count: int, size: int, latency: float, par
                 "post": counted(lambda: curl(server.url("/bundle"), post_json=body), pid, count),
                 "post first": first(server.url("/bundle"), body),
                 "get": counted(lambda: curl(url), pid, count),
+                "prefix": counted(lambda: curl(server.url("/bundle"), post_json=prefix_body), pid, count),
+                "prefix first": first(server.url("/bundle"), prefix_body),
                 "get first": first(url),
                 "before": counted(lambda: curl(before.url("/bundle"), post_json=body), before_pid, count),
                 "before first": first(before.url("/bundle"), body),
@@ -146,6 +149,7 @@ def s3_requests(tmp: Path, runs: int, count: int, size: int, latency: float, par
         delayed.stop()
         moto.stop()
     for limit_name, rows in (("limit", (("post", "POST /bundle"), ("get", "GET /:id (stored zip)"),
+                                        ("prefix", "POST /bundle of their prefix (ListObjectsV2)"),
                                         ("before", "POST /bundle, PREFLIGHT_FETCH_BYTES=0 (as before)"))),
                              ("big limit", (("big", "POST /bundle"),
                                             ("big before", "POST /bundle, PREFLIGHT_FETCH_BYTES=0 (as before)")))):
