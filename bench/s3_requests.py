@@ -18,7 +18,7 @@ from botocore.config import Config
 from tests.support.moto import REGION
 from tests.support.nginx import Nginx
 
-from .harness import Table, curl, interleaved, json_body, proc_stat, service, time_to_first_byte
+from .harness import Table, curl, curl_many, interleaved, json_body, proc_stat, service, time_to_first_byte
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": REGION,
                "AWS_REGION": REGION}
@@ -41,6 +41,13 @@ def _get_all(endpoint: str, bucket: str, keys: list[str], parallel: int) -> floa
     if len(sizes) != len(keys):
         raise RuntimeError("a GetObject failed")
     return time.perf_counter() - began
+
+
+def _presigned(endpoint: str, bucket: str, keys: list[str]) -> list[str]:
+    """Presigned GetObject URLs of `keys` through `endpoint` (path style), for curl."""
+    client = _client(endpoint, 1)
+    return [client.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=3600)
+            for key in keys]
 
 
 def _quiet(proxy: Nginx, latency: float, timeout: float = 30.0) -> None:
@@ -95,6 +102,8 @@ def s3_requests(tmp: Path, runs: int, count: int, size: int, latency: float, par
         srcs = [f"s3://{bucket}/{key}" for key in keys]
         big_srcs = [f"s3://{bucket}/{key}" for key in big_keys]
         body, big_body = json_body(tmp, srcs), json_body(tmp, big_srcs)
+        urls, big_urls = _presigned(delayed.base_url, bucket, keys), _presigned(delayed.base_url, bucket, big_keys)
+        direct_urls, zero_urls = _presigned(direct, bucket, keys), _presigned(zero.base_url, bucket, keys)
         prefix_body = json_body(tmp, [f"s3://{bucket}/small/"])  # listed: no per-object pre-flight request
         with service(tmp, settings) as server, service(tmp, {**settings, "PREFLIGHT_FETCH_BYTES": "0"}) as before, \
                 requests.Session() as session:
@@ -139,10 +148,11 @@ def s3_requests(tmp: Path, runs: int, count: int, size: int, latency: float, par
                 "big before": counted(lambda: curl(before.url("/bundle"), post_json=big_body), before_pid,
                                       big_count),
                 "big before first": first(before.url("/bundle"), big_body),
-                "limit": lambda: {"s": _get_all(delayed.base_url, bucket, keys, parallel)},
-                "big limit": lambda: {"s": _get_all(delayed.base_url, bucket, big_keys, parallel)},
-                "moto": lambda: {"s": _get_all(direct, bucket, keys, parallel)},
-                "proxy0": lambda: {"s": _get_all(zero.base_url, bucket, keys, parallel)},
+                "limit": lambda: {"s": curl_many(urls, parallel).wall},
+                "big limit": lambda: {"s": curl_many(big_urls, parallel).wall},
+                "boto3": lambda: {"s": _get_all(delayed.base_url, bucket, keys, parallel)},
+                "moto": lambda: {"s": curl_many(direct_urls, parallel).wall},
+                "proxy0": lambda: {"s": curl_many(zero_urls, parallel).wall},
             })
     finally:
         zero.stop()
@@ -155,20 +165,25 @@ def s3_requests(tmp: Path, runs: int, count: int, size: int, latency: float, par
                                             ("big before", "POST /bundle, PREFLIGHT_FETCH_BYTES=0 (as before)")))):
         limit = got[limit_name]["s"]
         objects = f"{count} x {size // 1024} KiB" if limit_name == "limit" else f"{big_count} x {big_size // 1024} KiB"
-        table.add(f"{objects}: limit, GetObject each ({ms})", 1, "-", limit, "-", limit, "1x")
+        table.add(f"{objects}: limit, GetObject each ({ms}), curl", 1, "-", limit, "-", limit, "1x")
+        if limit_name == "limit":
+            boto = got["boto3"]["s"]
+            table.add(f"{objects}: GetObject each ({ms}), boto3 threads", 1, "-", boto, "-", limit,
+                      f"{boto / limit:.2f}x")
         for name, label in rows:
             table.add(f"{objects}: {label}", got[name]["requests"], got[f"{name} first"]["first"], got[name]["s"],
                       got[name]["cpu"] * 1000, limit, f"{got[name]['s'] / limit:.2f}x")
-    table.notes.append(f"median of {runs} interleaved runs after one warm-up; one gevent worker per service (two "
-                       "services: holding, and PREFLIGHT_FETCH_BYTES=0); client: curl (first byte: http.client, a "
-                       "request of its own that hangs up at the status line); the limit's client: boto3 GetObject "
-                       f"from {parallel} threads. S3 requests counted by nginx (stub_status) in front of moto server "
-                       "(ThreadedMotoServer on 127.0.0.1), latency added by nginx's echo module. The proxy's own "
-                       f"cost: GetObject of every small object, {parallel} at once, straight from moto "
-                       f"{got['moto']['s']:.3g} s, through nginx at 0 ms {got['proxy0']['s']:.3g} s. Worker CPU: "
-                       "utime + stime of the service's worker over the request, per object, in clock ticks "
-                       f"({1000 / os.sysconf('SC_CLK_TCK'):.0f} ms). moto answers far slower than S3: the times "
-                       "bound little; the request count is the measure. Target (issue 16): one request per object "
-                       "of at most PREFLIGHT_FETCH_BYTES (64 KiB); a bigger one costs two (its first bytes, then "
-                       "the rest with If-Match).")
+    table.notes.append(
+        f"median of {runs} interleaved runs after one warm-up; one gevent worker per service (two services: "
+        "holding, and PREFLIGHT_FETCH_BYTES=0); client: curl (first byte: http.client, a request of its own that "
+        "hangs up at the status line). The limit: one curl process fetching presigned GetObject URLs of the same "
+        f"objects, {parallel} at once, through the same proxy (beside it, boto3 GetObject from {parallel} threads, "
+        "bound by the client's own CPU). S3 requests counted by nginx (stub_status) in front of moto server "
+        "(ThreadedMotoServer on 127.0.0.1), latency added by nginx's echo module. The proxy's own cost (curl, "
+        f"{parallel} at once, small objects): straight from moto {got['moto']['s']:.3g} s, through nginx at 0 ms "
+        f"{got['proxy0']['s']:.3g} s. Worker CPU: utime + stime of the service's worker over the request, per "
+        f"object, in clock ticks ({1000 / os.sysconf('SC_CLK_TCK'):.0f} ms). moto answers far slower than S3 "
+        "(Python, one thread per connection): the times bound little; the request count is the measure. Target "
+        "(issue 16): one request per object of at most PREFLIGHT_FETCH_BYTES (64 KiB); a bigger one costs two "
+        "(its first bytes, then the rest with If-Match).")
     return table
