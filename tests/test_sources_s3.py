@@ -803,3 +803,14 @@ def test_held_bytes_that_differ_from_the_stored_crc_are_refused_before_the_zip_s
     with pytest.raises(SourceError, match="CRC-32 differs"):
         _held_stat(sources, buckets.src(key))
     assert _s3(sources).budget.used == 0
+
+
+def test_aws_itself_is_taken_to_send_checksums_with_a_whole_object_range(monkeypatch: pytest.MonkeyPatch) -> None:
+    """AWS answers `Range: bytes=0-` with the stored checksum (as moto does): no HeadObject to ask whether
+    an object without one really has none. A custom endpoint has to show it first."""
+    source = S3Source(Config.from_env({"FS_INTERFACES": "s3", "AWS_REGION": REGION}))
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9")
+    assert source.range_checksums is None
+    for name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    assert source.range_checksums is True

@@ -40,7 +40,7 @@ from botocore.exceptions import BotoCoreError, ClientError, ConnectTimeoutError,
 
 from ..aws import DeadlinePassed, s3_client
 from ..chunks import CHUNK_SIZE
-from ..config import Config
+from ..config import Config, aws_endpoint
 from ..deadline import Deadline
 from ..errors import SourceChanged, SourceError, SourceInterrupted, SourceNotFound, SourceRefused, SourceTimeout
 from ..numbers import NotANumber, parse_digits
@@ -357,10 +357,9 @@ class S3Source:
         self.fetch_bytes = config.preflight_fetch_bytes  # PREFLIGHT_FETCH_BYTES: what pre-flight keeps
         hold = config.preflight_hold_bytes if config.preflight_fetch_bytes else 0
         self.budget = budget if budget is not None else HoldBudget(hold)  # PREFLIGHT_HOLD_BYTES
-        # Whether this store sends an object's stored checksum with a GetObject whose range is the
-        # whole object: AWS and moto do, MinIO and Ceph send none with any range. None until an
-        # answer shows it; False sends pre-flight back to HeadObject (the only answer with it there).
-        self.range_checksums: bool | None = None
+        # Whether the store at each endpoint (None: AWS) sends an object's stored checksum with a
+        # GetObject whose range is the whole object; see `range_checksums`.
+        self._range_checksums: dict[str | None, bool] = {}
 
     @classmethod
     def from_config(cls, config: Config) -> S3Source:
@@ -371,6 +370,18 @@ class S3Source:
     @property
     def client(self) -> S3Client:
         return s3_client(self.config)
+
+    @property
+    def range_checksums(self) -> bool | None:
+        """Whether the S3 in use sends an object's stored checksum with a GetObject whose range is the
+        whole object (`bytes=0-`). AWS does (assumed: True); so does moto; MinIO and Ceph send none
+        with any range. A custom endpoint is None until an answer shows it; False sends pre-flight back
+        to HeadObject there (the only answer with the checksum)."""
+        endpoint = aws_endpoint("s3")
+        return self._range_checksums.get(endpoint, True if endpoint is None else None)
+
+    def _learn(self, sends: bool) -> None:
+        self._range_checksums[aws_endpoint("s3")] = sends
 
     def check(self, src: str) -> None:
         problem = src_problem(src, self.buckets)
@@ -474,13 +485,13 @@ class S3Source:
             data = None  # a store that ignores Range: the rest could not be asked for from byte `want`
         info = _info(src, bucket, key, response, size)
         if _has_checksum(response):
-            self.range_checksums = True
+            self._learn(True)
         elif self.range_checksums is not True:
             # No checksum: the object has none, or this store sends none with a range.
             head = self._head(src, bucket, key, client)
             if _has_checksum(head):
                 log.info("S3 sends no checksum with a ranged GetObject: pre-flight uses HeadObject")
-                self.range_checksums = False
+                self._learn(False)
             headed = _info(src, bucket, key, head)
             if (_etag(headed.etag), headed.size) != (_etag(info.etag), info.size):
                 return headed, None  # another version since the GET: the stream reads the one HEAD saw
