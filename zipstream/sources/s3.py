@@ -3,12 +3,15 @@
 Pre-flight asks a key with HeadObject, except for a download that streams every member right after
 (held.py): there it asks GetObject for the bytes from 0 instead, and keeps the first
 PREFLIGHT_FETCH_BYTES within the source's budget. An object of at most that many bytes then costs
-one request (its bytes are all in memory: its member needs no GetObject, and its CRC-32 is computed
-as it streams), a bigger one two (the first bytes, then the rest from there with IfMatch, as a
-resume). The open-ended range is what makes the answer carry the object's stored checksum, which
-decides the zip's layout (a bounded range of a bigger object carries none, and HeadObject would then
-be needed as well): the layout is then the same as from HeadObject, whichever route asked. For a
-bigger object the pre-flight connection is closed after those first bytes rather than read out.
+one request (its bytes are all in memory: its member needs no GetObject, and the zip writer computes
+its CRC-32 from them, checked against the stored one if there is one), a bigger one two (the first
+bytes, then the rest from there with IfMatch, as a resume). The range is open-ended because a range
+that is the whole object is answered with the object's stored checksum as HeadObject's is (a range
+that is part of an object carries none), and a stored CRC-32 decides the zip's layout: the layout,
+Content-Length and ETag are then the same whichever route asked. For a bigger object the pre-flight
+connection is closed after those first bytes rather than read out. A store that sends no checksum
+with any range (MinIO, Ceph) is noticed by the HeadObject asked when an answer has none, and goes
+back to HeadObject (`S3Source.range_checksums`).
 
 botocore's errors are translated here into `SourceError` subclasses; nothing above knows boto3 is used.
 
