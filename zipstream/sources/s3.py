@@ -492,8 +492,9 @@ class S3Source:
         elif self.range_checksums is not True:
             # No checksum: the object has none, or this store sends none with a range.
             head = self._head(src, bucket, key, client)
-            if _has_checksum(head):
-                log.info("S3 sends no checksum with a ranged GetObject: pre-flight uses HeadObject")
+            if _has_checksum(head) and self.range_checksums is not False:
+                log.info("S3 at %s sends no checksum with a ranged GetObject: pre-flight asks HeadObject "
+                         "there from now on", aws_endpoint("s3") or "AWS")
                 self._learn(False)
             headed = _info(src, bucket, key, head)
             if (_etag(headed.etag), headed.size) != (_etag(info.etag), info.size):
