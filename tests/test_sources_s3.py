@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.client
 import io
 import os
+import threading
 import uuid
 import zipfile
 import zlib
@@ -23,8 +24,10 @@ from flask import Flask
 
 from zipstream import create_app
 from zipstream.config import Config
+from zipstream.deadline import Deadline
 from zipstream.download import prepare
 from zipstream.errors import (
+    ClientGone,
     LimitExceeded,
     SourceChanged,
     SourceError,
@@ -40,6 +43,7 @@ from zipstream.sources.s3 import S3Source
 
 from .support.faultproxy import CONDITIONAL_HEADERS, FaultProxy, Reply, Request
 from .support.moto import REGION, MotoServer
+from .support.waiting import wait_for
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -814,3 +818,36 @@ def test_aws_itself_is_taken_to_send_checksums_with_a_whole_object_range(monkeyp
     for name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
         monkeypatch.delenv(name, raising=False)
     assert source.range_checksums is True
+
+
+def test_a_client_gone_during_preflight_gives_the_held_bytes_back(buckets: Buckets,
+                                                                  s3_proxy: Callable[..., FaultProxy]) -> None:
+    proxy = s3_proxy()
+    folder = f"gone-{uuid.uuid4().hex[:6]}"
+    objects = _put_all(buckets, folder, [3000] * 4, ChecksumAlgorithm="CRC32")
+    slow = buckets.src(next(iter(objects)))
+    answered = threading.Event()
+
+    def stall(request: Request) -> Reply | None:
+        if request.target.split("?")[0].endswith("/" + next(iter(objects))):
+            answered.wait(10)  # this one answers only after the client has gone
+        return None
+
+    proxy.hook = stall
+    config = Config.from_env({"FS_INTERFACES": "s3", "AWS_REGION": REGION})
+    sources = build_sources(config)
+    deadline = Deadline(30)
+
+    def hang_up() -> None:  # once the other three are held, the stalled one's 64 KiB reserved
+        wait_for(lambda: _s3(sources).budget.used == FETCH + 3 * 3000, "three held")
+        deadline.cancel()
+
+    threading.Thread(target=hang_up, daemon=True).start()
+    with pytest.raises(ClientGone):
+        prepare([FileRef(buckets.src(key)) for key in objects], "x.zip", "stored", 0, sources, None, config,
+                hold=True, deadline=deadline)
+    # The three that answered were held and given back at once; the stalled one's reservation stands
+    # until its answer comes, and is given back then.
+    assert _s3(sources).budget.used == FETCH, slow
+    answered.set()
+    wait_for(lambda: len(_fetches(proxy)) == 4 and _s3(sources).budget.used == 0, "the budget given back")
