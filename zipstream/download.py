@@ -102,11 +102,15 @@ def _known(plan: Plan, cache: CrcCache | None) -> Known:
     """
     if plan.layout is None or cache is None:
         return Known()
-    identities = list(dict.fromkeys(info.identity() for index, info in enumerate(plan.infos)
-                                    if info.validated and plan.entries[index].crc32 is None))
-    srcs = list(dict.fromkeys(info.src for info in plan.infos if info.validated))
+    identities: dict[str, None] = {}  # dicts as ordered sets: each asked once, in order
+    srcs: dict[str, None] = {}
+    for info, entry in zip(plan.infos, plan.entries, strict=True):
+        if info.validated:
+            srcs[info.src] = None
+            if entry.crc32 is None:
+                identities[info.identity()] = None
     try:
-        return cache.known(identities, srcs, plan.etag)
+        return cache.known(list(identities), list(srcs), plan.etag)
     except SchemaNotReady:
         raise
     except Exception as error:  # noqa: BLE001 - a cache miss only costs upstream reads / a restart
