@@ -33,7 +33,8 @@ from ..numbers import NotANumber, http_date, parse_digits
 from . import held
 from .contract import SourceInfo
 from .held import HoldBudget, Holding
-from .http_transport import NO_DEADLINE, HttpTransport, abortable, body_chunks, content_length, release
+from .http_transport import NO_DEADLINE, Answer, HttpTransport, body_chunks, content_length, release
+from .http_wire import WireError, WireResponse
 from .netguard import Policy, literal_address, unusual_literal
 
 log = logging.getLogger(__name__)
@@ -68,14 +69,14 @@ def _content_range(value: str | None) -> tuple[int, int, int | None] | None:
     return start, end, length
 
 
-def _invalid_length(src: str, response: requests.Response) -> SourceError:
+def _invalid_length(src: str, response: Answer) -> SourceError:
     """The error for an answer whose Content-Length is invalid (502); its connection is dropped."""
     response.close()
     value = response.headers.get("Content-Length", "")
     return SourceError(src, f"upstream sent an invalid Content-Length ({value[:40]!r})")
 
 
-def _encoding(src: str, response: requests.Response) -> str:
+def _encoding(src: str, response: Answer) -> str:
     """The body's Content-Encoding, lower-cased: '' for identity, else one of DECODABLE.
 
     We ask for identity; a body encoded all the same is decoded on the way (what a browser saves),
@@ -145,22 +146,20 @@ def _completed(got: SourceInfo, head: SourceInfo) -> SourceInfo:
     )
 
 
-def _read_small_body(response: requests.Response, expected: int | None, limit: int) -> bytes | None:
+def _read_small_body(response: WireResponse, expected: int | None, limit: int) -> bytes | None:
     """The body if it is exactly `expected` (at most `limit`) bytes as announced, else None; either way
     the response is finished: read out (its connection kept) or closed."""
     if expected is None or expected > limit or response.headers.get("Content-Length") != str(expected):
         release(response)  # read out if small, else drop the connection (a server ignoring Range)
         return None
     try:
-        with abortable(response):
-            data: bytes | None = response.content
-    except requests.RequestException:
-        data = None
-    response.close()
+        data = response.read_body(limit)
+    except WireError:
+        return None
     return data if data is not None and len(data) == expected else None
 
 
-def _fail(src: str, response: requests.Response) -> SourceError:
+def _fail(src: str, response: Answer) -> SourceError:
     """The error an answer of 400 or more stands for (its connection is dropped): SourceNotFound for
     404/410 and 401/403 (missing, or not ours to read), SourceError (502) for the rest."""
     status = response.status_code
@@ -255,7 +254,7 @@ class HttpSource:
         """What a HEAD says of `src`, or None if it answers with anything but a 2xx: a presigned URL
         is signed for GET only (403), some servers don't implement HEAD (405, 501). The GET that
         read the file is what counts; a refused HEAD is not "access denied"."""
-        response = self.transport.request("HEAD", src, src, {}, deadline=deadline)
+        response = self.transport.probe("HEAD", src, src, {}, deadline=deadline)
         if response.status_code >= 300:
             response.close()
             return None
@@ -278,12 +277,12 @@ class HttpSource:
         leaves the GET's answer as it is. Where the two disagree the source's validators can't be
         trusted across requests (`SourceInfo.stable` False).
         """
-        response = self.transport.request("GET", src, src, {"Range": f"bytes=0-{want - 1}"}, deadline=deadline)
+        response = self.transport.probe("GET", src, src, {"Range": f"bytes=0-{want - 1}"}, deadline=deadline)
         if response.status_code == 416:
             # An empty file has no byte 0, and a 416 need not carry the validators: a plain GET of
             # it costs what a HEAD would, and every server that serves the file answers it.
             release(response)
-            response = self.transport.request("GET", src, src, {}, deadline=deadline)
+            response = self.transport.probe("GET", src, src, {}, deadline=deadline)
         status = response.status_code
         size: int | None = None
         expected: int | None = None
@@ -329,7 +328,7 @@ class HttpSource:
         return info, data
 
     @staticmethod
-    def _info(src: str, response: requests.Response, size: int | None) -> SourceInfo:
+    def _info(src: str, response: WireResponse, size: int | None) -> SourceInfo:
         return SourceInfo(
             src=src,
             name=name_from_src(src),
