@@ -27,7 +27,7 @@ from ..chunks import CHUNK_SIZE
 from ..deadline import Deadline, current, shut
 from ..errors import ClientGone, SourceError, SourceRefused, SourceTimeout
 from ..numbers import NotANumber, NumberTooLarge, http_date, is_digits, parse_digits
-from .http_wire import Target, WireError, WireResponse, WireTimeout, exchange
+from .http_wire import Target, Watch, WireError, WireResponse, WireTimeout, exchange
 from .netguard import AddressRefused, Policy, RequestStopped, guarded_pool_manager
 
 MAX_REDIRECTS = 5
@@ -211,14 +211,20 @@ class HttpTransport:
         self._pools: dict[tuple[str, str, int, bool | str], HTTPConnectionPool] = {}
         self._max_pools = pool_size
 
-    def probe(self, method: str, src: str, url: str, headers: dict[str, str],
-              deadline: Deadline = NO_DEADLINE) -> WireResponse:
+    def probe(self, method: str, src: str, url: str, headers: dict[str, str], deadline: Deadline,
+              watch: Watch) -> WireResponse:
         """`request` for pre-flight: the same rules (redirects, retries, deadline), with the exchange
-        written by http_wire.py instead of requests (bench B7). The answer's body is read, if at all,
-        by `WireResponse.read_body` or `release`."""
-        return self._follow(self._exchange, method, src, url, headers, retry=True, deadline=deadline)
+        written by http_wire.py instead of requests (bench B7). The caller has registered `watch.shut`
+        with `deadline` (`Deadline.aborting`): it wakes whichever request is waiting when the deadline
+        passes. The answer's body is read, if at all, by `WireResponse.read_body` or `release`."""
 
-    def _exchange(self, method: str, url: str, headers: dict[str, str], deadline: Deadline) -> WireResponse:
+        def send(method: str, url: str, headers: dict[str, str], deadline: Deadline) -> WireResponse:
+            return self._exchange(method, url, headers, deadline, watch)
+
+        return self._follow(send, method, src, url, headers, retry=True, deadline=deadline)
+
+    def _exchange(self, method: str, url: str, headers: dict[str, str], deadline: Deadline,
+                  watch: Watch) -> WireResponse:
         """One exchange by http_wire.py (see `send`); SourceError for a URL no request can be made of."""
         try:
             target = Target(url)
@@ -234,8 +240,9 @@ class HttpTransport:
             if len(self._pools) >= self._max_pools:
                 self._pools.clear()
             self._pools[key] = pool
-        connect, read = (max(0.001, deadline.cap(limit)) for limit in self.timeout)
-        return exchange(pool, method, target, {**BASE_HEADERS, **headers}, (connect, read))
+        left = deadline.remaining()
+        connect, read = max(0.001, min(self.timeout[0], left)), max(0.001, min(self.timeout[1], left))
+        return exchange(pool, method, target, {**BASE_HEADERS, **headers}, (connect, read), deadline, watch)
 
     def send(self, method: str, url: str, headers: dict[str, str],
              deadline: Deadline = NO_DEADLINE) -> requests.Response:
