@@ -9,6 +9,7 @@ Only what a well-behaved server can't be made to do: ordinary answers come from 
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 from collections.abc import Callable
@@ -76,10 +77,8 @@ class ScriptedServer:
         self._listener.close()
         with self._lock:
             for conn in self._open:
-                try:
+                with contextlib.suppress(OSError):  # already closed by its thread
                     conn.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
     def __enter__(self) -> ScriptedServer:
         return self
