@@ -225,3 +225,12 @@ def test_release_reads_a_small_body_out_and_keeps_the_connection(make_config: Ca
             assert isinstance(response, WireResponse)
             response.release()
         assert server.connections == 1
+
+
+def test_header_fields_are_found_in_any_case(make_config: Callable[..., Config]) -> None:
+    with ScriptedServer(lambda _connection, _index: SMALL) as server:
+        source = _source(make_config)
+        response = source.transport.probe("GET", server.url("/a"), server.url("/a"), {}, NO_DEADLINE, Watch())
+        assert response.headers["CONTENT-RANGE"] == response.headers.get("content-range") == "bytes 0-4/5"
+        assert "Etag" in response.headers and "X-Missing" not in response.headers
+        response.close()

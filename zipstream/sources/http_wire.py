@@ -116,10 +116,13 @@ class Target:
 
 class Headers(dict[str, str]):
     """An answer's header fields by lower-case name; fields that repeat are joined with ", " (as
-    urllib3 and requests join them). `get` takes a name in any case."""
+    urllib3 and requests join them). Looked up by a name in any case."""
 
     def get(self, name: str, default: str | None = None) -> str | None:  # type: ignore[override]
         return dict.get(self, name.lower(), default)
+
+    def __getitem__(self, name: str) -> str:
+        return dict.__getitem__(self, name.lower())
 
     def __contains__(self, name: object) -> bool:
         return dict.__contains__(self, name.lower() if isinstance(name, str) else name)
@@ -190,8 +193,8 @@ class Watch:
 
 class WireResponse:
     """One answer, its head read, its body not (or only partly, in `_buffer`). Give it back with
-    `close()`, `release()` or by reading its body (`read_body`): its connection goes back to the pool
-    when the body was read whole and the server keeps it open, else it is closed."""
+    `release()` or by reading its body (`read_body`): its connection goes back to the pool when the
+    body was read whole and the server keeps it open; or with `close()`, which closes it."""
 
     __slots__ = ("_buffer", "_conn", "_length", "_pool", "_reusable", "_watch", "headers", "method",
                  "status_code", "url")
@@ -274,12 +277,9 @@ class WireResponse:
             self.close()
 
     def close(self) -> None:
-        """Give the connection back: to the pool if nothing of the body is left unread, else closed."""
-        if self._pool is None:
-            return
-        if self._length != len(self._buffer):
-            self._reusable = False
-        self._finish()
+        """Done with the answer, its connection closed (as requests' `Response.close()` closes an answer
+        not read whole): after an error, a 5xx being retried, a redirect. `release()` keeps it."""
+        self._drop()
 
     def _finish(self) -> None:
         """The connection back to the pool if `_reusable`, else closed (its place freed)."""
