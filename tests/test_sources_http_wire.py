@@ -20,7 +20,7 @@ from zipstream.errors import ClientGone, SourceError
 from zipstream.sources.held import HoldBudget, HoldScope
 from zipstream.sources.http import HttpSource
 from zipstream.sources.http_transport import NO_DEADLINE
-from zipstream.sources.http_wire import Target, Watch, WireResponse
+from zipstream.sources.http_wire import Target, Watch, WireError, WireResponse, _parse_head, _parse_head_lines
 
 from .support.scripted import CLOSE, SILENT, ScriptedServer, answer
 from .support.upstream import UpstreamServer
@@ -115,6 +115,22 @@ def test_answers_read_as_http_client_reads_them(make_config: Callable[..., Confi
     assert _stat(make_config, twice).size == 5  # type: ignore[attr-defined]  # repeats joined: "5, 5"
     with pytest.raises(SourceError, match="invalid Content-Length"):
         _stat(make_config, twice.replace(b"Content-Length: 5\r\n", b"Content-Length: 4\r\n", 1))
+
+
+def test_the_quick_reading_of_a_head_is_the_line_by_line_one() -> None:
+    """Heads as servers write them are read by regular expressions, the rest line by line: the same
+    fields (or the same refusal) either way, for heads made of every piece that matters to either."""
+    chooser = random.Random(9112)
+    pieces = [b"a", b"B", b"-", b":", b" ", b"\t", b"\r\n", b"\n", b"\xe9", b"x", b"1", b"\r", b"(", b"  "]
+    for _ in range(20_000):
+        head = b"HTTP/1.1 200 OK\r\n" + b"".join(chooser.choice(pieces) for _ in range(chooser.randrange(0, 30)))
+        results = []
+        for parse in (_parse_head, _parse_head_lines):
+            try:
+                results.append(parse(head))
+            except WireError as error:
+                results.append(("refused", error.kind))
+        assert results[0] == results[1], head
 
 
 @pytest.mark.parametrize(("reply", "kind"), [

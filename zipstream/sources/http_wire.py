@@ -55,6 +55,9 @@ _PLAIN_URL = re.compile(
     r"(/[A-Za-z0-9._~!$&'()*+,;=:@/-]*)(\?[A-Za-z0-9._~!$&'()*+,;=:@/?-]+)?")
 # RFC 9110 §5.1 field-name (token) and §5.5 field-value characters (obs-text allowed, no CR/LF/NUL).
 _TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+# Field lines as servers write them: a token, ':', the value (no CR or LF in it), CRLF.
+_FIELD_BLOCK = re.compile(r"(?:[!#$%&'*+.^_`|~0-9A-Za-z-]+:[^\r\n]*\r\n)*")
+_FIELD = re.compile(r"([!#$%&'*+.^_`|~0-9A-Za-z-]+):([^\r\n]*)\r\n")
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
 _BAD_VALUE = re.compile(r"[\r\n\x00]")
 
@@ -142,14 +145,37 @@ def request_bytes(method: str, target: Target, headers: dict[str, str]) -> bytes
 
 def _parse_head(head: bytes) -> tuple[int, bool, Headers]:
     """(status, HTTP/1.1 or later, fields) of a response head without its blank line; WireError if
-    it is not one (RFC 9112 §4 status line, §5 field lines; obs-fold joined with SP as §5.2 allows)."""
-    lines = head.split(b"\n")
-    status_line = lines[0].rstrip(b"\r")
-    version, _, rest = status_line.partition(b" ")
+    it is not one (RFC 9112 §4 status line, §5 field lines; obs-fold joined with SP as §5.2 allows).
+
+    A head of CRLF-ended `name: value` lines, as servers send them, is read by two regular
+    expressions in C; any other (folded lines, bare LF, a malformed line, a long one) line by line."""
+    text = head.decode("latin-1")
+    status_line, crlf, block = text.partition("\r\n")
+    if len(text) <= MAX_LINE and "\n" not in status_line:
+        block += crlf
+        if _FIELD_BLOCK.fullmatch(block):
+            pairs = _FIELD.findall(block)
+            fields = Headers({name.lower(): value.strip(" \t") for name, value in pairs})
+            if len(fields) == len(pairs) <= MAX_FIELDS:  # else a name repeats: joined line by line
+                status, modern = _status_line(status_line)
+                return status, modern, fields
+    return _parse_head_lines(head)
+
+
+def _status_line(line: str) -> tuple[int, bool]:
+    """(status, HTTP/1.1 or later) of `HTTP/x.y SSS[ reason]`; WireError for anything else."""
+    version, _, rest = line.partition(" ")
     code = rest[:3]
-    if (not version.startswith(b"HTTP/") or len(code) != 3 or not code.isdigit()
-            or rest[3:4] not in (b"", b" ")):
-        raise WireError(f"not an HTTP/1.x status line: {status_line[:80]!r}", "BadStatusLine")
+    if not version.startswith("HTTP/") or len(code) != 3 or not code.isdigit() or not code.isascii() \
+            or rest[3:4] not in ("", " "):
+        raise WireError(f"not an HTTP/1.x status line: {line[:80]!r}", "BadStatusLine")
+    return int(code), version not in ("HTTP/1.0", "HTTP/0.9")
+
+
+def _parse_head_lines(head: bytes) -> tuple[int, bool, Headers]:
+    """`_parse_head` line by line, for heads its regular expressions don't take as they are."""
+    lines = head.split(b"\n")
+    status, modern = _status_line(lines[0].rstrip(b"\r").decode("latin-1"))
     if len(lines) > MAX_FIELDS + 1:
         raise WireError(f"more than {MAX_FIELDS} header fields", "HTTPException")
     if max(map(len, lines)) > MAX_LINE:
@@ -169,7 +195,7 @@ def _parse_head(head: bytes) -> tuple[int, bool, Headers]:
         last = name.decode("ascii").lower()
         text = value.strip(b" \t").decode("latin-1")
         fields[last] = f"{fields[last]}, {text}" if last in fields else text
-    return int(code), version not in (b"HTTP/1.0", b"HTTP/0.9"), fields
+    return status, modern, fields
 
 
 class Watch:
