@@ -84,6 +84,13 @@ def test_the_fast_reading_of_a_plain_url_is_requests_reading() -> None:
             slow.scheme, slow.host, slow.port, slow.path, slow.host_field, slow.url), url
 
 
+def test_a_url_no_request_can_be_made_of_fails_at_once(make_config: Callable[..., Config]) -> None:
+    """A port past 65535 passes check() (urlsplit reads the host) but no request can go out: one
+    SourceError naming the src, not four attempts with back-off in between."""
+    with pytest.raises(SourceError, match=r"http://127\.0\.0\.1:99999/a\.bin: invalid URL"):
+        _source(make_config).stat("http://127.0.0.1:99999/a.bin", Deadline(0.5))
+
+
 def test_a_header_value_that_would_split_the_request_is_refused(make_config: Callable[..., Config]) -> None:
     with ScriptedServer(lambda _connection, _index: answer()) as server:
         source = _source(make_config)

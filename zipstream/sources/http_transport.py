@@ -219,17 +219,19 @@ class HttpTransport:
         passes. The answer's body is read, if at all, by `WireResponse.read_body` or `release`."""
 
         def send(method: str, url: str, headers: dict[str, str], deadline: Deadline) -> WireResponse:
-            return self._exchange(method, url, headers, deadline, watch)
+            return self._exchange(method, src, url, headers, deadline, watch)
 
         return self._follow(send, method, src, url, headers, retry=True, deadline=deadline)
 
-    def _exchange(self, method: str, url: str, headers: dict[str, str], deadline: Deadline,
+    def _exchange(self, method: str, src: str, url: str, headers: dict[str, str], deadline: Deadline,
                   watch: Watch) -> WireResponse:
-        """One exchange by http_wire.py (see `send`); SourceError for a URL no request can be made of."""
+        """One exchange by http_wire.py (see `send`); SourceError naming `src` for a URL no request can
+        be made of (a port past 65535, say): no retry would change that."""
         try:
             target = Target(url)
         except ValueError as error:
-            raise SourceError(url, f"invalid URL ({error})") from None
+            where = "" if url == src else f" {url[:200]!r}"
+            raise SourceError(src, f"invalid URL{where} ({error})") from None
         key = (target.scheme, target.host, target.port, self.verify)
         pool = self._pools.get(key)
         if pool is None or pool.pool is None:
