@@ -6,6 +6,7 @@ import asyncio
 import concurrent.futures
 import hashlib
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -77,37 +78,123 @@ def _first(url: str, post_json: Path | None = None) -> dict[str, float]:
 
 
 # -- B1 -------------------------------------------------------------------------------------------
+class _Relay(Nginx):
+    """nginx as a plain relay in front of `upstream`: every byte read into user space and written out again,
+    in C, with reused 1 MiB buffers, nothing checked. What any service in the data path costs at the least."""
+
+    def __init__(self, upstream: Nginx) -> None:
+        super().__init__(proxy_to=upstream.port)
+
+    def config(self) -> str:
+        tmp = self._tmp
+        user = "user root;\n" if os.geteuid() == 0 else ""
+        temp = " ".join(f"{kind}_temp_path {tmp}/{kind};"
+                        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+        return f"""{user}daemon off;
+worker_processes 1;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    {temp}
+    tcp_nodelay on;
+    upstream files {{ server 127.0.0.1:{self.proxy_to}; keepalive 16; }}
+    server {{
+        listen 127.0.0.1:{self.port};
+        location / {{
+            proxy_pass http://files;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering on;
+            proxy_buffer_size 1m;
+            proxy_buffers 8 1m;
+            proxy_busy_buffers_size 2m;
+            proxy_max_temp_file_size 0;
+        }}
+    }}
+    server {{
+        listen 127.0.0.1:{self.status_port};
+        location / {{ stub_status; }}
+    }}
+}}
+"""
+
+
+def _children_cpu() -> float:
+    """CPU seconds (user + system) of this process's waited-for children: curl's, around a curl run."""
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
+
+
+def _cpu_of(pid: int) -> float:
+    return proc_stat(pid).cpu_seconds
+
+
+def _costed(fetcher: Callable[[], Fetch], processes: Mapping[str, Callable[[], float]]) -> dict[str, float]:
+    """`fetcher()`'s wall time, curl's CPU seconds and the CPU seconds each of `processes` spent meanwhile."""
+    before = {name: read() for name, read in processes.items()}
+    client = _children_cpu()
+    wall = fetcher().wall
+    got = {"s": wall, "curl": _children_cpu() - client}
+    got.update({name: read() - before[name] for name, read in processes.items()})
+    return got
+
+
 def big_files(tmp: Path, runs: int, cases: list[tuple[int, int]], env: dict[str, str], parallel: int) -> Table:
-    """B1: N x size through POST /bundle and GET /:id vs the same files fetched straight from nginx."""
+    """B1: N x size through POST /bundle and GET /:id vs the same files fetched straight from nginx, and
+    through a relay (nginx proxy_pass), with the CPU every process spends per GB."""
     table = Table("b1_big_files", "B1 big files: zip download vs direct download (curl, nginx upstream)",
-                  ["files", "direct, one after another s", f"direct, {parallel} at once s", "POST /bundle s",
-                   "GET /:id s", "GET /:id / direct", "POST / direct", "zip MB/s"])
+                  ["files", "direct, one after another s", f"direct, {parallel} at once s",
+                   "limit: through a relay s", "POST /bundle s", "GET /:id s", "GET /:id / direct",
+                   "GET /:id / relay", "POST / direct", "zip MB/s", "worker CPU s/GB", "relay CPU s/GB",
+                   "CPU s/GB, all processes: direct / relay / GET"])
     for count, size in cases:
         paths = {f"/b1/{size}/{i}.bin": make_file(tmp / f"b1-{size}-{i}.bin", size, size <= 64 * MiB)
                  for i in range(count)}
         upstream = upstream_with(paths)
+        relay = _Relay(upstream).start()
         try:
             with service(tmp, env) as server, requests.Session() as session:
                 srcs = [upstream.url(name) for name in paths]
+                relayed = [relay.url(name) for name in paths]
                 url = _bundle(session, server.base_url, srcs)
                 body = json_body(tmp, srcs)
                 curl(url)  # warm-up: connections, page cache
+                curl_many(relayed)
                 one_off = server.url("/bundle")
+                (pid,) = server.worker_pids()
+                cpu = {"upstream": upstream.cpu_seconds, "relay": relay.cpu_seconds,
+                       "worker": partial(_cpu_of, pid)}
                 got = interleaved(runs, {
-                    "direct": partial(_wall, curl_many, srcs),
+                    "direct": partial(_costed, partial(curl_many, srcs), cpu),
                     "concurrent": partial(_wall, curl_many, srcs, parallel),
+                    "relay": partial(_costed, partial(curl_many, relayed), cpu),
                     "post": partial(_wall, curl, one_off, post_json=body),
-                    "get": partial(_wall, curl, url),
+                    "get": partial(_costed, partial(curl, url), cpu),
                 })
         finally:
+            relay.stop()
             upstream.stop()
-        direct, get, post = got["direct"]["s"], got["get"]["s"], got["post"]["s"]
-        table.add(f"{count} x {_size(size)}", direct, got["concurrent"]["s"], post, get, ratio(get, direct),
-                  ratio(post, direct), count * size / get / 1e6)
+        direct, get, post, through = got["direct"]["s"], got["get"]["s"], got["post"]["s"], got["relay"]["s"]
+        gb = count * size / 1e9
+        total = {name: sum(got[name][part] for part in ("upstream", "relay", "worker", "curl")) / gb
+                 for name in ("direct", "relay", "get")}
+        table.add(f"{count} x {_size(size)}", direct, got["concurrent"]["s"], through, post, get,
+                  ratio(get, direct), ratio(get, through), ratio(post, direct), count * size / get / 1e6,
+                  got["get"]["worker"] / gb, got["relay"]["relay"] / gb,
+                  f"{total['direct']:.2f} / {total['relay']:.2f} / {total['get']:.2f}")
     table.notes.append(f"median of {runs} interleaved runs; client: curl to /dev/null (wall time of the curl "
                        "process, the same for every row); stored zip; files served by nginx with sendfile on "
-                       "127.0.0.1 (random bytes up to 64 MiB, sparse above). Limit: the direct download of the "
-                       "same files. Targets: GET /:id ≤ 1.05x direct (issue 16).")
+                       "127.0.0.1 (random bytes up to 64 MiB, sparse above). Limits: the direct download of the "
+                       "same files; the same through a relay (a second nginx, proxy_pass with 1 MiB buffers: "
+                       "every byte copied through user space, as any service in the data path must, in C, "
+                       "nothing checked). Target: GET /:id ≤ 1.05x direct (issue 16).")
+    table.notes.append("CPU: utime + stime from /proc (nginx's workers, the service's one gevent worker) and "
+                       "curl's rusage, per GB of member data, medians per run; loopback TCP's receive work is "
+                       "counted to whichever process sends. Upstream, relay, service and curl share the "
+                       "machine's cores: when their CPU per GB adds up to more than the cores can give at the "
+                       "direct download's pace, the zip cannot keep that pace.")
     return table
 
 
