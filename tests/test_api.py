@@ -285,7 +285,7 @@ def test_wrong_secret_is_403_everywhere(client: FlaskClient, files: dict[str, st
     assert client.get(f"/{bundle['id']}/{bundle['secret']}").status_code == 200
 
 
-@pytest.mark.parametrize("bundle_id", [str(uuid.uuid4()), "not-a-uuid"])
+@pytest.mark.parametrize("bundle_id", [str(uuid.uuid4()), "not-a-uuid"], ids=["random-uuid", "not-a-uuid"])
 def test_unknown_id_is_404(client: FlaskClient, bundle_id: str) -> None:
     _error(client.get(f"/{bundle_id}"), 404)
 

@@ -246,7 +246,7 @@ PREFLIGHT_CONCURRENCY = setting("PREFLIGHT_CONCURRENCY", whole(1), 64,
                                 "concurrent requests per download's pre-flight (bench B2)")
 # Files this small need no second request. See sources/held.py and README, performance.
 PREFLIGHT_FETCH_BYTES = setting("PREFLIGHT_FETCH_BYTES", whole(0), 64 * 1024,
-                                "first bytes of each http(s) file pre-flight GETs and keeps (0: HEAD only)")
+                                "first bytes of each http(s) file / S3 object pre-flight GETs and keeps (0: HEAD only)")
 PREFLIGHT_HOLD_BYTES = setting("PREFLIGHT_HOLD_BYTES", whole(0), 64 * 1024 * 1024,
                                "bytes pre-flight may hold that way per worker (one download: half)")
 AWS_ENDPOINT_URL = setting("AWS_ENDPOINT_URL", _text, "", "boto3's endpoint for every AWS service (MinIO, moto)")
