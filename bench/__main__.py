@@ -85,7 +85,7 @@ def run(args: argparse.Namespace, tmp: Path) -> list[Table]:
             big = args.b1_big_mib or (1 if small else 1024 if full else 256)
             cases = [(3, 64 * 1024)] if small else [(20, 10 * suite.MiB)]
             cases.append((2, big * suite.MiB))
-            tables.append(suite.big_files(tmp, runs, cases, env, parallel))
+            tables.extend(suite.big_files(tmp, runs, cases, env, parallel))
         elif name == "b2":
             count = 20 if small else args.b2_files
             head = {"PREFLIGHT_FETCH_BYTES": "0"}

@@ -14,7 +14,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from statistics import median
@@ -22,6 +23,7 @@ from typing import Any
 
 import requests
 
+from tests.support.live import free_port
 from tests.support.nginx import Nginx
 
 from .harness import (
@@ -139,35 +141,67 @@ def _costed(fetcher: Callable[[], Fetch], processes: Mapping[str, Callable[[], f
     return got
 
 
-def big_files(tmp: Path, runs: int, cases: list[tuple[int, int]], env: dict[str, str], parallel: int) -> Table:
-    """B1: N x size through POST /bundle and GET /:id vs the same files fetched straight from nginx, and
-    through a relay (nginx proxy_pass), with the CPU every process spends per GB."""
+@contextmanager
+def _python_relay(upstream: Nginx) -> Iterator[tuple[str, int]]:
+    """bench/python_relay.py in front of `upstream`: (base URL, pid)."""
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "bench.python_relay", str(port), str(upstream.port)],
+                               cwd=Path(__file__).resolve().parents[1])
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("bench.python_relay did not start") from None
+                time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}", process.pid
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
+
+
+_PATHS = {"direct": "direct (nginx sendfile -> curl)", "relay": "through nginx proxy_pass (C, 1 MiB buffers)",
+          "python": "through the least Python relay (bench/python_relay.py)", "get": "ZipStream GET /:id"}
+
+
+def big_files(tmp: Path, runs: int, cases: list[tuple[int, int]], env: dict[str, str], parallel: int) -> list[Table]:
+    """B1: N x size through POST /bundle and GET /:id vs the same files fetched straight from nginx, through a
+    relay in C (nginx proxy_pass) and through the least Python relay; and the CPU every process spends per GB."""
     table = Table("b1_big_files", "B1 big files: zip download vs direct download (curl, nginx upstream)",
                   ["files", "direct, one after another s", f"direct, {parallel} at once s",
                    "limit: through a relay s", "POST /bundle s", "GET /:id s", "GET /:id / direct",
-                   "GET /:id / relay", "POST / direct", "zip MB/s", "worker CPU s/GB", "relay CPU s/GB",
-                   "CPU s/GB, all processes: direct / relay / GET"])
+                   "GET /:id / relay", "POST / direct", "zip MB/s"])
+    bound = Table("b1_cpu", "B1 what bounds it: CPU per GB of every process on the path (the same runs)",
+                  ["files", "path", "s", "x direct", "upstream nginx CPU s/GB", "relay or worker CPU s/GB",
+                   "curl CPU s/GB", "all processes CPU s/GB", "cores busy"])
     for count, size in cases:
         paths = {f"/b1/{size}/{i}.bin": make_file(tmp / f"b1-{size}-{i}.bin", size, size <= 64 * MiB)
                  for i in range(count)}
         upstream = upstream_with(paths)
         relay = _Relay(upstream).start()
         try:
-            with service(tmp, env) as server, requests.Session() as session:
+            with (service(tmp, env) as server, requests.Session() as session,
+                  _python_relay(upstream) as (python_base, python_pid)):
                 srcs = [upstream.url(name) for name in paths]
                 relayed = [relay.url(name) for name in paths]
+                python_relayed = [python_base + name for name in paths]
                 url = _bundle(session, server.base_url, srcs)
                 body = json_body(tmp, srcs)
                 curl(url)  # warm-up: connections, page cache
                 curl_many(relayed)
+                curl_many(python_relayed)
                 one_off = server.url("/bundle")
                 (pid,) = server.worker_pids()
                 cpu = {"upstream": upstream.cpu_seconds, "relay": relay.cpu_seconds,
-                       "worker": partial(_cpu_of, pid)}
+                       "python": partial(_cpu_of, python_pid), "worker": partial(_cpu_of, pid)}
                 got = interleaved(runs, {
                     "direct": partial(_costed, partial(curl_many, srcs), cpu),
                     "concurrent": partial(_wall, curl_many, srcs, parallel),
                     "relay": partial(_costed, partial(curl_many, relayed), cpu),
+                    "python": partial(_costed, partial(curl_many, python_relayed), cpu),
                     "post": partial(_wall, curl, one_off, post_json=body),
                     "get": partial(_costed, partial(curl, url), cpu),
                 })
@@ -175,25 +209,30 @@ def big_files(tmp: Path, runs: int, cases: list[tuple[int, int]], env: dict[str,
             relay.stop()
             upstream.stop()
         direct, get, post, through = got["direct"]["s"], got["get"]["s"], got["post"]["s"], got["relay"]["s"]
+        files = f"{count} x {_size(size)}"
+        table.add(files, direct, got["concurrent"]["s"], through, post, get, ratio(get, direct),
+                  ratio(get, through), ratio(post, direct), count * size / get / 1e6)
         gb = count * size / 1e9
-        total = {name: sum(got[name][part] for part in ("upstream", "relay", "worker", "curl")) / gb
-                 for name in ("direct", "relay", "get")}
-        table.add(f"{count} x {_size(size)}", direct, got["concurrent"]["s"], through, post, get,
-                  ratio(get, direct), ratio(get, through), ratio(post, direct), count * size / get / 1e6,
-                  got["get"]["worker"] / gb, got["relay"]["relay"] / gb,
-                  f"{total['direct']:.2f} / {total['relay']:.2f} / {total['get']:.2f}")
+        for name, label in _PATHS.items():
+            reading = got[name]
+            middle = reading["relay"] + reading["python"] + reading["worker"]
+            everyone = reading["upstream"] + middle + reading["curl"]
+            bound.add(files, label, reading["s"], ratio(reading["s"], direct), reading["upstream"] / gb,
+                      middle / gb if name != "direct" else "-", reading["curl"] / gb, everyone / gb,
+                      f"{everyone / reading['s']:.2f}")
     table.notes.append(f"median of {runs} interleaved runs; client: curl to /dev/null (wall time of the curl "
                        "process, the same for every row); stored zip; files served by nginx with sendfile on "
                        "127.0.0.1 (random bytes up to 64 MiB, sparse above). Limits: the direct download of the "
                        "same files; the same through a relay (a second nginx, proxy_pass with 1 MiB buffers: "
                        "every byte copied through user space, as any service in the data path must, in C, "
-                       "nothing checked). Target: GET /:id ≤ 1.05x direct (issue 16).")
-    table.notes.append("CPU: utime + stime from /proc (nginx's workers, the service's one gevent worker) and "
-                       "curl's rusage, per GB of member data, medians per run; loopback TCP's receive work is "
-                       "counted to whichever process sends. Upstream, relay, service and curl share the "
-                       "machine's cores: when their CPU per GB adds up to more than the cores can give at the "
-                       "direct download's pace, the zip cannot keep that pace.")
-    return table
+                       "nothing checked). Target: GET /:id ≤ 1.05x direct (issue 16). b1_cpu.md: what bounds it.")
+    bound.notes.append(f"the runs of b1_big_files (medians of {runs}). CPU: utime + stime from /proc (nginx's "
+                       "workers, the relay, the service's one gevent worker; clock ticks of 10 ms) and curl's "
+                       "rusage, per GB of member data. Loopback TCP's receive work is counted to whichever "
+                       "process sends. cores busy: all processes' CPU seconds / wall seconds (at most the "
+                       "machine's cores, less what else runs). The least Python relay: http.client read1 of up "
+                       "to 1 MiB, zlib-ng CRC-32, gevent sendall; no framing, checks, WSGI or read-ahead.")
+    return [table, bound]
 
 
 # -- B2 -------------------------------------------------------------------------------------------
