@@ -18,15 +18,18 @@ CHUNK_SIZE = 1024 * 1024
 
 
 # glibc hands freed heap memory back to the system once more than its trim threshold lies free at
-# the top of the heap, and by default that threshold follows the largest block freed so far (about
-# 2 MiB once a 1 MiB chunk was freed). A download keeps a few MiB of chunks in flight, so that memory
-# went back and was faulted in again, page by page and zeroed, over and over: ~22,000 page faults and
-# ~10-18% of the worker's CPU per GB of a stored zip (bench B6, `minflt` of the worker). Fixed
-# thresholds end that: a chunk-sized block always comes from the heap (below MMAP), and up to TRIM
-# bytes of freed heap stay mapped for the next chunks. TRIM is what a worker may keep mapped beyond
-# what it uses (its peak RSS is unchanged); memory it frees beyond that still goes back.
+# the top of the heap, and by default that threshold follows the largest block freed so far: about
+# 2 MiB once a 1 MiB chunk was freed, up to 64 MiB. A download keeps several MiB of chunks in flight
+# (with read-ahead, up to a chunk per member fetched ahead), so until a worker happened to free a
+# big block, that memory went back after each download or burst and was faulted in again, page by
+# page and zeroed: 22,000-30,000 page faults and 10-18% of a fresh worker's CPU per GB of a stored
+# zip (bench B6 and B1, `minflt` of the worker). Fixed thresholds start every worker in the state
+# the default policy may reach late or never: a chunk always comes from the heap (below MMAP), and up
+# to TRIM bytes of freed heap stay mapped for the next chunks (64 MiB: the default policy's own
+# ceiling). TRIM is what a worker may keep mapped beyond what it uses (its peak RSS is unchanged);
+# freed memory beyond it still goes back, and blocks above MMAP are returned as soon as freed.
 HEAP_MMAP_THRESHOLD = 4 * CHUNK_SIZE
-HEAP_TRIM_THRESHOLD = 16 * CHUNK_SIZE
+HEAP_TRIM_THRESHOLD = 64 * CHUNK_SIZE
 _M_TRIM_THRESHOLD = -1  # glibc's malloc.h
 _M_MMAP_THRESHOLD = -3
 
