@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from zipstream import chunks
 from zipstream.chunks import CHUNK_SIZE
 
 from .support.live import LiveServer
@@ -78,3 +79,11 @@ def test_a_worker_streams_a_big_member_without_faulting_its_memory_again(
 
 def _minor_faults(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
+
+
+def test_keep_chunk_memory_does_nothing_without_glibc(monkeypatch: pytest.MonkeyPatch) -> None:
+    def not_glibc(name: str) -> str:
+        raise ValueError(f"unrecognized configuration name {name!r}")  # what musl's and macOS's Pythons raise
+
+    monkeypatch.setattr(chunks.os, "confstr", not_glibc)
+    assert chunks.keep_chunk_memory() is False

@@ -6,7 +6,7 @@ No Flask, no network, no database: every layer from a source's body to the respo
 from __future__ import annotations
 
 import ctypes
-import platform
+import os
 
 # The size bytes move in: every upstream body is read in reads of at most this many bytes (file,
 # HTTP, S3, a decoded gzip body), which the stored zip passes through as they are, and the stored
@@ -40,7 +40,11 @@ def keep_chunk_memory() -> bool:
     Process-wide; called once per worker (gunicorn_conf.post_worker_init). True if set; False, doing
     nothing, where the C library is not glibc (musl, macOS: other allocators, other policies).
     """
-    if platform.libc_ver()[0] != "glibc":
+    try:
+        libc = os.confstr("CS_GNU_LIBC_VERSION") or ""
+    except (ValueError, OSError):  # not a name this C library knows: not glibc
+        return False
+    if not libc.startswith("glibc"):
         return False
     mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
     if mallopt is None:
