@@ -22,8 +22,9 @@ CHUNK_SIZE = 1024 * 1024
 # 2 MiB once a 1 MiB chunk was freed, up to 64 MiB. A download keeps several MiB of chunks in flight
 # (with read-ahead, up to a chunk per member fetched ahead), so until a worker happened to free a
 # big block, that memory went back after each download or burst and was faulted in again, page by
-# page and zeroed: 22,000-30,000 page faults and 10-18% of a fresh worker's CPU per GB of a stored
-# zip (bench B6 and B1, `minflt` of the worker). Fixed thresholds start every worker in the state
+# page and zeroed: 22,000-49,000 page faults per GB of a stored zip (deflate: up to 278,000) and
+# 10-18% of the worker's CPU, in some workers and not others (bench B6 and B1, `minflt` of the
+# worker). Fixed thresholds start every worker in the state
 # the default policy may reach late or never: a chunk always comes from the heap (below MMAP), and up
 # to TRIM bytes of freed heap stay mapped for the next chunks (64 MiB: the default policy's own
 # ceiling). TRIM is what a worker may keep mapped beyond what it uses (its peak RSS is unchanged);
