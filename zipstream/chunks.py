@@ -26,8 +26,9 @@ CHUNK_SIZE = 1024 * 1024
 # 10-18% of the worker's CPU, in some workers and not others (bench B6 and B1, `minflt` of the
 # worker). Fixed thresholds start every worker in the state the default policy may reach late or
 # never: a chunk always comes from the heap (below MMAP), and up to TRIM bytes of freed heap stay
-# mapped for the next chunks (64 MiB: the default policy's own ceiling). TRIM is what a worker may keep mapped beyond what it uses (its peak RSS is unchanged);
-# freed memory beyond it still goes back, and blocks above MMAP are returned as soon as freed.
+# mapped for the next chunks (64 MiB: the default policy's own ceiling). TRIM is what a worker may
+# keep mapped beyond what it uses (its peak RSS is unchanged); freed memory beyond it still goes
+# back, and blocks above MMAP are returned as soon as freed.
 HEAP_MMAP_THRESHOLD = 4 * CHUNK_SIZE
 HEAP_TRIM_THRESHOLD = 64 * CHUNK_SIZE
 _M_TRIM_THRESHOLD = -1  # glibc's malloc.h
