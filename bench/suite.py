@@ -131,6 +131,18 @@ def _cpu_of(pid: int) -> float:
     return proc_stat(pid).cpu_seconds
 
 
+def _scheduled(pid: int, column: int) -> float:
+    """Seconds all threads of `pid` spent on a CPU (column 0) or runnable, waiting for one (column 1), from
+    /proc/<pid>/task/*/schedstat; 0.0 where the kernel keeps no such statistics."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[column])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / 1e9
+
+
 def _costed(fetcher: Callable[[], Fetch], processes: Mapping[str, Callable[[], float]]) -> dict[str, float]:
     """`fetcher()`'s wall time, curl's CPU seconds and the CPU seconds each of `processes` spent meanwhile."""
     before = {name: read() for name, read in processes.items()}
@@ -176,7 +188,8 @@ def big_files(tmp: Path, runs: int, cases: list[tuple[int, int]], env: dict[str,
                    "GET /:id / relay", "POST / direct", "zip MB/s"])
     bound = Table("b1_cpu", "B1 what bounds it: CPU per GB of every process on the path (the same runs)",
                   ["files", "path", "s", "x direct", "upstream nginx CPU s/GB", "relay or worker CPU s/GB",
-                   "curl CPU s/GB", "all processes CPU s/GB", "cores busy"])
+                   "curl CPU s/GB", "all processes CPU s/GB", "cores busy",
+                   "worker on a CPU / waiting for one / asleep, of the wall time"])
     for count, size in cases:
         paths = {f"/b1/{size}/{i}.bin": make_file(tmp / f"b1-{size}-{i}.bin", size, size <= 64 * MiB)
                  for i in range(count)}
@@ -196,7 +209,8 @@ def big_files(tmp: Path, runs: int, cases: list[tuple[int, int]], env: dict[str,
                 one_off = server.url("/bundle")
                 (pid,) = server.worker_pids()
                 cpu = {"upstream": upstream.cpu_seconds, "relay": relay.cpu_seconds,
-                       "python": partial(_cpu_of, python_pid), "worker": partial(_cpu_of, pid)}
+                       "python": partial(_cpu_of, python_pid), "worker": partial(_cpu_of, pid),
+                       "worker on cpu": partial(_scheduled, pid, 0), "worker waiting": partial(_scheduled, pid, 1)}
                 got = interleaved(runs, {
                     "direct": partial(_costed, partial(curl_many, srcs), cpu),
                     "concurrent": partial(_wall, curl_many, srcs, parallel),
@@ -217,9 +231,11 @@ def big_files(tmp: Path, runs: int, cases: list[tuple[int, int]], env: dict[str,
             reading = got[name]
             middle = reading["relay"] + reading["python"] + reading["worker"]
             everyone = reading["upstream"] + middle + reading["curl"]
+            on, waiting = reading["worker on cpu"] / reading["s"], reading["worker waiting"] / reading["s"]
             bound.add(files, label, reading["s"], ratio(reading["s"], direct), reading["upstream"] / gb,
                       middle / gb if name != "direct" else "-", reading["curl"] / gb, everyone / gb,
-                      f"{everyone / reading['s']:.2f}")
+                      f"{everyone / reading['s']:.2f}",
+                      f"{on:.0%} / {waiting:.0%} / {max(0.0, 1 - on - waiting):.0%}" if name == "get" else "-")
     table.notes.append(f"median of {runs} interleaved runs; client: curl to /dev/null (wall time of the curl "
                        "process, the same for every row); stored zip; files served by nginx with sendfile on "
                        "127.0.0.1 (random bytes up to 64 MiB, sparse above). Limits: the direct download of the "
@@ -231,7 +247,9 @@ def big_files(tmp: Path, runs: int, cases: list[tuple[int, int]], env: dict[str,
                        "rusage, per GB of member data. Loopback TCP's receive work is counted to whichever "
                        "process sends. cores busy: all processes' CPU seconds / wall seconds (at most the "
                        "machine's cores, less what else runs). The least Python relay: http.client read1 of up "
-                       "to 1 MiB, zlib-ng CRC-32, gevent sendall; no framing, checks, WSGI or read-ahead.")
+                       "to 1 MiB, zlib-ng CRC-32, gevent sendall; no framing, checks, WSGI or read-ahead. The "
+                       "worker's time on a CPU and waiting for one (runnable) from /proc/<pid>/task/*/schedstat; "
+                       "asleep: the rest (waiting for a socket).")
     return [table, bound]
 
 
