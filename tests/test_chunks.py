@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 import sys
@@ -85,5 +86,5 @@ def test_keep_chunk_memory_does_nothing_without_glibc(monkeypatch: pytest.Monkey
     def not_glibc(name: str) -> str:
         raise ValueError(f"unrecognized configuration name {name!r}")  # what musl's and macOS's Pythons raise
 
-    monkeypatch.setattr(chunks.os, "confstr", not_glibc)
+    monkeypatch.setattr(os, "confstr", not_glibc)
     assert chunks.keep_chunk_memory() is False

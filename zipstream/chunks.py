@@ -1,12 +1,10 @@
-"""Byte chunks, the unit of the whole data path: how big they are and how an iterator of them is let go.
+"""Byte chunks, the unit of the whole data path: how big they are, how an iterator of them is let go, and
+how their memory is kept.
 
 No Flask, no network, no database: every layer from a source's body to the response imports this.
 """
 
 from __future__ import annotations
-
-import ctypes
-import os
 
 # The size bytes move in: every upstream body is read in reads of at most this many bytes (file,
 # HTTP, S3, a decoded gzip body), which the stored zip passes through as they are, and the stored
@@ -15,6 +13,18 @@ import os
 # per GB stored); larger ones would cost memory per download. The deflate writer gathers a quarter
 # of it before its first byte (archive.DEFLATE_BLOCK says why).
 CHUNK_SIZE = 1024 * 1024
+
+
+def close_iterator(iterator: object) -> None:
+    """Close `iterator` now if it can be closed (a generator, an upstream body), else do nothing (None too).
+
+    A generator's `finally` (closing a socket, giving held bytes back, stopping read-ahead) runs
+    only when it is exhausted, closed or collected; every layer that stops reading early calls this
+    in its own `finally`, so an aborted download releases everything below it at once.
+    """
+    close = getattr(iterator, "close", None)
+    if close is not None:
+        close()
 
 
 # glibc hands freed heap memory back to the system once more than its trim threshold lies free at
@@ -41,6 +51,9 @@ def keep_chunk_memory() -> bool:
     Process-wide; called once per worker (gunicorn_conf.post_worker_init). True if set; False, doing
     nothing, where the C library is not glibc (musl, macOS: other allocators, other policies).
     """
+    import ctypes  # here, not at the top: used once per worker
+    import os
+
     try:
         libc = os.confstr("CS_GNU_LIBC_VERSION") or ""
     except (ValueError, OSError):  # not a name this C library knows: not glibc
@@ -51,15 +64,3 @@ def keep_chunk_memory() -> bool:
     if mallopt is None:
         return False
     return bool(mallopt(_M_MMAP_THRESHOLD, HEAP_MMAP_THRESHOLD) and mallopt(_M_TRIM_THRESHOLD, HEAP_TRIM_THRESHOLD))
-
-
-def close_iterator(iterator: object) -> None:
-    """Close `iterator` now if it can be closed (a generator, an upstream body), else do nothing (None too).
-
-    A generator's `finally` (closing a socket, giving held bytes back, stopping read-ahead) runs
-    only when it is exhausted, closed or collected; every layer that stops reading early calls this
-    in its own `finally`, so an aborted download releases everything below it at once.
-    """
-    close = getattr(iterator, "close", None)
-    if close is not None:
-        close()
