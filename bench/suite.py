@@ -154,10 +154,10 @@ def _costed(fetcher: Callable[[], Fetch], processes: Mapping[str, Callable[[], f
 
 
 @contextmanager
-def _python_relay(upstream: Nginx) -> Iterator[tuple[str, int]]:
-    """bench/python_relay.py in front of `upstream`: (base URL, pid)."""
+def _python_relay(upstream: Nginx, *mode: str) -> Iterator[tuple[str, int]]:
+    """bench/python_relay.py (in `mode`) in front of `upstream`: (base URL, pid)."""
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "bench.python_relay", str(port), str(upstream.port)],
+    process = subprocess.Popen([sys.executable, "-m", "bench.python_relay", str(port), str(upstream.port), *mode],
                                cwd=Path(__file__).resolve().parents[1])
     try:
         deadline = time.monotonic() + 15
@@ -176,7 +176,9 @@ def _python_relay(upstream: Nginx) -> Iterator[tuple[str, int]]:
 
 
 _PATHS = {"direct": "direct (nginx sendfile -> curl)", "relay": "through nginx proxy_pass (C, 1 MiB buffers)",
-          "python": "through the least Python relay (bench/python_relay.py)", "get": "ZipStream GET /:id"}
+          "python": "through the least Python relay (bench/python_relay.py)",
+          "splice": "through a splice relay: no user-space copy, no CRC (bench/python_relay.py splice)",
+          "get": "ZipStream GET /:id"}
 
 
 def big_files(tmp: Path, runs: int, cases: list[tuple[int, int]], env: dict[str, str], parallel: int) -> list[Table]:
@@ -197,25 +199,30 @@ def big_files(tmp: Path, runs: int, cases: list[tuple[int, int]], env: dict[str,
         relay = _Relay(upstream).start()
         try:
             with (service(tmp, env) as server, requests.Session() as session,
-                  _python_relay(upstream) as (python_base, python_pid)):
+                  _python_relay(upstream) as (python_base, python_pid),
+                  _python_relay(upstream, "splice") as (splice_base, splice_pid)):
                 srcs = [upstream.url(name) for name in paths]
                 relayed = [relay.url(name) for name in paths]
                 python_relayed = [python_base + name for name in paths]
+                spliced = [splice_base + name for name in paths]
                 url = _bundle(session, server.base_url, srcs)
                 body = json_body(tmp, srcs)
                 curl(url)  # warm-up: connections, page cache
                 curl_many(relayed)
                 curl_many(python_relayed)
+                curl_many(spliced)
                 one_off = server.url("/bundle")
                 (pid,) = server.worker_pids()
                 cpu = {"upstream": upstream.cpu_seconds, "relay": relay.cpu_seconds,
-                       "python": partial(_cpu_of, python_pid), "worker": partial(_cpu_of, pid),
+                       "python": partial(_cpu_of, python_pid), "splice": partial(_cpu_of, splice_pid),
+                       "worker": partial(_cpu_of, pid),
                        "worker on cpu": partial(_scheduled, pid, 0), "worker waiting": partial(_scheduled, pid, 1)}
                 got = interleaved(runs, {
                     "direct": partial(_costed, partial(curl_many, srcs), cpu),
                     "concurrent": partial(_wall, curl_many, srcs, parallel),
                     "relay": partial(_costed, partial(curl_many, relayed), cpu),
                     "python": partial(_costed, partial(curl_many, python_relayed), cpu),
+                    "splice": partial(_costed, partial(curl_many, spliced), cpu),
                     "post": partial(_wall, curl, one_off, post_json=body),
                     "get": partial(_costed, partial(curl, url), cpu),
                 })
@@ -229,7 +236,7 @@ def big_files(tmp: Path, runs: int, cases: list[tuple[int, int]], env: dict[str,
         gb = count * size / 1e9
         for name, label in _PATHS.items():
             reading = got[name]
-            middle = reading["relay"] + reading["python"] + reading["worker"]
+            middle = reading["relay"] + reading["python"] + reading["splice"] + reading["worker"]
             everyone = reading["upstream"] + middle + reading["curl"]
             on, waiting = reading["worker on cpu"] / reading["s"], reading["worker waiting"] / reading["s"]
             bound.add(files, label, reading["s"], ratio(reading["s"], direct), reading["upstream"] / gb,
@@ -249,7 +256,8 @@ def big_files(tmp: Path, runs: int, cases: list[tuple[int, int]], env: dict[str,
                        "machine's cores, less what else runs). The least Python relay: http.client read1 of up "
                        "to 1 MiB, zlib-ng CRC-32, gevent sendall; no framing, checks, WSGI or read-ahead. The "
                        "worker's time on a CPU and waiting for one (runnable) from /proc/<pid>/task/*/schedstat; "
-                       "asleep: the rest (waiting for a socket).")
+                       "asleep: the rest (waiting for a socket). The splice relay moves the bytes socket -> pipe -> "
+                       "socket inside the kernel (os.splice), blocking sockets, no CRC.")
     return [table, bound]
 
 
