@@ -236,7 +236,7 @@ S3_PATH_STYLE: Setting[bool | None] = setting(
     "S3_PATH_STYLE", _bool, None, "S3 addressing: true path style, false virtual-hosted, unset botocore's choice")
 # 0 is "unset" here: the pool is then sized from PREFLIGHT_CONCURRENCY (aws.pool_size).
 S3_MAX_POOL = setting("S3_MAX_POOL", whole(1), 0,
-                      "S3 connections per worker (unset: max(100, 4 x PREFLIGHT_CONCURRENCY))", shown="")
+                      "S3 connections per worker (unset: max(100, 2 x PREFLIGHT_CONCURRENCY))", shown="")
 S3_TIMEOUT = setting("S3_TIMEOUT", _seconds, 30.0, "seconds to wait for S3")
 FILE_ROOT = setting("FILE_ROOT", _directory, "", "directory file:// sources are confined to (needed with file)")
 PREFETCH = setting("PREFETCH", whole(0), 16, "members fetched ahead of the one streaming out (bench B2)")
