@@ -242,6 +242,11 @@ FILE_ROOT = setting("FILE_ROOT", _directory, "", "directory file:// sources are 
 PREFETCH = setting("PREFETCH", whole(0), 16, "members fetched ahead of the one streaming out (bench B2)")
 PREFETCH_BYTES = setting("PREFETCH_BYTES", whole(64 * 1024), 4 * 1024 * 1024,
                          "bytes read ahead per download, all members together")
+# Every byte a worker holds for downloads (chunks going out, read-ahead, pre-flight holds) is granted from
+# this; a download that can't get it waits. 96 MiB: 2 workers of ~60 MiB baseline each, plus this, plus
+# ~20 KiB per open download (bench B8) fit a 512 MB container. See memory.py and README, performance.
+MEMORY_BUDGET = setting("MEMORY_BUDGET", whole(4 * 1024 * 1024), 96 * 1024 * 1024,
+                        "bytes one worker holds for all its downloads together; past it downloads wait")
 PREFLIGHT_CONCURRENCY = setting("PREFLIGHT_CONCURRENCY", whole(1), 64,
                                 "concurrent requests per download's pre-flight (bench B2)")
 # Files this small need no second request. See sources/held.py and README, performance.
@@ -404,6 +409,7 @@ class Config:
     file_root: str = FILE_ROOT.field()
     prefetch: int = PREFETCH.field()
     prefetch_bytes: int = PREFETCH_BYTES.field()
+    memory_budget: int = MEMORY_BUDGET.field()
     preflight_concurrency: int = PREFLIGHT_CONCURRENCY.field()
     preflight_fetch_bytes: int = PREFLIGHT_FETCH_BYTES.field()
     preflight_hold_bytes: int = PREFLIGHT_HOLD_BYTES.field()

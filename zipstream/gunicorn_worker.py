@@ -35,6 +35,7 @@ from typing import Any
 import gevent
 from gunicorn.workers.ggevent import GeventWorker as _GeventWorker
 
+from . import memory
 from .config import HEADER_TIMEOUT
 from .peek import peek
 
@@ -49,6 +50,8 @@ class GeventWorker(_GeventWorker):  # type: ignore[misc]
         super().__init__(*args, **kwargs)
         self._idle: set[socket.socket] = set()  # connections waiting for (the rest of) their next request
         self.header_timeout = HEADER_TIMEOUT.read(os.environ)  # gunicorn_conf.py refused a bad one already
+        # The worker's memory for downloads (MEMORY_BUDGET), made before any request can ask for it.
+        memory.worker_budget(os.environ)
         # The connection each handler greenlet serves, and how many heads it has waited for.
         self._connections: dict[Any, list[Any]] = {}
 
