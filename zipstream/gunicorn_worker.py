@@ -1,5 +1,6 @@
 """gunicorn's gevent worker, plus two things it lacks: a deadline for a request's head, and a stopping
-worker closes its idle keep-alive connections.
+worker closes its idle keep-alive connections. It also makes the worker's memory budget for downloads
+(memory.py) once gevent has patched `threading`.
 
 **Request-head deadline (`HEADER_TIMEOUT`).** gunicorn's gevent worker waits for a request's line and
 headers as long as its `keepalive` (75 s here), on a new connection too, so a client that connects and
@@ -50,10 +51,14 @@ class GeventWorker(_GeventWorker):  # type: ignore[misc]
         super().__init__(*args, **kwargs)
         self._idle: set[socket.socket] = set()  # connections waiting for (the rest of) their next request
         self.header_timeout = HEADER_TIMEOUT.read(os.environ)  # gunicorn_conf.py refused a bad one already
-        # The worker's memory for downloads (MEMORY_BUDGET), made before any request can ask for it.
-        memory.worker_budget(os.environ)
         # The connection each handler greenlet serves, and how many heads it has waited for.
         self._connections: dict[Any, list[Any]] = {}
+
+    def patch(self) -> None:
+        """gevent's monkey-patching, then the worker's memory for downloads (MEMORY_BUDGET): made here, in
+        the worker process and with gevent's locks, before any request can ask for it."""
+        super().patch()
+        memory.worker_budget(os.environ)
 
     def handle(self, listener: Any, client: socket.socket, addr: Any) -> None:
         self._idle.add(client)

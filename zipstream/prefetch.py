@@ -24,6 +24,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 
 from .chunks import CHUNK_SIZE, close_iterator, reading
+from .errors import StreamAborted
 from .memory import Account, MemoryBudget
 
 OpenMember = Callable[[int], Iterator[bytes]]
@@ -40,6 +41,7 @@ class _Fetch:
         self.buffered = 0
         self._current = (0, False)  # the grant of the chunk the consumer has now
         self._waiting = False  # the consumer waits for this member's next chunk
+        self.opened = False  # granted memory once (so its body is open)
         self._done = False
         self._cancelled = False
         self._error: BaseException | None = None
@@ -56,7 +58,8 @@ class _Fetch:
                 if self._cancelled:
                     return None
                 size = min(CHUNK_SIZE, owner._room(self))
-                if size > 0 and owner.account.try_acquire(size):
+                if size > 0 and owner._in_turn(self) and owner.account.try_acquire(size):
+                    self.opened = True
                     return size, True
                 if self is owner._head and self._waiting and not self._chunks:
                     break
@@ -75,7 +78,9 @@ class _Fetch:
             while True:
                 grant = self._grant()
                 if grant is None:
-                    return
+                    if self._cancelled:
+                        return
+                    raise StreamAborted("the client left while its download waited for memory")
                 size, ahead = grant
                 try:
                     if chunks is None:
@@ -203,6 +208,11 @@ class Prefetcher:
         self._closed = False
         self.peak_buffered = 0  # most bytes buffered at once (tests and benchmarks read it)
     # -- called by the workers, with _cond held --
+    def _in_turn(self, fetch: _Fetch) -> bool:
+        """Members are opened in order: read-ahead goes to the next member the consumer needs first."""
+        return fetch is self._head or all(other.opened or other._done for index, other in list(self._fetches.items())
+                                          if index < fetch.index)  # list(): take() pops meanwhile
+
     def _room(self, fetch: _Fetch) -> int:
         """Bytes `fetch` may read ahead now, within this download's budget (<= 0: none)."""
         half = self.budget // 2
