@@ -356,12 +356,17 @@ def _memory_gauges(base_url: str) -> dict[str, dict[str, float]]:
     text = requests.get(base_url + "/metrics", timeout=30).text
     found: dict[str, dict[str, float]] = {}
     for line in text.splitlines():
-        if line.startswith("zipstream_memory_") and "{" in line:
+        if not line.startswith("zipstream_memory_"):
+            continue
+        if "{" in line:
             name, rest = line.split("{", 1)
             labels, value = rest.rsplit("}", 1)
             pid = next((part.split("=", 1)[1].strip('"') for part in labels.split(",") if part.startswith("pid=")),
                        "")
-            found.setdefault(name, {})[pid] = float(value)
+        else:
+            name, value = line.split(" ", 1)
+            pid = ""
+        found.setdefault(name, {})[pid] = float(value)
     return found
 
 
@@ -378,7 +383,9 @@ def slow_clients(tmp: Path, counts: list[int], files: int, size: int, stall: flo
                    "limit MiB per worker (baseline + budget)", "within the limit", "peak granted MiB per worker "
                    "(gauge)", "KiB per slow download (peak sum - baseline)", "RSS after drain MiB (2 workers)",
                    "fast client alone MB/s", f"{fast} fast clients meanwhile MB/s each", "meanwhile / alone",
-                   "s to drain", "upstream requests per slow download"])
+                   "s to drain", "upstream requests per slow download", "stalled: RSS MiB per worker",
+                   "stalled: KiB per download", "stalled: granted MiB per worker", "stalled: waiting downloads",
+                   "workers' CPU while the fast clients ran (cores)"])
     paths = {f"/b8/{i}.bin": make_file(tmp / f"b8-{size}-{i}.bin", size, random_bytes=True) for i in range(files)}
     upstream = upstream_with(paths)
     try:
@@ -406,13 +413,22 @@ def slow_clients(tmp: Path, counts: list[int], files: int, size: int, stall: flo
                 sampler = _RssSampler(pids)
                 sampler.start()
                 meanwhile: list[float] = []
+                during: dict[str, Any] = {}
 
-                def stalled(open_now: int, url: str = url, length: int = length,
-                            meanwhile: list[float] = meanwhile) -> None:
+                def stalled(open_now: int, url: str = url, length: int = length, meanwhile: list[float] = meanwhile,
+                            during: dict[str, Any] = during, pids: list[int] = pids,
+                            base_url: str = server.base_url) -> None:
                     began = time.monotonic()
                     time.sleep(min(5.0, stall / 2))  # past the burst of read-ahead that follows the first bytes
+                    during["open"] = open_now
+                    during["rss"] = {pid: proc_stat(pid).rss for pid in pids}
+                    during["gauges"] = _memory_gauges(base_url)
                     if fast:
+                        cpu = sum(proc_stat(pid).cpu_seconds for pid in pids)
+                        wall = time.monotonic()
                         meanwhile.extend(_fast_clients(url, fast, length))
+                        during["cpu"] = (sum(proc_stat(pid).cpu_seconds for pid in pids) - cpu) / (
+                            time.monotonic() - wall)
                     time.sleep(max(0.0, stall - (time.monotonic() - began)))
 
                 path = url.split(str(server.port), 1)[1]
@@ -433,6 +449,7 @@ def slow_clients(tmp: Path, counts: list[int], files: int, size: int, stall: flo
             budget = max(budgets.values(), default=0.0)
             limits = {pid: baselines[pid] + budget for pid in pids}
             fast_speed = median(meanwhile) if meanwhile else 0.0
+            stalled_granted = during["gauges"].get("zipstream_memory_granted_bytes", {})
             table.add(count, ok, len(errors), budget / MiB,
                       " + ".join(f"{baselines[pid] / MiB:.0f}" for pid in pids),
                       " + ".join(f"{hwm[pid] / MiB:.0f}" for pid in pids),
@@ -440,7 +457,12 @@ def slow_clients(tmp: Path, counts: list[int], files: int, size: int, stall: flo
                       "yes" if all(hwm[pid] <= limits[pid] for pid in pids) else "NO",
                       " + ".join(f"{granted.get(str(pid), 0.0) / MiB:.1f}" for pid in pids),
                       (sampler.peak_sum - baseline) / count / 1024, after / MiB, alone, fast_speed,
-                      ratio(fast_speed, alone) if meanwhile else "-", elapsed, f"{served / count:.2f}")
+                      ratio(fast_speed, alone) if meanwhile else "-", elapsed, f"{served / count:.2f}",
+                      " + ".join(f"{during['rss'][pid] / MiB:.0f}" for pid in pids),
+                      (sum(during["rss"].values()) - baseline) / max(1, during["open"]) / 1024,
+                      " + ".join(f"{stalled_granted.get(str(pid), 0.0) / MiB:.1f}" for pid in pids),
+                      f"{sum(during['gauges'].get('zipstream_memory_waiting', {}).values()):.0f}",
+                      during.get("cpu", 0.0))
             if errors:
                 table.notes.append(f"{count} downloads, first errors: {sorted(set(errors))[:3]}")
     finally:
@@ -455,8 +477,11 @@ def slow_clients(tmp: Path, counts: list[int], files: int, size: int, stall: flo
         f"Open-file limit {limit}. Upstream requests: nginx's count over the crowd, less the fast clients' (one per "
         "file each); more than one per file means reads were re-opened (nginx closes a connection its reader "
         "has not drained for send_timeout, 60 s). Peak granted: the workers' zipstream_memory_granted_peak_bytes "
-        "after the drain (never above MEMORY_BUDGET). Targets (issue 16): 10,000 slow downloads all complete "
-        "byte-correct, peak RSS ≤ budget + baseline (e.g. ≤ 512 MiB per worker), fast clients near full speed.")
+        "after the drain (never above MEMORY_BUDGET). Stalled: read just before the fast clients run, every slow "
+        "client stalled (RSS from /proc, granted and waiting from /metrics); the peaks include the drain, when "
+        "every download reads whole chunks and the budget is in full use. Targets (issue 16): 10,000 slow "
+        "downloads all complete byte-correct, peak RSS ≤ budget + baseline (e.g. ≤ 512 MiB per worker), fast "
+        "clients near full speed.")
     return table
 
 

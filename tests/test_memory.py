@@ -3,15 +3,22 @@
 
 from __future__ import annotations
 
+import io
+import os
 import socket
 import threading
+import zipfile
+from collections.abc import Callable, Iterator
 
 import pytest
+import requests
 
 from zipstream import counters, memory
 from zipstream.chunks import CHUNK_SIZE
 from zipstream.memory import MIN_READ, Account, ClientWindow, MemoryBudget
 
+from .support.live import LiveServer
+from .support.upstream import UpstreamServer
 from .support.waiting import wait_for
 
 
@@ -146,7 +153,7 @@ def test_the_worker_budget_reads_memory_budget_once_and_configure_resizes_it() -
 
 
 @pytest.fixture
-def connection() -> tuple[socket.socket, socket.socket]:
+def connection() -> Iterator[tuple[socket.socket, socket.socket]]:
     listener = socket.create_server(("127.0.0.1", 0))
     client = socket.create_connection(listener.getsockname())
     server, _ = listener.accept()
@@ -206,3 +213,61 @@ def _queued(sock: socket.socket) -> int:
     import termios
 
     return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0])
+
+
+# -- through gunicorn: slow clients wait within the budget, a fast one is served meanwhile -------------
+
+def _gauges(server: LiveServer) -> dict[str, float]:
+    """The memory gauges of the (one) worker, from /metrics."""
+    values: dict[str, float] = {}
+    for line in requests.get(server.url("/metrics"), timeout=10).text.splitlines():
+        if line.startswith("zipstream_memory_"):
+            name = line.split("{", 1)[0].split(" ", 1)[0]
+            values[name] = float(line.rsplit(" ", 1)[1])
+    return values
+
+
+def _stall(port: int, path: str) -> tuple[socket.socket, bytes]:
+    """A download that reads its head and 4 KiB of body, then nothing: (its socket, what it read)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    received = b""
+    while b"\r\n\r\n" not in received or len(received.partition(b"\r\n\r\n")[2]) < 4096:
+        data = sock.recv(4096)
+        assert data, f"closed early: {received[:200]!r}"
+        received += data
+    return sock, received.partition(b"\r\n\r\n")[2]
+
+
+def _drain(sock: socket.socket, body: bytes) -> bytes:
+    chunks = [body]
+    with sock:
+        while data := sock.recv(1 << 20):
+            chunks.append(data)
+    return b"".join(chunks)
+
+
+def test_under_gunicorn_stalled_clients_keep_the_worker_within_its_budget_and_a_fast_one_is_served(
+    serve: Callable[..., LiveServer], upstream: UpstreamServer,
+) -> None:
+    files = {f"/big{i}.bin": os.urandom(2 * CHUNK_SIZE) for i in range(3)}
+    for path, data in files.items():
+        upstream.add(path, data)
+    budget = 4 * CHUNK_SIZE
+    server = serve(MEMORY_BUDGET=str(budget), ACCESS_LOG="/dev/null")
+    created = requests.post(server.url("/"), json={"files": [{"src": upstream.url(path)} for path in files]},
+                            timeout=30)
+    path = f"/{created.json()['id']}"
+    whole = requests.get(server.url(path), timeout=60).content
+    assert zipfile.ZipFile(io.BytesIO(whole)).read("big1.bin") == files["/big1.bin"]
+    stalled = [_stall(server.port, path) for _ in range(24)]
+    # Meanwhile a fast client gets the whole zip, though the stalled ones read nothing on.
+    assert requests.get(server.url(path), timeout=60).content == whole
+    gauges = _gauges(server)
+    assert gauges["zipstream_memory_budget_bytes"] == budget
+    assert 0 < gauges["zipstream_memory_granted_peak_bytes"] <= budget
+    for sock, body in stalled:
+        assert _drain(sock, body) == whole
+    wait_for(lambda: _gauges(server)["zipstream_memory_granted_bytes"] == 0, "every grant given back")

@@ -5,10 +5,10 @@ chunks per member) and runs each member's iteration in a worker thread (a greenl
 gevent worker, which monkey-patches `threading`). Every chunk is granted from the download's memory
 `Account` (memory.py) before it is read, and given back once the consumer asks for the next one:
 
-- read ahead (any member, while the consumer has what it needs): `try_acquire`, within the download's
-  own `budget` (PREFETCH_BYTES) and the worker's share for bytes held for later. Refused, the fetch
-  waits until the consumer moves on; it never waits in the worker's queue, so a stalled download's
-  read-ahead never keeps another download from streaming.
+- read ahead (any member, while the consumer has what it needs and its client drains): `try_acquire`,
+  within the download's own `budget` (PREFETCH_BYTES) and the worker's share for bytes held for later.
+  Refused, the fetch waits until the consumer moves on; it never waits in the worker's queue, so a
+  stalled download's read-ahead never keeps another download from streaming.
 - the chunk the consumer is waiting for (the member it reads, nothing buffered): `acquire`, in the
   worker's queue, of the size the consumer asks for (`wanted`, memory.ClientWindow.read_size), read
   with that size (chunks.reading).
@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 
 from .chunks import CHUNK_SIZE, close_iterator, reading
 from .errors import StreamAborted
-from .memory import Account, MemoryBudget
+from .memory import MIN_READ, Account, MemoryBudget
 
 OpenMember = Callable[[int], Iterator[bytes]]
 
@@ -58,7 +58,7 @@ class _Fetch:
                 if self._cancelled:
                     return None
                 size = min(CHUNK_SIZE, owner._room(self))
-                if size > 0 and owner._in_turn(self) and owner.account.try_acquire(size):
+                if size > 0 and owner._keeping_up() and owner._in_turn(self) and owner.account.try_acquire(size):
                     self.opened = True
                     return size, True
                 if self is owner._head and self._waiting and not self._chunks:
@@ -208,6 +208,11 @@ class Prefetcher:
         self._closed = False
         self.peak_buffered = 0  # most bytes buffered at once (tests and benchmarks read it)
     # -- called by the workers, with _cond held --
+    def _keeping_up(self) -> bool:
+        """Read ahead only for a client that drains what it is sent: one that stalls (its reads down to
+        memory.MIN_READ) would keep the worker's share for read-ahead from the downloads that move."""
+        return self._wanted() > MIN_READ
+
     def _in_turn(self, fetch: _Fetch) -> bool:
         """Members are opened in order: read-ahead goes to the next member the consumer needs first."""
         return fetch is self._head or all(other.opened or other._done for index, other in list(self._fetches.items())
