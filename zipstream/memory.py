@@ -49,6 +49,9 @@ log = logging.getLogger(__name__)
 WAIT_POLL = 1.0
 # The "downloads are waiting for memory" line is logged at most this often per worker (seconds).
 WAIT_LOG_EVERY = 10.0
+# Reads shrink to what the client drained, but not below this: a read costs about the same CPU whatever
+# its size, and a stalled download keeps about this much (10,000 of them: 80 MiB; bench B8).
+MIN_READ = 8 * 1024
 
 
 class MemoryBudget:
@@ -84,12 +87,14 @@ class MemoryBudget:
         """Acquires waiting now."""
         return len(self._queue)
 
-    def try_acquire(self, count: int) -> bool:
-        """Grant `count` bytes held for later, if they fit now under both limits and nobody waits."""
+    def try_acquire(self, count: int, ahead: bool = True) -> bool:
+        """Grant `count` bytes if they fit now and nobody waits: held for later (`ahead`, within
+        `ahead_limit` too), or more for the chunk going out of a download that has some already."""
         with self._lock:
-            if self._queue or self.used + count > self.total or self.ahead + count > self.ahead_limit:
+            if self._queue or self.used + count > self.total or (ahead and self.ahead + count > self.ahead_limit):
                 return False
-            self.ahead += count
+            if ahead:
+                self.ahead += count
             self._add(count)
             return True
 
@@ -170,6 +175,12 @@ class _Waiter:
 class Account:
     """One download's grants from a budget: what it holds now, given back in full by `close()`.
 
+    Its grant for the chunk going out (`out`, `next_read` / `streamed`) covers the chunk the layers
+    above still hold (the zip writer's and the server's frames keep it until the next one arrives), so
+    it is kept while the next is read, and set to that one's size once it is. A download that has one
+    never waits for memory: it reads within what it holds, and halves its reads while others wait, which
+    gives them the rest. Only a download holding none (its first chunk) waits, in the worker's queue.
+
     After `close()` nothing more is granted (a read-ahead worker still ending gets False) and giving
     back is a no-op, so no path can give back twice or keep a byte past the download's end.
     """
@@ -203,6 +214,35 @@ class Account:
         with self._lock:
             if self._ended():  # granted while the download was ending
                 self.budget.release(count)
+                return False
+            self.out += count
+            return True
+
+    def next_read(self, wanted: int, cancelled: Callable[[], bool] | None = None) -> int | None:
+        """Bytes the next read for the chunk going out may return (at most `wanted`), granted; None once
+        closed, or if `cancelled()` turned true while it waited (only a download holding nothing waits)."""
+        with self._lock:
+            if self.closed:
+                return None
+            held = self.out
+        if held == 0:
+            return wanted if self.acquire(wanted, cancelled) else None
+        if self.budget.waiting:
+            return min(wanted, max(MIN_READ, held // 2))
+        if wanted > held and self._grow(wanted - held):
+            return wanted
+        return min(wanted, held)
+
+    def streamed(self, size: int) -> None:
+        """The read returned `size` bytes: the grant for the chunk going out becomes that, but not less
+        than MIN_READ (the smallest read), so that the next read never waits."""
+        with self._lock:
+            held = self.out
+        self.resize(held, max(size, min(held, MIN_READ)))
+
+    def _grow(self, count: int) -> bool:
+        with self._lock:
+            if self.closed or not self.budget.try_acquire(count, ahead=False):
                 return False
             self.out += count
             return True
@@ -275,9 +315,6 @@ def configure(total: int) -> MemoryBudget:
 
 
 # -- the client's side --------------------------------------------------------------------------------
-# Reads shrink to what the client drained, but not below this: a read costs about the same CPU whatever
-# its size, and a stalled download keeps about this much (10,000 of them: 80 MiB; bench B8).
-MIN_READ = 8 * 1024
 # Bytes the kernel may queue for a client beyond what is in flight to it (TCP_NOTSENT_LOWAT, tcp(7)):
 # the socket counts as writable only below it. Without it, Linux grows a loopback or LAN socket's send
 # buffer to 4 MiB and takes ~3 MB from a client that reads nothing, in kernel memory the container pays

@@ -37,9 +37,10 @@ class _Fetch:
         self.index = index
         self._owner = owner
         self._cond = owner._cond  # one lock per download: the budget is shared by all members
-        self._chunks: deque[tuple[bytes, bool]] = deque()  # (chunk, granted as read-ahead)
+        # (chunk, granted as read-ahead; else within the download's grant for the chunk going out)
+        self._chunks: deque[tuple[bytes, bool]] = deque()
         self.buffered = 0
-        self._current = (0, False)  # the grant of the chunk the consumer has now
+        self._current = 0  # the read-ahead grant of the chunk the consumer has now
         self._waiting = False  # the consumer waits for this member's next chunk
         self.opened = False  # granted memory once (so its body is open)
         self._done = False
@@ -64,10 +65,11 @@ class _Fetch:
                 if self is owner._head and self._waiting and not self._chunks:
                     break
                 self._cond.wait()  # until the consumer moves on, waits, or cancels
-        size = owner._wanted()
-        if owner.account.acquire(size, cancelled=lambda: self._cancelled or owner._gone()):
-            return size, False
-        return None
+        granted = owner.account.next_read(owner._wanted(), cancelled=lambda: self._cancelled or owner._gone())
+        if granted is None:
+            return None
+        self.opened = True
+        return granted, False
 
     def _run(self) -> None:
         owner = self._owner
@@ -90,17 +92,23 @@ class _Fetch:
                     with reading(size):
                         chunk = next(chunks)
                 except StopIteration:
-                    account.release(size, ahead)
+                    if ahead:
+                        account.release(size, ahead)
                     return
                 except BaseException:
-                    account.release(size, ahead)
+                    if ahead:
+                        account.release(size, ahead)
                     raise
-                account.resize(size, len(chunk), ahead)
+                if ahead:
+                    account.resize(size, len(chunk), ahead)
+                else:
+                    account.streamed(len(chunk))  # the download's grant for the chunk going out
                 if not chunk:
                     continue
                 with self._cond:
                     if self._cancelled:
-                        account.release(len(chunk), ahead)
+                        if ahead:
+                            account.release(len(chunk), ahead)
                         return
                     self._chunks.append((chunk, ahead))
                     self.buffered += len(chunk)
@@ -122,23 +130,23 @@ class _Fetch:
     def chunks(self) -> Iterator[bytes]:
         """The member's chunks in order; raises the fetch's error once the chunks before it are out.
 
-        A chunk's memory is given back when the next one is asked for: until then the layers above
-        (the zip writer, the server) may still hold it.
+        A read-ahead chunk's memory is given back once the next one is here: until then the layers
+        above (the zip writer, the server) still hold it.
         """
         owner = self._owner
         try:
             while True:
                 with self._cond:
-                    owner.account.release(*self._current)
-                    self._current = (0, False)
                     while not self._chunks and not self._done:
                         self._waiting = True
                         self._cond.notify_all()
                         self._cond.wait()
                     self._waiting = False
+                    previous, self._current = self._current, 0
+                    owner.account.release(previous, ahead=True)
                     if self._chunks:
                         chunk, ahead = self._chunks.popleft()
-                        self._current = (len(chunk), ahead)
+                        self._current = len(chunk) if ahead else 0
                         self.buffered -= len(chunk)
                         owner._add(-len(chunk))
                         self._cond.notify_all()
@@ -153,16 +161,17 @@ class _Fetch:
 
     def cancel(self) -> None:
         """Stop fetching: the worker closes the body at its next chunk (at once, if it is waiting).
-        What it had buffered, and the consumer's chunk, go back to the budget."""
+        What it had read ahead, and the consumer's read-ahead chunk, go back to the budget."""
         account = self._owner.account
         with self._cond:
             if not self._done:
                 self._cancelled = True
             self._owner._add(-self.buffered)
             for chunk, ahead in self._chunks:
-                account.release(len(chunk), ahead)
-            account.release(*self._current)
-            self._current = (0, False)
+                if ahead:
+                    account.release(len(chunk), ahead)
+            account.release(self._current, ahead=True)
+            self._current = 0
             self._chunks.clear()
             self.buffered = 0
             self._cond.notify_all()

@@ -208,31 +208,25 @@ class ZipStream:
         return self._granted(self._open_source(self.plan.infos[index], start))
 
     def _granted(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
-        """A member read without read-ahead: each chunk granted (waiting in the worker's queue) before
-        it is read, in the size the output asks for, and given back when the next is asked for."""
+        """A member read without read-ahead: each chunk read within the download's grant for the chunk
+        going out (memory.Account.next_read: it waits in the worker's queue only for its first), in
+        the size the output asks for."""
         account = self._account
         if account is None:  # not streaming: nothing to account
             yield from chunks
             return
         try:
             while True:
-                size = self._read_size
-                if not account.acquire(size, cancelled=self._client_gone):
+                size = account.next_read(self._read_size, cancelled=self._client_gone)
+                if size is None:
                     raise StreamAborted("the client left while its download waited for memory")
-                try:
-                    with reading(size):
-                        chunk = next(chunks)
-                except StopIteration:
-                    account.release(size)
+                with reading(size):
+                    chunk = next(chunks, None)
+                if chunk is None:
                     return
-                except BaseException:
-                    account.release(size)
-                    raise
-                account.resize(size, len(chunk))
-                got = len(chunk)
+                account.streamed(len(chunk))
                 yield chunk
                 del chunk
-                account.release(got)
         finally:
             close_iterator(chunks)
 
