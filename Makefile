@@ -9,6 +9,9 @@ HOST ?= 127.0.0.1
 # committed tables. ARGS go to `python -m bench` (see `make bench ARGS=--help`).
 BENCH_OUT ?= bench/results/local
 ARGS ?=
+# pytest-xdist: two processes (CI has 2 cores), each running whole test files (their servers and
+# databases stay per file). `make unit PYTEST_PARALLEL=` runs the suite in one process.
+PYTEST_PARALLEL ?= -n 2 --dist loadfile
 # Two stamps: serving needs the package and its dependencies only; the test tools (moto, mypy,
 # schemathesis, selenium, ...) are installed by the targets that use them.
 SERVE_STAMP := $(VENV)/.installed-serve
@@ -43,7 +46,7 @@ typecheck: $(TEST_STAMP)
 
 unit: $(TEST_STAMP)
 	$(BIN)/python tests/support/system_deps.py
-	$(BIN)/pytest
+	$(BIN)/pytest $(PYTEST_PARALLEL)
 
 ## make fuzz: schemathesis against /openapi.json, 200 examples per operation (thousands of requests)
 fuzz: $(TEST_STAMP)

@@ -85,7 +85,7 @@ def run(args: argparse.Namespace, tmp: Path) -> list[Table]:
             big = args.b1_big_mib or (1 if small else 1024 if full else 256)
             cases = [(3, 64 * 1024)] if small else [(20, 10 * suite.MiB)]
             cases.append((2, big * suite.MiB))
-            tables.append(suite.big_files(tmp, runs, cases, env, parallel))
+            tables.extend(suite.big_files(tmp, runs, cases, env, parallel))
         elif name == "b2":
             count = 20 if small else args.b2_files
             head = {"PREFLIGHT_FETCH_BYTES": "0"}
@@ -110,7 +110,7 @@ def run(args: argparse.Namespace, tmp: Path) -> list[Table]:
             tables.append(suite.first_byte(tmp, runs, counts, 16 * 1024, latency, env, parallel))
         elif name == "b6":
             size = (args.b6_mib or (4 if small else 1024 if full else 128)) * suite.MiB
-            tables.append(suite.cpu_per_gb(tmp, size, env))
+            tables.append(suite.cpu_per_gb(tmp, runs, size, env))
         elif name == "b7":
             count = args.b7_files or (50 if small else 2000)
             profile = args.results / "b7_profile.raw" if args.profile else None

@@ -6,6 +6,7 @@ import asyncio
 import concurrent.futures
 import hashlib
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -13,7 +14,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from statistics import median
@@ -21,6 +23,7 @@ from typing import Any
 
 import requests
 
+from tests.support.live import free_port
 from tests.support.nginx import Nginx
 
 from .harness import (
@@ -28,7 +31,6 @@ from .harness import (
     Table,
     curl,
     curl_many,
-    fetch,
     interleaved,
     json_body,
     make_file,
@@ -38,7 +40,6 @@ from .harness import (
     reset_peak_rss,
     service,
     time_to_first_byte,
-    timed_runs,
     upstream_with,
     workers_stat,
 )
@@ -77,38 +78,187 @@ def _first(url: str, post_json: Path | None = None) -> dict[str, float]:
 
 
 # -- B1 -------------------------------------------------------------------------------------------
-def big_files(tmp: Path, runs: int, cases: list[tuple[int, int]], env: dict[str, str], parallel: int) -> Table:
-    """B1: N x size through POST /bundle and GET /:id vs the same files fetched straight from nginx."""
+class _Relay(Nginx):
+    """nginx as a plain relay in front of `upstream`: every byte read into user space and written out again,
+    in C, with reused 1 MiB buffers, nothing checked. What any service in the data path costs at the least."""
+
+    def __init__(self, upstream: Nginx) -> None:
+        super().__init__(proxy_to=upstream.port)
+
+    def config(self) -> str:
+        tmp = self._tmp
+        user = "user root;\n" if os.geteuid() == 0 else ""
+        temp = " ".join(f"{kind}_temp_path {tmp}/{kind};"
+                        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+        return f"""{user}daemon off;
+worker_processes 1;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    {temp}
+    tcp_nodelay on;
+    upstream files {{ server 127.0.0.1:{self.proxy_to}; keepalive 16; }}
+    server {{
+        listen 127.0.0.1:{self.port};
+        location / {{
+            proxy_pass http://files;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering on;
+            proxy_buffer_size 1m;
+            proxy_buffers 8 1m;
+            proxy_busy_buffers_size 2m;
+            proxy_max_temp_file_size 0;
+        }}
+    }}
+    server {{
+        listen 127.0.0.1:{self.status_port};
+        location / {{ stub_status; }}
+    }}
+}}
+"""
+
+
+def _children_cpu() -> float:
+    """CPU seconds (user + system) of this process's waited-for children: curl's, around a curl run."""
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
+
+
+def _cpu_of(pid: int) -> float:
+    return proc_stat(pid).cpu_seconds
+
+
+def _scheduled(pid: int, column: int) -> float:
+    """Seconds all threads of `pid` spent on a CPU (column 0) or runnable, waiting for one (column 1), from
+    /proc/<pid>/task/*/schedstat; 0.0 where the kernel keeps no such statistics."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[column])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / 1e9
+
+
+def _costed(fetcher: Callable[[], Fetch], processes: Mapping[str, Callable[[], float]]) -> dict[str, float]:
+    """`fetcher()`'s wall time, curl's CPU seconds and the CPU seconds each of `processes` spent meanwhile."""
+    before = {name: read() for name, read in processes.items()}
+    client = _children_cpu()
+    wall = fetcher().wall
+    got = {"s": wall, "curl": _children_cpu() - client}
+    got.update({name: read() - before[name] for name, read in processes.items()})
+    return got
+
+
+@contextmanager
+def _python_relay(upstream: Nginx, *mode: str) -> Iterator[tuple[str, int]]:
+    """bench/python_relay.py (in `mode`) in front of `upstream`: (base URL, pid)."""
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "bench.python_relay", str(port), str(upstream.port), *mode],
+                               cwd=Path(__file__).resolve().parents[1])
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("bench.python_relay did not start") from None
+                time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}", process.pid
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
+
+
+_PATHS = {"direct": "direct (nginx sendfile -> curl)", "relay": "through nginx proxy_pass (C, 1 MiB buffers)",
+          "python": "through the least Python relay (bench/python_relay.py)",
+          "splice": "through a splice relay: no user-space copy, no CRC (bench/python_relay.py splice)",
+          "get": "ZipStream GET /:id"}
+
+
+def big_files(tmp: Path, runs: int, cases: list[tuple[int, int]], env: dict[str, str], parallel: int) -> list[Table]:
+    """B1: N x size through POST /bundle and GET /:id vs the same files fetched straight from nginx, through a
+    relay in C (nginx proxy_pass) and through the least Python relay; and the CPU every process spends per GB."""
     table = Table("b1_big_files", "B1 big files: zip download vs direct download (curl, nginx upstream)",
-                  ["files", "direct, one after another s", f"direct, {parallel} at once s", "POST /bundle s",
-                   "GET /:id s", "GET /:id / direct", "POST / direct", "zip MB/s"])
+                  ["files", "direct, one after another s", f"direct, {parallel} at once s",
+                   "limit: through a relay s", "POST /bundle s", "GET /:id s", "GET /:id / direct",
+                   "GET /:id / relay", "POST / direct", "zip MB/s"])
+    bound = Table("b1_cpu", "B1 what bounds it: CPU per GB of every process on the path (the same runs)",
+                  ["files", "path", "s", "x direct", "upstream nginx CPU s/GB", "relay or worker CPU s/GB",
+                   "curl CPU s/GB", "all processes CPU s/GB", "cores busy",
+                   "worker on a CPU / waiting for one / asleep, of the wall time"])
     for count, size in cases:
         paths = {f"/b1/{size}/{i}.bin": make_file(tmp / f"b1-{size}-{i}.bin", size, size <= 64 * MiB)
                  for i in range(count)}
         upstream = upstream_with(paths)
+        relay = _Relay(upstream).start()
         try:
-            with service(tmp, env) as server, requests.Session() as session:
+            with (service(tmp, env) as server, requests.Session() as session,
+                  _python_relay(upstream) as (python_base, python_pid),
+                  _python_relay(upstream, "splice") as (splice_base, splice_pid)):
                 srcs = [upstream.url(name) for name in paths]
+                relayed = [relay.url(name) for name in paths]
+                python_relayed = [python_base + name for name in paths]
+                spliced = [splice_base + name for name in paths]
                 url = _bundle(session, server.base_url, srcs)
                 body = json_body(tmp, srcs)
                 curl(url)  # warm-up: connections, page cache
+                curl_many(relayed)
+                curl_many(python_relayed)
+                curl_many(spliced)
                 one_off = server.url("/bundle")
+                (pid,) = server.worker_pids()
+                cpu = {"upstream": upstream.cpu_seconds, "relay": relay.cpu_seconds,
+                       "python": partial(_cpu_of, python_pid), "splice": partial(_cpu_of, splice_pid),
+                       "worker": partial(_cpu_of, pid),
+                       "worker on cpu": partial(_scheduled, pid, 0), "worker waiting": partial(_scheduled, pid, 1)}
                 got = interleaved(runs, {
-                    "direct": partial(_wall, curl_many, srcs),
+                    "direct": partial(_costed, partial(curl_many, srcs), cpu),
                     "concurrent": partial(_wall, curl_many, srcs, parallel),
+                    "relay": partial(_costed, partial(curl_many, relayed), cpu),
+                    "python": partial(_costed, partial(curl_many, python_relayed), cpu),
+                    "splice": partial(_costed, partial(curl_many, spliced), cpu),
                     "post": partial(_wall, curl, one_off, post_json=body),
-                    "get": partial(_wall, curl, url),
+                    "get": partial(_costed, partial(curl, url), cpu),
                 })
         finally:
+            relay.stop()
             upstream.stop()
-        direct, get, post = got["direct"]["s"], got["get"]["s"], got["post"]["s"]
-        table.add(f"{count} x {_size(size)}", direct, got["concurrent"]["s"], post, get, ratio(get, direct),
-                  ratio(post, direct), count * size / get / 1e6)
+        direct, get, post, through = got["direct"]["s"], got["get"]["s"], got["post"]["s"], got["relay"]["s"]
+        files = f"{count} x {_size(size)}"
+        table.add(files, direct, got["concurrent"]["s"], through, post, get, ratio(get, direct),
+                  ratio(get, through), ratio(post, direct), count * size / get / 1e6)
+        gb = count * size / 1e9
+        for name, label in _PATHS.items():
+            reading = got[name]
+            middle = reading["relay"] + reading["python"] + reading["splice"] + reading["worker"]
+            everyone = reading["upstream"] + middle + reading["curl"]
+            on, waiting = reading["worker on cpu"] / reading["s"], reading["worker waiting"] / reading["s"]
+            bound.add(files, label, reading["s"], ratio(reading["s"], direct), reading["upstream"] / gb,
+                      middle / gb if name != "direct" else "-", reading["curl"] / gb, everyone / gb,
+                      f"{everyone / reading['s']:.2f}",
+                      f"{on:.0%} / {waiting:.0%} / {max(0.0, 1 - on - waiting):.0%}" if name == "get" else "-")
     table.notes.append(f"median of {runs} interleaved runs; client: curl to /dev/null (wall time of the curl "
                        "process, the same for every row); stored zip; files served by nginx with sendfile on "
-                       "127.0.0.1 (random bytes up to 64 MiB, sparse above). Limit: the direct download of the "
-                       "same files. Targets: GET /:id ≤ 1.05x direct (issue 16).")
-    return table
+                       "127.0.0.1 (random bytes up to 64 MiB, sparse above). Limits: the direct download of the "
+                       "same files; the same through a relay (a second nginx, proxy_pass with 1 MiB buffers: "
+                       "every byte copied through user space, as any service in the data path must, in C, "
+                       "nothing checked). Target: GET /:id ≤ 1.05x direct (issue 16). b1_cpu.md: what bounds it.")
+    bound.notes.append(f"the runs of b1_big_files (medians of {runs}). CPU: utime + stime from /proc (nginx's "
+                       "workers, the relay, the service's one gevent worker; clock ticks of 10 ms) and curl's "
+                       "rusage, per GB of member data. Loopback TCP's receive work is counted to whichever "
+                       "process sends. cores busy: all processes' CPU seconds / wall seconds (at most the "
+                       "machine's cores, less what else runs). The least Python relay: http.client read1 of up "
+                       "to 1 MiB, zlib-ng CRC-32, gevent sendall; no framing, checks, WSGI or read-ahead. The "
+                       "worker's time on a CPU and waiting for one (runnable) from /proc/<pid>/task/*/schedstat; "
+                       "asleep: the rest (waiting for a socket). The splice relay moves the bytes socket -> pipe -> "
+                       "socket inside the kernel (os.splice), blocking sockets, no CRC.")
+    return [table, bound]
 
 
 # -- B2 -------------------------------------------------------------------------------------------
@@ -489,7 +639,7 @@ def slow_clients(tmp: Path, counts: list[int], files: int, size: int, stall: flo
 def huge_member(tmp: Path, size: int, env: dict[str, str]) -> Table:
     """B4: one huge (sparse) member; peak RSS growth of the worker."""
     table = Table("b4_huge_member", "B4 one huge member: worker memory",
-                  ["member", "s", "MB/s", "worker RSS before MiB", "peak RSS growth MiB"])
+                  ["member", "s", "MB/s", "worker RSS before MiB", "peak RSS growth MiB", "worker CPU s/GB"])
     path = make_file(tmp / f"b4-{size}.bin", size, random_bytes=False)
     upstream = upstream_with({"/b4.bin": path})
     try:
@@ -497,14 +647,16 @@ def huge_member(tmp: Path, size: int, env: dict[str, str]) -> Table:
             url = _bundle(session, server.base_url, [upstream.url("/b4.bin")])
             session.head(url, timeout=60).raise_for_status()  # pre-flight once: connections, page cache
             (pid,) = server.worker_pids()
-            before = proc_stat(pid).rss
+            before = proc_stat(pid)
             reset_peak_rss(pid)
-            took = timed_runs(1, fetch, session, "GET", url)
-            peak = proc_stat(pid).hwm
+            took = curl(url).wall
+            after = proc_stat(pid)
     finally:
         upstream.stop()
-    table.add(_size(size), took, size / took / 1e6, before / MiB, (peak - before) / MiB)
-    table.notes.append("peak = VmHWM after resetting it just before the download. Target: ≤ 50 MB.")
+    table.add(_size(size), took, size / took / 1e6, before.rss / MiB, (after.hwm - before.rss) / MiB,
+              (after.cpu_seconds - before.cpu_seconds) / (size / 1e9))
+    table.notes.append("client: curl to /dev/null. peak = VmHWM after resetting it just before the download. "
+                       "Target: ≤ 50 MB.")
     return table
 
 
@@ -562,31 +714,47 @@ def first_byte(tmp: Path, runs: int, counts: list[int], size: int, latency: floa
 
 
 # -- B6 -------------------------------------------------------------------------------------------
-def cpu_per_gb(tmp: Path, size: int, env: dict[str, str]) -> Table:
+def _minor_faults(pid: int) -> int:
+    """Minor page faults of a process so far (/proc/<pid>/stat): pages it mapped in, zeroed or not."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
+
+
+def _worker_cost(pid: int, url: str) -> dict[str, float]:
+    """One curl download of `url`: wall time, the worker's CPU (all, kernel) and minor faults, bytes."""
+    before, faults = proc_stat(pid), _minor_faults(pid)
+    got = curl(url)
+    after = proc_stat(pid)
+    return {"s": got.wall, "cpu": after.cpu_seconds - before.cpu_seconds,
+            "kernel": after.system_seconds - before.system_seconds, "faults": _minor_faults(pid) - faults,
+            "bytes": got.size}
+
+
+def cpu_per_gb(tmp: Path, runs: int, size: int, env: dict[str, str]) -> Table:
     """B6: worker CPU seconds per GB of member data, stored and deflate."""
     table = Table("b6_cpu", "B6 worker CPU per GB of member data",
                   ["compression", "data", "s", "worker CPU s", "of which kernel", "CPU s per GB",
-                   "zip bytes / data"])
+                   "page faults per GB", "zip bytes / data"])
     path = make_file(tmp / f"b6-{size}.bin", size, random_bytes=True)
     upstream = upstream_with({"/b6.bin": path})
     try:
         with service(tmp, env) as server, requests.Session() as session:
-            for compression in ("stored", "deflate"):
-                url = _bundle(session, server.base_url, [upstream.url("/b6.bin")], compression)
-                (pid,) = server.worker_pids()
-                before = proc_stat(pid)
-                began = time.perf_counter()
-                sent = fetch(session, "GET", url)
-                took = time.perf_counter() - began
-                after = proc_stat(pid)
-                used = after.cpu_seconds - before.cpu_seconds
-                kernel = after.system_seconds - before.system_seconds
-                table.add(compression, _size(size), took, used, f"{kernel / used:.0%}" if used else "-",
-                          used / (size / 1e9), f"{sent / size:.3f}")
+            urls = {compression: _bundle(session, server.base_url, [upstream.url("/b6.bin")], compression)
+                    for compression in ("stored", "deflate")}
+            (pid,) = server.worker_pids()
+            curl(urls["stored"])  # warm-up: the worker's first download (imports, caches), the page cache
+            got = interleaved(runs, {compression: partial(_worker_cost, pid, url) for compression, url in urls.items()})
     finally:
         upstream.stop()
-    table.notes.append("random (incompressible) data; CPU = utime + stime of the single gevent worker; "
-                       "kernel = stime (copying bytes from the upstream socket and into the client's).")
+    gb = size / 1e9
+    for compression, reading in got.items():
+        used = reading["cpu"]
+        table.add(compression, _size(size), reading["s"], used, f"{reading['kernel'] / used:.0%}" if used else "-",
+                  used / gb, f"{reading['faults'] / gb:.0f}", f"{reading['bytes'] / size:.3f}")
+    table.notes.append(f"median of {runs} interleaved runs after one warm-up download; client: curl to /dev/null; "
+                       "random (incompressible) data from nginx; CPU = utime + stime of the single gevent worker "
+                       "(clock ticks of 10 ms); kernel = stime (copying bytes from the upstream socket and into "
+                       "the client's, loopback TCP); page faults: minor faults of the worker (memory mapped in "
+                       "again).")
     return table
 
 

@@ -285,7 +285,7 @@ def test_wrong_secret_is_403_everywhere(client: FlaskClient, files: dict[str, st
     assert client.get(f"/{bundle['id']}/{bundle['secret']}").status_code == 200
 
 
-@pytest.mark.parametrize("bundle_id", [str(uuid.uuid4()), "not-a-uuid"])
+@pytest.mark.parametrize("bundle_id", [str(uuid.uuid4()), "not-a-uuid"], ids=["random-uuid", "not-a-uuid"])
 def test_unknown_id_is_404(client: FlaskClient, bundle_id: str) -> None:
     _error(client.get(f"/{bundle_id}"), 404)
 
@@ -458,3 +458,79 @@ def test_malformed_chunked_body_is_400_not_500(serve: Callable[..., LiveServer],
     assert head.split(b"\r\n")[0] == b"HTTP/1.1 400 BAD REQUEST", answer[:300]
     assert json.loads(payload)["error"]["code"] == "bad_request"
     assert "unexpected error" not in server.log_text()
+
+
+# -- BODY_TIMEOUT: a request body that stops arriving ----------------------------------------------
+# Before it, a client that sent a head and then one body byte now and then held its connection (and a
+# worker greenlet) for as long as it liked: HEADER_TIMEOUT covers heads only.
+
+# Stored (POST /), never fetched; a loopback src all the same, so no test here can send a packet out.
+_BODY = json.dumps({"files": [{"src": "http://127.0.0.1:9/a.txt"}]}).encode()
+
+
+def _until_closed(sock: socket.socket, patience: float = 20) -> bytes:
+    """Everything the server sends until it closes the connection (socket.timeout if it never does)."""
+    sock.settimeout(patience)
+    received = b""
+    while chunk := sock.recv(65536):
+        received += chunk
+    return received
+
+
+def _post_head(path: str, length: int | None) -> bytes:
+    framing = f"Content-Length: {length}" if length is not None else "Transfer-Encoding: chunked"
+    return f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{framing}\r\n\r\n".encode()
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+@pytest.mark.parametrize("how", ["stalls", "trickles"])
+def test_a_body_that_does_not_arrive_within_body_timeout_is_408_and_closed(
+        serve: Callable[..., LiveServer], framing: str, how: str) -> None:
+    server = serve(BODY_TIMEOUT="1", HTTP_ALLOW_PRIVATE="true")
+    length = len(_BODY) if framing == "content-length" else None
+    with socket.create_connection(("127.0.0.1", server.port), timeout=20) as sock:
+        sock.sendall(_post_head("/", length))
+        started = time.monotonic()
+        first = _BODY[:10] if length is not None else b"%x\r\n" % len(_BODY) + _BODY[:10]
+        sock.sendall(first)
+        if how == "trickles":  # a byte every 0.2 s: steady, but never done within the deadline
+            for byte in _BODY[10:40]:
+                try:
+                    sock.sendall(bytes([byte]))
+                except OSError:
+                    break
+                time.sleep(0.2)
+        # The only worker serves others meanwhile.
+        assert requests.get(server.url("/health-check"), timeout=5).status_code == 200
+        answer = _until_closed(sock)  # closed: the answer is the last thing on this connection
+        waited = time.monotonic() - started
+    head, _, payload = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 "), answer[:300]
+    error = json.loads(payload)["error"]
+    assert error["code"] == "request_timeout"
+    assert "BODY_TIMEOUT" in error["message"]
+    assert waited < 15  # not gunicorn's keepalive (75 s) or the client's patience
+    assert "unexpected error" not in server.log_text()
+    assert requests.get(server.url("/health-check"), timeout=5).status_code == 200
+
+
+def test_a_slow_body_that_arrives_within_body_timeout_is_served_and_the_connection_kept(
+        serve: Callable[..., LiveServer]) -> None:
+    server = serve(BODY_TIMEOUT="5", HTTP_ALLOW_PRIVATE="true")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=20) as sock:
+        sock.sendall(_post_head("/", len(_BODY)))
+        for start in range(0, len(_BODY), 20):  # slowly, but whole within the deadline
+            sock.sendall(_BODY[start:start + 20])
+            time.sleep(0.1)
+        sock.settimeout(20)
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            answer += sock.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 201 "), answer[:300]
+        head, _, body = answer.partition(b"\r\n\r\n")
+        fields = dict(line.lower().split(b":", 1) for line in head.split(b"\r\n")[1:])
+        while len(body) < int(fields[b"content-length"]):
+            body += sock.recv(65536)
+        # Kept alive: the next request on the same connection is answered.
+        sock.sendall(b"GET /health-check HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")

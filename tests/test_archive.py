@@ -8,7 +8,7 @@ import random
 import struct
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -23,7 +23,16 @@ from stream_zip import (
 )
 
 from zipstream import archive as archive_module
-from zipstream.archive import CHUNK_SIZE, FILE_MODE, ArchiveError, Entry, ZipPlan, clamp_time, deflate_stream
+from zipstream.archive import (
+    CHUNK_SIZE,
+    FILE_MODE,
+    ArchiveError,
+    Entry,
+    OpenMember,
+    ZipPlan,
+    clamp_time,
+    deflate_stream,
+)
 
 from .support import ci, readers
 from .support import zip_shapes as zip_shapes_module
@@ -170,34 +179,53 @@ def test_unsized_members_stream_as_zip64_descriptors() -> None:
     assert [archive.read(n) for n in archive.namelist()] == datas
 
 
-def test_short_source_aborts() -> None:
-    plan = ZipPlan([Entry("a", 10, WHEN)])
+def _stored(entries: list[Entry], open_member: OpenMember) -> bytes:
+    return b"".join(ZipPlan(entries).stream(open_member))
 
+
+def _deflated(entries: list[Entry], open_member: OpenMember) -> bytes:
+    return b"".join(deflate_stream(entries, open_member))
+
+
+WRITERS = [pytest.param(_stored, id="stored"), pytest.param(_deflated, id="deflate")]
+
+
+@pytest.mark.parametrize("write", WRITERS)
+def test_short_source_aborts(write: Callable[[list[Entry], OpenMember], bytes]) -> None:
     def short(_index: int, _start: int) -> Iterator[bytes]:
         yield b"12345"
 
     with pytest.raises(ArchiveError, match="ended after 5 of 10"):
-        b"".join(plan.stream(short))
+        write([Entry("a", 10, WHEN)], short)
 
 
-def test_long_source_aborts() -> None:
-    plan = ZipPlan([Entry("a", 3, WHEN)])
-
+@pytest.mark.parametrize("write", WRITERS)
+def test_long_source_aborts(write: Callable[[list[Entry], OpenMember], bytes]) -> None:
     def long(_index: int, _start: int) -> Iterator[bytes]:
-        yield b"12345"
+        yield b"12"
+        yield b"345"
 
-    with pytest.raises(ArchiveError, match="more than"):
-        b"".join(plan.stream(long))
+    with pytest.raises(ArchiveError, match="more than its 3 bytes"):
+        write([Entry("a", 3, WHEN)], long)
 
 
-def test_wrong_given_crc_aborts() -> None:
-    plan = ZipPlan([Entry("a", 3, WHEN, crc32=1234)])
-
+@pytest.mark.parametrize("write", WRITERS)
+def test_wrong_given_crc_aborts(write: Callable[[list[Entry], OpenMember], bytes]) -> None:
     def data(_index: int, _start: int) -> Iterator[bytes]:
         yield b"abc"
 
-    with pytest.raises(ArchiveError, match="CRC-32"):
-        b"".join(plan.stream(data))
+    with pytest.raises(ArchiveError, match="CRC-32 352441c2 differs from the expected 000004d2"):
+        write([Entry("a", 3, WHEN, crc32=1234)], data)
+
+
+def test_a_member_differing_from_its_learned_crc_aborts() -> None:
+    """A CRC-32 learned by an earlier download is still computed again and compared: a source that
+    sends other bytes of the same size under the same validators is caught, not written."""
+    datas = _datas([100_000])
+    plan = ZipPlan(_entries(datas, known_crc=False))
+    _, open_member = _opener([datas[0][:-1] + b"!"])
+    with pytest.raises(ArchiveError, match="differs from the expected"):
+        b"".join(plan.stream(open_member, known_crcs={0: zlib.crc32(datas[0])}))  # type: ignore[arg-type]
 
 
 def test_times_are_clamped_into_zip_range() -> None:

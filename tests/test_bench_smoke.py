@@ -13,7 +13,9 @@ def test_bench_runs_at_tiny_sizes(tmp_path: Path) -> None:
     assert main(["--small", "--only", "b1,b3", "--tmp", str(tmp_path / "files"),
                  "--results", str(results)]) == 0
     written = {path.name for path in results.iterdir()}
-    assert written == {"b1_big_files.md", "b3_concurrency.md"}
+    assert written == {"b1_big_files.md", "b1_cpu.md", "b3_concurrency.md"}
+    bound = (results / "b1_cpu.md").read_text()
+    assert bound.count("ZipStream GET /:id") == 2 and bound.count("least Python relay (bench/") == 2  # both cases
     b3 = (results / "b3_concurrency.md").read_text()
     assert "| 20 | default | 20 | 0 |" in b3  # every download complete and byte-correct, no errors
 

@@ -16,6 +16,7 @@ BELOW_THE_WEB = [
     "zipstream.sources.http",
     "zipstream.sources.s3",
     "zipstream.sources.file",
+    "zipstream.connections",
     "zipstream.counters",
     "zipstream.chunks",
     "zipstream.preflight",

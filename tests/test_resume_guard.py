@@ -139,10 +139,19 @@ def test_axel_resume_from_its_state_file_never_splices(serve: Serve, upstream: U
         resumed.send_signal(signal.SIGINT)
         resumed.wait(timeout=10)
     data = path.read_bytes()
-    if data != held:  # axel wrote something: it must be the whole new zip
-        with zipfile.ZipFile(path) as archive:
-            assert archive.read("a.bin") == new, "a file of two versions"
-        zip_readers(path, {"a.bin": new})
+    if (tmp_path / "bundle.zip.st").exists():
+        # axel still calls it unfinished (its state file is its record of that; its output file is
+        # preallocated to the full size, so a part-written one is no sign). A segment that starts at
+        # byte 0 or 1 is answered for any version (see the next test), so a loaded machine, where the
+        # cut came before one of the two connections got a byte, can leave new bytes there: that is
+        # an unfinished download, never declared done.
+        assert resumed.returncode != 0
+        return
+    # axel declared the download done: then it must be the whole new zip, never old and new bytes.
+    assert data != held
+    with zipfile.ZipFile(path) as archive:
+        assert archive.read("a.bin") == new, "a file of two versions"
+    zip_readers(path, {"a.bin": new})
 
 
 def test_a_fresh_axel_download_still_works(serve: Serve, upstream: UpstreamServer, tmp_path: Path,

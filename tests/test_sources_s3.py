@@ -4,10 +4,13 @@ paths, ignores conditional requests, or answers as AWS does for customer-key (SS
 
 from __future__ import annotations
 
+import http.client
 import io
 import os
+import threading
 import uuid
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from datetime import UTC
@@ -21,14 +24,26 @@ from flask import Flask
 
 from zipstream import create_app
 from zipstream.config import Config
-from zipstream.errors import SourceChanged, SourceError, SourceNotFound, SourceRefused, StreamAborted
+from zipstream.deadline import Deadline
+from zipstream.download import prepare
+from zipstream.errors import (
+    ClientGone,
+    LimitExceeded,
+    SourceChanged,
+    SourceError,
+    SourceNotFound,
+    SourceRefused,
+    SourcesFailed,
+    StreamAborted,
+)
 from zipstream.models import Bundle, FileRef
 from zipstream.repositories import get_repository
-from zipstream.sources import build_sources
+from zipstream.sources import HoldScope, SourceInfo, Sources, build_sources
 from zipstream.sources.s3 import S3Source
 
 from .support.faultproxy import CONDITIONAL_HEADERS, FaultProxy, Reply, Request
 from .support.moto import REGION, MotoServer
+from .support.waiting import wait_for
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -267,6 +282,11 @@ def _is_ranged_get(request: Request) -> bool:
     return request.method == "GET" and "range" in request.headers
 
 
+def _is_continuation(request: Request) -> bool:
+    """The GET of a member's bytes after those pre-flight held (`Range: bytes=65536-`)."""
+    return _is_ranged_get(request) and request.headers["range"] != "bytes=0-"
+
+
 def test_object_swapped_before_the_get_is_refused_when_the_store_ignores_if_match(
         buckets: Buckets, s3_proxy: Callable[..., FaultProxy]) -> None:
     proxy = s3_proxy(strip=CONDITIONAL_HEADERS)
@@ -330,11 +350,13 @@ def test_a_fresh_zip_download_is_refused_when_the_member_changed_under_an_ignore
     key = f"swap/whole-{uuid.uuid4().hex[:6]}.bin"
     buckets.put(key, os.urandom(300_000))
     client = _app(make_config, buckets).test_client()
-    proxy.hook = Overwrite(buckets, key, os.urandom(300_000), _is_get)
+    # Pre-flight's GET holds the first 64 KiB; the member's GET for the rest finds the new version.
+    proxy.hook = overwrite = Overwrite(buckets, key, os.urandom(300_000), _is_continuation)
     # The member's local header went out before its GET answered: the stream is cut (gunicorn closes
     # the connection), never completed with the other version's bytes.
     with pytest.raises(StreamAborted, match="ETag"):
         client.post("/bundle", json={"files": [{"src": buckets.src(key)}]}).get_data()
+    assert overwrite.done is not None and "if-match" in overwrite.done.headers
 
 
 def test_an_answer_for_another_range_is_refused(buckets: Buckets, s3_proxy: Callable[..., FaultProxy]) -> None:
@@ -482,3 +504,350 @@ def test_virtual_hosting_is_not_attempted_on_an_ip_endpoint(buckets: Buckets, fo
     assert b"".join(source.open(info)) == b"dotted"
     assert {(request.host, request.target) for request in _fetches(forward_proxy)} == {
         (f"127.0.0.1:{moto_server.port}", f"/{buckets.dotted}/hello.txt")}
+
+
+# -- 6. one request per small object (issue 16) --------------------------------------------------
+# A whole-zip GET's pre-flight asks GetObject for the bytes from 0 and keeps the first 64 KiB
+# (sources/held.py): a small object is then read once, a bigger one continues from there with IfMatch.
+
+FETCH = 64 * 1024
+
+
+def _sources(**env: str) -> Sources:
+    return build_sources(Config.from_env({"FS_INTERFACES": "s3", "AWS_REGION": REGION, **env}))
+
+
+def _s3(sources: Sources) -> S3Source:
+    source = sources.backend("s3://bucket/key")
+    assert isinstance(source, S3Source)
+    return source
+
+
+def _held_stat(sources: Sources, src: str) -> SourceInfo:
+    """`sources.stat(src)` as the pre-flight of a download that may hold runs it."""
+    with HoldScope().applying():
+        (info,) = sources.stat(src)
+    return info
+
+
+def _asked(proxy: FaultProxy, key: str | None = None) -> list[tuple[str, str]]:
+    """(method, Range) of every fetch the store was sent (of `key` only, if given)."""
+    return [(request.method, request.headers.get("range", "")) for request in _fetches(proxy)
+            if key is None or request.target.split("?")[0].endswith("/" + key)]
+
+
+def _zip(sources: Sources, files: list[FileRef], hold: bool) -> tuple[bytes, str | None]:
+    config = Config.from_env({"FS_INTERFACES": "s3", "AWS_REGION": REGION})
+    prepared = prepare(files, "x.zip", "stored", 0, sources, None, config, hold=hold)
+    return b"".join(prepared.stream()), prepared.etag
+
+
+def _put_all(buckets: Buckets, folder: str, sizes: list[int], **extra: Any) -> dict[str, bytes]:
+    objects = {f"{folder}/{index}-{size}.bin": os.urandom(size) for index, size in enumerate(sizes)}
+    for key, data in objects.items():
+        buckets.put(key, data, **extra)
+    return objects
+
+
+def _changing_ranged_answers(moto_port: int, change: Callable[[Reply], Reply]) -> Callable[[Request], Reply | None]:
+    """A proxy hook: every ranged GetObject is forwarded to moto, and its answer `change`d on the way back."""
+
+    def answer(request: Request) -> Reply | None:
+        if request.method != "GET" or "range" not in request.headers:
+            return None
+        connection = http.client.HTTPConnection("127.0.0.1", moto_port, timeout=30)
+        try:
+            connection.request("GET", request.target, headers={
+                name: value for name, value in request.headers.items() if name not in ("connection", "keep-alive")})
+            got = connection.getresponse()
+            body = got.read()
+            headers = {name: value for name, value in got.getheaders() if name.lower() != "connection"}
+            return change(Reply(got.status, headers, body))
+        finally:
+            connection.close()
+
+    return answer
+
+
+def _without_range_checksums(moto_port: int) -> Callable[[Request], Reply | None]:
+    """A proxy hook playing MinIO or Ceph: a ranged GetObject's answer never carries a checksum,
+    even when its range is the whole object (HeadObject's does)."""
+    return _changing_ranged_answers(moto_port, lambda reply: Reply(reply.status, {
+        name: value for name, value in reply.headers.items() if not name.lower().startswith("x-amz-checksum")},
+        reply.body))
+
+
+def test_a_small_object_costs_one_request_a_bigger_one_two_and_the_zip_is_the_same(
+        buckets: Buckets, s3_proxy: Callable[..., FaultProxy]) -> None:
+    proxy = s3_proxy()
+    folder = f"hold-{uuid.uuid4().hex[:6]}"
+    sizes = [1, 1000, FETCH - 1, FETCH, FETCH + 1, 300_000]
+    objects = _put_all(buckets, folder, sizes, ChecksumAlgorithm="CRC32")
+    files = [FileRef(buckets.src(key)) for key in objects]
+    sources = _sources()
+    held, held_etag = _zip(sources, files, hold=True)
+    assert _s3(sources).budget.used == 0
+    assert sorted(_asked(proxy)) == sorted([("GET", "bytes=0-")] * len(sizes) + [("GET", f"bytes={FETCH}-")] * 2)
+    continuations = [request for request in _fetches(proxy) if request.headers.get("range") == f"bytes={FETCH}-"]
+    assert all(request.headers["if-match"] for request in continuations)
+    # What HeadObject then GetObject (a HEAD or a range of the zip, or PREFLIGHT_FETCH_BYTES=0) make of it.
+    proxy.requests.clear()
+    not_held, not_held_etag = _zip(sources, files, hold=False)
+    assert sorted(_asked(proxy)) == sorted([("HEAD", "")] * len(sizes) + [("GET", "")] * len(sizes))
+    assert held == not_held and held_etag == not_held_etag
+    archive = zipfile.ZipFile(io.BytesIO(held))
+    for entry, (key, data) in zip(archive.infolist(), objects.items(), strict=True):
+        assert archive.read(entry) == data, key
+        # The stored CRC-32 came with the open-ended range as with HeadObject: no data descriptor.
+        assert zlib.crc32(data) == entry.CRC and not entry.flag_bits & 0x08
+
+
+def test_an_empty_object_has_no_byte_0_headobject_tells(buckets: Buckets, s3_proxy: Callable[..., FaultProxy]) -> None:
+    proxy = s3_proxy()
+    key = f"hold/empty-{uuid.uuid4().hex[:6]}.bin"
+    buckets.put(key, b"")
+    sources = _sources()
+    info = _held_stat(sources, buckets.src(key))
+    assert (info.size, info.head, info.etag) == (0, None, buckets.client.head_object(Bucket=buckets.public,
+                                                                                      Key=key)["ETag"])
+    assert b"".join(sources.open(info)) == b""
+    assert _asked(proxy) == [("GET", "bytes=0-"), ("HEAD", "")]  # 416 InvalidRange, then HeadObject
+    assert _s3(sources).budget.used == 0
+
+
+def test_objects_without_a_checksum_ask_headobject_until_the_store_shows_it_sends_them(
+        buckets: Buckets, s3_proxy: Callable[..., FaultProxy]) -> None:
+    proxy = s3_proxy()
+    folder = f"plain-{uuid.uuid4().hex[:6]}"
+    plain = _put_all(buckets, folder, [10, 2000])  # no checksum stored (the fixture's client sends none)
+    checked = _put_all(buckets, folder + "/crc", [20], ChecksumAlgorithm="CRC32")
+    sources = _sources()
+    first, second = (buckets.src(key) for key in plain)
+    info = _held_stat(sources, first)
+    # A ranged answer without a checksum: none stored, or a store that sends none with a range.
+    assert info.crc32 is None and _asked(proxy) == [("GET", "bytes=0-"), ("HEAD", "")]
+    assert _s3(sources).range_checksums is None
+    _held_stat(sources, buckets.src(next(iter(checked))))
+    assert _s3(sources).range_checksums is True  # this store sends them: no checksum means none stored
+    proxy.requests.clear()
+    info = _held_stat(sources, second)
+    assert info.crc32 is None and info.head is not None and _asked(proxy) == [("GET", "bytes=0-")]
+    assert b"".join(sources.open(info)) == plain[folder + "/1-2000.bin"]
+    assert len(_asked(proxy)) == 1
+    files = [FileRef(buckets.src(key)) for key in [*plain, *checked]]
+    assert _zip(sources, files, hold=True) == _zip(sources, files, hold=False)
+
+
+def test_a_store_that_sends_no_checksum_with_a_range_goes_back_to_headobject(
+        buckets: Buckets, s3_proxy: Callable[..., FaultProxy], moto_server: MotoServer) -> None:
+    proxy = s3_proxy()
+    proxy.hook = _without_range_checksums(moto_server.port)
+    folder = f"minio-{uuid.uuid4().hex[:6]}"
+    objects = _put_all(buckets, folder, [10, 2000, 100_000], ChecksumAlgorithm="CRC32")
+    sources = _sources()
+    first, *others = (buckets.src(key) for key in objects)
+    info = _held_stat(sources, first)
+    assert info.crc32 == zlib.crc32(objects[folder + "/0-10.bin"])  # HeadObject's, as before
+    assert _asked(proxy) == [("GET", "bytes=0-"), ("HEAD", "")]
+    assert _s3(sources).range_checksums is False
+    proxy.requests.clear()
+    files = [FileRef(src) for src in [first, *others]]
+    held, held_etag = _zip(sources, files, hold=True)
+    assert sorted(_asked(proxy)) == sorted([("HEAD", "")] * 3 + [("GET", "")] * 3)  # as before issue 16
+    assert (held, held_etag) == _zip(sources, files, hold=False)
+
+
+@pytest.mark.parametrize("strip", [(), CONDITIONAL_HEADERS], ids=["if-match-honoured", "if-match-ignored"])
+def test_a_bigger_object_overwritten_after_preflight_is_refused_not_spliced(
+        strip: tuple[str, ...], buckets: Buckets, s3_proxy: Callable[..., FaultProxy]) -> None:
+    proxy = s3_proxy(strip=strip)
+    key = f"hold/swap-{uuid.uuid4().hex[:6]}.bin"
+    buckets.put(key, os.urandom(200_000))
+    sources = _sources()
+    info = _held_stat(sources, buckets.src(key))
+    assert info.head is not None and info.head.size == FETCH
+    buckets.put(key, os.urandom(200_000))  # same size: only the validators tell
+    received = bytearray()
+
+    def read() -> None:
+        for chunk in sources.open(info):
+            received.extend(chunk)
+
+    with pytest.raises(SourceChanged):
+        read()
+    assert received == b""  # the held first part goes out only once the rest is seen to be its version
+    continuation = _fetches(proxy)[-1]
+    assert continuation.headers["range"] == f"bytes={FETCH}-" and continuation.headers["if-match"] == info.etag
+    assert _s3(sources).budget.used == 0
+
+
+def test_a_small_object_overwritten_after_preflight_is_streamed_as_preflight_read_it(
+        buckets: Buckets, s3_proxy: Callable[..., FaultProxy]) -> None:
+    proxy = s3_proxy()
+    key = f"hold/small-{uuid.uuid4().hex[:6]}.bin"
+    old = os.urandom(5000)
+    buckets.put(key, old)
+    sources = _sources()
+    info = _held_stat(sources, buckets.src(key))
+    buckets.put(key, os.urandom(5000))
+    assert b"".join(sources.open(info)) == old  # the bytes and the validators come from one answer
+    assert _asked(proxy) == [("GET", "bytes=0-"), ("HEAD", "")]
+
+
+def test_head_and_range_requests_of_the_zip_still_use_headobject(
+        buckets: Buckets, s3_proxy: Callable[..., FaultProxy], make_config: Callable[..., Config]) -> None:
+    proxy = s3_proxy()
+    folder = f"routes-{uuid.uuid4().hex[:6]}"
+    objects = _put_all(buckets, folder, [100, 3000, 100_000], ChecksumAlgorithm="CRC32")
+    client = _app(make_config, buckets).test_client()
+    bundle = client.post("/", json={"files": [{"src": buckets.src(key)} for key in objects]}).get_json()
+    whole = client.get(f"/{bundle['id']}")
+    assert whole.status_code == 200 and zipfile.ZipFile(io.BytesIO(whole.data)).testzip() is None
+    assert sorted(_asked(proxy)) == [("GET", "bytes=0-")] * 3 + [("GET", f"bytes={FETCH}-")]
+    proxy.requests.clear()
+    head = client.head(f"/{bundle['id']}")
+    assert head.status_code == 200 and head.headers["Content-Length"] == str(len(whole.data))
+    assert head.headers["ETag"] == whole.headers["ETag"]
+    assert _asked(proxy) == [("HEAD", "")] * 3
+    proxy.requests.clear()
+    tail = client.get(f"/{bundle['id']}", headers={"Range": "bytes=-100", "If-Range": whole.headers["ETag"]})
+    assert tail.status_code == 206 and tail.data == whole.data[-100:]
+    assert [asked for asked in _asked(proxy) if asked[0] == "HEAD"] == [("HEAD", "")] * 3
+    assert ("GET", "bytes=0-") not in _asked(proxy)
+
+
+def test_a_spent_budget_falls_back_to_headobject(buckets: Buckets, s3_proxy: Callable[..., FaultProxy]) -> None:
+    proxy = s3_proxy()
+    folder = f"budget-{uuid.uuid4().hex[:6]}"
+    objects = _put_all(buckets, folder, [1000, 2000, 3000, 4000], ChecksumAlgorithm="CRC32")
+    files = [FileRef(buckets.src(key)) for key in objects]
+    sources = _sources(PREFLIGHT_HOLD_BYTES=str(2 * FETCH))  # one download's share: one object's 64 KiB
+    held, held_etag = _zip(sources, files, hold=True)
+    asked = _asked(proxy)
+    assert (asked.count(("GET", "bytes=0-")), asked.count(("HEAD", "")), asked.count(("GET", ""))) == (1, 3, 3)
+    assert _s3(sources).budget.used == 0
+    assert (held, held_etag) == _zip(sources, files, hold=False)
+    proxy.requests.clear()
+    _zip(_sources(PREFLIGHT_FETCH_BYTES="0"), files, hold=True)  # holding turned off: HeadObject, as before
+    assert sorted(_asked(proxy)) == sorted([("HEAD", "")] * 4 + [("GET", "")] * 4)
+
+
+def test_failed_or_abandoned_downloads_give_the_held_bytes_back(buckets: Buckets,
+                                                                s3_proxy: Callable[..., FaultProxy]) -> None:
+    s3_proxy()
+    folder = f"giveback-{uuid.uuid4().hex[:6]}"
+    objects = _put_all(buckets, folder, [30_000] * 5 + [200_000], ChecksumAlgorithm="CRC32")
+    files = [FileRef(buckets.src(key)) for key in objects]
+    config = Config.from_env({"FS_INTERFACES": "s3", "AWS_REGION": REGION})
+    sources = build_sources(config)
+    budget = _s3(sources).budget
+    with pytest.raises(SourcesFailed):
+        prepare([*files, FileRef(buckets.src(folder + "/missing.bin"))], "x.zip", "stored", 0, sources, None,
+                config, hold=True)
+    assert budget.used == 0
+    prepared = prepare(files, "x.zip", "stored", 0, sources, None, config, hold=True)
+    assert budget.used == 5 * 30_000 + FETCH
+    stream = prepared.stream()
+    next(stream)
+    stream.close()  # the client went away after the first chunk
+    assert budget.used == 0
+    prepared = prepare(files, "x.zip", "stored", 0, sources, None, config, hold=True)
+    del prepared  # a prepared zip never streamed (HEAD, 304)
+    assert budget.used == 0
+    with pytest.raises(LimitExceeded):  # refused after pre-flight
+        prepare(files, "x.zip", "stored", 0, sources, None, config.replace(max_bundle_bytes=1000), hold=True)
+    assert budget.used == 0
+
+
+def test_a_store_that_ignores_range_holds_only_whole_objects(buckets: Buckets,
+                                                             s3_proxy: Callable[..., FaultProxy]) -> None:
+    proxy = s3_proxy(strip=("Range",))  # every answer is the whole object (200), as from a store without ranges
+    small, big = os.urandom(5000), os.urandom(200_000)
+    folder = f"norange-{uuid.uuid4().hex[:6]}"
+    buckets.put(folder + "/small.bin", small)
+    buckets.put(folder + "/big.bin", big)
+    sources = _sources()
+    info = _held_stat(sources, buckets.src(folder + "/small.bin"))
+    assert info.head is not None and b"".join(sources.open(info)) == small
+    info = _held_stat(sources, buckets.src(folder + "/big.bin"))
+    assert info.head is None  # its rest could not be asked for: read whole while streaming
+    assert b"".join(sources.open(info)) == big
+    assert _s3(sources).budget.used == 0
+    assert [asked for asked in _asked(proxy) if asked[0] == "GET"] == [("GET", "bytes=0-")] * 2 + [("GET", "")]
+
+
+def test_an_archived_object_is_refused_before_the_zip_starts_on_every_route(
+        buckets: Buckets, s3_proxy: Callable[..., FaultProxy], make_config: Callable[..., Config]) -> None:
+    s3_proxy()
+    key = f"archive/{uuid.uuid4().hex[:6]}.bin"
+    buckets.put(key, b"frozen", StorageClass="GLACIER")
+    client = _app(make_config, buckets).test_client()
+    files = [{"src": buckets.src("hello.txt")}, {"src": buckets.src(key)}]
+    response = client.post("/bundle", json={"files": files})  # pre-flight by GetObject: 403 InvalidObjectState
+    assert response.status_code == 422, response.get_data()[:300]
+    assert [(item["src"], item["reason"]) for item in response.get_json()["error"]["sources"]] == [
+        (buckets.src(key), "archived (GLACIER storage class): restore it before it can be bundled")]
+    bundle = client.post("/", json={"files": files}).get_json()
+    assert client.head(f"/{bundle['id']}").status_code == 422  # pre-flight by HeadObject: the same answer
+    buckets.client.restore_object(Bucket=buckets.public, Key=key, RestoreRequest={"Days": 1})
+    assert client.head(f"/{bundle['id']}").status_code == 200
+    whole = client.get(f"/{bundle['id']}")
+    assert whole.status_code == 200 and zipfile.ZipFile(io.BytesIO(whole.data)).read(key) == b"frozen"
+
+
+def test_held_bytes_that_differ_from_the_stored_crc_are_refused_before_the_zip_starts(
+        buckets: Buckets, s3_proxy: Callable[..., FaultProxy], moto_server: MotoServer) -> None:
+    proxy = s3_proxy()
+    key = f"hold/corrupt-{uuid.uuid4().hex[:6]}.bin"
+    buckets.put(key, os.urandom(3000), ChecksumAlgorithm="CRC32")
+    flipped = _changing_ranged_answers(moto_server.port, lambda reply: Reply(
+        reply.status, reply.headers, bytes([reply.body[0] ^ 1]) + reply.body[1:]))
+    proxy.hook = flipped
+    sources = _sources()
+    with pytest.raises(SourceError, match="CRC-32 differs"):
+        _held_stat(sources, buckets.src(key))
+    assert _s3(sources).budget.used == 0
+
+
+def test_aws_itself_is_taken_to_send_checksums_with_a_whole_object_range(monkeypatch: pytest.MonkeyPatch) -> None:
+    """AWS answers `Range: bytes=0-` with the stored checksum (as moto does): no HeadObject to ask whether
+    an object without one really has none. A custom endpoint has to show it first."""
+    source = S3Source(Config.from_env({"FS_INTERFACES": "s3", "AWS_REGION": REGION}))
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9")
+    assert source.range_checksums is None
+    for name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    assert source.range_checksums is True
+
+
+def test_a_client_gone_during_preflight_gives_the_held_bytes_back(buckets: Buckets,
+                                                                  s3_proxy: Callable[..., FaultProxy]) -> None:
+    proxy = s3_proxy()
+    folder = f"gone-{uuid.uuid4().hex[:6]}"
+    objects = _put_all(buckets, folder, [3000] * 4, ChecksumAlgorithm="CRC32")
+    slow = buckets.src(next(iter(objects)))
+    answered = threading.Event()
+
+    def stall(request: Request) -> Reply | None:
+        if request.target.split("?")[0].endswith("/" + next(iter(objects))):
+            answered.wait(10)  # this one answers only after the client has gone
+        return None
+
+    proxy.hook = stall
+    config = Config.from_env({"FS_INTERFACES": "s3", "AWS_REGION": REGION})
+    sources = build_sources(config)
+    deadline = Deadline(30)
+
+    def hang_up() -> None:  # once the other three are held, the stalled one's 64 KiB reserved
+        wait_for(lambda: _s3(sources).budget.used == FETCH + 3 * 3000, "three held")
+        deadline.cancel()
+
+    threading.Thread(target=hang_up, daemon=True).start()
+    with pytest.raises(ClientGone):
+        prepare([FileRef(buckets.src(key)) for key in objects], "x.zip", "stored", 0, sources, None, config,
+                hold=True, deadline=deadline)
+    # The three that answered were held and given back at once; the stalled one's reservation stands
+    # until its answer comes, and is given back then.
+    assert _s3(sources).budget.used == FETCH, slow
+    answered.set()
+    wait_for(lambda: len(_fetches(proxy)) == 4 and _s3(sources).budget.used == 0, "the budget given back")

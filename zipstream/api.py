@@ -13,12 +13,14 @@ import time
 import uuid
 from typing import Any
 
+import gevent
 from flask import Blueprint, Response, current_app, jsonify, request
 from gunicorn.http.errors import ParseException
 
 from . import counters, disconnect
 from .auth import bearer_matches
 from .config import Config, get_config
+from .connections import close_after_response
 from .deadline import Deadline
 from .download import PreparedZip, prepare
 from .errors import (
@@ -27,6 +29,7 @@ from .errors import (
     Gone,
     LimitExceeded,
     NotFound,
+    RequestTimeout,
     SchemaNotReady,
     ServiceUnavailable,
     Unauthorized,
@@ -54,29 +57,52 @@ def _repository() -> BundleRepository:
 
 
 @bp.before_app_request
-def _bound_chunked_body() -> None:
-    """Read a body sent without Content-Length (chunked) ourselves, refusing it past MAX_BODY_BYTES.
+def _read_body() -> None:
+    """Read a request's body now, whole, within BODY_TIMEOUT; refuse it past MAX_BODY_BYTES.
 
-    Werkzeug stops reading such a body at MAX_CONTENT_LENGTH without a word, so a long form post
-    would be parsed from its first part and stored as a smaller bundle.
+    - A body that stops arriving (one byte now and then: "slow POST") would hold its connection and
+      greenlet for as long as the client likes: past BODY_TIMEOUT seconds (counted from here, right after
+      the head) it is answered 408 and its connection closed (connections.py), like nginx's
+      `client_body_timeout` and Node's `requestTimeout`. HEADER_TIMEOUT covers the head before it
+      (gunicorn_worker.py).
+    - A body sent without Content-Length (chunked): Werkzeug stops reading such a body at
+      MAX_CONTENT_LENGTH without a word, so a long form post would be parsed from its first part and
+      stored as a smaller bundle; here it is counted.
+    A Content-Length past MAX_BODY_BYTES is left to Werkzeug (413 without reading it).
     """
-    if request.content_length is not None or request.method not in ("POST", "PUT", "PATCH", "DELETE"):
+    if request.method not in ("POST", "PUT", "PATCH", "DELETE"):
         return
     environ = request.environ
-    if not environ.get("wsgi.input_terminated") and "chunked" not in environ.get("HTTP_TRANSFER_ENCODING", ""):
-        return
+    length = request.content_length
+    chunked = length is None and (bool(environ.get("wsgi.input_terminated"))
+                                  or "chunked" in environ.get("HTTP_TRANSFER_ENCODING", ""))
     limit = _config().max_body_bytes
+    if not chunked and (not length or length > limit):
+        return
+    seconds = _config().body_timeout
+    timer = gevent.Timeout(seconds)
     try:
-        data = environ["wsgi.input"].read(limit + 1)
+        with timer:
+            data = environ["wsgi.input"].read(limit + 1)
+    except gevent.Timeout as error:
+        if error is not timer:
+            raise
+        close_after_response(environ)
+        raise RequestTimeout(f"the request body did not arrive within {seconds} s (BODY_TIMEOUT)",
+                             limit="BODY_TIMEOUT") from None
     except (ParseException, OSError) as error:
         # gunicorn's chunked reader: a bad chunk size or terminator, or a body cut short (NoMoreData
         # is an OSError); gunicorn does not reuse the connection after it (RFC 9112 §7.1).
-        raise BadRequest(f"the chunked request body is malformed ({type(error).__name__}); "
-                         "send Transfer-Encoding: chunked as RFC 9112 §7.1 frames it") from None
+        raise BadRequest(f"the request body is malformed or cut short ({type(error).__name__}); "
+                         "send Transfer-Encoding: chunked as RFC 9112 §7.1 frames it, or all of "
+                         "Content-Length") from None
     if len(data) > limit:
         raise LimitExceeded(
             f"the request body is larger than {limit} bytes (MAX_BODY_BYTES)", limit="MAX_BODY_BYTES"
         )
+    if not chunked and len(data) < (length or 0):
+        # A WSGI server hands a cut Content-Length body over short instead of raising.
+        raise BadRequest(f"the request body ended after {len(data)} of its {length} bytes (Content-Length)")
     environ["wsgi.input"] = io.BytesIO(data)
     environ["CONTENT_LENGTH"] = str(len(data))
     environ.pop("HTTP_TRANSFER_ENCODING", None)

@@ -396,10 +396,8 @@ class ZipPlan:
         With `head` (the CRC-32 of bytes [0, read_from) being computed alongside), the member's
         CRC-32 is still known at its end: the tail's, combined with the head's.
         """
-        crc = 0
-        seen = read_from
         limit = entry.size
-        whole_crc = read_from == 0 or head is not None
+        tally = _Tally(entry.name, limit, seen=read_from, crc=read_from == 0 or head is not None)
         try:
             chunks = open_member(index, read_from)
         except BaseException:
@@ -408,31 +406,62 @@ class ZipPlan:
             raise
         try:
             for chunk in chunks:
-                if limit is not None and seen + len(chunk) > limit:
-                    raise ArchiveError(f"{entry.name}: source sent more than its {limit} bytes")
-                if whole_crc:
-                    crc = crc32(chunk, crc)
-                at = data_start + seen
-                seen += len(chunk)
+                at = data_start + tally.seen
+                tally.add(chunk)
                 if part := emit(chunk, at):
                     yield part
                 elif at >= stop and index in crcs:
                     break  # past the range and the CRC is not needed: stop reading
         finally:
             close_iterator(chunks)
-            if head is not None and (limit is None or seen != limit):
+            if head is not None and (limit is None or tally.seen != limit):
                 head.cancel()  # cut short (error or client gone): its CRC will never be needed
-        if limit is not None and seen < limit and not (data_start + seen >= stop and index in crcs):
-            raise ArchiveError(f"{entry.name}: source ended after {seen} of {limit} bytes")
-        if head is not None and (limit is None or seen == limit):
-            crc = crc32_combine(head.result(), crc, seen - read_from)
-        if whole_crc and (limit is None or seen == limit):
-            if index in crcs and crcs[index] != crc:
-                raise ArchiveError(f"{entry.name}: CRC-32 {crc:08x} differs from the expected {crcs[index]:08x}")
+        seen = tally.seen
+        if not (data_start + seen >= stop and index in crcs):
+            tally.check_length()
+        if tally.crc is not None and (limit is None or seen == limit):
+            crc = tally.crc if head is None else crc32_combine(head.result(), tally.crc, seen - read_from)
+            _check_crc(entry.name, crc, crcs.get(index))
             crcs[index] = crc
             if on_crc is not None:
                 on_crc(index, crc)
         return seen
+
+
+class _Tally:
+    """One member's bytes as they pass, checked against what was promised: the one place both writers
+    check a source (stored: ZipPlan._member_data; deflate: _checked).
+
+    `add` counts each chunk (from `seen`, where a read starts) and computes the CRC-32 of the bytes
+    added, unless `crc` is False (`self.crc` is then None); it raises ArchiveError once more than
+    `size` bytes came. `check_length` raises ArchiveError if fewer did (`size` None: any number).
+    """
+
+    __slots__ = ("crc", "name", "seen", "size")
+
+    def __init__(self, name: str, size: int | None, seen: int = 0, crc: bool = True) -> None:
+        self.name = name
+        self.size = size
+        self.seen = seen
+        self.crc: int | None = 0 if crc else None
+
+    def add(self, chunk: bytes) -> None:
+        seen = self.seen + len(chunk)
+        if self.size is not None and seen > self.size:
+            raise ArchiveError(f"{self.name}: source sent more than its {self.size} bytes")
+        self.seen = seen
+        if self.crc is not None:
+            self.crc = crc32(chunk, self.crc)
+
+    def check_length(self) -> None:
+        if self.size is not None and self.seen < self.size:
+            raise ArchiveError(f"{self.name}: source ended after {self.seen} of {self.size} bytes")
+
+
+def _check_crc(name: str, crc: int, expected: int | None) -> None:
+    """ArchiveError if a member's CRC-32 differs from the one it was promised (given or learned)."""
+    if expected is not None and crc != expected:
+        raise ArchiveError(f"{name}: CRC-32 {crc:08x} differs from the expected {expected:08x}")
 
 
 class _HeadCrc:
@@ -590,21 +619,16 @@ def _compressobj() -> Any:
 
 
 def _checked(entry: Entry, chunks: Iterator[bytes]) -> Iterator[bytes]:
-    """Pass chunks through, failing if their total differs from the promised size or CRC."""
-    seen = 0
-    crc = 0
-    check_crc = entry.crc32 is not None  # stream-zip computes the CRC it writes; don't do it twice
+    """Pass chunks through, failing (ArchiveError) if their total differs from the promised size or,
+    for a member whose CRC-32 was given, their CRC from it (stream-zip computes the CRC it writes:
+    computing it here too is only worth it to check a given one)."""
+    tally = _Tally(entry.name, entry.size, crc=entry.crc32 is not None)
     try:
         for chunk in chunks:
-            seen += len(chunk)
-            if check_crc:
-                crc = crc32(chunk, crc)
-            if entry.size is not None and seen > entry.size:
-                raise ArchiveError(f"{entry.name}: source sent more than its {entry.size} bytes")
+            tally.add(chunk)
             yield chunk
     finally:
         close_iterator(chunks)
-    if entry.size is not None and seen != entry.size:
-        raise ArchiveError(f"{entry.name}: source ended after {seen} of {entry.size} bytes")
-    if entry.crc32 is not None and crc != entry.crc32:
-        raise ArchiveError(f"{entry.name}: CRC-32 {crc:08x} differs from the expected {entry.crc32:08x}")
+    tally.check_length()
+    if tally.crc is not None:
+        _check_crc(entry.name, tally.crc, entry.crc32)

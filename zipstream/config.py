@@ -251,7 +251,7 @@ PREFLIGHT_CONCURRENCY = setting("PREFLIGHT_CONCURRENCY", whole(1), 64,
                                 "concurrent requests per download's pre-flight (bench B2)")
 # Files this small need no second request. See sources/held.py and README, performance.
 PREFLIGHT_FETCH_BYTES = setting("PREFLIGHT_FETCH_BYTES", whole(0), 64 * 1024,
-                                "first bytes of each http(s) file pre-flight GETs and keeps (0: HEAD only)")
+                                "first bytes of each http(s) file / S3 object pre-flight GETs and keeps (0: HEAD only)")
 PREFLIGHT_HOLD_BYTES = setting("PREFLIGHT_HOLD_BYTES", whole(0), 64 * 1024 * 1024,
                                "bytes pre-flight may hold that way per worker (one download: half)")
 AWS_ENDPOINT_URL = setting("AWS_ENDPOINT_URL", _text, "", "boto3's endpoint for every AWS service (MinIO, moto)")
@@ -283,6 +283,8 @@ WORKER_CONNECTIONS = setting("WORKER_CONNECTIONS", whole(1), 10000,
                              "requests one worker serves at once; past it 503 (middleware.py)")
 GRACEFUL_TIMEOUT = setting("GRACEFUL_TIMEOUT", whole(0), 3600, "seconds a stopping worker lets downloads finish")
 WORKER_TIMEOUT = setting("WORKER_TIMEOUT", whole(1), 60, "gunicorn's worker heartbeat timeout, seconds")
+BODY_TIMEOUT = setting("BODY_TIMEOUT", whole(1), 30,
+                       "seconds a client has to send a request's body once its head has arrived (408 past it)")
 HEADER_TIMEOUT = setting("HEADER_TIMEOUT", whole(1), 10,
                          "seconds a client has to send a request's line and headers (gunicorn_worker.py)")
 PROMETHEUS_MULTIPROC_DIR = setting("PROMETHEUS_MULTIPROC_DIR", _text, "",
@@ -399,6 +401,7 @@ class Config:
     preflight_timeout: float = PREFLIGHT_TIMEOUT.field()
     max_files: int = MAX_FILES.field()
     max_body_bytes: int = MAX_BODY_BYTES.field()
+    body_timeout: int = BODY_TIMEOUT.field()
     max_name_length: int = MAX_NAME_LENGTH.field()
     max_src_length: int = MAX_SRC_LENGTH.field()
     max_bundle_bytes: int = MAX_BUNDLE_BYTES.field()

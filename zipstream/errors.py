@@ -101,6 +101,13 @@ class InvalidInput(ZipStreamError):
     code = "invalid"
 
 
+class RequestTimeout(ZipStreamError):
+    """The request's body did not arrive within BODY_TIMEOUT (RFC 9110 §15.5.9); the connection is closed."""
+
+    status = 408
+    code = "request_timeout"
+
+
 class LimitExceeded(ZipStreamError):
     """A configured limit (files, bytes, name length) was passed; the message names it."""
 

@@ -95,16 +95,17 @@ def on_starting(server: Any) -> None:
 
 
 def post_worker_init(worker: Any) -> None:
-    """Make psycopg2 cooperative in each worker.
+    """Make psycopg2 cooperative in each worker, and keep its chunks' memory mapped (chunks.py).
 
     Not in `post_fork`: gunicorn calls that before the gevent worker's `init_process` runs
     `monkey.patch_all()`, so `cooperative.patch()` saw an unpatched socket module and did nothing
     (one slow query then froze every request of the worker). `post_worker_init` runs after the
     patch and after the app was loaded, before the first request is accepted.
     """
-    from zipstream import cooperative
+    from zipstream import chunks, cooperative
 
     cooperative.patch()
+    chunks.keep_chunk_memory()
 
 
 def when_ready(server: Any) -> None:

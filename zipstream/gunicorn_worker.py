@@ -10,8 +10,9 @@ head within `HEADER_TIMEOUT` seconds (default 10) of being accepted, and on a ke
 within `HEADER_TIMEOUT` of the next request's first byte (waiting for that byte stays `keepalive`), as
 nginx's `client_header_timeout` and Node's `headersTimeout` do. Past it, a client that had sent part of a
 head gets `408 Request Timeout` (RFC 9110 §15.5.9) and the connection is closed; one that had sent
-nothing is closed without a word (RFC 9112 §9.3.1). Request bodies are not covered: the app reads them
-(`MAX_BODY_BYTES`).
+nothing is closed without a word (RFC 9112 §9.3.1). Request bodies have their own deadline, kept by the
+app, which reads them (`BODY_TIMEOUT`, api.py); when it answers 408, this worker closes the connection
+after the response (connections.py), which a WSGI app can't do itself.
 
 **Idle connections at stop.** On SIGTERM gunicorn's gevent worker stops accepting and waits, up to
 `GRACEFUL_TIMEOUT`, until its connection pool is empty. A keep-alive connection that is only waiting for
@@ -37,12 +38,16 @@ from typing import Any
 import gevent
 from gunicorn.workers.ggevent import GeventWorker as _GeventWorker
 
-from . import memory
+from . import connections, memory
 from .config import HEADER_TIMEOUT
 from .peek import peek
 
 # How often a worker looks whether it was told to stop; the base worker's own loop sleeps 1 s.
 _STOP_POLL_SECONDS = 0.25
+# Closing a connection whose request body was not read whole: how long what the client still sends is
+# read and dropped after the response (Apache's lingering close waits 2 s too), so that closing with
+# unread bytes (a TCP reset) does not destroy the response before the client has read it.
+_LINGER_SECONDS = 2.0
 
 
 class GeventWorker(_GeventWorker):  # type: ignore[misc]
@@ -89,6 +94,11 @@ class GeventWorker(_GeventWorker):  # type: ignore[misc]
             # ran, gunicorn may still keep the connection open (it decides before the response), so
             # the watcher below shuts it down too.
             self._idle.add(sock)
+            closing = connections.take(sock)
+        if closing:
+            _linger_and_close(sock)
+            # gunicorn's keep-alive loop ends on StopIteration ("Closing connection") and closes the socket.
+            raise StopIteration("the app asked to close the connection after its response")
 
     def run(self) -> None:
         watcher = gevent.spawn(self._close_idle_when_stopping)
@@ -119,6 +129,19 @@ def _return_big_blocks() -> None:
     another C library."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None).mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
+
+
+def _linger_and_close(sock: socket.socket) -> None:
+    """End the sending side after the response, then drop what the client still sends for up to
+    _LINGER_SECONDS, so the response is read before the connection closes (RFC 9112 §9.6)."""
+    raw = getattr(sock, "_sock", sock)
+    with contextlib.suppress(OSError):
+        raw.shutdown(socket.SHUT_WR)
+    with contextlib.suppress(OSError), gevent.Timeout(_LINGER_SECONDS, False):
+        while sock.recv(65536):
+            pass
+    with contextlib.suppress(OSError):
+        raw.shutdown(socket.SHUT_RD)
 
 
 def _shut_down(sock: socket.socket) -> None:

@@ -33,7 +33,8 @@ from ..numbers import NotANumber, http_date, parse_digits
 from . import held
 from .contract import SourceInfo
 from .held import HoldBudget, Holding
-from .http_transport import NO_DEADLINE, HttpTransport, abortable, body_chunks, content_length, release
+from .http_transport import NO_DEADLINE, Answer, HttpTransport, body_chunks, content_length, release
+from .http_wire import Watch, WireError, WireResponse
 from .netguard import Policy, literal_address, unusual_literal
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,8 @@ log = logging.getLogger(__name__)
 RE_RESOLVE_STATUSES = frozenset({401, 403, 404, 410})
 # Content-Encodings decoded here (a browser saves the decoded file); others are refused.
 DECODABLE = frozenset({"gzip", "x-gzip", "deflate"})
+# Host names whose check() verdict is remembered; past this many the memory starts over.
+MAX_HOSTS_JUDGED = 4096
 
 
 def _content_range(value: str | None) -> tuple[int, int, int | None] | None:
@@ -68,14 +71,14 @@ def _content_range(value: str | None) -> tuple[int, int, int | None] | None:
     return start, end, length
 
 
-def _invalid_length(src: str, response: requests.Response) -> SourceError:
+def _invalid_length(src: str, response: Answer) -> SourceError:
     """The error for an answer whose Content-Length is invalid (502); its connection is dropped."""
     response.close()
     value = response.headers.get("Content-Length", "")
     return SourceError(src, f"upstream sent an invalid Content-Length ({value[:40]!r})")
 
 
-def _encoding(src: str, response: requests.Response) -> str:
+def _encoding(src: str, response: Answer) -> str:
     """The body's Content-Encoding, lower-cased: '' for identity, else one of DECODABLE.
 
     We ask for identity; a body encoded all the same is decoded on the way (what a browser saves),
@@ -145,22 +148,20 @@ def _completed(got: SourceInfo, head: SourceInfo) -> SourceInfo:
     )
 
 
-def _read_small_body(response: requests.Response, expected: int | None, limit: int) -> bytes | None:
+def _read_small_body(response: WireResponse, expected: int | None, limit: int) -> bytes | None:
     """The body if it is exactly `expected` (at most `limit`) bytes as announced, else None; either way
     the response is finished: read out (its connection kept) or closed."""
     if expected is None or expected > limit or response.headers.get("Content-Length") != str(expected):
         release(response)  # read out if small, else drop the connection (a server ignoring Range)
         return None
     try:
-        with abortable(response):
-            data: bytes | None = response.content
-    except requests.RequestException:
-        data = None
-    response.close()
+        data = response.read_body(limit)
+    except WireError:
+        return None
     return data if data is not None and len(data) == expected else None
 
 
-def _fail(src: str, response: requests.Response) -> SourceError:
+def _fail(src: str, response: Answer) -> SourceError:
     """The error an answer of 400 or more stands for (its connection is dropped): SourceNotFound for
     404/410 and 401/403 (missing, or not ours to read), SourceError (502) for the rest."""
     status = response.status_code
@@ -185,6 +186,7 @@ class HttpSource:
         self.transport = transport
         self.fetch_bytes = fetch_bytes  # PREFLIGHT_FETCH_BYTES: how much pre-flight's GET asks for
         self.budget = budget  # PREFLIGHT_HOLD_BYTES: what this worker may hold of what it fetched
+        self._refusals: dict[str, str | None] = {}  # check()'s verdict by host name (None: allowed)
 
     @classmethod
     def from_config(cls, config: Config, policy: Policy | None = None) -> HttpSource:
@@ -199,19 +201,33 @@ class HttpSource:
         """An http(s) URL with a host and no credentials, allowed by HTTP_HOSTS, not naming a non-public
         IP literal (HTTP_ALLOW_PRIVATE) nor one in a notation clients read differently; else SourceRefused."""
         parts = urlsplit(src)
-        policy = self.transport.policy
-        if parts.scheme not in self.schemes or not parts.hostname:
+        host = parts.hostname
+        if parts.scheme not in self.schemes or not host:
             raise SourceRefused(src, "not a valid http(s) URL")
-        if parts.username or parts.password:
+        if "@" in parts.netloc and (parts.username or parts.password):
             raise SourceRefused(src, "credentials in URLs are not accepted")
-        if not policy.host_allowed(parts.hostname):
-            raise SourceRefused(src, f"host {parts.hostname} is not in HTTP_HOSTS")
-        reason = policy.literal_refusal(parts.hostname)
+        # The rest depends on the host alone: judged once per host (a bundle names few, 10,000 times).
+        refusal = self._refusals.get(host, "")
+        if refusal == "":
+            refusal = self._refusal(host)
+            if len(self._refusals) >= MAX_HOSTS_JUDGED:
+                self._refusals.clear()
+            self._refusals[host] = refusal
+        if refusal is not None:
+            raise SourceRefused(src, refusal)
+
+    def _refusal(self, host: str) -> str | None:
+        """Why a URL naming `host` (as urlsplit reads it) is refused, or None (see `check`)."""
+        policy = self.transport.policy
+        if not policy.host_allowed(host):
+            return f"host {host} is not in HTTP_HOSTS"
+        reason = policy.literal_refusal(host)
         if reason:
-            raise SourceRefused(src, f"{reason}; only public addresses may be fetched (HTTP_ALLOW_PRIVATE)")
-        if unusual_literal(parts.hostname):
-            raise SourceRefused(src, f"{parts.hostname} is the IP address {literal_address(parts.hostname)} in a "
-                                     "notation HTTP clients read differently; write it in ASCII without a trailing dot")
+            return f"{reason}; only public addresses may be fetched (HTTP_ALLOW_PRIVATE)"
+        if unusual_literal(host):
+            return (f"{host} is the IP address {literal_address(host)} in a notation HTTP clients read "
+                    "differently; write it in ASCII without a trailing dot")
+        return None
 
     # -- pre-flight ---------------------------------------------------------------------------------
 
@@ -221,8 +237,10 @@ class HttpSource:
         the download may hold (held.current()) and its share of the budget has room for them (one
         request instead of two for a small file), else of its first byte."""
         self.check(src)  # a bundle stored before a rule changed meets today's rules, as at creation
-        with (deadline or NO_DEADLINE).applying() as applied:  # for the connection's abort hook
-            return [self._stat(src, self._holding(), applied)]
+        deadline = deadline or NO_DEADLINE
+        watch = Watch()  # the socket its requests wait on, for the deadline to shut (http_wire.Watch)
+        with deadline.aborting(watch.shut):
+            return [self._stat(src, self._holding(), deadline, watch)]
 
     def _holding(self) -> Holding | None:
         """The running download's share of this source's budget, if it may hold (see held.py)."""
@@ -231,7 +249,7 @@ class HttpSource:
             return None
         return scope.holding(self.budget)
 
-    def _stat(self, src: str, holding: Holding | None, deadline: Deadline) -> SourceInfo:
+    def _stat(self, src: str, holding: Holding | None, deadline: Deadline, watch: Watch) -> SourceInfo:
         # The same kind of request on every route (whole zip, HEAD, range, If-None-Match), read the
         # same way: the zip's layout and ETag follow from its answer, so they can't depend on which
         # route asked. Only its length differs: the first bytes where they can be held for the
@@ -239,7 +257,7 @@ class HttpSource:
         want = self.fetch_bytes
         kept = holding is not None and holding.reserve(want)
         try:
-            info, data = self._stat_get(src, want if kept else 1, deadline, keep=kept)
+            info, data = self._stat_get(src, want if kept else 1, deadline, watch, keep=kept)
         except BaseException:
             if holding is not None and kept:
                 holding.release(want)
@@ -251,11 +269,11 @@ class HttpSource:
             return info
         return replace(info, head=holding.keep(data, want))
 
-    def _stat_head(self, src: str, deadline: Deadline) -> SourceInfo | None:
+    def _stat_head(self, src: str, deadline: Deadline, watch: Watch) -> SourceInfo | None:
         """What a HEAD says of `src`, or None if it answers with anything but a 2xx: a presigned URL
         is signed for GET only (403), some servers don't implement HEAD (405, 501). The GET that
         read the file is what counts; a refused HEAD is not "access denied"."""
-        response = self.transport.request("HEAD", src, src, {}, deadline=deadline)
+        response = self.transport.probe("HEAD", src, src, {}, deadline, watch)
         if response.status_code >= 300:
             response.close()
             return None
@@ -267,7 +285,7 @@ class HttpSource:
             return None
         return self._info(src, response, None if encoded else length)
 
-    def _stat_get(self, src: str, want: int, deadline: Deadline,
+    def _stat_get(self, src: str, want: int, deadline: Deadline, watch: Watch,
                   keep: bool = True) -> tuple[SourceInfo, bytes | None]:
         """Pre-flight by `GET Range: bytes=0-{want-1}`: the info, and (if `keep`) the bytes worth
         keeping (the whole file, or a first part the member can continue from with If-Range), or None.
@@ -278,12 +296,12 @@ class HttpSource:
         leaves the GET's answer as it is. Where the two disagree the source's validators can't be
         trusted across requests (`SourceInfo.stable` False).
         """
-        response = self.transport.request("GET", src, src, {"Range": f"bytes=0-{want - 1}"}, deadline=deadline)
+        response = self.transport.probe("GET", src, src, {"Range": f"bytes=0-{want - 1}"}, deadline, watch)
         if response.status_code == 416:
             # An empty file has no byte 0, and a 416 need not carry the validators: a plain GET of
             # it costs what a HEAD would, and every server that serves the file answers it.
             release(response)
-            response = self.transport.request("GET", src, src, {}, deadline=deadline)
+            response = self.transport.probe("GET", src, src, {}, deadline, watch)
         status = response.status_code
         size: int | None = None
         expected: int | None = None
@@ -319,7 +337,7 @@ class HttpSource:
             release(response)
             data = None
         if size is None or (status != 200 and (info.etag is None or info.last_modified is None)):
-            head_info = self._stat_head(src, deadline)
+            head_info = self._stat_head(src, deadline, watch)
             if head_info is not None:
                 info = _completed(info, head_info)
         if data is not None and len(data) != info.size and (info.strong_etag is None or not info.stable):
@@ -329,7 +347,7 @@ class HttpSource:
         return info, data
 
     @staticmethod
-    def _info(src: str, response: requests.Response, size: int | None) -> SourceInfo:
+    def _info(src: str, response: WireResponse, size: int | None) -> SourceInfo:
         return SourceInfo(
             src=src,
             name=name_from_src(src),

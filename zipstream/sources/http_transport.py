@@ -1,28 +1,34 @@
 """The HTTP source's transport: one request with our redirect, retry and address rules, body unread.
 
-Requests go straight to requests' transport adapter over a pool whose every connection is checked by
-the address policy (netguard.py) on the address really connected to, so DNS names pointing inward,
-redirects and odd IP notations meet the same rule. What the answer means (sizes, validators,
-versions) is the source's business (http.py); here an answer is only sent, followed and retried.
+Requests go over one pool of connections whose every connection is checked by the address policy
+(netguard.py) on the address really connected to, so DNS names pointing inward, redirects and odd IP
+notations meet the same rule. A member's GET goes through requests' transport adapter (`request`);
+pre-flight's body-less requests, one per source, are written and read by http_wire.py on the same
+pools (`probe`): the same redirect, retry and deadline rules, in one loop (`_follow`). What the answer
+means (sizes, validators, versions) is the source's business (http.py); here an answer is only sent,
+followed and retried.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urldefrag, urljoin, urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
 from requests.utils import requote_uri
+from urllib3.connectionpool import HTTPConnectionPool
 
 from ..chunks import CHUNK_SIZE
 from ..deadline import Deadline, current, shut
 from ..errors import ClientGone, SourceError, SourceRefused, SourceTimeout
 from ..numbers import NotANumber, NumberTooLarge, http_date, is_digits, parse_digits
-from .netguard import AddressRefused, Policy, guarded_pool_manager
+from .http_wire import Target, Watch, WireError, WireResponse, WireTimeout, exchange
+from .netguard import AddressRefused, Policy, RequestStopped, guarded_pool_manager
 
 MAX_REDIRECTS = 5
 RETRY_STATUSES = frozenset({500, 502, 503, 504, 429})
@@ -34,6 +40,26 @@ MIN_ATTEMPT = 0.25
 MAX_RETRY_AFTER_STREAMING = 10.0
 BASE_HEADERS = {"Accept-Encoding": "identity", "User-Agent": "zipstream", "Accept": "*/*"}
 NO_DEADLINE = Deadline(None)
+# What a failed exchange raises, by either path: requests' errors, or http_wire's, or the address
+# policy's and the deadline's own (OSErrors, which http_wire lets through as they are).
+EXCHANGE_ERRORS = (requests.RequestException, WireError, AddressRefused, RequestStopped)
+
+
+class Answer(Protocol):
+    """What the transport reads of an answer, whichever path sent it (requests.Response, WireResponse)."""
+
+    @property
+    def status_code(self) -> int: ...
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+    @property
+    def url(self) -> str: ...
+    @property
+    def is_redirect(self) -> bool: ...
+    def close(self) -> None: ...
+
+
+AnswerT = TypeVar("AnswerT", bound=Answer)
 
 
 class _GuardedAdapter(HTTPAdapter):
@@ -78,7 +104,7 @@ def redirect_target(url: str, location: str) -> str:
     return str(requote_uri(target))
 
 
-def retry_after(response: requests.Response) -> float | None:
+def retry_after(response: Answer) -> float | None:
     """Seconds a 429/503 asks to wait (Retry-After as delta-seconds or an HTTP date), else None."""
     if response.status_code not in (429, 503):
         return None
@@ -97,7 +123,7 @@ def retry_after(response: requests.Response) -> float | None:
         return None
 
 
-def content_length(response: requests.Response) -> int | None:
+def content_length(response: Answer) -> int | None:
     """The body length an answer announces, or None without one.
 
     RFC 9112 §6.3: a Transfer-Encoding overrides Content-Length (None then); a list of equal
@@ -136,13 +162,17 @@ def body_chunks(response: requests.Response) -> Iterator[bytes]:
         yield chunk
 
 
-def release(response: requests.Response) -> None:
+def release(response: Answer) -> None:
     """Done with a response whose body we don't need: keep its connection alive when that is cheap.
 
     `Response.close()` on an unread body closes the socket; a HEAD (or a tiny body) is read out
     instead so the connection goes back to the pool — pre-flight of 1,000 files would otherwise
     open 1,000 connections.
     """
+    if isinstance(response, WireResponse):
+        response.release()
+        return
+    assert isinstance(response, requests.Response)
     try:
         length = content_length(response)
     except NotANumber:  # invalid framing: the connection can't be reused
@@ -151,6 +181,15 @@ def release(response: requests.Response) -> None:
         with contextlib.suppress(requests.RequestException), abortable(response):
             response.content  # noqa: B018 - reading it out is the point
     response.close()
+
+
+def _pool_kwargs(verify: bool | str) -> dict[str, Any]:
+    """The TLS part of a pool's key, as requests' adapter makes it (`_urllib3_request_context`): the
+    same key, so both paths share one pool per host."""
+    kwargs: dict[str, Any] = {"cert_reqs": "CERT_NONE" if verify is False else "CERT_REQUIRED"}
+    if isinstance(verify, str):
+        kwargs["ca_cert_dir" if os.path.isdir(verify) else "ca_certs"] = verify
+    return kwargs
 
 
 class HttpTransport:
@@ -167,6 +206,45 @@ class HttpTransport:
         self.timeout = (min(10.0, timeout), timeout)  # (connect, read), seconds
         self.adapter = _GuardedAdapter(policy, pool_size)
         self.verify = verify  # TLS: the system's CA bundle (a path to another bundle in tests)
+        # The adapter's pools by (scheme, host, port, verify), so a probe skips the pool manager's key
+        # building; a pool it closed (evicted, cleared) is looked up again.
+        self._pools: dict[tuple[str, str, int, bool | str], HTTPConnectionPool] = {}
+        self._max_pools = pool_size
+
+    def probe(self, method: str, src: str, url: str, headers: dict[str, str], deadline: Deadline,
+              watch: Watch) -> WireResponse:
+        """`request` for pre-flight: the same rules (redirects, retries, deadline), with the exchange
+        written by http_wire.py instead of requests (bench B7). The caller has registered `watch.shut`
+        with `deadline` (`Deadline.aborting`): it wakes whichever request is waiting when the deadline
+        passes. The answer's body is read, if at all, by `WireResponse.read_body` or `release`."""
+
+        def send(method: str, url: str, headers: dict[str, str], deadline: Deadline) -> WireResponse:
+            return self._exchange(method, src, url, headers, deadline, watch)
+
+        return self._follow(send, method, src, url, headers, retry=True, deadline=deadline)
+
+    def _exchange(self, method: str, src: str, url: str, headers: dict[str, str], deadline: Deadline,
+                  watch: Watch) -> WireResponse:
+        """One exchange by http_wire.py (see `send`); SourceError naming `src` for a URL no request can
+        be made of (a port past 65535, say): no retry would change that."""
+        try:
+            target = Target(url)
+        except ValueError as error:
+            where = "" if url == src else f" {url[:200]!r}"
+            raise SourceError(src, f"invalid URL{where} ({error})") from None
+        key = (target.scheme, target.host, target.port, self.verify)
+        pool = self._pools.get(key)
+        if pool is None or pool.pool is None:
+            pool = self.adapter.poolmanager.connection_from_host(
+                target.host, target.port, target.scheme, pool_kwargs=_pool_kwargs(self.verify))
+            # What requests' adapter sets on the pool before each of its requests (its CA bundle).
+            self.adapter.cert_verify(pool, target.url, self.verify, None)  # type: ignore[no-untyped-call]
+            if len(self._pools) >= self._max_pools:
+                self._pools.clear()
+            self._pools[key] = pool
+        left = deadline.remaining()
+        connect, read = max(0.001, min(self.timeout[0], left)), max(0.001, min(self.timeout[1], left))
+        return exchange(pool, method, target, {**BASE_HEADERS, **headers}, (connect, read), deadline, watch)
 
     def send(self, method: str, url: str, headers: dict[str, str],
              deadline: Deadline = NO_DEADLINE) -> requests.Response:
@@ -185,6 +263,14 @@ class HttpTransport:
                 retry: bool = True, deadline: Deadline = NO_DEADLINE, retries: int = len(BACKOFF),
                 validated_at: str | None = None, elsewhere: dict[str, str] | None = None) -> requests.Response:
         """The answer to `method url`, redirects followed and transient failures retried; body unread.
+        Sent by requests (`send`); see `_follow` for the rules."""
+        return self._follow(self.send, method, src, url, headers, retry, deadline, retries, validated_at, elsewhere)
+
+    def _follow(self, send: Callable[[str, str, dict[str, str], Deadline], AnswerT], method: str, src: str,
+                url: str, headers: dict[str, str], retry: bool = True, deadline: Deadline = NO_DEADLINE,
+                retries: int = len(BACKOFF), validated_at: str | None = None,
+                elsewhere: dict[str, str] | None = None) -> AnswerT:
+        """The answer to `method url` by `send`, redirects followed and transient failures retried.
 
         Every redirect hop is checked (http(s) only, never https to http, HTTP_HOSTS) and every
         connection by the address policy: SourceRefused. A connection that fails after the retries is
@@ -203,8 +289,8 @@ class HttpTransport:
                 deadline.check(src)
                 capped = deadline.remaining() < self.timeout_seconds  # this attempt ends at the deadline
                 try:
-                    response = self.send(method, url, sent, deadline)
-                except requests.RequestException as error:
+                    response = send(method, url, sent, deadline)
+                except EXCHANGE_ERRORS as error:
                     refused = _refused(error)
                     if refused is not None:
                         raise SourceRefused(src, str(refused)) from None
@@ -214,11 +300,11 @@ class HttpTransport:
                         continue
                     if deadline.cancelled:
                         raise ClientGone("the client closed the connection during pre-flight") from None
-                    if isinstance(error, requests.Timeout):
+                    if isinstance(error, requests.Timeout | WireTimeout):
                         within = deadline.describe() if capped else f"{self.timeout_seconds:g} s (HTTP_TIMEOUT)"
                         raise SourceTimeout(src, f"no answer within {within}, {attempts + 1} attempts") from None
-                    raise SourceError(src, f"connection failed ({type(error).__name__}), "
-                                           f"{attempts + 1} attempts") from None
+                    kind = error.kind if isinstance(error, WireError) else type(error).__name__
+                    raise SourceError(src, f"connection failed ({kind}), {attempts + 1} attempts") from None
                 # A 5xx/429 is retried only if the retry fits; otherwise it is the answer (a 502).
                 if response.status_code in RETRY_STATUSES and retry and attempts < min(retries, len(BACKOFF)):
                     pause = self._pause(response, deadline, attempts)
@@ -236,7 +322,7 @@ class HttpTransport:
             return response
         raise SourceRefused(src, f"more than {MAX_REDIRECTS} redirects (the redirect limit)")
 
-    def _redirected(self, src: str, url: str, response: requests.Response) -> str:
+    def _redirected(self, src: str, url: str, response: Answer) -> str:
         """Where a redirect answer sends `url`, once the hop is allowed (else SourceRefused)."""
         location = response.headers.get("Location", "")
         response.close()
@@ -254,7 +340,7 @@ class HttpTransport:
         return target
 
     @staticmethod
-    def _pause(response: requests.Response, deadline: Deadline, attempts: int) -> float | None:
+    def _pause(response: Answer, deadline: Deadline, attempts: int) -> float | None:
         """Seconds to wait before retrying this answer, or None if no retry fits.
 
         A 429/503 naming a Retry-After is retried after exactly that (a rate limiter refuses earlier

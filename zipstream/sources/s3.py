@@ -1,5 +1,18 @@
 """S3 filestore: `s3://bucket/key` srcs (and `s3://bucket/prefix/` for every object under a prefix).
 
+Pre-flight asks a key with HeadObject, except for a download that streams every member right after
+(held.py): there it asks GetObject for the bytes from 0 instead, and keeps the first
+PREFLIGHT_FETCH_BYTES within the source's budget. An object of at most that many bytes then costs
+one request (its bytes are all in memory: its member needs no GetObject, and the zip writer computes
+its CRC-32 from them, checked against the stored one if there is one), a bigger one two (the first
+bytes, then the rest from there with IfMatch, as a resume). The range is open-ended because a range
+that is the whole object is answered with the object's stored checksum as HeadObject's is (a range
+that is part of an object carries none), and a stored CRC-32 decides the zip's layout: the layout,
+Content-Length and ETag are then the same whichever route asked. For a bigger object the pre-flight
+connection is closed after those first bytes rather than read out. A store that sends no checksum
+with any range (MinIO, Ceph) is noticed by the HeadObject asked when an answer has none, and goes
+back to HeadObject (`S3Source.range_checksums`).
+
 botocore's errors are translated here into `SourceError` subclasses; nothing above knows boto3 is used.
 
 A src is refused before anything is stored or fetched (`src_problem`) when its bucket breaks S3's naming
@@ -18,7 +31,9 @@ import binascii
 import logging
 import re
 import unicodedata
+import zlib
 from collections.abc import Collection, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import unquote
@@ -28,11 +43,13 @@ from botocore.exceptions import BotoCoreError, ClientError, ConnectTimeoutError,
 
 from ..aws import DeadlinePassed, s3_client
 from ..chunks import CHUNK_SIZE
-from ..config import Config
+from ..config import Config, aws_endpoint
 from ..deadline import Deadline
 from ..errors import SourceChanged, SourceError, SourceInterrupted, SourceNotFound, SourceRefused, SourceTimeout
 from ..numbers import NotANumber, parse_digits
+from . import held
 from .contract import SourceInfo
+from .held import HoldBudget, Holding
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -165,6 +182,9 @@ def translate(src: str, error: Exception) -> SourceError:
         status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
         if code == "NoSuchBucket":
             return SourceNotFound(src, "not found (no such bucket)")
+        if code == "InvalidObjectState":  # a 403 from GetObject: archived, not restored
+            storage = str(error.response.get("Error", {}).get("StorageClass", "") or "an archive")
+            return SourceNotFound(src, _archived_reason(storage))
         if code in ("NoSuchKey", "NotFound", "404") or status == 404:
             return SourceNotFound(src, "not found")
         if code in ("AccessDenied", "Forbidden", "403", "AllAccessDisabled") or status == 403:
@@ -185,6 +205,26 @@ def translate(src: str, error: Exception) -> SourceError:
     if isinstance(error, ConnectTimeoutError | ReadTimeoutError):
         return SourceTimeout(src, f"S3 did not answer in time (S3_TIMEOUT): {type(error).__name__}")
     return SourceError(src, f"S3 request failed: {type(error).__name__}")
+
+
+# Storage classes whose objects GetObject refuses (403 InvalidObjectState) until they are restored.
+_ARCHIVE_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})
+
+
+def _archived_reason(storage: str) -> str:
+    return f"archived ({storage} storage class): restore it before it can be bundled"
+
+
+def _archived(head: dict[str, Any]) -> str | None:
+    """Why GetObject would refuse the object HeadObject describes (an archive storage class, or an
+    Intelligent-Tiering archive tier, with no restored copy: `Restore: ongoing-request="false"`), or None."""
+    storage = head.get("StorageClass")
+    tier = head.get("ArchiveStatus")
+    if storage not in _ARCHIVE_CLASSES and not tier:
+        return None
+    if 'ongoing-request="false"' in str(head.get("Restore") or ""):
+        return None
+    return _archived_reason(str(tier or storage))
 
 
 def _explain_bad_request(client: S3Client, bucket: str, key: str, error: ClientError) -> ClientError:
@@ -247,23 +287,104 @@ def _check_same_version(info: SourceInfo, start: int, response: dict[str, Any]) 
                                  f"{start} of {info.size if info.size is not None else '?'}")
 
 
+def _code(error: ClientError) -> str:
+    return str(error.response.get("Error", {}).get("Code", ""))
+
+
+def _status(error: ClientError) -> int:
+    return int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+
+
+def _has_checksum(answer: dict[str, Any]) -> bool:
+    """True if a GetObject/HeadObject answer carries a stored checksum (any algorithm: x-amz-checksum-*)."""
+    return any(name.startswith("Checksum") and name != "ChecksumMode" and value for name, value in answer.items())
+
+
+def _info(src: str, bucket: str, key: str, answer: dict[str, Any], size: int | None = None) -> SourceInfo:
+    """What a HeadObject answer (or a GetObject answer of the whole object, with `size`) says of `src`."""
+    return SourceInfo(
+        src=src,
+        name=key,
+        size=int(answer["ContentLength"]) if size is None else size,
+        etag=answer.get("ETag"),
+        last_modified=_utc(answer.get("LastModified")),
+        crc32=_crc32(answer),
+        location=(bucket, key),
+    )
+
+
+def _whole_size(response: dict[str, Any]) -> int | None:
+    """The object's size from a GetObject answer for the bytes from 0: the Content-Range total of a
+    206 that starts at 0 and runs to the end, the length of a 200 (a store ignoring Range); None if
+    the answer is neither (HeadObject is asked instead)."""
+    content_range = response.get("ContentRange")
+    try:
+        length = parse_digits(str(response.get("ContentLength")))
+        if content_range is None:
+            return length
+        match = _CONTENT_RANGE.fullmatch(str(content_range))
+        if match is None:
+            return None
+        first, last, total = (parse_digits(group) for group in match.groups())
+    except NotANumber:
+        return None
+    if first != 0 or last != total - 1 or length != total:
+        return None
+    return total
+
+
+def _read_first(body: Any, count: int) -> bytes | None:
+    """The first `count` bytes of a GetObject body, or None if it ends or fails before them."""
+    parts: list[bytes] = []
+    got = 0
+    try:
+        while got < count:
+            part = body.read(count - got)
+            if not part:
+                return None
+            parts.append(part)
+            got += len(part)
+    except _BODY_ERRORS:
+        return None
+    return b"".join(parts)
+
+
 class S3Source:
     """Reads objects through one boto3 client per process (see zipstream.aws)."""
 
     schemes: ClassVar[tuple[str, ...]] = ("s3",)
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, budget: HoldBudget | None = None) -> None:
         self.config = config  # the client's settings: AWS_REGION, S3_TIMEOUT, S3_PATH_STYLE (aws.py)
         self.buckets = frozenset(config.s3_buckets)
+        self.fetch_bytes = config.preflight_fetch_bytes  # PREFLIGHT_FETCH_BYTES: what pre-flight keeps
+        hold = config.preflight_hold_bytes if config.preflight_fetch_bytes else 0
+        self.budget = budget if budget is not None else HoldBudget(hold)  # PREFLIGHT_HOLD_BYTES
+        # Whether the store at each endpoint (None: AWS) sends an object's stored checksum with a
+        # GetObject whose range is the whole object; see `range_checksums`.
+        self._range_checksums: dict[str | None, bool] = {}
 
     @classmethod
     def from_config(cls, config: Config) -> S3Source:
-        """S3_BUCKETS, and the client's settings (see zipstream.aws); the client is made on first use."""
+        """S3_BUCKETS, PREFLIGHT_FETCH_BYTES, PREFLIGHT_HOLD_BYTES, and the client's settings (see
+        zipstream.aws); the client is made on first use."""
         return cls(config)
 
     @property
     def client(self) -> S3Client:
         return s3_client(self.config)
+
+    @property
+    def range_checksums(self) -> bool | None:
+        """Whether the S3 in use sends an object's stored checksum with a GetObject whose range is the
+        whole object (`bytes=0-`). AWS does (assumed: True); so does moto; MinIO and Ceph send none
+        with any range. A custom endpoint is None until an answer shows it; False sends pre-flight back
+        to HeadObject there (the only answer with the checksum)."""
+        endpoint = aws_endpoint("s3")
+        return self._range_checksums.get(endpoint, True if endpoint is None else None)
+
+    def _learn(self, sends: bool) -> None:
+        self._range_checksums[aws_endpoint("s3")] = sends
 
     def check(self, src: str) -> None:
         problem = src_problem(src, self.buckets)
@@ -274,40 +395,114 @@ class S3Source:
             raise SourceRefused(src, f"bucket {bucket} is not in S3_BUCKETS")
 
     def stat(self, src: str, deadline: Deadline | None = None) -> list[SourceInfo]:
-        """HeadObject of a key (with its stored CRC-32: ChecksumMode, which a ranged GET does not
-        return, and a known CRC-32 decides the zip's layout), or ListObjectsV2 of a prefix ending in '/'."""
+        """HeadObject of a key (with its stored CRC-32: ChecksumMode, and a known CRC-32 decides the
+        zip's layout), or ListObjectsV2 of a prefix ending in '/'.
+
+        When the download may hold (held.current()) and its share of the budget has room, a key is
+        asked with GetObject instead (see `_stat_get`): the same info, and its first
+        PREFLIGHT_FETCH_BYTES kept as `SourceInfo.head` (all of it for an object no bigger)."""
+        holding = self._holding()
         if deadline is None:
-            return self._stat(src)
+            return self._stat(src, holding=holding)
         # The client's before-send hook reads the deadline from the thread: no attempt (nor any of
         # botocore's retries) starts once it has passed.
         with deadline.applying():
             try:
-                return self._stat(src, s3_client(self.config, preflight=True))
+                return self._stat(src, s3_client(self.config, preflight=True), holding)
             except DeadlinePassed:
                 deadline.check(src)
                 raise SourceTimeout(src, f"no answer within {deadline.describe()}") from None
 
-    def _stat(self, src: str, client: S3Client | None = None) -> list[SourceInfo]:
+    def _holding(self) -> Holding | None:
+        """The running download's share of this source's budget, if it may hold (see held.py)."""
+        scope = held.current()
+        if scope is None or self.fetch_bytes <= 0 or self.budget.total <= 0:
+            return None
+        return scope.holding(self.budget)
+
+    def _stat(self, src: str, client: S3Client | None = None, holding: Holding | None = None) -> list[SourceInfo]:
         client = client or self.client
         self.check(src)
         bucket, key = parse_src(src)
         if key == "" or key.endswith("/"):
             return self._list(src, bucket, key, client)
+        want = self.fetch_bytes
+        if holding is not None and self.range_checksums is not False and holding.reserve(want):
+            try:
+                found = self._stat_get(src, bucket, key, client, want)
+            except BaseException:
+                holding.release(want)
+                raise
+            if found is not None:
+                info, data = found
+                if data is None:
+                    holding.release(want)
+                    return [info]
+                return [replace(info, head=holding.keep(data, want))]
+            holding.release(want)
+        return [_info(src, bucket, key, self._head(src, bucket, key, client))]
+
+    def _head(self, src: str, bucket: str, key: str, client: S3Client) -> dict[str, Any]:
+        """HeadObject's answer (ChecksumMode: with the stored checksum, if any), errors translated; an
+        archived object is refused (SourceNotFound) as GetObject refuses it, before any byte is sent."""
         try:
-            head = client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
+            head = dict(client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED"))
         except ClientError as error:
             raise translate(src, _explain_bad_request(client, bucket, key, error)) from None
         except (BotoCoreError, ValueError) as error:  # ValueError: see _ANSWER_ERRORS
             raise translate(src, error) from None
-        return [SourceInfo(
-            src=src,
-            name=key,
-            size=int(head["ContentLength"]),
-            etag=head.get("ETag"),
-            last_modified=_utc(head.get("LastModified")),
-            crc32=_crc32(dict(head)),
-            location=(bucket, key),
-        )]
+        archived = _archived(head)
+        if archived is not None:
+            raise SourceNotFound(src, archived)
+        return head
+
+    def _stat_get(self, src: str, bucket: str, key: str, client: S3Client,
+                  want: int) -> tuple[SourceInfo, bytes | None] | None:
+        """Pre-flight by `GetObject Range: bytes=0-` (ChecksumMode): the info HeadObject would give,
+        and the object's first `want` bytes (all of them if it has no more), or None for bytes not
+        worth keeping. None instead of the pair where HeadObject must answer: an empty object (it
+        has no byte 0: 416 InvalidRange) or an answer that gives no size.
+
+        Open-ended, so that the range is the whole object and the answer carries the stored checksum
+        as HeadObject's does (S3 sends none with a range that is part of an object); a bigger
+        object's body is closed after `want` bytes. Where the answer has no checksum and this store
+        was never seen to send one with a range, HeadObject says whether the object has one.
+        """
+        try:
+            answer = client.get_object(Bucket=bucket, Key=key, Range="bytes=0-", ChecksumMode="ENABLED")
+        except ClientError as error:
+            if _code(error) == "InvalidRange" or _status(error) == 416:
+                return None  # an empty object: HeadObject tells its validators (a 416 carries none)
+            raise translate(src, error) from None
+        except (BotoCoreError, ValueError) as error:
+            raise translate(src, error) from None
+        body, response = answer["Body"], dict(answer)
+        try:
+            size = _whole_size(response)
+            data = None if size is None else _read_first(body, min(size, want))
+        finally:
+            body.close()  # a bigger object's connection is dropped here, not read out
+        if size is None:
+            return None
+        if data is not None and len(data) < size and response.get("ContentRange") is None:
+            data = None  # a store that ignores Range: the rest could not be asked for from byte `want`
+        info = _info(src, bucket, key, response, size)
+        if _has_checksum(response):
+            self._learn(True)
+        elif self.range_checksums is not True:
+            # No checksum: the object has none, or this store sends none with a range.
+            head = self._head(src, bucket, key, client)
+            if _has_checksum(head) and self.range_checksums is not False:
+                log.info("S3 at %s sends no checksum with a ranged GetObject: pre-flight asks HeadObject "
+                         "there from now on", aws_endpoint("s3") or "AWS")
+                self._learn(False)
+            headed = _info(src, bucket, key, head)
+            if (_etag(headed.etag), headed.size) != (_etag(info.etag), info.size):
+                return headed, None  # another version since the GET: the stream reads the one HEAD saw
+            info = replace(info, crc32=headed.crc32)
+        if data is not None and info.crc32 is not None and len(data) == size and zlib.crc32(data) != info.crc32:
+            raise SourceError(src, "S3 sent bytes whose CRC-32 differs from the object's stored checksum")
+        return info, data
 
     def _list(self, src: str, bucket: str, prefix: str, client: S3Client) -> list[SourceInfo]:
         """Every object under `prefix`, named relative to the prefix: the objects in key order, then the

@@ -1,0 +1,90 @@
+"""zipstream/chunks.py: the memory chunks live in (close_iterator is covered where each layer uses it)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import requests
+
+from zipstream import chunks
+from zipstream.chunks import CHUNK_SIZE
+
+from .support.live import LiveServer
+
+glibc_only = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the policy is glibc's malloc")
+
+# Chunks as a download holds them: a few in flight, freed, the next ones allocated. Prints the page
+# faults of the loop (the first round, which maps the memory, is not counted).
+_CHURN = f"""
+import resource, sys
+from zipstream.chunks import keep_chunk_memory
+if sys.argv[1] == "kept":
+    assert keep_chunk_memory()
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+held = [b"x" * {CHUNK_SIZE} for _ in range(4)]
+del held
+before = faults()
+for _ in range(100):
+    held = [b"x" * {CHUNK_SIZE} for _ in range(4)]
+    del held
+print(faults() - before)
+"""
+_PAGES = 100 * 4 * CHUNK_SIZE // 4096  # pages the loop writes
+
+
+def _churn_faults(mode: str) -> int:
+    done = subprocess.run([sys.executable, "-c", _CHURN, mode], capture_output=True, text=True, check=True)
+    return int(done.stdout)
+
+
+@glibc_only
+def test_kept_chunk_memory_is_not_faulted_in_again() -> None:
+    assert _churn_faults("default") > _PAGES // 2  # glibc's own policy: most pages mapped again each round
+    assert _churn_faults("kept") < _PAGES // 100
+
+
+@glibc_only
+def test_a_worker_streams_a_big_member_without_faulting_its_memory_again(
+    serve: Callable[..., LiveServer], tmp_path: Path
+) -> None:
+    """gunicorn_conf.post_worker_init keeps chunk memory: a second download of 128 MiB maps ~no new pages
+    (glibc's default policy: ~3,400, one in ten of the chunks' pages)."""
+    root = tmp_path / "files"
+    root.mkdir()
+    with (root / "big.bin").open("wb") as handle:
+        handle.truncate(128 * CHUNK_SIZE)
+    server = serve(FS_INTERFACES="file", FILE_ROOT=str(root))
+    (pid,) = server.worker_pids()
+    created = requests.post(server.url("/"), json={"files": [{"src": "file:///big.bin"}]}, timeout=30)
+    created.raise_for_status()
+    url = server.url("/" + created.json()["id"])
+
+    def download() -> int:
+        before = _minor_faults(pid)
+        with requests.get(url, stream=True, timeout=120) as response:
+            assert response.status_code == 200
+            received = sum(len(chunk) for chunk in response.iter_content(CHUNK_SIZE))
+        assert received > 128 * CHUNK_SIZE
+        return _minor_faults(pid) - before
+
+    download()  # warm-up: imports, caches, the heap's first growth
+    assert download() < 128 * CHUNK_SIZE // 4096 // 100
+
+
+def _minor_faults(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
+
+
+def test_keep_chunk_memory_does_nothing_without_glibc(monkeypatch: pytest.MonkeyPatch) -> None:
+    def not_glibc(name: str) -> str:
+        raise ValueError(f"unrecognized configuration name {name!r}")  # what musl's and macOS's Pythons raise
+
+    monkeypatch.setattr(os, "confstr", not_glibc)
+    assert chunks.keep_chunk_memory() is False

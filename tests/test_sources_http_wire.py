@@ -1,0 +1,260 @@
+"""Pre-flight's own HTTP/1.1 exchange (sources/http_wire.py): the bytes it sends are the ones requests
+sends, the answers it reads are read as http.client reads them (or refused where that is lenient
+about framing), and its connections are the pool's, kept alive, replaced and woken as requests' are.
+
+Against real sockets: UpstreamServer for ordinary answers, tests/support/scripted.py where a server
+must answer in ways no ordinary server will.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Callable
+
+import pytest
+
+from zipstream.config import Config
+from zipstream.deadline import Deadline
+from zipstream.errors import ClientGone, SourceError
+from zipstream.sources.held import HoldBudget, HoldScope
+from zipstream.sources.http import HttpSource
+from zipstream.sources.http_transport import NO_DEADLINE
+from zipstream.sources.http_wire import Target, Watch, WireError, WireResponse, _parse_head, _parse_head_lines
+
+from .support.scripted import CLOSE, SILENT, ScriptedServer, answer
+from .support.upstream import UpstreamServer
+
+# A 206 that says all pre-flight asks (size, ETag, Last-Modified): no HEAD follows it.
+VALIDATORS = ("ETag: \"v1\"", "Last-Modified: Tue, 14 Nov 2023 22:13:20 GMT")
+SMALL = answer("206 Partial Content", (*VALIDATORS, "Content-Range: bytes 0-4/5"), b"hello")
+
+
+def _source(make_config: Callable[..., Config]) -> HttpSource:
+    return HttpSource.from_config(make_config())
+
+
+def _head_fields(head: bytes) -> tuple[bytes, list[bytes]]:
+    request_line, *fields = head.split(b"\r\n")
+    return request_line, fields
+
+
+# -- what is sent --------------------------------------------------------------------------------------
+
+PATHS = (
+    "/a.bin", "/dir/a.bin?x=1&y=two", "", "/a b.bin", "/%41%2f%7e?q=%20", "/dir/../a.bin", "/./a", "/a/.",
+    "/\u00fc.bin", "/a?q=[1]", "/a#fragment", "/a?", "/~user/a;b=c", "/a%zz", "/A/B?C=D&e=%E2%82%AC", "/a\"b<c>",
+    "/.hidden", "/a//b", "/a?b?c", "/a%", "/a@b:c!$&'()*+,=-._~",
+)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_the_request_is_the_one_requests_sends(path: str, make_config: Callable[..., Config]) -> None:
+    """Same request line and header fields, in the same order, byte for byte, as requests' adapter
+    (which pre-flight used before) sends for the same URL; and the same URL reported."""
+    with ScriptedServer(lambda _connection, _index: answer(body=b"x")) as server:
+        source = _source(make_config)
+        src = server.url(path)
+        old = source.transport.send("GET", src, {"Range": "bytes=0-0"})
+        old_url = old.url
+        old.close()
+        new = source.transport.probe("GET", src, src, {"Range": "bytes=0-0"}, NO_DEADLINE, Watch())
+        new.close()
+        (_, by_requests), (_, by_wire) = server.requests
+        assert _head_fields(by_wire) == _head_fields(by_requests)
+        assert new.url == old_url
+
+
+_PLAIN = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$&'()*+,;=:@/"
+
+
+def test_the_fast_reading_of_a_plain_url_is_requests_reading() -> None:
+    """Target's shortcut for URLs already in requests' form gives what requests' own code gives."""
+    chooser = random.Random(16)
+    hosts = ("example.com", "a-b.example", "127.0.0.1", "[::1]", "[2001:db8::1]", "x.y.z")
+    for _ in range(3000):
+        scheme = chooser.choice(("http", "https"))
+        port = chooser.choice(("", ":80", ":443", ":8080", ":65535", ":1"))
+        path = "/" + "".join(chooser.choice(_PLAIN) for _ in range(chooser.randrange(0, 30)))
+        query = "".join(chooser.choice(_PLAIN + "?") for _ in range(chooser.randrange(0, 20)))
+        query = chooser.choice(("", "?" + query))
+        url = f"{scheme}://{chooser.choice(hosts)}{port}{path}{query}"
+        fast, slow = Target(url), Target(url, fast=False)
+        assert (fast.scheme, fast.host, fast.port, fast.path, fast.host_field, fast.url) == (
+            slow.scheme, slow.host, slow.port, slow.path, slow.host_field, slow.url), url
+
+
+def test_a_url_no_request_can_be_made_of_fails_at_once(make_config: Callable[..., Config]) -> None:
+    """A port past 65535 passes check() (urlsplit reads the host) but no request can go out: one
+    SourceError naming the src, not four attempts with back-off in between."""
+    with pytest.raises(SourceError, match=r"http://127\.0\.0\.1:99999/a\.bin: invalid URL"):
+        _source(make_config).stat("http://127.0.0.1:99999/a.bin", Deadline(0.5))
+
+
+def test_a_header_value_that_would_split_the_request_is_refused(make_config: Callable[..., Config]) -> None:
+    with ScriptedServer(lambda _connection, _index: answer()) as server:
+        source = _source(make_config)
+        with pytest.raises(ValueError, match="invalid value"):
+            source.transport.probe("GET", server.url("/a"), server.url("/a"), {"Range": "bytes=0-0\r\nX: y"},
+                                   NO_DEADLINE, Watch())
+        assert server.requests == []
+
+
+# -- what is read --------------------------------------------------------------------------------------
+
+def _stat(make_config: Callable[..., Config], reply: bytes, deadline: Deadline | None = None) -> object:
+    with ScriptedServer(lambda _connection, _index: reply) as server:
+        [info] = _source(make_config).stat(server.url("/a.bin"), deadline)
+        return info
+
+
+def test_answers_read_as_http_client_reads_them(make_config: Callable[..., Config]) -> None:
+    folded = answer("206 Partial Content", (*VALIDATORS, "Content-Range: bytes", "\t 0-4/5"), b"hello")
+    assert _stat(make_config, folded).size == 5  # type: ignore[attr-defined]  # obs-fold: joined with SP
+    interim = b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n" + SMALL
+    assert _stat(make_config, interim).etag == '"v1"'  # type: ignore[attr-defined]
+    bare = SMALL.replace(b"\r\n", b"\n", SMALL.index(b"\r\n\r\n") // 2)  # some lines end in LF only
+    assert _stat(make_config, bare).size == 5  # type: ignore[attr-defined]
+    no_reason = SMALL.replace(b"206 Partial Content", b"206")
+    assert _stat(make_config, no_reason).size == 5  # type: ignore[attr-defined]
+    twice = answer("200 OK", (*VALIDATORS, "Content-Length: 5"), b"hello", length=False)
+    twice = twice.replace(b"\r\n\r\n", b"\r\nContent-Length: 5\r\n\r\n", 1)
+    assert _stat(make_config, twice).size == 5  # type: ignore[attr-defined]  # repeats joined: "5, 5"
+    with pytest.raises(SourceError, match="invalid Content-Length"):
+        _stat(make_config, twice.replace(b"Content-Length: 5\r\n", b"Content-Length: 4\r\n", 1))
+
+
+def test_the_quick_reading_of_a_head_is_the_line_by_line_one() -> None:
+    """Heads as servers write them are read by regular expressions, the rest line by line: the same
+    fields (or the same refusal) either way, for heads made of every piece that matters to either."""
+    chooser = random.Random(9112)
+    pieces = [b"a", b"B", b"-", b":", b" ", b"\t", b"\r\n", b"\n", b"\xe9", b"x", b"1", b"\r", b"(", b"  "]
+    for _ in range(20_000):
+        head = b"HTTP/1.1 200 OK\r\n" + b"".join(chooser.choice(pieces) for _ in range(chooser.randrange(0, 30)))
+        results = []
+        for parse in (_parse_head, _parse_head_lines):
+            try:
+                results.append(parse(head))
+            except WireError as error:
+                results.append(("refused", error.kind))
+        assert results[0] == results[1], head
+
+
+@pytest.mark.parametrize(("reply", "kind"), [
+    (b"HTTP/1.1 200 OK\r\nContent-Length : 5\r\n\r\nhello", "HeaderParsingError"),  # space before ':'
+    (b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n", "HeaderParsingError"),
+    (b"ICY 200 OK\r\n\r\n", "BadStatusLine"),
+    (b"HTTP/1.1 2000 OK\r\n\r\n", "BadStatusLine"),
+    (b"HTTP/1.1 200 OK\r\n" + b"X: y\r\n" * 101 + b"\r\n", "HTTPException"),
+    (b"HTTP/1.1 200 OK\r\nX: " + b"y" * 70_000 + b"\r\n\r\n", "LineTooLong"),
+])
+def test_a_malformed_answer_is_a_failed_connection(reply: bytes, kind: str,
+                                                   make_config: Callable[..., Config]) -> None:
+    """What http.client would refuse, or read two ways (whitespace before the colon smuggles a framing
+    field past one reader and not another: RFC 9112 §5.1), fails like a broken connection, retried."""
+    with ScriptedServer(lambda _connection, _index: reply) as server, \
+            pytest.raises(SourceError, match=f"connection failed \\({kind}\\), 4 attempts"):
+        _source(make_config).stat(server.url("/a.bin"))
+
+
+# -- connections -----------------------------------------------------------------------------------------
+
+def test_a_kept_alive_connection_dropped_by_the_server_is_replaced_at_once(
+        make_config: Callable[..., Config]) -> None:
+    """A server may close a kept-alive connection just as the next request goes out on it (its idle
+    timeout, its request limit). That request is sent again on a new connection at once: GET is
+    idempotent, and waiting for a back-off (0.2 s) that doesn't fit the deadline would fail the source."""
+
+    def script(connection: int, index: int) -> bytes:
+        return CLOSE if (connection, index) == (0, 1) else SMALL
+
+    with ScriptedServer(script) as server:
+        source = _source(make_config)
+        source.stat(server.url("/a.bin"))
+        [info] = source.stat(server.url("/b.bin"), Deadline(0.4))
+        assert info.size == 5
+        assert [connection for connection, _head in server.requests] == [0, 0, 1]
+
+
+def test_a_connection_the_answer_closes_is_not_reused(make_config: Callable[..., Config]) -> None:
+    closing = SMALL.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1)
+    http10 = SMALL.replace(b"HTTP/1.1", b"HTTP/1.0", 1)
+    kept10 = http10.replace(b"\r\n\r\n", b"\r\nConnection: keep-alive\r\n\r\n", 1)
+    switched = b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\n"
+    for reply, reused in ((closing, False), (http10, False), (kept10, True), (SMALL, True), (switched, False)):
+        with ScriptedServer(lambda _connection, _index, reply=reply: reply) as server:  # type: ignore[misc]
+            source = _source(make_config)
+            source.stat(server.url("/a.bin"))
+            source.stat(server.url("/b.bin"))
+            assert server.connections == (1 if reused else len(server.requests)), reply[:40]
+
+
+def test_pre_flight_and_the_members_share_connections(upstream: UpstreamServer,
+                                                      make_config: Callable[..., Config]) -> None:
+    """Pre-flight's exchanges use the pool requests' adapter reads members from: a member's GET goes
+    out on the connection its pre-flight left open (one connection for the lot, here)."""
+    upstream.add("/a.bin", b"a" * 100_000)
+    with ScriptedServer(lambda _connection, _index: SMALL) as server:
+        source = _source(make_config)
+        [info] = source.stat(server.url("/a.bin"))
+        whole = answer("200 OK", VALIDATORS, b"hello")
+        server.script = lambda _connection, _index: whole
+        assert b"".join(source.open(info)) == b"hello"
+        assert server.connections == 1
+
+
+def test_a_deadline_that_passes_later_leaves_pooled_connections_alone(make_config: Callable[..., Config]) -> None:
+    """Each stat's deadline can shut only the socket that stat is waiting on: once its connection is
+    back in the pool, another download's request may be using it."""
+    with ScriptedServer(lambda _connection, _index: SMALL) as server:
+        source = _source(make_config)
+        first = Deadline(30)
+        source.stat(server.url("/a.bin"), first)
+        first.expire()  # pre-flight ends, its deadline runs its abort hooks
+        [info] = source.stat(server.url("/b.bin"))
+        assert info.size == 5
+        assert server.connections == 1
+
+
+def test_a_deadline_wakes_a_request_waiting_for_its_answer(make_config: Callable[..., Config]) -> None:
+    """The client leaving (or pre-flight's time running out) shuts the socket a request waits on."""
+    with ScriptedServer(lambda _connection, _index: SILENT) as server:
+        source = _source(make_config)
+        deadline = Deadline(30)
+        threading.Timer(0.2, deadline.cancel).start()
+        with pytest.raises(ClientGone):
+            source.stat(server.url("/a.bin"), deadline)  # HTTP_TIMEOUT is 30 s: only the hook ends it
+        assert len(server.requests) == 1  # and nothing is sent after it
+
+
+def test_a_body_shorter_than_announced_is_not_held(make_config: Callable[..., Config]) -> None:
+    """The first bytes are held only when they all came: else the member reads the file itself."""
+    cut = answer("206 Partial Content", (*VALIDATORS, "Content-Range: bytes 0-4/5", "Content-Length: 5"),
+                 b"hel", length=False)
+    with ScriptedServer(lambda _connection, index: cut if index == 0 else CLOSE) as server:
+        source = HttpSource.from_config(make_config())
+        source.budget = HoldBudget(1 << 20)
+        with HoldScope().applying():
+            threading.Timer(0.3, server.stop).start()  # the server gives up on the rest
+            [info] = source.stat(server.url("/a.bin"))
+        assert info.size == 5 and info.head is None
+        assert source.budget.used == 0
+
+
+def test_release_reads_a_small_body_out_and_keeps_the_connection(make_config: Callable[..., Config]) -> None:
+    with ScriptedServer(lambda _connection, _index: answer(body=b"x" * 1000)) as server:
+        source = _source(make_config)
+        for _ in range(3):
+            response = source.transport.probe("GET", server.url("/a"), server.url("/a"), {}, NO_DEADLINE, Watch())
+            assert isinstance(response, WireResponse)
+            response.release()
+        assert server.connections == 1
+
+
+def test_header_fields_are_found_in_any_case(make_config: Callable[..., Config]) -> None:
+    with ScriptedServer(lambda _connection, _index: SMALL) as server:
+        source = _source(make_config)
+        response = source.transport.probe("GET", server.url("/a"), server.url("/a"), {}, NO_DEADLINE, Watch())
+        assert response.headers["CONTENT-RANGE"] == response.headers.get("content-range") == "bytes 0-4/5"
+        assert "Etag" in response.headers and "X-Missing" not in response.headers
+        response.close()
