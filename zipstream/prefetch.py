@@ -145,6 +145,9 @@ class _Fetch:
                     previous, self._current = self._current, 0
                     owner.account.release(previous, ahead=True)
                     if self._chunks:
+                        if (not owner._closed and owner._next <= self.index + owner._depth
+                                and owner._keeping_up()):
+                            owner._start_through(self.index + owner._depth)
                         chunk, ahead = self._chunks.popleft()
                         self._current = len(chunk) if ahead else 0
                         self.buffered -= len(chunk)
@@ -268,7 +271,9 @@ class Prefetcher:
             if index < self._next:
                 raise RuntimeError(f"member {index} was already taken")
             self._next = index
-        self._start_through(index + self._depth)
+        # The members ahead get a worker only while the client drains: a stalled download keeps one
+        # worker (greenlet) parked, not `depth` of them (chunks() starts the rest once it drains).
+        self._start_through(index + self._depth if self._keeping_up() else index)
         fetch = self._fetches.pop(index)
         with self._cond:
             self._head = fetch
