@@ -491,14 +491,24 @@ class _RssSampler(threading.Thread):
         self.join()
 
 
-def _fast_clients(url: str, count: int, length: int) -> list[float]:
-    """`count` curl downloads of `url` at once; each one's MB/s."""
+def _fast_clients(url: str, count: int, length: int, max_time: float | None = None) -> list[float]:
+    """`count` curl downloads of `url` at once; each one's MB/s (0.0 for one that did not finish within
+    `max_time` s: a service that makes it wait for memory held by the stalled clients, which the bench
+    itself keeps stalled meanwhile, would otherwise hang the bench)."""
+
+    def one(_: int) -> float:
+        try:
+            got = curl(url, max_time=max_time)
+        except RuntimeError:
+            if max_time is None:
+                raise
+            return 0.0
+        if got.size != length:
+            raise RuntimeError(f"fast client got {got.size} of {length} bytes")
+        return length / got.wall / 1e6
+
     with concurrent.futures.ThreadPoolExecutor(count) as pool:
-        fetched = list(pool.map(lambda _: curl(url), range(count)))
-    for one in fetched:
-        if one.size != length:
-            raise RuntimeError(f"fast client got {one.size} of {length} bytes")
-    return [length / one.wall / 1e6 for one in fetched]
+        return list(pool.map(one, range(count)))
 
 
 def _memory_gauges(base_url: str) -> dict[str, dict[str, float]]:
@@ -576,7 +586,7 @@ def slow_clients(tmp: Path, counts: list[int], files: int, size: int, stall: flo
                     if fast:
                         cpu = sum(proc_stat(pid).cpu_seconds for pid in pids)
                         wall = time.monotonic()
-                        meanwhile.extend(_fast_clients(url, fast, length))
+                        meanwhile.extend(_fast_clients(url, fast, length, max_time=60.0))
                         during["cpu"] = (sum(proc_stat(pid).cpu_seconds for pid in pids) - cpu) / (
                             time.monotonic() - wall)
                     time.sleep(max(0.0, stall - (time.monotonic() - began)))
@@ -623,7 +633,8 @@ def slow_clients(tmp: Path, counts: list[int], files: int, size: int, stall: flo
         f"{min(5.0, stall / 2):g} s into it), then drain with the buffer raised to 256 KiB (the window scale stays "
         "as set at connect: a 4 KiB buffer means 2 KiB segments and a 64 KiB window, so the drain is slow), "
         "hashing (sha256) what they read. RSS sampled every 0.2 s from /proc (sum of both workers); VmHWM reset "
-        f"just before the crowd. Fast clients: curl, {fast} at once, during the stall; alone: median of {runs}. "
+        f"just before the crowd. Fast clients: curl, {fast} at once, during the stall (0 MB/s: not done within "
+        f"60 s); alone: median of {runs}. "
         f"Open-file limit {limit}. Upstream requests: nginx's count over the crowd, less the fast clients' (one per "
         "file each); more than one per file means reads were re-opened (nginx closes a connection its reader "
         "has not drained for send_timeout, 60 s). Peak granted: the workers' zipstream_memory_granted_peak_bytes "
