@@ -28,7 +28,6 @@ retries.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import socket
@@ -65,7 +64,6 @@ class GeventWorker(_GeventWorker):  # type: ignore[misc]
         the worker process and with gevent's locks, before any request can ask for it."""
         super().patch()
         memory.worker_budget(os.environ)
-        _return_big_blocks()
 
     def handle(self, listener: Any, client: socket.socket, addr: Any) -> None:
         self._idle.add(client)
@@ -114,21 +112,6 @@ class GeventWorker(_GeventWorker):  # type: ignore[misc]
             while self._idle:
                 _shut_down(self._idle.pop())
             gevent.sleep(_STOP_POLL_SECONDS)
-
-
-# glibc's mallopt parameter: allocations from this size up get their own mapping (mallopt(3)).
-_M_MMAP_THRESHOLD = -3
-_MMAP_THRESHOLD = 128 * 1024
-
-
-def _return_big_blocks() -> None:
-    """Have glibc map every block of 128 KiB and more on its own, so that a freed chunk goes back to the
-    system at once. By default glibc raises that threshold to the largest block freed so far (up to
-    32 MiB): chunks of up to 1 MiB then come from the heap, whose freed holes the worker keeps (bench B8:
-    RSS after 300 slow downloads drained, 417 MiB with glibc's default, 210 MiB with this). A no-op on
-    another C library."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None).mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
 
 
 def _linger_and_close(sock: socket.socket) -> None:
