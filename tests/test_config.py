@@ -225,6 +225,7 @@ READS: list[tuple[str, object, str, object]] = [
     ("FILE_ROOT", "", "/usr/../usr", "/usr"),  # its real path
     ("PREFETCH", 16, "0", 0),
     ("PREFETCH_BYTES", 4194304, "65536", 65536),
+    ("MEMORY_BUDGET", 100663296, "4194304", 4194304),
     ("PREFLIGHT_CONCURRENCY", 256, "8", 8),
     ("PREFLIGHT_FETCH_BYTES", 65536, "0", 0),
     ("PREFLIGHT_HOLD_BYTES", 67108864, "0", 0),
@@ -278,6 +279,7 @@ REFUSES: list[tuple[str, str, str]] = [
     ("FILE_ROOT", "/nonexistent-zipstream-root", "FILE_ROOT '/nonexistent-zipstream-root' is not a directory"),
     ("PREFETCH", "-1", "PREFETCH must be a whole number (ASCII digits 0-9), not '-1'"),
     ("PREFETCH_BYTES", "65535", "PREFETCH_BYTES must be at least 65536, not 65535"),
+    ("MEMORY_BUDGET", "4194303", "MEMORY_BUDGET must be at least 4194304, not 4194303"),
     ("PREFLIGHT_CONCURRENCY", "0", "PREFLIGHT_CONCURRENCY must be at least 1, not 0"),
     ("PREFLIGHT_FETCH_BYTES", "64k", "PREFLIGHT_FETCH_BYTES must be a whole number (ASCII digits 0-9), not '64k'"),
     ("PREFLIGHT_HOLD_BYTES", "1_000", "PREFLIGHT_HOLD_BYTES must be a whole number (ASCII digits 0-9), not '1_000'"),
