@@ -17,6 +17,7 @@ import pytest
 from zipstream.config import Config
 from zipstream.deadline import Deadline
 from zipstream.errors import ClientGone, SourceError
+from zipstream.sources import http_wire
 from zipstream.sources.held import HoldBudget, HoldScope
 from zipstream.sources.http import HttpSource
 from zipstream.sources.http_transport import NO_DEADLINE
@@ -184,8 +185,11 @@ def test_a_connection_the_answer_closes_is_not_reused(make_config: Callable[...,
     for reply, reused in ((closing, False), (http10, False), (kept10, True), (SMALL, True), (switched, False)):
         with ScriptedServer(lambda _connection, _index, reply=reply: reply) as server:  # type: ignore[misc]
             source = _source(make_config)
-            source.stat(server.url("/a.bin"))
-            source.stat(server.url("/b.bin"))
+            for path in ("/a.bin", "/b.bin"):
+                try:
+                    source.stat(server.url(path))
+                except SourceError:  # a 101 is no answer to pre-flight's GET
+                    assert reply is switched
             assert server.connections == (1 if reused else len(server.requests)), reply[:40]
 
 
@@ -258,3 +262,60 @@ def test_header_fields_are_found_in_any_case(make_config: Callable[..., Config])
         assert response.headers["CONTENT-RANGE"] == response.headers.get("content-range") == "bytes 0-4/5"
         assert "Etag" in response.headers and "X-Missing" not in response.headers
         response.close()
+
+
+# -- hostile answers (issue 16's attack pass) ------------------------------------------------------------
+
+@pytest.mark.parametrize("status", ["000 Zero", "099 Low"])
+def test_a_status_below_100_is_no_answer(status: str, make_config: Callable[..., Config]) -> None:
+    """http.client refuses a status under 100 (BadStatusLine); read as a final answer it would pass for
+    a 200 and its body for the file."""
+    with ScriptedServer(lambda _connection, _index: SMALL.replace(b"206 Partial Content", status.encode())) \
+            as server, pytest.raises(SourceError, match="connection failed \\(BadStatusLine\\)"):
+        _source(make_config).stat(server.url("/a.bin"))
+
+
+@pytest.mark.parametrize("status", ["300 Multiple Choices", "302 Found", "203 Non-Authoritative Information",
+                                    "204 No Content", "304 Not Modified"])
+def test_pre_flight_takes_no_answer_but_200_or_206_for_the_file(status: str,
+                                                                 make_config: Callable[..., Config]) -> None:
+    """A final answer other than 200/206 (a 3xx with no Location among them) is not the file: a member's
+    GET refuses it (`HttpSource._read`), so pre-flight does too, before the first byte (a 502), rather
+    than holding a small body and zipping it as the file's bytes."""
+    body = b"" if status.startswith(("204", "304")) else b"hello"
+    with ScriptedServer(lambda _connection, _index: answer(status, VALIDATORS, body)) as server:
+        source = _source(make_config)
+        source.budget = HoldBudget(1 << 20)
+        with HoldScope().applying(), pytest.raises(SourceError, match=f"answered HTTP {status[:3]} to a GET"):
+            source.stat(server.url("/a.bin"))
+        assert source.budget.used == 0
+
+
+def test_a_head_that_trickles_in_is_searched_once_over(monkeypatch: pytest.MonkeyPatch,
+                                                       make_config: Callable[..., Config]) -> None:
+    """A hostile upstream sending its head a few bytes at a time (up to MAX_HEAD, 1 MiB) must not make the
+    worker search the whole buffer again on every read: 1 MiB in reads of 100 bytes took ~30 s of CPU.
+    Counted as bytes scanned for the head's end, not as time."""
+    scanned = []
+    real = http_wire._HEAD_END
+
+    class Counting:
+        def search(self, buffer: bytes, pos: int = 0) -> object:
+            scanned.append(len(buffer) - pos)
+            return real.search(buffer, pos)
+
+    monkeypatch.setattr(http_wire, "_HEAD_END", Counting())
+
+    class Trickle:
+        def __init__(self, data: bytes) -> None:
+            self.data, self.at = data, 0
+
+        def recv(self, size: int) -> bytes:
+            chunk = self.data[self.at:self.at + min(size, 100)]
+            self.at += len(chunk)
+            return chunk
+
+    head = SMALL[:SMALL.index(b"\r\n\r\n")] + b"\r\nX-Pad: " + b"p" * 60_000 + b"\r\n\r\nhello"
+    rest, _keep_alive, status, fields = http_wire._read_answer(Trickle(head), False, NO_DEADLINE)
+    assert (status, rest, fields["content-range"]) == (206, b"hello", "bytes 0-4/5")
+    assert sum(scanned) < 4 * len(head)

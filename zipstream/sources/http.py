@@ -307,6 +307,11 @@ class HttpSource:
         expected: int | None = None
         if status >= 400:
             raise _fail(src, response)
+        if status not in (200, 206):
+            # A 204/304, a 3xx with nowhere to go, a 203...: not the file's bytes, which a member's GET
+            # refuses too (`_read`); taken here, a small one's body would be held and zipped as the file.
+            response.close()
+            raise SourceError(src, f"upstream answered HTTP {status} to a GET")
         try:
             length = content_length(response)
         except NotANumber:

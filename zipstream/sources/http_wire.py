@@ -167,8 +167,9 @@ def _status_line(line: str) -> tuple[int, bool]:
     """(status, HTTP/1.1 or later) of `HTTP/x.y SSS[ reason]`; WireError for anything else."""
     version, _, rest = line.partition(" ")
     code = rest[:3]
+    # 3 digits from 100 (http.client refuses less): "000" or "099" is no status a response can have.
     if not version.startswith("HTTP/") or len(code) != 3 or not code.isdigit() or not code.isascii() \
-            or rest[3:4] not in ("", " "):
+            or code[0] == "0" or rest[3:4] not in ("", " "):
         raise WireError(f"not an HTTP/1.x status line: {line[:80]!r}", "BadStatusLine")
     return int(code), version not in ("HTTP/1.0", "HTTP/0.9")
 
@@ -386,7 +387,7 @@ class _Stale(Exception):
 def _read_answer(sock: object, may_be_stale: bool, deadline: Deadline) -> tuple[bytes, bool, int, Headers]:
     """(bytes after the head, keep-alive, status, fields) of the final answer (1xx skipped). On a
     kept-alive connection (`may_be_stale`) an EOF or reset before any byte raises _Stale."""
-    buffer = b""
+    buffer = bytearray()  # appended to in place: a head trickling in is copied once, not once a read
     while True:
         end = _HEAD_END.search(buffer)
         while end is None:
@@ -403,12 +404,15 @@ def _read_answer(sock: object, may_be_stale: bool, deadline: Deadline) -> tuple[
                     raise _Stale()
                 raise WireError("the server closed the connection without an answer", "RemoteDisconnected")
             may_be_stale = False
+            # Only the new bytes (and the 3 before them) can end the head: a head sent a few bytes a
+            # read is searched once over, not once a read (up to MAX_HEAD: seconds of CPU a source).
+            searched = max(0, len(buffer) - 3)
             buffer += chunk
-            end = _HEAD_END.search(buffer)
-        head, rest = buffer[:end.start()], buffer[end.end():]
+            end = _HEAD_END.search(buffer, searched)
+        head, rest = bytes(buffer[:end.start()]), bytes(buffer[end.end():])
         status, modern, fields = _parse_head(head)
         if 100 <= status < 200 and status != 101:  # interim (100 Continue, 103 Early Hints): the next one
-            buffer = rest
+            buffer = bytearray(rest)
             continue
         tokens = {token.strip(" \t").lower() for token in (fields.get("connection") or "").split(",")}
         # 101: the connection now speaks another protocol (never asked for; never reused).
