@@ -319,3 +319,36 @@ def test_a_head_that_trickles_in_is_searched_once_over(monkeypatch: pytest.Monke
     rest, _keep_alive, status, fields = http_wire._read_answer(Trickle(head), False, NO_DEADLINE)
     assert (status, rest, fields["content-range"]) == (206, b"hello", "bytes 0-4/5")
     assert sum(scanned) < 4 * len(head)
+
+
+def test_a_bare_cr_in_a_header_line_is_refused(make_config: Callable[..., Config]) -> None:
+    """http.client (a member's GET) ends a header line at a bare CR, this reader did not: pre-flight read
+    ETag "v<CR>1" that a member's If-Range can't even send (requests refuses it), so the download was cut
+    after its first byte. Refused at pre-flight instead (RFC 9112 §2.2 allows either)."""
+    reply = SMALL.replace(b'ETag: "v1"', b'ETag: "v\r1"')
+    with ScriptedServer(lambda _connection, _index: reply) as server, \
+            pytest.raises(SourceError, match="connection failed \\(HeaderParsingError\\)"):
+        _source(make_config).stat(server.url("/a.bin"))
+
+
+@pytest.mark.parametrize("etag", ['ETag:"v1"  ', 'ETag: "v1" \t'])
+def test_an_etag_with_whitespace_after_it_is_the_same_version(etag: str,
+                                                               make_config: Callable[..., Config]) -> None:
+    """Pre-flight's reader drops the whitespace after a field's value (RFC 9110 §5.5), http.client keeps
+    it: a server writing `ETag: "v1" ` had every member refused as another version (SourceChanged)."""
+    body = bytes(range(256)) * 8
+    whole = answer("200 OK", (etag, VALIDATORS[1]), body)
+    with ScriptedServer(lambda _connection, _index: whole) as server:
+        source = _source(make_config)
+        [info] = source.stat(server.url("/a.bin"))
+        assert info.etag == '"v1"'
+        assert b"".join(source.open(info)) == body
+
+
+@pytest.mark.parametrize("reply", [b"HTTP/1.1 206 Partial Content\r\nETag: \"v1", b"HTTP/1.1 206 Part", b"HTTP/1.1 2",
+                                   SMALL.replace(b"\r\n", b"\r")])
+def test_a_head_cut_by_the_server_closing_is_a_failed_connection(reply: bytes,
+                                                                 make_config: Callable[..., Config]) -> None:
+    with ScriptedServer(lambda _connection, _index: reply + CLOSE) as server, \
+            pytest.raises(SourceError, match="connection failed \\(RemoteDisconnected\\), 4 attempts"):
+        _source(make_config).stat(server.url("/a.bin"))

@@ -527,7 +527,9 @@ class HttpSource:
         An answer from a URL other than `validated_at` (a redirect to a mirror, a re-signed URL) may
         carry its own ETag for the same bytes: there an equal Last-Modified vouches instead.
         """
-        etag = response.headers.get("ETag")
+        # Without the whitespace around it (RFC 9110 §5.5), as pre-flight's reader (http_wire) gives
+        # it: http.client keeps a trailing space, and "v1" then differed from "v1"<SP> on every member.
+        etag = (response.headers.get("ETag") or "").strip(" \t") or None
         modified = http_date(response.headers.get("Last-Modified"))
         same_date = info.last_modified is not None and modified == info.last_modified
         elsewhere = response.url != validated_at

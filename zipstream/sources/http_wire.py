@@ -186,6 +186,8 @@ def _parse_head_lines(head: bytes) -> tuple[int, bool, Headers]:
     last = ""
     for raw in lines[1:]:
         line = raw.rstrip(b"\r")
+        if b"\r" in line:  # a bare CR (RFC 9112 §2.2): http.client's reader ends a line there, this one not
+            raise WireError(f"a bare CR in a header line: {line[:80]!r}", "HeaderParsingError")
         if line[:1] in (b" ", b"\t"):  # obs-fold: part of the previous field's value
             if not last:
                 raise WireError("a folded line before any field", "HeaderParsingError")
