@@ -352,3 +352,33 @@ def test_a_head_cut_by_the_server_closing_is_a_failed_connection(reply: bytes,
     with ScriptedServer(lambda _connection, _index: reply + CLOSE) as server, \
             pytest.raises(SourceError, match="connection failed \\(RemoteDisconnected\\), 4 attempts"):
         _source(make_config).stat(server.url("/a.bin"))
+
+
+@pytest.mark.parametrize("late", [False, True])
+def test_bytes_after_an_answer_never_become_the_next_answer(late: bool, make_config: Callable[..., Config]) -> None:
+    """A server sending more than its answer stated (with it, or a moment later on the idle pooled
+    connection: a response desync) must not have those bytes read as the answer to the next request:
+    the connection is closed, or found unusable at checkout, and the next request gets its own."""
+    forged = answer("206 Partial Content", ('ETag: "forged"', "Content-Range: bytes 0-4/5"), b"EVIL!")
+    sent = threading.Event()
+
+    def script(connection: int, index: int) -> bytes:
+        if (connection, index) != (0, 0):
+            return SMALL
+        if not late:
+            return SMALL + forged
+        def later() -> None:
+            with server._lock:
+                conn = server._open[0]
+            conn.sendall(forged)
+            sent.set()
+        threading.Timer(0.1, later).start()
+        return SMALL
+
+    with ScriptedServer(script) as server:
+        source = _source(make_config)
+        source.stat(server.url("/a.bin"))
+        assert sent.wait(5) if late else True
+        [info] = source.stat(server.url("/b.bin"))
+        assert info.etag == '"v1"'
+        assert server.connections == 2
