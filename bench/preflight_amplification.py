@@ -2,7 +2,7 @@
 
 Run from the repository root: `.venv/bin/python -m bench.preflight_amplification [--sources 10000]`.
 Real gunicorn (gevent worker), every setting default (PREFLIGHT_TIMEOUT 20 s, HTTP_TIMEOUT 30 s,
-PREFLIGHT_CONCURRENCY 64, MAX_FILES 10,000); the third party is tests/support/counting.py, silent
+PREFLIGHT_CONCURRENCY 256, MAX_FILES 10,000); the third party is tests/support/counting.py, silent
 (accepts, never answers) or busy (503 to everything). A one-off `POST /bundle` of N sources on it,
 then the third party is watched for 5 s more. Writes bench/results/preflight_amplification.md.
 """

@@ -225,7 +225,7 @@ READS: list[tuple[str, object, str, object]] = [
     ("FILE_ROOT", "", "/usr/../usr", "/usr"),  # its real path
     ("PREFETCH", 16, "0", 0),
     ("PREFETCH_BYTES", 4194304, "65536", 65536),
-    ("PREFLIGHT_CONCURRENCY", 64, "8", 8),
+    ("PREFLIGHT_CONCURRENCY", 256, "8", 8),
     ("PREFLIGHT_FETCH_BYTES", 65536, "0", 0),
     ("PREFLIGHT_HOLD_BYTES", 67108864, "0", 0),
     ("AWS_ENDPOINT_URL", "", "http://127.0.0.1:9000", "http://127.0.0.1:9000"),
@@ -401,7 +401,9 @@ def test_the_app_holds_its_config(tmp_path: Path) -> None:
 # -- the README's configuration table: the declared names, with the declared defaults --
 
 # Rows where the README may differ from the declarations: none (add a name here only with a reason).
-README_PENDING: set[str] = set()
+# PREFLIGHT_CONCURRENCY: its default went from 64 to 256 (issue 16, first byte); the README's row is in
+# the lead's hands (notes/TTFB-readme.md): empty this set when it is merged.
+README_PENDING: set[str] = {"PREFLIGHT_CONCURRENCY"}
 
 
 def readme_defaults() -> dict[str, str]:

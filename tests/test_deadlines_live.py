@@ -97,9 +97,9 @@ def test_a_healthy_bundle_is_untouched_by_the_deadline(live: LiveServer, upstrea
 
 def test_preflight_stops_within_a_second_of_the_client_hanging_up(
         serve: Callable[..., LiveServer], upstream: UpstreamServer) -> None:
-    # 200 sources answering after 1 s each: 64 at a time, pre-flight would run ~4 s. The deadline is
-    # long so only the hang-up can stop it.
-    server = serve(PREFLIGHT_TIMEOUT="60")
+    # 200 sources answering after 1 s each: 64 at a time (fewer than the sources, whatever the default),
+    # pre-flight would run ~4 s. The deadline is long so only the hang-up can stop it.
+    server = serve(PREFLIGHT_TIMEOUT="60", PREFLIGHT_CONCURRENCY="64")
     srcs = []
     for index in range(200):
         upstream.add(f"/slow{index}.bin", b"s")

@@ -37,8 +37,9 @@ _s3_clients: dict[tuple[object, ...], S3Client] = {}
 
 
 def pool_size(config: Config) -> int:
-    """Connections per client: S3_MAX_POOL, or enough for every pre-flight and download at once."""
-    return config.s3_max_pool or max(MIN_POOL, config.preflight_concurrency * 4)
+    """Connections per client: S3_MAX_POOL, or enough for one download's pre-flight and the reads of others
+    beside it (2 x PREFLIGHT_CONCURRENCY: with 256 that is 512 kept-alive connections per worker at most)."""
+    return config.s3_max_pool or max(MIN_POOL, config.preflight_concurrency * 2)
 
 
 def addressing_style(path_style: bool | None, endpoint: str | None) -> AddressingStyle:

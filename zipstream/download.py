@@ -81,8 +81,12 @@ def prepare(
                         if info.validated and info.src in known.unstable]:
             plan = plan.distrust(unsteady)  # no ETag now: nothing of "this version" was delivered
             delivered = 0
-        learned = {index: known.crcs[info.identity()] for index, info in enumerate(plan.infos)
-                   if info.validated and plan.entries[index].crc32 is None and info.identity() in known.crcs}
+        learned = {}
+        if known.crcs:
+            for index, info in enumerate(plan.infos):
+                crc = known.crcs.get(info.identity()) if plan.entries[index].crc32 is None else None
+                if crc is not None and info.validated:
+                    learned[index] = crc
         body = ZipStream(plan, sources.open, cache, learned, prefetch=config.prefetch,
                          prefetch_bytes=config.prefetch_bytes, max_bytes=config.max_bundle_bytes)
     return PreparedZip(plan, body, delivered, cache)
@@ -98,11 +102,15 @@ def _known(plan: Plan, cache: CrcCache | None) -> Known:
     """
     if plan.layout is None or cache is None:
         return Known()
-    identities = list(dict.fromkeys(info.identity() for index, info in enumerate(plan.infos)
-                                    if info.validated and plan.entries[index].crc32 is None))
-    srcs = list(dict.fromkeys(info.src for info in plan.infos if info.validated))
+    identities: dict[str, None] = {}  # dicts as ordered sets: each asked once, in order
+    srcs: dict[str, None] = {}
+    for info, entry in zip(plan.infos, plan.entries, strict=True):
+        if info.validated:
+            srcs[info.src] = None
+            if entry.crc32 is None:
+                identities[info.identity()] = None
     try:
-        return cache.known(identities, srcs, plan.etag)
+        return cache.known(list(identities), list(srcs), plan.etag)
     except SchemaNotReady:
         raise
     except Exception as error:  # noqa: BLE001 - a cache miss only costs upstream reads / a restart

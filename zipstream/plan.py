@@ -68,7 +68,7 @@ class Plan:
         """The zip's exact length in bytes, or None (deflate, or a member without a size)."""
         return self.layout.length if self.layout is not None else None
 
-    @property
+    @cached_property  # a pass over every source; asked by the ETag, the cache read and the response
     def rangeable(self) -> bool:
         """Byte ranges (and resume) need a stored zip whose every source has a size and a validator."""
         return self.layout is not None and self.layout.sized and all(info.validated for info in self.infos)

@@ -62,10 +62,18 @@ class SourceInfo:
             self.strong_etag is not None or self.last_modified is not None)
 
     def identity(self) -> str:
-        """A key for 'this exact version of this file': learned CRCs are stored under it."""
-        stamp = self.last_modified.isoformat() if self.last_modified else ""
-        raw = "\x00".join((self.src, str(self.size), self.etag or "", stamp))
-        return hashlib.sha256(raw.encode("utf-8", "surrogatepass")).hexdigest()
+        """A key for 'this exact version of this file': learned CRCs are stored under it (a SHA-256, hex)."""
+        # Worked out once per SourceInfo: a download asks for it several times (the cache read, the ETag,
+        # the CRC-32s learned while streaming). Kept beside the fields, so never compared, and `replace()`
+        # starts afresh. Not functools.cached_property: Python 3.11's takes a lock on every read, which
+        # under gevent is a Python-level lock (it cost more than the hash).
+        cached: str | None = self.__dict__.get("_identity")
+        if cached is None:
+            stamp = self.last_modified.isoformat() if self.last_modified else ""
+            raw = "\x00".join((self.src, str(self.size), self.etag or "", stamp))
+            cached = hashlib.sha256(raw.encode("utf-8", "surrogatepass")).hexdigest()
+            self.__dict__["_identity"] = cached
+        return cached
 
 
 class Source(Protocol):

@@ -193,7 +193,10 @@ class HttpSource:
         """HTTP_ALLOW_PRIVATE, HTTP_HOSTS, HTTP_TIMEOUT, PREFLIGHT_CONCURRENCY (the pool's size),
         PREFLIGHT_FETCH_BYTES and PREFLIGHT_HOLD_BYTES; `policy` replaces the address policy (tests)."""
         policy = policy or Policy(allow_private=config.http_allow_private, hosts=config.http_hosts)
-        transport = HttpTransport(policy, config.http_timeout, pool_size=max(10, config.preflight_concurrency * 4))
+        # Kept-alive connections per origin (and origins kept): one download's whole pre-flight reuses
+        # its connections, with as many again for the reads of others; more would only keep idle
+        # descriptors open to an origin (2 x 256 = 512 per worker at the default concurrency).
+        transport = HttpTransport(policy, config.http_timeout, pool_size=max(10, config.preflight_concurrency * 2))
         hold = config.preflight_hold_bytes if config.preflight_fetch_bytes else 0
         return cls(transport, config.preflight_fetch_bytes, HoldBudget(hold))
 
