@@ -532,7 +532,8 @@ class HttpSource:
         """
         # Without the whitespace around it (RFC 9110 §5.5), as pre-flight's reader (http_wire) gives
         # it: http.client keeps a trailing space, and "v1" then differed from "v1"<SP> on every member.
-        etag = (response.headers.get("ETag") or "").strip(" \t") or None
+        etag = response.headers.get("ETag")
+        etag = etag if etag is None else etag.strip(" \t")
         modified = http_date(response.headers.get("Last-Modified"))
         same_date = info.last_modified is not None and modified == info.last_modified
         elsewhere = response.url != validated_at
