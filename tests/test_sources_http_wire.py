@@ -384,3 +384,20 @@ def test_bytes_after_an_answer_never_become_the_next_answer(late: bool, make_con
         [info] = source.stat(server.url("/b.bin"))
         assert info.etag == '"v1"'
         assert server.connections == 2
+
+
+@pytest.mark.parametrize("interim", [b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n",
+                                     b"HTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 100 Continue\r\n\r\n"
+                                     b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 103 Early Hints\r\n\r\n"])
+def test_interim_answers_are_skipped_by_members_as_by_pre_flight(interim: bytes,
+                                                                 make_config: Callable[..., Config]) -> None:
+    """Pre-flight skips every 1xx before the answer; a member's GET (http.client) skipped only a 100 and
+    took a 103 Early Hints for the answer: pre-flight passed, then the download was cut ("HTTP 103")."""
+    body = bytes(range(256)) * 8
+    whole = interim + answer("200 OK", VALIDATORS, body)
+    with ScriptedServer(lambda _connection, _index: whole) as server:
+        source = _source(make_config)
+        [info] = source.stat(server.url("/a.bin"))
+        assert info.size == len(body)
+        assert b"".join(source.open(info)) == body
+        assert b"".join(source.open(info, 1000)) == body[1000:]
