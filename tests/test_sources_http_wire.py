@@ -401,3 +401,13 @@ def test_interim_answers_are_skipped_by_members_as_by_pre_flight(interim: bytes,
         assert info.size == len(body)
         assert b"".join(source.open(info)) == body
         assert b"".join(source.open(info, 1000)) == body[1000:]
+
+
+@pytest.mark.parametrize("version", [b"HTTP/2.0", b"HTTP/2", b"HTTP/x", b"HTTP/"])
+def test_an_answer_in_another_version_than_http_1_is_refused(version: bytes,
+                                                             make_config: Callable[..., Config]) -> None:
+    """A member's GET (http.client) refuses an `HTTP/2.0 200` status line on an HTTP/1.1 connection
+    (UnknownProtocol); pre-flight took it, and the download was cut at that member instead of a 502."""
+    with ScriptedServer(lambda _connection, _index: SMALL.replace(b"HTTP/1.1", version, 1)) as server, \
+            pytest.raises(SourceError, match="connection failed \\(UnknownProtocol\\)"):
+        _source(make_config).stat(server.url("/a.bin"))

@@ -171,7 +171,10 @@ def _status_line(line: str) -> tuple[int, bool]:
     if not version.startswith("HTTP/") or len(code) != 3 or not code.isdigit() or not code.isascii() \
             or code[0] == "0" or rest[3:4] not in ("", " "):
         raise WireError(f"not an HTTP/1.x status line: {line[:80]!r}", "BadStatusLine")
-    return int(code), version not in ("HTTP/1.0", "HTTP/0.9")
+    if not version.startswith("HTTP/1.") and version != "HTTP/0.9":
+        # "HTTP/2.0", "HTTP/x": http.client (a member's GET) refuses them (UnknownProtocol), so must this.
+        raise WireError(f"not an HTTP/1.x answer: {line[:80]!r}", "UnknownProtocol")
+    return int(code), version != "HTTP/1.0" and version != "HTTP/0.9"
 
 
 def _parse_head_lines(head: bytes) -> tuple[int, bool, Headers]:
