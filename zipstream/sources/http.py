@@ -13,6 +13,7 @@ Requests, redirects, retries and the address policy are the transport's (http_tr
 from __future__ import annotations
 
 import logging
+import re
 import zlib
 from collections.abc import Iterator
 from dataclasses import replace
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 RE_RESOLVE_STATUSES = frozenset({401, 403, 404, 410})
 # Content-Encodings decoded here (a browser saves the decoded file); others are refused.
 DECODABLE = frozenset({"gzip", "x-gzip", "deflate"})
+_WHITESPACE = re.compile(r"[ \t\r\n]+")
 # Host names whose check() verdict is remembered; past this many the memory starts over.
 MAX_HOSTS_JUDGED = 4096
 
@@ -69,6 +71,17 @@ def _content_range(value: str | None) -> tuple[int, int, int | None] | None:
     if end < start or (length is not None and end >= length):
         return None
     return start, end, length
+
+
+def _etag(response: Answer) -> str | None:
+    """The answer's ETag, its whitespace runs made one SP and none around it, or None without one.
+
+    Pre-flight's answers are read by http_wire, a member's by http.client and urllib3, which keep what
+    http_wire drops (whitespace after the value, RFC 9110 §5.5; a folded line's LF after a bare-LF
+    line): read as they are, "v1" and "v1"<SP> differed, and every member of such a server was
+    refused as another version (the download cut). Both sides are compared in this one form."""
+    value = response.headers.get("ETag")
+    return value if value is None else " ".join(_WHITESPACE.split(value.strip(" \t\r\n")))
 
 
 def _invalid_length(src: str, response: Answer) -> SourceError:
@@ -360,7 +373,7 @@ class HttpSource:
             src=src,
             name=name_from_src(src),
             size=size,
-            etag=response.headers.get("ETag"),
+            etag=_etag(response),
             last_modified=http_date(response.headers.get("Last-Modified")),
             location=(response.url or src,),
         )
@@ -530,10 +543,7 @@ class HttpSource:
         An answer from a URL other than `validated_at` (a redirect to a mirror, a re-signed URL) may
         carry its own ETag for the same bytes: there an equal Last-Modified vouches instead.
         """
-        # Without the whitespace around it (RFC 9110 §5.5), as pre-flight's reader (http_wire) gives
-        # it: http.client keeps a trailing space, and "v1" then differed from "v1"<SP> on every member.
-        etag = response.headers.get("ETag")
-        etag = etag if etag is None else etag.strip(" \t")
+        etag = _etag(response)
         modified = http_date(response.headers.get("Last-Modified"))
         same_date = info.last_modified is not None and modified == info.last_modified
         elsewhere = response.url != validated_at

@@ -188,7 +188,7 @@ def _parse_head_lines(head: bytes) -> tuple[int, bool, Headers]:
     fields = Headers()
     last = ""
     for raw in lines[1:]:
-        line = raw.rstrip(b"\r")
+        line = raw[:-1] if raw.endswith(b"\r") else raw  # the CR of a CRLF, no more ("\r\r\n" has a bare CR)
         if b"\r" in line:  # a bare CR (RFC 9112 §2.2): http.client's reader ends a line there, this one not
             raise WireError(f"a bare CR in a header line: {line[:80]!r}", "HeaderParsingError")
         if line[:1] in (b" ", b"\t"):  # obs-fold: part of the previous field's value
