@@ -8,20 +8,27 @@ must answer in ways no ordinary server will.
 
 from __future__ import annotations
 
+import http.client
+import io
 import random
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import pytest
+from urllib3._collections import HTTPHeaderDict
+from urllib3.connection import _normalize_header_values
 
 from zipstream.config import Config
 from zipstream.deadline import Deadline
 from zipstream.errors import ClientGone, SourceError
+from zipstream.numbers import NotANumber, http_date
+from zipstream.sources import http as http_source
 from zipstream.sources import http_wire
 from zipstream.sources.held import HoldBudget, HoldScope
 from zipstream.sources.http import HttpSource
-from zipstream.sources.http_transport import NO_DEADLINE
+from zipstream.sources.http_transport import NO_DEADLINE, content_length
 from zipstream.sources.http_wire import Target, Watch, WireError, WireResponse, _parse_head, _parse_head_lines
+from zipstream.sources.netguard import FinalResponse
 
 from .support.scripted import CLOSE, SILENT, ScriptedServer, answer
 from .support.upstream import UpstreamServer
@@ -414,3 +421,69 @@ def test_an_answer_in_another_version_than_http_1_is_refused(version: bytes,
     with ScriptedServer(lambda _connection, _index: SMALL.replace(b"HTTP/1.1", version, 1)) as server, \
             pytest.raises(SourceError, match="connection failed \\(UnknownProtocol\\)"):
         _source(make_config).stat(server.url("/a.bin"))
+
+
+class _Replay:
+    """A socket that replays `data`: for http_wire's reads (recv) and http.client's (makefile)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.at = data, 0
+
+    def recv(self, size: int) -> bytes:
+        chunk = self.data[self.at:self.at + size]
+        self.at += len(chunk)
+        return chunk
+
+    def makefile(self, _mode: str) -> io.BytesIO:
+        return io.BytesIO(self.data)
+
+
+def _what_pre_flight_reads(data: bytes) -> tuple[object, ...] | None:
+    try:
+        _rest, _keep_alive, status, fields = http_wire._read_answer(_Replay(data), False, NO_DEADLINE)
+    except WireError:
+        return None  # refused: a 502 before the first byte, whatever a member's GET would read
+    return _meaning(status, fields)
+
+
+def _what_a_member_reads(data: bytes) -> tuple[object, ...] | str:
+    response = FinalResponse(_Replay(data), method="GET")  # type: ignore[arg-type]
+    try:
+        response.begin()
+    except http.client.HTTPException as error:
+        return type(error).__name__
+    # The fields as urllib3 gives them to requests (urllib3.connection.HTTPConnection.getresponse).
+    return _meaning(response.status, HTTPHeaderDict(_normalize_header_values(response.msg)))
+
+
+def _meaning(status: int, fields: Mapping[str, str]) -> tuple[object, ...]:
+    """What the HTTP source reads of an answer: status, ETag (as compared), date, length, range, framing."""
+
+    class Read:
+        headers = fields
+
+    try:
+        length: object = content_length(Read())  # type: ignore[arg-type]
+    except NotANumber:
+        length = "invalid"
+    return (status, http_source._etag(Read()), http_date(fields.get("Last-Modified")), length,  # type: ignore[arg-type]
+            (fields.get("Content-Range") or "").strip(" \t") or None, bool(fields.get("Transfer-Encoding")),
+            (fields.get("Content-Encoding") or "").strip().lower())
+
+
+def test_what_pre_flight_reads_a_member_reads_the_same() -> None:
+    """Pre-flight's answers are read by http_wire, a member's by http.client + urllib3. Wherever pre-flight
+    takes an answer, both must read the same status, validators, length, range and framing from it:
+    else pre-flight passes and the download is cut at that member ("another version", "invalid
+    Content-Length"). Found this way: whitespace after an ETag, a bare CR, folds after a bare LF, 1xx."""
+    chooser = random.Random(9110)
+    pieces = [b"ETag", b"etag", b"Content-Length", b"Content-Range", b"Last-Modified", b"Transfer-Encoding", b"X",
+              b":", b": ", b" ", b"\t", b"\r\n", b"\n", b"\r", b'"v1"', b"5", b"bytes 0-4/5", b",", b"\x00", b"\xe9",
+              b"chunked", b"Tue, 14 Nov 2023 22:13:20 GMT", b"gzip", b"\r\n ", b"\r\n\t",
+              b"HTTP/1.1 100 Continue\r\n\r\n", b"HTTP/1.1 103 Early Hints\r\n\r\n"]
+    for _ in range(30_000):
+        middle = b"".join(chooser.choice(pieces) for _ in range(chooser.randrange(1, 14)))
+        data = b'HTTP/1.1 200 OK\r\nETag: "v0"\r\n' + middle + b"\r\n\r\n"
+        read = _what_pre_flight_reads(data)
+        if read is not None:
+            assert read == _what_a_member_reads(data), data

@@ -74,14 +74,15 @@ def _content_range(value: str | None) -> tuple[int, int, int | None] | None:
 
 
 def _etag(response: Answer) -> str | None:
-    """The answer's ETag, its whitespace runs made one SP and none around it, or None without one.
+    """The answer's ETag, its whitespace runs made one SP, none around it nor before a comma (repeated
+    fields joined), or None without one.
 
     Pre-flight's answers are read by http_wire, a member's by http.client and urllib3, which keep what
     http_wire drops (whitespace after the value, RFC 9110 §5.5; a folded line's LF after a bare-LF
     line): read as they are, "v1" and "v1"<SP> differed, and every member of such a server was
     refused as another version (the download cut). Both sides are compared in this one form."""
     value = response.headers.get("ETag")
-    return value if value is None else " ".join(_WHITESPACE.split(value.strip(" \t\r\n")))
+    return value if value is None else " ".join(_WHITESPACE.split(value.strip(" \t\r\n"))).replace(" ,", ",")
 
 
 def _invalid_length(src: str, response: Answer) -> SourceError:

@@ -187,6 +187,7 @@ def _parse_head_lines(head: bytes) -> tuple[int, bool, Headers]:
         raise WireError(f"a line of more than {MAX_LINE} bytes in the answer's head", "LineTooLong")
     fields = Headers()
     last = ""
+    crlf = True  # the line before ended in CRLF, not a bare LF
     for raw in lines[1:]:
         line = raw[:-1] if raw.endswith(b"\r") else raw  # the CR of a CRLF, no more ("\r\r\n" has a bare CR)
         if b"\r" in line:  # a bare CR (RFC 9112 §2.2): http.client's reader ends a line there, this one not
@@ -194,8 +195,12 @@ def _parse_head_lines(head: bytes) -> tuple[int, bool, Headers]:
         if line[:1] in (b" ", b"\t"):  # obs-fold: part of the previous field's value
             if not last:
                 raise WireError("a folded line before any field", "HeaderParsingError")
+            if not crlf:  # urllib3 (a member's GET) keeps that LF in the value: the two would read it apart
+                raise WireError("a folded line after a line ended by a bare LF", "HeaderParsingError")
             fields[last] += " " + line.strip(b" \t").decode("latin-1")
+            crlf = raw.endswith(b"\r")
             continue
+        crlf = raw.endswith(b"\r")
         name, colon, value = line.partition(b":")
         if not colon or not _TOKEN.fullmatch(name):  # no whitespace before ':' (RFC 9112 §5.1)
             raise WireError(f"malformed header line: {line[:80]!r}", "HeaderParsingError")
