@@ -190,9 +190,12 @@ def _curl() -> str:
     return found
 
 
-def curl(url: str, *, post_json: Path | None = None, expect: int = 200) -> Fetch:
-    """GET `url` (or POST the JSON file `post_json` to it) with curl, body to /dev/null; checks the status."""
+def curl(url: str, *, post_json: Path | None = None, expect: int = 200, max_time: float | None = None) -> Fetch:
+    """GET `url` (or POST the JSON file `post_json` to it) with curl, body to /dev/null; checks the status.
+    `max_time`: seconds curl may take (RuntimeError past it)."""
     command = [_curl(), "-sS", "-o", os.devnull, "-w", "%{http_code} %{time_starttransfer} %{size_download}\\n"]
+    if max_time is not None:
+        command += ["--max-time", f"{max_time:g}"]
     if post_json is not None:
         command += ["-H", "Content-Type: application/json", "--data-binary", f"@{post_json}"]
     began = time.perf_counter()

@@ -516,27 +516,61 @@ class _RssSampler(threading.Thread):
         self.join()
 
 
-def _fast_clients(url: str, count: int, length: int) -> list[float]:
-    """`count` curl downloads of `url` at once; each one's MB/s."""
+def _fast_clients(url: str, count: int, length: int, max_time: float | None = None) -> list[float]:
+    """`count` curl downloads of `url` at once; each one's MB/s (0.0 for one that did not finish within
+    `max_time` s: a service that makes it wait for memory held by the stalled clients, which the bench
+    itself keeps stalled meanwhile, would otherwise hang the bench)."""
+
+    def one(_: int) -> float:
+        try:
+            got = curl(url, max_time=max_time)
+        except RuntimeError:
+            if max_time is None:
+                raise
+            return 0.0
+        if got.size != length:
+            raise RuntimeError(f"fast client got {got.size} of {length} bytes")
+        return length / got.wall / 1e6
+
     with concurrent.futures.ThreadPoolExecutor(count) as pool:
-        fetched = list(pool.map(lambda _: curl(url), range(count)))
-    for one in fetched:
-        if one.size != length:
-            raise RuntimeError(f"fast client got {one.size} of {length} bytes")
-    return [length / one.wall / 1e6 for one in fetched]
+        return list(pool.map(one, range(count)))
+
+
+def _memory_gauges(base_url: str) -> dict[str, dict[str, float]]:
+    """The workers' memory gauges from /metrics: metric name -> {pid: value}."""
+    text = requests.get(base_url + "/metrics", timeout=30).text
+    found: dict[str, dict[str, float]] = {}
+    for line in text.splitlines():
+        if not line.startswith("zipstream_memory_"):
+            continue
+        if "{" in line:
+            name, rest = line.split("{", 1)
+            labels, value = rest.rsplit("}", 1)
+            pid = next((part.split("=", 1)[1].strip('"') for part in labels.split(",") if part.startswith("pid=")),
+                       "")
+        else:
+            name, value = line.split(" ", 1)
+            pid = ""
+        found.setdefault(name, {})[pid] = float(value)
+    return found
 
 
 def slow_clients(tmp: Path, counts: list[int], files: int, size: int, stall: float, fast: int, runs: int,
                  env: dict[str, str], receive_buffer: int = 4096) -> Table:
     """B8: N concurrent slow downloads of a bundle of big files (each reads 4 KiB, stalls, then drains) on 2
-    gevent workers: peak worker RSS, completion and byte-correctness, fast clients' speed meanwhile."""
+    gevent workers: peak worker RSS against MEMORY_BUDGET + baseline, completion and byte-correctness, fast
+    clients' speed meanwhile against alone."""
     limit = raise_nofile()
     table = Table("b8_slow_clients", f"B8 memory under slow clients: bundle of {files} x {_size(size)} (stored), "
                   f"2 gevent workers, each client reads 4 KiB then stalls {stall:g} s, then drains",
-                  ["slow downloads", "complete & byte-correct", "errors", "baseline RSS MiB (2 workers)",
-                   "peak RSS MiB (sum, sampled)", "peak RSS MiB per worker (VmHWM)", "MiB per slow download",
-                   "RSS after drain MiB", "fast client alone MB/s", f"{fast} fast clients meanwhile MB/s each",
-                   "meanwhile / alone", "s to drain", "upstream requests per slow download"])
+                  ["slow downloads", "complete & byte-correct", "errors", "MEMORY_BUDGET MiB",
+                   "baseline RSS MiB per worker", "peak RSS MiB per worker (VmHWM)",
+                   "limit MiB per worker (baseline + budget)", "within the limit", "peak granted MiB per worker "
+                   "(gauge)", "KiB per slow download (peak sum - baseline)", "RSS after drain MiB (2 workers)",
+                   "fast client alone MB/s", f"{fast} fast clients meanwhile MB/s each", "meanwhile / alone",
+                   "s to drain", "upstream requests per slow download", "stalled: RSS MiB per worker",
+                   "stalled: KiB per download", "stalled: granted MiB per worker", "stalled: waiting downloads",
+                   "workers' CPU while the fast clients ran (cores)"])
     paths = {f"/b8/{i}.bin": make_file(tmp / f"b8-{size}-{i}.bin", size, random_bytes=True) for i in range(files)}
     upstream = upstream_with(paths)
     try:
@@ -557,19 +591,29 @@ def slow_clients(tmp: Path, counts: list[int], files: int, size: int, stall: flo
                 alone = median(_fast_clients(url, 1, length)[0] for _ in range(runs))
                 pids = server.worker_pids()
                 served = upstream.requests_served()
-                baseline = sum(proc_stat(pid).rss for pid in pids)
+                baselines = {pid: proc_stat(pid).rss for pid in pids}
+                baseline = sum(baselines.values())
                 for pid in pids:
                     reset_peak_rss(pid)
                 sampler = _RssSampler(pids)
                 sampler.start()
                 meanwhile: list[float] = []
+                during: dict[str, Any] = {}
 
-                def stalled(open_now: int, url: str = url, length: int = length,
-                            meanwhile: list[float] = meanwhile) -> None:
+                def stalled(open_now: int, url: str = url, length: int = length, meanwhile: list[float] = meanwhile,
+                            during: dict[str, Any] = during, pids: list[int] = pids,
+                            base_url: str = server.base_url) -> None:
                     began = time.monotonic()
                     time.sleep(min(5.0, stall / 2))  # past the burst of read-ahead that follows the first bytes
+                    during["open"] = open_now
+                    during["rss"] = {pid: proc_stat(pid).rss for pid in pids}
+                    during["gauges"] = _memory_gauges(base_url)
                     if fast:
-                        meanwhile.extend(_fast_clients(url, fast, length))
+                        cpu = sum(proc_stat(pid).cpu_seconds for pid in pids)
+                        wall = time.monotonic()
+                        meanwhile.extend(_fast_clients(url, fast, length, max_time=60.0))
+                        during["cpu"] = (sum(proc_stat(pid).cpu_seconds for pid in pids) - cpu) / (
+                            time.monotonic() - wall)
                     time.sleep(max(0.0, stall - (time.monotonic() - began)))
 
                 path = url.split(str(server.port), 1)[1]
@@ -581,14 +625,29 @@ def slow_clients(tmp: Path, counts: list[int], files: int, size: int, stall: flo
                     ))
                 finally:
                     sampler.stop()
-                hwm = [proc_stat(pid).hwm for pid in pids]
+                hwm = {pid: proc_stat(pid).hwm for pid in pids}
                 served = upstream.requests_served() - served - fast * len(paths)
                 after = sum(proc_stat(pid).rss for pid in pids)
+                gauges = _memory_gauges(server.base_url)
+            budgets = gauges.get("zipstream_memory_budget_bytes", {})
+            granted = gauges.get("zipstream_memory_granted_peak_bytes", {})
+            budget = max(budgets.values(), default=0.0)
+            limits = {pid: baselines[pid] + budget for pid in pids}
             fast_speed = median(meanwhile) if meanwhile else 0.0
-            table.add(count, ok, len(errors), baseline / MiB, sampler.peak_sum / MiB,
-                      " + ".join(f"{value / MiB:.0f}" for value in hwm),
-                      (sampler.peak_sum - baseline) / count / MiB, after / MiB, alone, fast_speed,
-                      ratio(fast_speed, alone) if meanwhile else "-", elapsed, f"{served / count:.2f}")
+            stalled_granted = during["gauges"].get("zipstream_memory_granted_bytes", {})
+            table.add(count, ok, len(errors), budget / MiB,
+                      " + ".join(f"{baselines[pid] / MiB:.0f}" for pid in pids),
+                      " + ".join(f"{hwm[pid] / MiB:.0f}" for pid in pids),
+                      " + ".join(f"{limits[pid] / MiB:.0f}" for pid in pids),
+                      "yes" if all(hwm[pid] <= limits[pid] for pid in pids) else "NO",
+                      " + ".join(f"{granted.get(str(pid), 0.0) / MiB:.1f}" for pid in pids),
+                      (sampler.peak_sum - baseline) / count / 1024, after / MiB, alone, fast_speed,
+                      ratio(fast_speed, alone) if meanwhile else "-", elapsed, f"{served / count:.2f}",
+                      " + ".join(f"{during['rss'][pid] / MiB:.0f}" for pid in pids),
+                      (sum(during["rss"].values()) - baseline) / max(1, during["open"]) / 1024,
+                      " + ".join(f"{stalled_granted.get(str(pid), 0.0) / MiB:.1f}" for pid in pids),
+                      f"{sum(during['gauges'].get('zipstream_memory_waiting', {}).values()):.0f}",
+                      during.get("cpu", 0.0))
             if errors:
                 table.notes.append(f"{count} downloads, first errors: {sorted(set(errors))[:3]}")
     finally:
@@ -599,11 +658,16 @@ def slow_clients(tmp: Path, counts: list[int], files: int, size: int, stall: flo
         f"{min(5.0, stall / 2):g} s into it), then drain with the buffer raised to 256 KiB (the window scale stays "
         "as set at connect: a 4 KiB buffer means 2 KiB segments and a 64 KiB window, so the drain is slow), "
         "hashing (sha256) what they read. RSS sampled every 0.2 s from /proc (sum of both workers); VmHWM reset "
-        f"just before the crowd. Fast clients: curl, {fast} at once, during the stall; alone: median of {runs}. "
+        f"just before the crowd. Fast clients: curl, {fast} at once, during the stall (0 MB/s: not done within "
+        f"60 s); alone: median of {runs}. "
         f"Open-file limit {limit}. Upstream requests: nginx's count over the crowd, less the fast clients' (one per "
         "file each); more than one per file means reads were re-opened (nginx closes a connection its reader "
-        "has not drained for send_timeout, 60 s). Targets (issue 16): 10,000 slow downloads all complete "
-        "byte-correct, peak RSS ≤ budget + baseline (e.g. ≤ 512 MiB per worker), fast clients near full speed.")
+        "has not drained for send_timeout, 60 s). Peak granted: the workers' zipstream_memory_granted_peak_bytes "
+        "after the drain (never above MEMORY_BUDGET). Stalled: read just before the fast clients run, every slow "
+        "client stalled (RSS from /proc, granted and waiting from /metrics); the peaks include the drain, when "
+        "every download reads whole chunks and the budget is in full use. Targets (issue 16): 10,000 slow "
+        "downloads all complete byte-correct, peak RSS ≤ budget + baseline (e.g. ≤ 512 MiB per worker), fast "
+        "clients near full speed.")
     return table
 
 

@@ -225,6 +225,7 @@ READS: list[tuple[str, object, str, object]] = [
     ("FILE_ROOT", "", "/usr/../usr", "/usr"),  # its real path
     ("PREFETCH", 16, "0", 0),
     ("PREFETCH_BYTES", 4194304, "65536", 65536),
+    ("MEMORY_BUDGET", 100663296, "4194304", 4194304),
     ("PREFLIGHT_CONCURRENCY", 256, "8", 8),
     ("PREFLIGHT_FETCH_BYTES", 65536, "0", 0),
     ("PREFLIGHT_HOLD_BYTES", 67108864, "0", 0),
@@ -278,6 +279,7 @@ REFUSES: list[tuple[str, str, str]] = [
     ("FILE_ROOT", "/nonexistent-zipstream-root", "FILE_ROOT '/nonexistent-zipstream-root' is not a directory"),
     ("PREFETCH", "-1", "PREFETCH must be a whole number (ASCII digits 0-9), not '-1'"),
     ("PREFETCH_BYTES", "65535", "PREFETCH_BYTES must be at least 65536, not 65535"),
+    ("MEMORY_BUDGET", "4194303", "MEMORY_BUDGET must be at least 4194304, not 4194303"),
     ("PREFLIGHT_CONCURRENCY", "0", "PREFLIGHT_CONCURRENCY must be at least 1, not 0"),
     ("PREFLIGHT_FETCH_BYTES", "64k", "PREFLIGHT_FETCH_BYTES must be a whole number (ASCII digits 0-9), not '64k'"),
     ("PREFLIGHT_HOLD_BYTES", "1_000", "PREFLIGHT_HOLD_BYTES must be a whole number (ASCII digits 0-9), not '1_000'"),
@@ -401,9 +403,10 @@ def test_the_app_holds_its_config(tmp_path: Path) -> None:
 # -- the README's configuration table: the declared names, with the declared defaults --
 
 # Rows where the README may differ from the declarations: none (add a name here only with a reason).
+# MEMORY_BUDGET: its row is in /work/notes/MEM-readme.md for the lead to add (helpers don't edit README.md).
 # PREFLIGHT_CONCURRENCY: its default went from 64 to 256 (issue 16, first byte); the README's row is in
 # the lead's hands (notes/TTFB-readme.md): empty this set when it is merged.
-README_PENDING: set[str] = {"PREFLIGHT_CONCURRENCY"}
+README_PENDING: set[str] = {"MEMORY_BUDGET", "PREFLIGHT_CONCURRENCY"}
 
 
 def readme_defaults() -> dict[str, str]:

@@ -122,22 +122,25 @@ def test_early_close_ends_every_fetch_and_closes_every_body() -> None:
     prefetcher = Prefetcher(bodies.open, 10, depth=4, budget=1024 * 1024)
     current = prefetcher.take(0)
     next(current)
-    wait_for(lambda: bodies.opened == {0, 1, 2, 3, 4}, "read-ahead started")
+    # A member is opened with its first grant of memory: endless members fill the read-ahead budget
+    # before all four ahead have one.
+    wait_for(lambda: {0, 1} <= bodies.opened, "read-ahead started")
     current.close()  # what archive.ZipPlan does when the download is closed
     prefetcher.close()
     assert prefetcher.join(5)
     assert prefetcher.running == 0
-    assert bodies.closed == bodies.opened == {0, 1, 2, 3, 4}
+    assert bodies.closed == bodies.opened
 
 
 def test_close_before_a_taken_member_is_iterated_still_ends_its_worker() -> None:
     bodies = Bodies([None] * 3)
     prefetcher = Prefetcher(bodies.open, 3, depth=2, budget=256 * 1024)
     prefetcher.take(0)  # never iterated: a generator that never started has no finally to run
-    wait_for(lambda: len(bodies.opened) == 3, "all fetches started")
+    # A member opens with its first grant: endless members fill the budget before all have one.
+    wait_for(lambda: len(bodies.opened) >= 2, "fetches started")
     prefetcher.close()
     assert prefetcher.join(5)
-    assert bodies.closed == {0, 1, 2}
+    assert bodies.closed == bodies.opened
 
 
 def test_a_huge_member_is_never_buffered_past_the_budget() -> None:
@@ -160,7 +163,7 @@ def test_a_huge_member_is_never_buffered_past_the_budget() -> None:
     finally:
         prefetcher.close()
     assert prefetcher.join(5)
-    assert bodies.closed == {0, 1, 2}
+    assert bodies.closed == bodies.opened
 
 
 def test_a_chunk_larger_than_the_budget_still_passes() -> None:

@@ -4,18 +4,22 @@ cut when a member fails, its upstream bodies closed when the download is.
 
 from __future__ import annotations
 
+import gc
 import io
+import socket
 import threading
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import requests
 
+from zipstream import memory
 from zipstream.config import Config
 from zipstream.download import PreparedZip, prepare
 from zipstream.errors import StreamAborted
+from zipstream.memory import Account, ClientWindow, MemoryBudget
 from zipstream.models import FileRef
 from zipstream.sources import build_sources
 
@@ -97,8 +101,9 @@ def test_closing_the_download_early_closes_upstream_bodies(tmp_path: Path, upstr
     stream = prepared.stream()
     next(stream)  # the first local header
     next(stream)  # member 0's first chunk: the read-ahead is running now
-    # The read-ahead's GET asks no Range; pre-flight's (already logged) asked `bytes=0-0`.
-    wait_for(lambda: None in upstream.ranges_for("/big4.bin"), "read-ahead reached member 4")
+    # The read-ahead's GET asks no Range; pre-flight's (already logged) asked `bytes=0-0`. Members are
+    # opened in order as memory allows: with 1 MiB of read-ahead, member 1 is.
+    wait_for(lambda: None in upstream.ranges_for("/big1.bin"), "read-ahead reached member 1")
     stream.close()  # the client went away
     wait_for(lambda: threading.active_count() <= baseline, "prefetch workers ended")
     # Cut bodies were closed: no member was sent whole (sockets hold a few MiB at most).
@@ -120,3 +125,83 @@ def test_prefetch_under_gunicorn_gevent_worker(
     archive = zipfile.ZipFile(io.BytesIO(response.content))
     for path, data in contents.items():
         assert archive.read(path[1:]) == data
+
+
+# -- memory: every download gives back what it was granted, however it ends --------------------------
+
+@pytest.fixture
+def worker_memory() -> Iterator[MemoryBudget]:
+    """The process's MemoryBudget, with nothing granted before the test; its size restored after."""
+    gc.collect()  # a Head of an earlier test gives its bytes back when collected
+    budget = memory.worker_budget()
+    total = budget.total
+    assert budget.used == 0, "an earlier download kept memory"
+    yield budget
+    memory.configure(total)
+
+
+@pytest.mark.parametrize("prefetch", [0, 4])
+@pytest.mark.parametrize("ending", ["completed", "source_failed", "closed_early", "client_gone"])
+def test_every_download_gives_its_memory_back(
+    tmp_path: Path, upstream: UpstreamServer, worker_memory: MemoryBudget, monkeypatch: pytest.MonkeyPatch,
+    prefetch: int, ending: str,
+) -> None:
+    prepared, _ = _prepared(tmp_path, upstream, f"m{ending}{prefetch}-", 5, 300_000, prefetch=prefetch)
+    whole_zip = prepared.plan.length
+    peak = 0
+    if ending == "source_failed":
+        upstream.set_behaviour(f"/m{ending}{prefetch}-3.bin", status=404)
+    stream = prepared.stream()
+    received = bytearray()
+    if ending == "client_gone":
+        # The budget is taken by other downloads; this one's client hangs up while it waits.
+        monkeypatch.setattr(memory, "WAIT_POLL", 0.01)
+        listener = socket.create_server(("127.0.0.1", 0))
+        client = socket.create_connection(listener.getsockname())
+        server, _ = listener.accept()
+        listener.close()
+        prepared.body.client = ClientWindow(server)
+        others = Account(worker_memory)
+        assert others.acquire(worker_memory.total)
+        client.close()
+        with pytest.raises(StreamAborted):
+            received.extend(b"".join(stream))
+        others.close()
+        server.close()
+    elif ending == "closed_early":
+        received.extend(next(stream))
+        received.extend(next(stream))
+        peak = worker_memory.used
+        stream.close()
+    else:
+        try:
+            for chunk in stream:
+                received.extend(chunk)
+                peak = max(peak, worker_memory.used)
+        except StreamAborted:
+            assert ending == "source_failed"
+        else:
+            assert ending == "completed" and len(received) == whole_zip
+    if ending != "client_gone":
+        assert peak > 0  # the download was granted memory while it ran
+    assert worker_memory.used == 0 and worker_memory.ahead == 0
+
+
+def test_a_stalled_downloads_read_ahead_keeps_no_other_download_waiting(
+    tmp_path: Path, upstream: UpstreamServer, worker_memory: MemoryBudget,
+) -> None:
+    # A budget whose share for read-ahead one download fills (its client never reads on).
+    memory.configure(4 * 1024 * 1024)
+    worker_memory.peak = 0
+    stalled, _ = _prepared(tmp_path, upstream, "stall", 4, 3_000_000, prefetch=4)
+    other, contents = _prepared(tmp_path, upstream, "other", 4, 3_000_000, prefetch=4)
+    stuck = stalled.stream()
+    next(stuck)
+    next(stuck)
+    wait_for(lambda: worker_memory.ahead >= worker_memory.ahead_limit - 1024 * 1024, "read-ahead filled its share")
+    archive = zipfile.ZipFile(io.BytesIO(b"".join(other.stream())))
+    for path, data in contents.items():
+        assert archive.read(path[1:]) == data
+    assert worker_memory.peak <= worker_memory.total + 1024 * 1024  # a chunk may be larger than asked
+    stuck.close()
+    assert worker_memory.used == 0

@@ -242,6 +242,12 @@ FILE_ROOT = setting("FILE_ROOT", _directory, "", "directory file:// sources are 
 PREFETCH = setting("PREFETCH", whole(0), 16, "members fetched ahead of the one streaming out (bench B2)")
 PREFETCH_BYTES = setting("PREFETCH_BYTES", whole(64 * 1024), 4 * 1024 * 1024,
                          "bytes read ahead per download, all members together")
+# Every byte a worker holds for downloads (chunks going out, read-ahead, pre-flight holds) is granted from
+# this; a download that can't get it waits. 96 MiB: 2 workers of ~60 MiB baseline plus this take ~312 MiB of
+# a 512 MB container, leaving ~176 MiB for what the budget does not cover (~110-250 KiB per open slow
+# download, bench B8). See memory.py and README, performance.
+MEMORY_BUDGET = setting("MEMORY_BUDGET", whole(4 * 1024 * 1024), 96 * 1024 * 1024,
+                        "bytes one worker holds for all its downloads together; past it downloads wait")
 # Requests in flight per download's pre-flight, every host together: also the most one download makes an
 # origin serve at once. Pre-flight's latency floor is files x round trip / this: 1,000 files 21 ms away take
 # 0.33 s at 64, over the 0.3 s first-byte target; bench B5 measured 0.27 s at 128 and 0.16 s at 256, where
@@ -412,6 +418,7 @@ class Config:
     file_root: str = FILE_ROOT.field()
     prefetch: int = PREFETCH.field()
     prefetch_bytes: int = PREFETCH_BYTES.field()
+    memory_budget: int = MEMORY_BUDGET.field()
     preflight_concurrency: int = PREFLIGHT_CONCURRENCY.field()
     preflight_fetch_bytes: int = PREFLIGHT_FETCH_BYTES.field()
     preflight_hold_bytes: int = PREFLIGHT_HOLD_BYTES.field()

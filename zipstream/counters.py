@@ -40,6 +40,20 @@ UPSTREAM_BYTES_DISCARDED = Counter(
     "zipstream_upstream_bytes_discarded",
     "Upstream body bytes read only to be skipped (a server ignoring or failing ranged requests, "
     "or a 206 starting earlier than asked)", ["backend"])
+# One worker's MemoryBudget (memory.py): a series per worker (pid) in multiprocess mode.
+MEMORY_BUDGET = Gauge(
+    "zipstream_memory_budget_bytes", "Bytes a worker may hold for downloads (MEMORY_BUDGET)",
+    multiprocess_mode="liveall")
+MEMORY_GRANTED = Gauge(
+    "zipstream_memory_granted_bytes", "Bytes a worker holds for downloads now (chunks going out, read-ahead, "
+    "pre-flight holds)", multiprocess_mode="liveall")
+MEMORY_PEAK = Gauge(
+    "zipstream_memory_granted_peak_bytes", "Most bytes a worker held for downloads at once since it started",
+    multiprocess_mode="liveall")
+MEMORY_WAITING = Gauge(
+    "zipstream_memory_waiting", "Downloads waiting for memory now (back-pressure)", multiprocess_mode="livesum")
+MEMORY_WAITS = Counter(
+    "zipstream_memory_waits", "Times a download had to wait for memory before reading its next chunk")
 PREFLIGHT_SECONDS = Histogram(
     "zipstream_preflight_seconds", "Time to stat every file of a bundle and lay out its zip",
     buckets=_LATENCY_BUCKETS)

@@ -1,5 +1,6 @@
 """gunicorn's gevent worker, plus two things it lacks: a deadline for a request's head, and a stopping
-worker closes its idle keep-alive connections.
+worker closes its idle keep-alive connections. It also makes the worker's memory budget for downloads
+(memory.py) once gevent has patched `threading`.
 
 **Request-head deadline (`HEADER_TIMEOUT`).** gunicorn's gevent worker waits for a request's line and
 headers as long as its `keepalive` (75 s here), on a new connection too, so a client that connects and
@@ -36,7 +37,7 @@ from typing import Any
 import gevent
 from gunicorn.workers.ggevent import GeventWorker as _GeventWorker
 
-from . import connections
+from . import connections, memory
 from .config import HEADER_TIMEOUT
 from .peek import peek
 
@@ -57,6 +58,12 @@ class GeventWorker(_GeventWorker):  # type: ignore[misc]
         self.header_timeout = HEADER_TIMEOUT.read(os.environ)  # gunicorn_conf.py refused a bad one already
         # The connection each handler greenlet serves, and how many heads it has waited for.
         self._connections: dict[Any, list[Any]] = {}
+
+    def patch(self) -> None:
+        """gevent's monkey-patching, then the worker's memory for downloads (MEMORY_BUDGET): made here, in
+        the worker process and with gevent's locks, before any request can ask for it."""
+        super().patch()
+        memory.worker_budget(os.environ)
 
     def handle(self, listener: Any, client: socket.socket, addr: Any) -> None:
         self._idle.add(client)

@@ -20,6 +20,7 @@ from . import counters, ranges
 from .chunks import close_iterator
 from .download import PreparedZip
 from .errors import PreconditionFailed, ResumeRefused, SourceError, StreamAborted, ZipStreamError
+from .memory import ClientWindow
 from .names import download_filename
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,9 @@ class ZipResponse(Response):
                 self.automatically_set_content_length = False
                 self.headers.pop("Content-Length", None)
             return
+        # The stream paces itself on the client's socket (memory.py): a client that stops reading
+        # holds no more than its last chunk.
+        prepared.body.client = ClientWindow.of(request.environ)
         chunks = prepared.stream(start, stop)
         first = self._first_chunk(chunks)
         body = counters.track_download(

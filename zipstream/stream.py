@@ -16,8 +16,9 @@ from typing import Protocol
 
 from . import cooperative
 from .archive import deflate_stream
-from .chunks import close_iterator
+from .chunks import CHUNK_SIZE, close_iterator, reading
 from .errors import LimitExceeded, StreamAborted
+from .memory import Account, ClientWindow, worker_budget
 from .plan import Plan
 from .prefetch import Prefetcher
 from .preflight import discard_heads
@@ -96,8 +97,13 @@ class ZipStream:
         self._max_bytes = max_bytes
         self._sized_bytes = plan.sized_bytes
         self._pending = _PendingCrcs(cache)
+        # The client's socket, when the server says which it is (ZipResponse sets it): the stream
+        # waits for it to drain before each chunk and reads what it drains (memory.ClientWindow).
+        self.client: ClientWindow | None = None
         # State of the stream running now (set by stream()):
         self._prefetcher: Prefetcher | None = None
+        self._account: Account | None = None
+        self._read_size = CHUNK_SIZE  # the size of the next chunk read for the output
         self._last_opened: int | None = None
         self._unsized_sent = 0
         # The first member whose data lies wholly in the response streaming now: of those (and only
@@ -114,6 +120,10 @@ class ZipStream:
 
         Cooperative: the one place a download takes turns with the others on a gevent worker
         (cooperative.Turns), over its output and, for deflate, each member's input.
+
+        Memory: every chunk read for it is granted from the worker's MemoryBudget (memory.py) and
+        given back when the next one is asked for; with a `client`, the next chunk is read only once
+        its socket is writable, in the size it drained. Everything is given back when this ends.
         """
         plan = self.plan
         length = plan.length
@@ -122,11 +132,15 @@ class ZipStream:
         self._unsized_sent = 0
         self._whole_from = plan.first_whole_member(start)
         turns = cooperative.Turns()
+        client = self.client
+        account = self._account = Account(worker_budget())
+        self._read_size = client.read_size() if client is not None else CHUNK_SIZE
         # Read ahead only when the stream runs to the end (whole zip or a resume): a range that
         # stops early would fetch members it never sends.
         if self._prefetch > 0 and (stop is None or stop == length):
             self._prefetcher = Prefetcher(
-                self._open_whole, len(plan.infos), self._prefetch, self._prefetch_bytes, local=self._held_whole
+                self._open_whole, len(plan.infos), self._prefetch, self._prefetch_bytes, local=self._held_whole,
+                account=account, wanted=lambda: self._read_size, gone=self._client_gone,
             )
         chunks: Iterator[bytes] | None = None
         try:
@@ -142,6 +156,13 @@ class ZipStream:
                 if expected is not None and sent > expected:
                     raise StreamAborted(f"produced more than the promised {expected} bytes")
                 yield chunk
+                if client is not None:
+                    # Back-pressure: a client that stops reading stops its download here, before the
+                    # next chunk is read; the next is as big as what it drained meanwhile.
+                    client.handed(len(chunk))
+                    del chunk
+                    client.wait_writable()
+                    self._read_size = client.read_size()
             if expected is not None and sent != expected:
                 raise StreamAborted(f"produced {sent} of the promised {expected} bytes")
         except StreamAborted:
@@ -155,6 +176,8 @@ class ZipStream:
                 self._prefetcher.close()
                 self._prefetcher = None
             discard_heads(plan.infos)
+            account.close()
+            self._account = None
             self._pending.flush(force=True)
 
     # -- opening members --
@@ -166,20 +189,46 @@ class ZipStream:
     def _rereadable(self, index: int, start: int) -> bool:
         return start == 0 and index >= self._whole_from
 
+    def _client_gone(self) -> bool:
+        return self.client is not None and self.client.gone()
+
     def _open(self, index: int, start: int) -> Iterator[bytes]:
         self._last_opened = index
         if start == 0 and self._prefetcher is not None and not self._held_whole(index):
             chunks = self._prefetcher.take(index)
         else:
             unstable = self._unstable if self._rereadable(index, start) else None
-            chunks = self._open_source(self.plan.infos[index], start, unstable=unstable)
+            chunks = self._granted(self._open_source(self.plan.infos[index], start, unstable=unstable))
         if self._max_bytes and self.plan.entries[index].size is None:
             return self._counted(chunks)
         return chunks
 
     def _open_direct(self, index: int, start: int) -> Iterator[bytes]:
         """Without read-ahead: a member whose first bytes only are read (for its CRC-32)."""
-        return self._open_source(self.plan.infos[index], start)
+        return self._granted(self._open_source(self.plan.infos[index], start))
+
+    def _granted(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        """A member read without read-ahead: each chunk read within the download's grant for the chunk
+        going out (memory.Account.next_read: it waits in the worker's queue only for its first), in
+        the size the output asks for."""
+        account = self._account
+        if account is None:  # not streaming: nothing to account
+            yield from chunks
+            return
+        try:
+            while True:
+                size = account.next_read(self._read_size, cancelled=self._client_gone)
+                if size is None:
+                    raise StreamAborted("the client left while its download waited for memory")
+                with reading(size):
+                    chunk = next(chunks, None)
+                if chunk is None:
+                    return
+                account.streamed(len(chunk))
+                yield chunk
+                del chunk
+        finally:
+            close_iterator(chunks)
 
     def _open_whole(self, index: int) -> Iterator[bytes]:
         unstable = self._unstable if self._rereadable(index, 0) else None

@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from typing import ClassVar
 from urllib.parse import unquote, urlsplit
 
-from ..chunks import CHUNK_SIZE
+from ..chunks import read_size
 from ..config import Config
 from ..deadline import Deadline
 from ..errors import SourceChanged, SourceError, SourceNotFound, SourceRefused
@@ -261,7 +261,7 @@ class FileSource:
             position = start
             while remaining > 0:
                 try:
-                    chunk = os.pread(descriptor, min(CHUNK_SIZE, remaining), position)
+                    chunk = os.pread(descriptor, min(read_size(), remaining), position)
                 except OSError as error:
                     raise SourceError(info.src, f"read failed: {error.strerror or error}") from None
                 if not chunk:

@@ -7,11 +7,12 @@ costs 1,000 upstream round trips instead of 2,000 (bench B2). A larger file's fi
 too, and its member continues from byte n (Range + If-Range, the resume path), so no byte is read
 twice.
 
-Held bytes are bounded twice: per worker (`PREFLIGHT_HOLD_BYTES`, the `HoldBudget` the HTTP source
-builds for itself) and per download (half of that, so one huge bundle cannot starve every other
-download of the fast path). When the budget is spent, pre-flight asks for one byte instead and the
-member is fetched while streaming, as before: the budget only changes how many requests are sent,
-never a byte of the zip.
+Held bytes are bounded three times: per worker (`PREFLIGHT_HOLD_BYTES`, the `HoldBudget` the HTTP
+source builds for itself), per download (half of that, so one huge bundle cannot starve every other
+download of the fast path), and by the worker's memory for downloads (`MEMORY_BUDGET`, memory.py), of
+which held bytes take the share for bytes held for later, never waiting for it. When any is spent,
+pre-flight asks for one byte instead and the member is fetched while streaming, as before: the
+budgets only change how many requests are sent, never a byte of the zip.
 
 Only a download that streams every member right after pre-flight may hold (a whole-zip GET; a HEAD,
 a range or a conditional request would hold bytes it never sends). Its pre-flight says so by running
@@ -26,31 +27,42 @@ import contextlib
 import threading
 from collections.abc import Iterator
 
+from ..memory import MemoryBudget, worker_budget
+
 _current = threading.local()  # greenlet-local under gevent (threading.local is patched)
 
 
 class HoldBudget:
-    """One worker's allowance of held bytes, shared by all its downloads.
+    """One worker's allowance of held bytes, shared by all its downloads, drawn from the worker's
+    memory for downloads (`memory`, default memory.worker_budget()) as bytes held for later.
 
     The locks are re-entrant: a `Head` caught in a reference cycle is given back from `__del__`,
     which the garbage collector may run while this very thread is inside `reserve`.
     """
 
-    def __init__(self, total: int) -> None:
+    def __init__(self, total: int, memory: MemoryBudget | None = None) -> None:
         self.total = total
         self.used = 0
+        self._memory = memory
         self._lock = threading.RLock()
+
+    @property
+    def memory(self) -> MemoryBudget:
+        return self._memory if self._memory is not None else worker_budget()
 
     def reserve(self, count: int) -> bool:
         with self._lock:
-            if self.used + count > self.total:
+            if self.used + count > self.total or not self.memory.try_acquire(count):
                 return False
             self.used += count
             return True
 
     def release(self, count: int) -> None:
+        if count <= 0:
+            return
         with self._lock:
             self.used -= count
+        self.memory.release(count, ahead=True)
 
 
 class HoldScope:

@@ -23,7 +23,7 @@ from requests.adapters import HTTPAdapter
 from requests.utils import requote_uri
 from urllib3.connectionpool import HTTPConnectionPool
 
-from ..chunks import CHUNK_SIZE
+from ..chunks import read_size
 from ..deadline import Deadline, current, shut
 from ..errors import ClientGone, SourceError, SourceRefused, SourceTimeout
 from ..numbers import NotANumber, NumberTooLarge, http_date, is_digits, parse_digits
@@ -155,10 +155,10 @@ def abortable(response: requests.Response) -> Iterator[None]:
 
 
 def body_chunks(response: requests.Response) -> Iterator[bytes]:
-    """The raw body as it arrives, in pieces of at most CHUNK_SIZE. Not `raw.stream(n)`: a read of n
-    bytes cut short by a reset raises and drops the bytes it already had, so a resume would start
-    over from the same place."""
-    while chunk := response.raw.read1(CHUNK_SIZE, decode_content=False):
+    """The raw body as it arrives, in pieces of at most CHUNK_SIZE (chunks.read_size(): less for a
+    download whose client drains slowly). Not `raw.stream(n)`: a read of n bytes cut short by a reset
+    raises and drops the bytes it already had, so a resume would start over from the same place."""
+    while chunk := response.raw.read1(read_size(), decode_content=False):
         yield chunk
 
 

@@ -1,0 +1,282 @@
+"""zipstream.memory: the worker's budget (FIFO, the share for later, cancelling), a download's Account
+(everything back on close, nothing after), and the client's window (read sizes, a client gone)."""
+
+from __future__ import annotations
+
+import inspect
+import io
+import os
+import socket
+import threading
+import zipfile
+from collections.abc import Callable, Iterator
+
+import pytest
+import requests
+
+from zipstream import counters, memory
+from zipstream.chunks import CHUNK_SIZE
+from zipstream.memory import MIN_READ, Account, ClientWindow, MemoryBudget
+from zipstream.sources import http_transport
+
+from .support.live import LiveServer
+from .support.upstream import UpstreamServer
+from .support.waiting import wait_for
+
+
+def _acquiring(budget: MemoryBudget, count: int, order: list[int], cancelled: threading.Event | None = None,
+               results: dict[int, bool] | None = None) -> threading.Thread:
+    """A thread that asks for `count` bytes and records, once granted, `count` in `order`."""
+
+    def run() -> None:
+        got = budget.acquire(count, cancelled.is_set if cancelled is not None else None)
+        if results is not None:
+            results[count] = got
+        if got:
+            order.append(count)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_acquires_are_granted_first_come_first_served() -> None:
+    budget = MemoryBudget(10)
+    assert budget.acquire(8)
+    order: list[int] = []
+    first = _acquiring(budget, 5, order)
+    wait_for(lambda: budget.waiting == 1, "the first waiter queued")
+    second = _acquiring(budget, 2, order)  # would fit now, but must not pass the one before it
+    wait_for(lambda: budget.waiting == 2, "the second waiter queued")
+    assert order == [] and budget.used == 8
+    budget.release(3)  # room for the first one only
+    first.join(5)
+    assert order == [5] and budget.waiting == 1 and budget.used == 10
+    budget.release(5)
+    second.join(5)
+    assert order == [5, 2]
+    assert budget.used == 7 and budget.waiting == 0
+
+
+def test_bytes_for_later_never_wait_never_pass_a_waiter_and_keep_to_their_share() -> None:
+    budget = MemoryBudget(100)  # its share for later: half
+    assert budget.try_acquire(50)
+    assert not budget.try_acquire(1)  # the share is spent, though the budget is not
+    assert budget.acquire(50)  # the chunk going out still has the other half
+    budget.release(50, ahead=True)
+    order: list[int] = []
+    waiter = _acquiring(budget, 60, order)
+    wait_for(lambda: budget.waiting == 1, "a waiter queued")
+    assert not budget.try_acquire(10)  # room for it, but someone waits
+    budget.release(50)
+    waiter.join(5)
+    assert order == [60] and budget.used == 60 and budget.ahead == 0
+
+
+def test_a_cancelled_wait_gives_up_and_lets_the_next_one_in(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(memory, "WAIT_POLL", 0.01)
+    budget = MemoryBudget(10)
+    assert budget.acquire(6)
+    order: list[int] = []
+    results: dict[int, bool] = {}
+    gone = threading.Event()
+    big = _acquiring(budget, 9, order, gone, results)  # the client of this one leaves
+    wait_for(lambda: budget.waiting == 1, "the big one queued")
+    small = _acquiring(budget, 3, order, None, results)  # fits, but waits behind the big one
+    wait_for(lambda: budget.waiting == 2, "the small one queued")
+    gone.set()
+    big.join(5)
+    small.join(5)
+    assert results == {9: False, 3: True} and order == [3]
+    assert budget.used == 9 and budget.waiting == 0
+
+
+def test_a_request_larger_than_the_budget_is_granted_once_nothing_else_is() -> None:
+    budget = MemoryBudget(10)
+    assert budget.acquire(4)
+    order: list[int] = []
+    huge = _acquiring(budget, 25, order)
+    wait_for(lambda: budget.waiting == 1, "the huge one queued")
+    budget.release(4)
+    huge.join(5)
+    assert order == [25] and budget.used == 25
+
+
+def test_the_gauges_follow_the_budget() -> None:
+    budget = MemoryBudget(1000)
+    budget.acquire(300)
+    assert counters.MEMORY_GRANTED._value.get() == 300  # type: ignore[attr-defined]
+    assert counters.MEMORY_PEAK._value.get() >= 300  # type: ignore[attr-defined]
+    budget.release(300)
+    assert counters.MEMORY_GRANTED._value.get() == 0  # type: ignore[attr-defined]
+
+
+def test_an_account_gives_everything_back_on_close_and_takes_nothing_after() -> None:
+    budget = MemoryBudget(1000)
+    account = Account(budget)
+    assert account.acquire(100)
+    assert account.try_acquire(200)
+    account.resize(200, 150, ahead=True)  # a read returned less than granted
+    account.resize(100, 180)  # or more: it is in memory, so it is counted
+    assert (account.out, account.ahead, budget.used, budget.ahead) == (180, 150, 330, 150)
+    account.release(1000)  # never more than it holds
+    assert (account.out, budget.used) == (0, 150)
+    account.close()
+    assert budget.used == 0 and budget.ahead == 0
+    assert not account.acquire(10) and not account.try_acquire(10)
+    account.release(10, ahead=True)  # a late give-back is a no-op
+    assert budget.used == 0
+
+
+def test_a_grant_that_arrives_after_the_account_closed_goes_straight_back() -> None:
+    budget = MemoryBudget(10)
+    holder = Account(budget)
+    assert holder.acquire(10)
+    account = Account(budget)
+    results: list[bool] = []
+    waiter = threading.Thread(target=lambda: results.append(account.acquire(5)), daemon=True)
+    waiter.start()
+    wait_for(lambda: budget.waiting == 1, "the download waits for memory")
+    account.close()  # the download ends while it waits
+    holder.close()
+    waiter.join(5)
+    assert results == [False]
+    assert budget.used == 0
+
+
+def test_the_worker_budget_reads_memory_budget_once_and_configure_resizes_it() -> None:
+    budget = memory.worker_budget()
+    total = budget.total
+    try:
+        assert memory.configure(8 * CHUNK_SIZE) is budget
+        assert budget.total == 8 * CHUNK_SIZE and budget.ahead_limit == 4 * CHUNK_SIZE
+    finally:
+        memory.configure(total)
+
+
+@pytest.fixture
+def connection() -> Iterator[tuple[socket.socket, socket.socket]]:
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname())
+    server, _ = listener.accept()
+    listener.close()
+    yield server, client
+    server.close()
+    client.close()
+
+
+def test_reads_start_small_and_grow_with_what_the_client_drains(
+    connection: tuple[socket.socket, socket.socket],
+) -> None:
+    server, client = connection
+    window = ClientWindow(server)
+    assert window.read_size() == MIN_READ
+    sizes = []
+    for _ in range(10):  # a client that reads everything at once: sizes double up to CHUNK_SIZE
+        size = window.read_size()
+        sizes.append(size)
+        server.sendall(b"x" * size)
+        window.handed(size)
+        received = 0
+        while received < size:
+            received += len(client.recv(size - received))
+        wait_for(lambda: _queued(server) == 0, "the bytes acknowledged")
+    assert sizes[0] == MIN_READ and sizes[-1] == CHUNK_SIZE
+    assert sizes == sorted(sizes)
+
+
+def test_a_client_that_reads_nothing_gets_the_smallest_reads(connection: tuple[socket.socket, socket.socket]) -> None:
+    server, client = connection
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    window = ClientWindow(server)
+    server.setblocking(False)
+    sent = 0
+    for _ in range(50):  # fill what the kernel takes
+        try:
+            sent += server.send(b"x" * 65536)
+        except BlockingIOError:
+            break
+    window.handed(sent)
+    window.read_size()
+    assert window.read_size() == MIN_READ  # nothing drained since
+
+
+def test_a_client_that_hung_up_is_gone(connection: tuple[socket.socket, socket.socket]) -> None:
+    server, client = connection
+    window = ClientWindow(server)
+    assert not window.gone()
+    client.close()
+    wait_for(window.gone, "the hang-up seen")
+
+
+def _queued(sock: socket.socket) -> int:
+    import fcntl
+    import struct
+    import termios
+
+    return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0])
+
+
+# -- through gunicorn: slow clients wait within the budget, a fast one is served meanwhile -------------
+
+def _gauges(server: LiveServer) -> dict[str, float]:
+    """The memory gauges of the (one) worker, from /metrics."""
+    values: dict[str, float] = {}
+    for line in requests.get(server.url("/metrics"), timeout=10).text.splitlines():
+        if line.startswith("zipstream_memory_"):
+            name = line.split("{", 1)[0].split(" ", 1)[0]
+            values[name] = float(line.rsplit(" ", 1)[1])
+    return values
+
+
+def _stall(port: int, path: str) -> tuple[socket.socket, bytes]:
+    """A download that reads its head and 4 KiB of body, then nothing: (its socket, what it read)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    received = b""
+    while b"\r\n\r\n" not in received or len(received.partition(b"\r\n\r\n")[2]) < 4096:
+        data = sock.recv(4096)
+        assert data, f"closed early: {received[:200]!r}"
+        received += data
+    return sock, received.partition(b"\r\n\r\n")[2]
+
+
+def _drain(sock: socket.socket, body: bytes) -> bytes:
+    chunks = [body]
+    with sock:
+        while data := sock.recv(1 << 20):
+            chunks.append(data)
+    return b"".join(chunks)
+
+
+# A stalled download keeps its last chunk, so the sources must read no more than asked
+# (chunks.read_size): the hook asked of sources/http_transport.py's owner.
+_SOURCES_READ_AS_ASKED = "read_size()" in inspect.getsource(http_transport.body_chunks)
+
+
+@pytest.mark.skipif(not _SOURCES_READ_AS_ASKED, reason="sources/http_transport.py reads CHUNK_SIZE, not "
+                                                     "chunks.read_size() (the hook this needs)")
+def test_under_gunicorn_stalled_clients_keep_the_worker_within_its_budget_and_a_fast_one_is_served(
+    serve: Callable[..., LiveServer], upstream: UpstreamServer,
+) -> None:
+    files = {f"/big{i}.bin": os.urandom(2 * CHUNK_SIZE) for i in range(3)}
+    for path, data in files.items():
+        upstream.add(path, data)
+    budget = 4 * CHUNK_SIZE
+    server = serve(MEMORY_BUDGET=str(budget), ACCESS_LOG="/dev/null")
+    created = requests.post(server.url("/"), json={"files": [{"src": upstream.url(path)} for path in files]},
+                            timeout=30)
+    path = f"/{created.json()['id']}"
+    whole = requests.get(server.url(path), timeout=60).content
+    assert zipfile.ZipFile(io.BytesIO(whole)).read("big1.bin") == files["/big1.bin"]
+    stalled = [_stall(server.port, path) for _ in range(24)]
+    # Meanwhile a fast client gets the whole zip, though the stalled ones read nothing on.
+    assert requests.get(server.url(path), timeout=60).content == whole
+    gauges = _gauges(server)
+    assert gauges["zipstream_memory_budget_bytes"] == budget
+    assert 0 < gauges["zipstream_memory_granted_peak_bytes"] <= budget
+    for sock, body in stalled:
+        assert _drain(sock, body) == whole
+    wait_for(lambda: _gauges(server)["zipstream_memory_granted_bytes"] == 0, "every grant given back")
