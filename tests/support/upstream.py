@@ -276,6 +276,7 @@ class UpstreamServer:
         self._redirect_counts: Counter[str] = Counter()
         self._reset_counts: Counter[str] = Counter()
         self._connections: set[socket.socket] = set()
+        self._responding: set[socket.socket] = set()  # connections in the middle of answering a request
         self._accepted = 0
         self._idle = threading.Condition(self._lock)
         self._stop = threading.Event()
@@ -529,6 +530,19 @@ class UpstreamServer:
         with self._lock:
             self._bytes_sent[path] += n
 
+    @property
+    def responding(self) -> int:
+        """Connections answering a request right now (an idle kept-alive connection is not one)."""
+        with self._lock:
+            return len(self._responding)
+
+    def _answering(self, conn: socket.socket, active: bool) -> None:
+        with self._lock:
+            if active:
+                self._responding.add(conn)
+            else:
+                self._responding.discard(conn)
+
     def _track(self, conn: socket.socket, active: bool) -> None:
         with self._lock:
             if active:
@@ -573,7 +587,11 @@ class _Handler(BaseHTTPRequestHandler):
         """Silence per-request logging; tests read server.requests instead."""
 
     def do_GET(self) -> None:
-        self._serve(head=False)
+        self.upstream._answering(self.connection, True)
+        try:
+            self._serve(head=False)
+        finally:
+            self.upstream._answering(self.connection, False)
 
     def do_HEAD(self) -> None:
         self._serve(head=True)
