@@ -8,6 +8,7 @@ or the whole of B: never A's bytes followed by B's.
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
@@ -272,3 +273,30 @@ def test_a_range_probe_of_the_new_version_vouches_for_no_more_than_it_sent(
                             timeout=60, check=False)
     data = path.read_bytes()
     assert data == held and result.returncode != 0, (result.returncode, len(data))
+
+
+@pytest.mark.xfail(strict=True, reason="open (issue 16 attack pass): the guard vouches for a resume with bytes "
+                                       "of this version that went out to another client; see the docstring")
+def test_a_resume_is_not_vouched_for_by_another_clients_download_of_a_newer_version(
+        serve: Serve, upstream: UpstreamServer) -> None:
+    """Client A's download is cut after N bytes; the file changes; client B downloads the new zip (same
+    size: same layout); A resumes as curl -C - does (Range from N, no If-Range). The new version's first
+    N bytes did go out (to B), so the guard vouches and A appends new bytes to old ones: a zip with a bad
+    CRC-32 (also how test_axel_resume_from_its_state_file_never_splices flakes under load, one axel
+    connection standing in for B). A safe rule needs to know that no other version of this bundle was
+    delivered (then a client's first N bytes can only be this version's)."""
+    old, new = os.urandom(300_000), os.urandom(300_000)
+    upstream.add("/a.bin", old)
+    server = serve()
+    created = requests.post(server.url("/"), json={"files": [{"src": upstream.url("/a.bin")}]}, timeout=30)
+    url = server.url(f"/{created.json()['id']}")
+    with requests.get(url, stream=True, timeout=30) as cut:
+        held = cut.raw.read(100_000)
+    upstream.add("/a.bin", new)
+    assert requests.get(url, timeout=30).status_code == 200  # client B, the new version whole
+    resumed = requests.get(url, headers={"Range": f"bytes={len(held)}-"}, timeout=30)
+    if resumed.status_code == 206:
+        with zipfile.ZipFile(io.BytesIO(held + resumed.content)) as archive:
+            assert archive.read("a.bin") == new  # BadZipFile (bad CRC-32) when spliced
+    else:
+        assert resumed.status_code == 428

@@ -8,19 +8,27 @@ must answer in ways no ordinary server will.
 
 from __future__ import annotations
 
+import http.client
+import io
 import random
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import pytest
+from urllib3._collections import HTTPHeaderDict
+from urllib3.connection import _normalize_header_values
 
 from zipstream.config import Config
 from zipstream.deadline import Deadline
 from zipstream.errors import ClientGone, SourceError
+from zipstream.numbers import NotANumber, http_date
+from zipstream.sources import http as http_source
+from zipstream.sources import http_wire
 from zipstream.sources.held import HoldBudget, HoldScope
 from zipstream.sources.http import HttpSource
-from zipstream.sources.http_transport import NO_DEADLINE
+from zipstream.sources.http_transport import NO_DEADLINE, content_length
 from zipstream.sources.http_wire import Target, Watch, WireError, WireResponse, _parse_head, _parse_head_lines
+from zipstream.sources.netguard import FinalResponse
 
 from .support.scripted import CLOSE, SILENT, ScriptedServer, answer
 from .support.upstream import UpstreamServer
@@ -143,6 +151,8 @@ def test_the_quick_reading_of_a_head_is_the_line_by_line_one() -> None:
 @pytest.mark.parametrize(("reply", "kind"), [
     (b"HTTP/1.1 200 OK\r\nContent-Length : 5\r\n\r\nhello", "HeaderParsingError"),  # space before ':'
     (b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n", "HeaderParsingError"),
+    # A fold after a bare-LF line: urllib3 keeps that LF in the value, a member would read another ETag.
+    (b"HTTP/1.1 200 OK\r\nETag: \"v1\"\n x\r\n\r\n", "HeaderParsingError"),
     (b"ICY 200 OK\r\n\r\n", "BadStatusLine"),
     (b"HTTP/1.1 2000 OK\r\n\r\n", "BadStatusLine"),
     (b"HTTP/1.1 200 OK\r\n" + b"X: y\r\n" * 101 + b"\r\n", "HTTPException"),
@@ -184,8 +194,11 @@ def test_a_connection_the_answer_closes_is_not_reused(make_config: Callable[...,
     for reply, reused in ((closing, False), (http10, False), (kept10, True), (SMALL, True), (switched, False)):
         with ScriptedServer(lambda _connection, _index, reply=reply: reply) as server:  # type: ignore[misc]
             source = _source(make_config)
-            source.stat(server.url("/a.bin"))
-            source.stat(server.url("/b.bin"))
+            for path in ("/a.bin", "/b.bin"):
+                try:
+                    source.stat(server.url(path))
+                except SourceError:  # a 101 is no answer to pre-flight's GET
+                    assert reply is switched
             assert server.connections == (1 if reused else len(server.requests)), reply[:40]
 
 
@@ -258,3 +271,220 @@ def test_header_fields_are_found_in_any_case(make_config: Callable[..., Config])
         assert response.headers["CONTENT-RANGE"] == response.headers.get("content-range") == "bytes 0-4/5"
         assert "Etag" in response.headers and "X-Missing" not in response.headers
         response.close()
+
+
+# -- hostile answers (issue 16's attack pass) ------------------------------------------------------------
+
+@pytest.mark.parametrize("status", ["000 Zero", "099 Low"])
+def test_a_status_below_100_is_no_answer(status: str, make_config: Callable[..., Config]) -> None:
+    """http.client refuses a status under 100 (BadStatusLine); read as a final answer it would pass for
+    a 200 and its body for the file."""
+    with ScriptedServer(lambda _connection, _index: SMALL.replace(b"206 Partial Content", status.encode())) \
+            as server, pytest.raises(SourceError, match="connection failed \\(BadStatusLine\\)"):
+        _source(make_config).stat(server.url("/a.bin"))
+
+
+@pytest.mark.parametrize("status", ["300 Multiple Choices", "302 Found", "203 Non-Authoritative Information",
+                                    "204 No Content", "304 Not Modified"])
+def test_pre_flight_takes_no_answer_but_200_or_206_for_the_file(status: str,
+                                                                 make_config: Callable[..., Config]) -> None:
+    """A final answer other than 200/206 (a 3xx with no Location among them) is not the file: a member's
+    GET refuses it (`HttpSource._read`), so pre-flight does too, before the first byte (a 502), rather
+    than holding a small body and zipping it as the file's bytes."""
+    body = b"" if status.startswith(("204", "304")) else b"hello"
+    with ScriptedServer(lambda _connection, _index: answer(status, VALIDATORS, body)) as server:
+        source = _source(make_config)
+        source.budget = HoldBudget(1 << 20)
+        with HoldScope().applying(), pytest.raises(SourceError, match=f"answered HTTP {status[:3]} to a GET"):
+            source.stat(server.url("/a.bin"))
+        assert source.budget.used == 0
+
+
+def test_a_head_that_trickles_in_is_searched_once_over(monkeypatch: pytest.MonkeyPatch,
+                                                       make_config: Callable[..., Config]) -> None:
+    """A hostile upstream sending its head a few bytes at a time (up to MAX_HEAD, 1 MiB) must not make the
+    worker search the whole buffer again on every read: 1 MiB in reads of 100 bytes took ~30 s of CPU.
+    Counted as bytes scanned for the head's end, not as time."""
+    scanned = []
+    real = http_wire._HEAD_END
+
+    class Counting:
+        def search(self, buffer: bytes, pos: int = 0) -> object:
+            scanned.append(len(buffer) - pos)
+            return real.search(buffer, pos)
+
+    monkeypatch.setattr(http_wire, "_HEAD_END", Counting())
+
+    class Trickle:
+        def __init__(self, data: bytes) -> None:
+            self.data, self.at = data, 0
+
+        def recv(self, size: int) -> bytes:
+            chunk = self.data[self.at:self.at + min(size, 100)]
+            self.at += len(chunk)
+            return chunk
+
+    head = SMALL[:SMALL.index(b"\r\n\r\n")] + b"\r\nX-Pad: " + b"p" * 60_000 + b"\r\n\r\nhello"
+    rest, _keep_alive, status, fields = http_wire._read_answer(Trickle(head), False, NO_DEADLINE)
+    assert (status, rest, fields["content-range"]) == (206, b"hello", "bytes 0-4/5")
+    assert sum(scanned) < 4 * len(head)
+
+
+def test_a_bare_cr_in_a_header_line_is_refused(make_config: Callable[..., Config]) -> None:
+    """http.client (a member's GET) ends a header line at a bare CR, this reader did not: pre-flight read
+    ETag "v<CR>1" that a member's If-Range can't even send (requests refuses it), so the download was cut
+    after its first byte. Refused at pre-flight instead (RFC 9112 §2.2 allows either)."""
+    for bare in (b'ETag: "v\r1"', b'ETag: "v1"\r\r\nX-After: 1'):  # http.client: a blank line, the head's end
+        reply = SMALL.replace(b'ETag: "v1"', bare)
+        with ScriptedServer(lambda _connection, _index, reply=reply: reply) as server, \
+                pytest.raises(SourceError, match="connection failed \\(HeaderParsingError\\)"):  # type: ignore[misc]
+            _source(make_config).stat(server.url("/a.bin"))
+
+
+@pytest.mark.parametrize(("fields", "etag"), [(('ETag:"v1"  ', VALIDATORS[1]), '"v1"'),
+                                              (('ETag: "v1" \t', VALIDATORS[1]), '"v1"'),
+                                              (("ETag:  ",), ""),  # empty, and nothing else vouches
+                                              (('ETag: "v1"\r\n x', VALIDATORS[1]), '"v1" x')])  # folded
+def test_an_etag_with_whitespace_after_it_is_the_same_version(fields: tuple[str, ...], etag: str,
+                                                               make_config: Callable[..., Config]) -> None:
+    """Pre-flight's reader drops the whitespace after a field's value (RFC 9110 §5.5), http.client keeps
+    it: a server writing `ETag: "v1" ` had every member refused as another version (SourceChanged)."""
+    body = bytes(range(256)) * 8
+    whole = answer("200 OK", fields, body)
+    with ScriptedServer(lambda _connection, _index: whole) as server:
+        source = _source(make_config)
+        [info] = source.stat(server.url("/a.bin"))
+        assert info.etag == etag
+        assert b"".join(source.open(info)) == body
+
+
+@pytest.mark.parametrize("reply", [b"HTTP/1.1 206 Partial Content\r\nETag: \"v1", b"HTTP/1.1 206 Part", b"HTTP/1.1 2",
+                                   SMALL.replace(b"\r\n", b"\r")])
+def test_a_head_cut_by_the_server_closing_is_a_failed_connection(reply: bytes,
+                                                                 make_config: Callable[..., Config]) -> None:
+    with ScriptedServer(lambda _connection, _index: reply + CLOSE) as server, \
+            pytest.raises(SourceError, match="connection failed \\(RemoteDisconnected\\), 4 attempts"):
+        _source(make_config).stat(server.url("/a.bin"))
+
+
+@pytest.mark.parametrize("late", [False, True])
+def test_bytes_after_an_answer_never_become_the_next_answer(late: bool, make_config: Callable[..., Config]) -> None:
+    """A server sending more than its answer stated (with it, or a moment later on the idle pooled
+    connection: a response desync) must not have those bytes read as the answer to the next request:
+    the connection is closed, or found unusable at checkout, and the next request gets its own."""
+    forged = answer("206 Partial Content", ('ETag: "forged"', "Content-Range: bytes 0-4/5"), b"EVIL!")
+    sent = threading.Event()
+
+    def script(connection: int, index: int) -> bytes:
+        if (connection, index) != (0, 0):
+            return SMALL
+        if not late:
+            return SMALL + forged
+        def later() -> None:
+            with server._lock:
+                conn = server._open[0]
+            conn.sendall(forged)
+            sent.set()
+        threading.Timer(0.1, later).start()
+        return SMALL
+
+    with ScriptedServer(script) as server:
+        source = _source(make_config)
+        source.stat(server.url("/a.bin"))
+        assert sent.wait(5) if late else True
+        [info] = source.stat(server.url("/b.bin"))
+        assert info.etag == '"v1"'
+        assert server.connections == 2
+
+
+@pytest.mark.parametrize("interim", [b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n",
+                                     b"HTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 100 Continue\r\n\r\n"
+                                     b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 103 Early Hints\r\n\r\n"])
+def test_interim_answers_are_skipped_by_members_as_by_pre_flight(interim: bytes,
+                                                                 make_config: Callable[..., Config]) -> None:
+    """Pre-flight skips every 1xx before the answer; a member's GET (http.client) skipped only a 100 and
+    took a 103 Early Hints for the answer: pre-flight passed, then the download was cut ("HTTP 103")."""
+    body = bytes(range(256)) * 8
+    whole = interim + answer("200 OK", VALIDATORS, body)
+    with ScriptedServer(lambda _connection, _index: whole) as server:
+        source = _source(make_config)
+        [info] = source.stat(server.url("/a.bin"))
+        assert info.size == len(body)
+        assert b"".join(source.open(info)) == body
+        assert b"".join(source.open(info, 1000)) == body[1000:]
+
+
+@pytest.mark.parametrize("version", [b"HTTP/2.0", b"HTTP/2", b"HTTP/x", b"HTTP/"])
+def test_an_answer_in_another_version_than_http_1_is_refused(version: bytes,
+                                                             make_config: Callable[..., Config]) -> None:
+    """A member's GET (http.client) refuses an `HTTP/2.0 200` status line on an HTTP/1.1 connection
+    (UnknownProtocol); pre-flight took it, and the download was cut at that member instead of a 502."""
+    with ScriptedServer(lambda _connection, _index: SMALL.replace(b"HTTP/1.1", version, 1)) as server, \
+            pytest.raises(SourceError, match="connection failed \\(UnknownProtocol\\)"):
+        _source(make_config).stat(server.url("/a.bin"))
+
+
+class _Replay:
+    """A socket that replays `data`: for http_wire's reads (recv) and http.client's (makefile)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.at = data, 0
+
+    def recv(self, size: int) -> bytes:
+        chunk = self.data[self.at:self.at + size]
+        self.at += len(chunk)
+        return chunk
+
+    def makefile(self, _mode: str) -> io.BytesIO:
+        return io.BytesIO(self.data)
+
+
+def _what_pre_flight_reads(data: bytes) -> tuple[object, ...] | None:
+    try:
+        _rest, _keep_alive, status, fields = http_wire._read_answer(_Replay(data), False, NO_DEADLINE)
+    except WireError:
+        return None  # refused: a 502 before the first byte, whatever a member's GET would read
+    return _meaning(status, fields)
+
+
+def _what_a_member_reads(data: bytes) -> tuple[object, ...] | str:
+    response = FinalResponse(_Replay(data), method="GET")  # type: ignore[arg-type]
+    try:
+        response.begin()
+    except http.client.HTTPException as error:
+        return type(error).__name__
+    # The fields as urllib3 gives them to requests (urllib3.connection.HTTPConnection.getresponse).
+    return _meaning(response.status, HTTPHeaderDict(_normalize_header_values(response.msg)))
+
+
+def _meaning(status: int, fields: Mapping[str, str]) -> tuple[object, ...]:
+    """What the HTTP source reads of an answer: status, ETag (as compared), date, length, range, framing."""
+
+    class Read:
+        headers = fields
+
+    try:
+        length: object = content_length(Read())  # type: ignore[arg-type]
+    except NotANumber:
+        length = "invalid"
+    return (status, http_source._etag(Read()), http_date(fields.get("Last-Modified")), length,  # type: ignore[arg-type]
+            (fields.get("Content-Range") or "").strip(" \t") or None, bool(fields.get("Transfer-Encoding")),
+            (fields.get("Content-Encoding") or "").strip().lower())
+
+
+def test_what_pre_flight_reads_a_member_reads_the_same() -> None:
+    """Pre-flight's answers are read by http_wire, a member's by http.client + urllib3. Wherever pre-flight
+    takes an answer, both must read the same status, validators, length, range and framing from it:
+    else pre-flight passes and the download is cut at that member ("another version", "invalid
+    Content-Length"). Found this way: whitespace after an ETag, a bare CR, folds after a bare LF, 1xx."""
+    chooser = random.Random(9110)
+    pieces = [b"ETag", b"etag", b"Content-Length", b"Content-Range", b"Last-Modified", b"Transfer-Encoding", b"X",
+              b":", b": ", b" ", b"\t", b"\r\n", b"\n", b"\r", b'"v1"', b"5", b"bytes 0-4/5", b",", b"\x00", b"\xe9",
+              b"chunked", b"Tue, 14 Nov 2023 22:13:20 GMT", b"gzip", b"\r\n ", b"\r\n\t",
+              b"HTTP/1.1 100 Continue\r\n\r\n", b"HTTP/1.1 103 Early Hints\r\n\r\n"]
+    for _ in range(30_000):
+        middle = b"".join(chooser.choice(pieces) for _ in range(chooser.randrange(1, 14)))
+        data = b'HTTP/1.1 200 OK\r\nETag: "v0"\r\n' + middle + b"\r\n\r\n"
+        read = _what_pre_flight_reads(data)
+        if read is not None:
+            assert read == _what_a_member_reads(data), data

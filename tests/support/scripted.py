@@ -3,7 +3,8 @@
 Each accepted connection is numbered from 0; every request head read on it is recorded (`requests`,
 as raw bytes), and the answer comes from `script(connection, index)`, the index counting requests on
 that connection: bytes to send (the connection then waits for the next request), `CLOSE` (closed
-without an answer), or `SILENT` (nothing sent; the connection stays open until the server stops).
+without an answer; bytes ending in `CLOSE`: those bytes, then closed), or `SILENT` (nothing sent; the
+connection stays open until the server stops).
 Only what a well-behaved server can't be made to do: ordinary answers come from UpstreamServer.
 """
 
@@ -69,6 +70,9 @@ class ScriptedServer:
                     return
                 if answer == SILENT:
                     self._stopped.wait()
+                    return
+                if answer.endswith(CLOSE):  # the bytes before it, then the connection closed
+                    conn.sendall(answer[:-len(CLOSE)])
                     return
                 conn.sendall(answer)
 

@@ -13,6 +13,7 @@ Requests, redirects, retries and the address policy are the transport's (http_tr
 from __future__ import annotations
 
 import logging
+import re
 import zlib
 from collections.abc import Iterator
 from dataclasses import replace
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 RE_RESOLVE_STATUSES = frozenset({401, 403, 404, 410})
 # Content-Encodings decoded here (a browser saves the decoded file); others are refused.
 DECODABLE = frozenset({"gzip", "x-gzip", "deflate"})
+_WHITESPACE = re.compile(r"[ \t\r\n]+")
 # Host names whose check() verdict is remembered; past this many the memory starts over.
 MAX_HOSTS_JUDGED = 4096
 
@@ -69,6 +71,18 @@ def _content_range(value: str | None) -> tuple[int, int, int | None] | None:
     if end < start or (length is not None and end >= length):
         return None
     return start, end, length
+
+
+def _etag(response: Answer) -> str | None:
+    """The answer's ETag, its whitespace runs made one SP, none around it nor before a comma (repeated
+    fields joined), or None without one.
+
+    Pre-flight's answers are read by http_wire, a member's by http.client and urllib3, which keep what
+    http_wire drops (whitespace after the value, RFC 9110 §5.5; a folded line's LF after a bare-LF
+    line): read as they are, "v1" and "v1"<SP> differed, and every member of such a server was
+    refused as another version (the download cut). Both sides are compared in this one form."""
+    value = response.headers.get("ETag")
+    return value if value is None else " ".join(_WHITESPACE.split(value.strip(" \t\r\n"))).replace(" ,", ",")
 
 
 def _invalid_length(src: str, response: Answer) -> SourceError:
@@ -310,6 +324,11 @@ class HttpSource:
         expected: int | None = None
         if status >= 400:
             raise _fail(src, response)
+        if status not in (200, 206):
+            # A 204/304, a 3xx with nowhere to go, a 203...: not the file's bytes, which a member's GET
+            # refuses too (`_read`); taken here, a small one's body would be held and zipped as the file.
+            response.close()
+            raise SourceError(src, f"upstream answered HTTP {status} to a GET")
         try:
             length = content_length(response)
         except NotANumber:
@@ -355,7 +374,7 @@ class HttpSource:
             src=src,
             name=name_from_src(src),
             size=size,
-            etag=response.headers.get("ETag"),
+            etag=_etag(response),
             last_modified=http_date(response.headers.get("Last-Modified")),
             location=(response.url or src,),
         )
@@ -525,7 +544,7 @@ class HttpSource:
         An answer from a URL other than `validated_at` (a redirect to a mirror, a re-signed URL) may
         carry its own ETag for the same bytes: there an equal Last-Modified vouches instead.
         """
-        etag = response.headers.get("ETag")
+        etag = _etag(response)
         modified = http_date(response.headers.get("Last-Modified"))
         same_date = info.last_modified is not None and modified == info.last_modified
         elsewhere = response.url != validated_at

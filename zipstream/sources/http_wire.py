@@ -167,10 +167,14 @@ def _status_line(line: str) -> tuple[int, bool]:
     """(status, HTTP/1.1 or later) of `HTTP/x.y SSS[ reason]`; WireError for anything else."""
     version, _, rest = line.partition(" ")
     code = rest[:3]
+    # 3 digits from 100 (http.client refuses less): "000" or "099" is no status a response can have.
     if not version.startswith("HTTP/") or len(code) != 3 or not code.isdigit() or not code.isascii() \
-            or rest[3:4] not in ("", " "):
+            or code[0] == "0" or rest[3:4] not in ("", " "):
         raise WireError(f"not an HTTP/1.x status line: {line[:80]!r}", "BadStatusLine")
-    return int(code), version not in ("HTTP/1.0", "HTTP/0.9")
+    if not version.startswith("HTTP/1.") and version != "HTTP/0.9":
+        # "HTTP/2.0", "HTTP/x": http.client (a member's GET) refuses them (UnknownProtocol), so must this.
+        raise WireError(f"not an HTTP/1.x answer: {line[:80]!r}", "UnknownProtocol")
+    return int(code), version != "HTTP/1.0" and version != "HTTP/0.9"
 
 
 def _parse_head_lines(head: bytes) -> tuple[int, bool, Headers]:
@@ -183,13 +187,20 @@ def _parse_head_lines(head: bytes) -> tuple[int, bool, Headers]:
         raise WireError(f"a line of more than {MAX_LINE} bytes in the answer's head", "LineTooLong")
     fields = Headers()
     last = ""
+    crlf = True  # the line before ended in CRLF, not a bare LF
     for raw in lines[1:]:
-        line = raw.rstrip(b"\r")
+        line = raw[:-1] if raw.endswith(b"\r") else raw  # the CR of a CRLF, no more ("\r\r\n" has a bare CR)
+        if b"\r" in line:  # a bare CR (RFC 9112 §2.2): http.client's reader ends a line there, this one not
+            raise WireError(f"a bare CR in a header line: {line[:80]!r}", "HeaderParsingError")
         if line[:1] in (b" ", b"\t"):  # obs-fold: part of the previous field's value
             if not last:
                 raise WireError("a folded line before any field", "HeaderParsingError")
+            if not crlf:  # urllib3 (a member's GET) keeps that LF in the value: the two would read it apart
+                raise WireError("a folded line after a line ended by a bare LF", "HeaderParsingError")
             fields[last] += " " + line.strip(b" \t").decode("latin-1")
+            crlf = raw.endswith(b"\r")
             continue
+        crlf = raw.endswith(b"\r")
         name, colon, value = line.partition(b":")
         if not colon or not _TOKEN.fullmatch(name):  # no whitespace before ':' (RFC 9112 §5.1)
             raise WireError(f"malformed header line: {line[:80]!r}", "HeaderParsingError")
@@ -386,7 +397,7 @@ class _Stale(Exception):
 def _read_answer(sock: object, may_be_stale: bool, deadline: Deadline) -> tuple[bytes, bool, int, Headers]:
     """(bytes after the head, keep-alive, status, fields) of the final answer (1xx skipped). On a
     kept-alive connection (`may_be_stale`) an EOF or reset before any byte raises _Stale."""
-    buffer = b""
+    buffer = bytearray()  # appended to in place: a head trickling in is copied once, not once a read
     while True:
         end = _HEAD_END.search(buffer)
         while end is None:
@@ -403,12 +414,15 @@ def _read_answer(sock: object, may_be_stale: bool, deadline: Deadline) -> tuple[
                     raise _Stale()
                 raise WireError("the server closed the connection without an answer", "RemoteDisconnected")
             may_be_stale = False
+            # Only the new bytes (and the 3 before them) can end the head: a head sent a few bytes a
+            # read is searched once over, not once a read (up to MAX_HEAD: seconds of CPU a source).
+            searched = max(0, len(buffer) - 3)
             buffer += chunk
-            end = _HEAD_END.search(buffer)
-        head, rest = buffer[:end.start()], buffer[end.end():]
+            end = _HEAD_END.search(buffer, searched)
+        head, rest = bytes(buffer[:end.start()]), bytes(buffer[end.end():])
         status, modern, fields = _parse_head(head)
         if 100 <= status < 200 and status != 101:  # interim (100 Continue, 103 Early Hints): the next one
-            buffer = rest
+            buffer = bytearray(rest)
             continue
         tokens = {token.strip(" \t").lower() for token in (fields.get("connection") or "").split(",")}
         # 101: the connection now speaks another protocol (never asked for; never reused).

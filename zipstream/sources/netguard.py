@@ -7,6 +7,7 @@ meet the same rule.
 
 from __future__ import annotations
 
+import http.client
 import ipaddress
 import socket
 import unicodedata
@@ -248,6 +249,19 @@ def _connected(sock: socket.socket | None) -> bool:
         return False
 
 
+class FinalResponse(http.client.HTTPResponse):
+    """http.client's response, every interim 1xx answer skipped (RFC 9110 §15.2), not only a 100: a
+    member's GET took a 103 Early Hints for the answer ("HTTP 103 to a GET", the download cut) where
+    pre-flight's reader (http_wire) skips it. A 101 is final (the connection changed protocol)."""
+
+    def _read_status(self) -> tuple[str, int, str]:
+        while True:
+            version, status, reason = super()._read_status()  # type: ignore[misc]
+            if not 100 < status < 200 or status == 101:  # a 100 is skipped by begin() itself
+                return version, status, reason
+            http.client._read_headers(self.fp)  # type: ignore[attr-defined]  # with its limits
+
+
 def guarded_pool_manager(policy: Policy, **kwargs: object) -> PoolManager:
     """A urllib3 PoolManager whose every connection goes through `policy`.
 
@@ -257,6 +271,8 @@ def guarded_pool_manager(policy: Policy, **kwargs: object) -> PoolManager:
     """
 
     class GuardedHTTPConnection(HTTPConnection):
+        response_class = FinalResponse
+
         @property
         def is_connected(self) -> bool:
             return _connected(self.sock)
@@ -291,6 +307,8 @@ def guarded_pool_manager(policy: Policy, **kwargs: object) -> PoolManager:
             return sock
 
     class GuardedHTTPSConnection(HTTPSConnection):
+        response_class = FinalResponse
+
         @property
         def is_connected(self) -> bool:
             # The raw descriptor, as urllib3 looks at it: TLS bytes waiting (a close_notify) count.
