@@ -403,10 +403,7 @@ def test_the_app_holds_its_config(tmp_path: Path) -> None:
 # -- the README's configuration table: the declared names, with the declared defaults --
 
 # Rows where the README may differ from the declarations: none (add a name here only with a reason).
-# MEMORY_BUDGET: its row is in /work/notes/MEM-readme.md for the lead to add (helpers don't edit README.md).
-# PREFLIGHT_CONCURRENCY: its default went from 64 to 256 (issue 16, first byte); the README's row is in
-# the lead's hands (notes/TTFB-readme.md): empty this set when it is merged.
-README_PENDING: set[str] = {"MEMORY_BUDGET", "PREFLIGHT_CONCURRENCY"}
+README_PENDING: set[str] = set()
 
 
 def readme_defaults() -> dict[str, str]:
