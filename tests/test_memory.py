@@ -280,3 +280,27 @@ def test_under_gunicorn_stalled_clients_keep_the_worker_within_its_budget_and_a_
     for sock, body in stalled:
         assert _drain(sock, body) == whole
     wait_for(lambda: _gauges(server)["zipstream_memory_granted_bytes"] == 0, "every grant given back")
+
+
+def test_under_gunicorn_clients_that_take_nothing_past_send_timeout_are_cut_and_give_their_memory_back(
+    serve: Callable[..., LiveServer], upstream: UpstreamServer,
+) -> None:
+    """Before SEND_TIMEOUT a client that stopped reading kept its download and its grant for as long as it
+    stayed connected: enough of them and every other download waited for memory (issue 16's attack pass:
+    MEMORY_BUDGET 4 MiB, 400 such connections, a fast client got nothing in 20 s)."""
+    files = {f"/big{i}.bin": os.urandom(2 * CHUNK_SIZE) for i in range(3)}
+    for path, data in files.items():
+        upstream.add(path, data)
+    server = serve(MEMORY_BUDGET=str(4 * CHUNK_SIZE), SEND_TIMEOUT="1", ACCESS_LOG="/dev/null")
+    created = requests.post(server.url("/"), json={"files": [{"src": upstream.url(path)} for path in files]},
+                            timeout=30)
+    path = f"/{created.json()['id']}"
+    whole = requests.get(server.url(path), timeout=60).content
+    stalled = [_stall(server.port, path) for _ in range(24)]
+    # They keep reading nothing: within about SEND_TIMEOUT each download is cut and its memory is back.
+    wait_for(lambda: _gauges(server)["zipstream_memory_granted_bytes"] == 0, "every stalled download's grant back",
+             timeout=15)
+    assert requests.get(server.url(path), timeout=30).content == whole
+    for sock, body in stalled:
+        assert len(_drain(sock, body)) < len(whole)  # cut: never a zip that looks complete
+    assert "Traceback" not in server.log_text()

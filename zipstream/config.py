@@ -289,6 +289,9 @@ WORKER_CONNECTIONS = setting("WORKER_CONNECTIONS", whole(1), 10000,
                              "requests one worker serves at once; past it 503 (middleware.py)")
 GRACEFUL_TIMEOUT = setting("GRACEFUL_TIMEOUT", whole(0), 3600, "seconds a stopping worker lets downloads finish")
 WORKER_TIMEOUT = setting("WORKER_TIMEOUT", whole(1), 60, "gunicorn's worker heartbeat timeout, seconds")
+SEND_TIMEOUT = setting("SEND_TIMEOUT", whole(1), 60,
+                       "seconds a download waits for its client to take more bytes; past it the download is cut "
+                       "and its memory given back (nginx's send_timeout)")
 BODY_TIMEOUT = setting("BODY_TIMEOUT", whole(1), 30,
                        "seconds a client has to send a request's body once its head has arrived (408 past it)")
 HEADER_TIMEOUT = setting("HEADER_TIMEOUT", whole(1), 10,
@@ -408,6 +411,7 @@ class Config:
     max_files: int = MAX_FILES.field()
     max_body_bytes: int = MAX_BODY_BYTES.field()
     body_timeout: int = BODY_TIMEOUT.field()
+    send_timeout: int = SEND_TIMEOUT.field()
     max_name_length: int = MAX_NAME_LENGTH.field()
     max_src_length: int = MAX_SRC_LENGTH.field()
     max_bundle_bytes: int = MAX_BUNDLE_BYTES.field()

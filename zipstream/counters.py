@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from prometheus_client import Counter, Gauge, Histogram
 
 from .chunks import close_iterator
-from .errors import StreamAborted
+from .errors import ClientStalled, StreamAborted
 
 log = logging.getLogger("zipstream.download")
 
@@ -105,6 +105,9 @@ def track_download(
                 counted = sent
             yield chunk
         outcome, reason = "completed", ""
+    except ClientStalled:
+        reason = "client_stalled"  # SEND_TIMEOUT: the client's doing, counted with the client's
+        raise
     except StreamAborted as error:
         reason = f"upstream: {error}"
         raise
@@ -118,7 +121,8 @@ def track_download(
         if outcome == "completed":
             DOWNLOADS_COMPLETED.labels(kind).inc()
         else:
-            DOWNLOADS_ABORTED.labels(kind, "client" if reason == "client_disconnected" else "upstream").inc()
+            DOWNLOADS_ABORTED.labels(kind, "client" if reason in ("client_disconnected", "client_stalled")
+                                     else "upstream").inc()
         level = logging.INFO if outcome == "completed" else logging.WARNING
         log.log(level, "download %s", outcome, extra={
             "event": "download", "outcome": outcome, "kind": kind, "bytes": sent,

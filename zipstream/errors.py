@@ -220,3 +220,10 @@ class ClientGone(ZipStreamError):
 
 class StreamAborted(Exception):
     """Raised inside a download once bytes are on the wire: the connection must be cut, not answered."""
+
+
+class ClientStalled(StreamAborted, TimeoutError):
+    """The client took no bytes for SEND_TIMEOUT seconds: its download is cut and gives its memory back.
+
+    A TimeoutError too, as a write that timed out is: gunicorn passes socket errors on without logging a
+    traceback, and the worker ends the connection in one line (gunicorn_worker.py)."""

@@ -87,6 +87,13 @@ class GeventWorker(_GeventWorker):  # type: ignore[misc]
         self._idle.discard(sock)
         try:
             super().handle_request(listener_name, req, sock, addr)
+        except TimeoutError:
+            # A download's client took nothing for SEND_TIMEOUT (memory.ClientWindow.sending): its
+            # response can't be finished, so the connection ends here, in one line rather than gunicorn's
+            # "Socket error processing request" with a traceback.
+            self.log.info("closing a connection whose client took no bytes for SEND_TIMEOUT")
+            _shut_down(sock)
+            raise StopIteration("the client took no bytes for SEND_TIMEOUT") from None
         finally:
             # Idle again until its next request. If the worker was told to stop while this request
             # ran, gunicorn may still keep the connection open (it decides before the response), so

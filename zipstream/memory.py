@@ -41,6 +41,7 @@ from typing import Any
 from . import counters
 from .chunks import CHUNK_SIZE
 from .config import MEMORY_BUDGET
+from .errors import ClientStalled
 from .peek import peek
 
 log = logging.getLogger(__name__)
@@ -333,8 +334,11 @@ class ClientWindow:
     so a fast client soon reads whole chunks and a stalled one keeps a small one.
     """
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, send_timeout: float | None = None) -> None:
         self.fileno = sock.fileno()
+        self.send_timeout = send_timeout
+        self._sock = sock
+        self._timeout_before: float | None = None
         with contextlib.suppress(OSError):  # not TCP (a Unix socket): nothing queued to limit
             sock.setsockopt(socket.IPPROTO_TCP, _TCP_NOTSENT_LOWAT, NOTSENT_LOWAT)
         self._queued = 0  # the send queue at the last read_size()
@@ -342,19 +346,42 @@ class ClientWindow:
         self._size = MIN_READ
 
     @classmethod
-    def of(cls, environ: Mapping[str, Any]) -> ClientWindow | None:
+    def of(cls, environ: Mapping[str, Any], send_timeout: float | None = None) -> ClientWindow | None:
         """The client of a WSGI request, if the server says which socket it is (gunicorn; not over TLS)."""
         sock = environ.get("gunicorn.socket")
         if not isinstance(sock, socket.socket) or isinstance(sock, ssl.SSLSocket):
             return None
-        return cls(sock)
+        return cls(sock, send_timeout)
 
     def wait_writable(self) -> None:
-        """Wait until the socket can take bytes (or is closed or reset: the write then fails)."""
+        """Wait until the socket can take bytes (or is closed or reset: the write then fails).
+
+        Raises ClientStalled after `send_timeout` seconds (SEND_TIMEOUT) without room: a client that
+        takes nothing would otherwise keep its download, and the memory granted to it, for as long as it
+        likes, and with enough of them every other download waits for memory (nginx: `send_timeout`).
+        """
         from gevent.socket import wait_write  # only ever called under gunicorn's gevent worker
 
-        with contextlib.suppress(OSError, ValueError):
-            wait_write(self.fileno)
+        try:
+            wait_write(self.fileno, timeout=self.send_timeout)
+        except TimeoutError:
+            raise ClientStalled(f"the client took no bytes for {self.send_timeout:g} s (SEND_TIMEOUT)") from None
+        except (OSError, ValueError):
+            pass
+
+    def sending(self) -> None:
+        """A chunk goes to the server now: its write, too, gives up after `send_timeout` without progress
+        (socket.timeout out of gunicorn's write; the worker closes the connection, gunicorn_worker.py)."""
+        if self.send_timeout is not None:
+            with contextlib.suppress(OSError):
+                self._timeout_before = self._sock.gettimeout()
+                self._sock.settimeout(self.send_timeout)
+
+    def sent(self) -> None:
+        """The server wrote the chunk: the socket's own timeout again (gunicorn's keep-alive reads)."""
+        if self.send_timeout is not None:
+            with contextlib.suppress(OSError):
+                self._sock.settimeout(self._timeout_before)
 
     def handed(self, count: int) -> None:
         """`count` bytes went to the server for this client."""

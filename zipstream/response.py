@@ -18,6 +18,7 @@ from flask import Request, Response, jsonify
 
 from . import counters, ranges
 from .chunks import close_iterator
+from .config import get_config
 from .download import PreparedZip
 from .errors import PreconditionFailed, ResumeRefused, SourceError, StreamAborted, ZipStreamError
 from .memory import ClientWindow
@@ -118,7 +119,7 @@ class ZipResponse(Response):
             return
         # The stream paces itself on the client's socket (memory.py): a client that stops reading
         # holds no more than its last chunk.
-        prepared.body.client = ClientWindow.of(request.environ)
+        prepared.body.client = ClientWindow.of(request.environ, get_config().send_timeout)
         chunks = prepared.stream(start, stop)
         first = self._first_chunk(chunks)
         body = counters.track_download(

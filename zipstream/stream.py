@@ -155,8 +155,11 @@ class ZipStream:
                 sent += len(chunk)
                 if expected is not None and sent > expected:
                     raise StreamAborted(f"produced more than the promised {expected} bytes")
+                if client is not None:
+                    client.sending()
                 yield chunk
                 if client is not None:
+                    client.sent()
                     # Back-pressure: a client that stops reading stops its download here, before the
                     # next chunk is read; the next is as big as what it drained meanwhile.
                     client.handed(len(chunk))
