@@ -16,6 +16,7 @@ import os
 import random
 import sys
 import tempfile
+import time
 from pathlib import Path
 from statistics import median
 
@@ -26,6 +27,18 @@ sys.path.insert(0, str(ROOT))
 
 from tests.support.live import live_server  # noqa: E402 - after the path set-up
 from tests.support.upstream import UpstreamServer  # noqa: E402
+
+
+def _wait_completed(metrics_url: str, count: int, timeout: float = 30.0) -> None:
+    """Until the service's /metrics counts `count` completed downloads (its stream has ended, CRCs stored)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = requests.get(metrics_url, timeout=10).text
+        done = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("zipstream_downloads_completed_total"))
+        if done >= count or time.monotonic() > deadline:
+            return
+        time.sleep(0.02)
 
 
 def _upstream_bytes(upstream: UpstreamServer) -> int:
@@ -63,6 +76,9 @@ def run(files: int, size_mib: int, cuts: int, seed: int = 1, ranges_fail: bool =
             length = len(full.content)
             full_read = _upstream_bytes(upstream) - before
             rows.append(("full download", length, full_read, full_read / max(1, sum(size for _ in range(files)))))
+            # The CRC-32s the download learned are stored as its stream ends on the server, which can be just
+            # after the client has its last byte: resume once the server counts the download completed.
+            _wait_completed(server.url("/metrics"), 1)
             cut_points = sorted(rng.randrange(length // 10, length) for _ in range(cuts))
             learned = []
             for cut in cut_points:
