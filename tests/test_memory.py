@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import inspect
 import io
 import os
 import socket
@@ -17,7 +16,6 @@ import requests
 from zipstream import counters, memory
 from zipstream.chunks import CHUNK_SIZE
 from zipstream.memory import MIN_READ, Account, ClientWindow, MemoryBudget
-from zipstream.sources import http_transport
 
 from .support.live import LiveServer
 from .support.upstream import UpstreamServer
@@ -251,13 +249,6 @@ def _drain(sock: socket.socket, body: bytes) -> bytes:
     return b"".join(chunks)
 
 
-# A stalled download keeps its last chunk, so the sources must read no more than asked
-# (chunks.read_size): the hook asked of sources/http_transport.py's owner.
-_SOURCES_READ_AS_ASKED = "read_size()" in inspect.getsource(http_transport.body_chunks)
-
-
-@pytest.mark.skipif(not _SOURCES_READ_AS_ASKED, reason="sources/http_transport.py reads CHUNK_SIZE, not "
-                                                     "chunks.read_size() (the hook this needs)")
 def test_under_gunicorn_stalled_clients_keep_the_worker_within_its_budget_and_a_fast_one_is_served(
     serve: Callable[..., LiveServer], upstream: UpstreamServer,
 ) -> None:
