@@ -121,6 +121,16 @@ def summary(count: int, base: dict[str, Any], stalled: dict[str, Any], peaks: di
         "heap_at_peak": {key: value / MiB for key, value in peaks["peak_rss"].get("mallinfo", {}).items()
                          if key in ("arena", "uordblks", "fordblks", "hblkhd", "keepcost")},
         "after_rss_mib": after["rss"] / MiB,
+        "smaps_rss_kib_per_download": {
+            key: round(_per(value["rss_kib"], base["smaps"].get(key, {}).get("rss_kib", 0), count), 1)
+            for key, value in stalled["smaps"].items()},
+        "smaps_stalled_rss_mib": {key: round(value["rss_kib"] / 1024, 1) for key, value in stalled["smaps"].items()},
+        "pymalloc_arenas_kib_per_download": _per(stalled["pymalloc"].get("arenas", 0),
+                                                 base["pymalloc"].get("arenas", 0), count) * 1024,
+        "pymalloc_allocated_kib_per_download": _per(stalled["pymalloc"].get("allocated", 0),
+                                                    base["pymalloc"].get("allocated", 0), count) / kib,
+        "live_heap_beyond_granted_kib_per_download":
+            _per(stalled["mallinfo"]["uordblks"] - granted, base["mallinfo"]["uordblks"], count) / kib,
     }
     if "tracemalloc" in stalled:
         out["traced_kib_per_download"] = _per(stalled["tracemalloc"]["current"], base["tracemalloc"]["current"],

@@ -70,6 +70,58 @@ def _status() -> dict[str, int]:
     return found
 
 
+def smaps() -> dict[str, dict[str, int]]:
+    """Resident KiB by kind of mapping: [heap], [stack], files, and anonymous ones by size (16 KiB: CPython's
+    frame data-stack chunks, one per greenlet that ran Python; 1 MiB: pymalloc arenas; 64 MiB+: malloc arenas
+    of other threads; 8 MiB: thread stacks)."""
+    groups: dict[str, dict[str, int]] = {}
+    current = None
+    with open("/proc/self/smaps") as handle:
+        for line in handle:
+            first = line.split(None, 1)[0]
+            if "-" in first and not first.endswith(":"):
+                parts = line.split()
+                start, end = (int(x, 16) for x in parts[0].split("-"))
+                size = (end - start) // 1024
+                name = parts[5] if len(parts) > 5 else ""
+                if name.startswith("["):
+                    key = name
+                elif name:
+                    key = "file"
+                else:
+                    key = f"anon {size} KiB" if size in (16, 32, 64, 1024, 8192, 8196) else (
+                        "anon <1 MiB" if size < 1024 else "anon >=1 MiB")
+                current = groups.setdefault(key, {"maps": 0, "size_kib": 0, "rss_kib": 0})
+                current["maps"] += 1
+                current["size_kib"] += size
+            elif first == "Rss:" and current is not None:
+                current["rss_kib"] += int(line.split()[1])
+    return groups
+
+
+def pymalloc() -> dict[str, int]:
+    """pymalloc's totals (sys._debugmallocstats, written to fd 2: captured): its arenas are 1 MiB mmaps,
+    outside glibc's mallinfo."""
+    fd, path = tempfile.mkstemp(prefix="pymalloc-")
+    saved = os.dup(2)
+    try:
+        os.dup2(fd, 2)
+        sys._debugmallocstats()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(fd)
+    found: dict[str, int] = {}
+    with open(path) as handle:
+        for line in handle:
+            for label, key in (("# arenas allocated current", "arenas"), ("bytes in allocated blocks", "allocated"),
+                               ("bytes in available blocks", "available")):
+                if label in line and key not in found:
+                    found[key] = int(line.rsplit("=", 1)[1].strip().replace(",", ""))
+    os.unlink(path)
+    return found
+
+
 def _budget() -> dict[str, int]:
     from zipstream import memory
 
@@ -158,6 +210,8 @@ def holders(minimum: int = 4096) -> dict[str, Any]:
                 if isinstance(item, tuple):
                     for part in item:
                         note("deque[](tuple)", part)
+        elif not isinstance(getattr(kind, "__module__", None), str):
+            continue
         elif hasattr(obj, "__dict__") and kind.__module__.startswith(("zipstream", "urllib3", "http", "requests")):
             for name, value in list(vars(obj).items()):
                 note(f"{kind.__module__}.{kind.__qualname__}.{name}", value)
@@ -171,7 +225,8 @@ def holders(minimum: int = 4096) -> dict[str, Any]:
 
 def stats(detail: bool = True) -> dict[str, Any]:
     out: dict[str, Any] = {"pid": os.getpid(), "time": time.time(), "rss": rss(), "status": _status(),
-                           "budget": _budget(), "mallinfo": mallinfo(), "fds": _fds()}
+                           "budget": _budget(), "mallinfo": mallinfo(), "fds": _fds(), "smaps": smaps(),
+                           "pymalloc": pymalloc()}
     if detail:
         out["greenlets"] = _greenlets()
         out["types"] = _types()
