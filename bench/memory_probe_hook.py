@@ -199,28 +199,35 @@ def holders(minimum: int = 4096) -> dict[str, Any]:
             frame = frame.f_back
 
     for obj in gc.get_objects():
-        kind = type(obj)
-        if isinstance(obj, greenlet.greenlet):
-            frame_locals(obj.gr_frame)
-        elif kind.__name__ == "generator" and obj.gi_frame is not None:  # type: ignore[attr-defined]
-            frame_locals(obj.gi_frame)  # type: ignore[attr-defined]
-        elif isinstance(obj, collections.deque):
-            for item in list(obj)[:64]:
-                note("deque[]", item)
-                if isinstance(item, tuple):
-                    for part in item:
-                        note("deque[](tuple)", part)
-        elif not isinstance(getattr(kind, "__module__", None), str):
+        try:
+            _holder(obj, greenlet.greenlet, note, frame_locals)
+        except Exception:  # noqa: S112 - proxies (flask.g) raise on any attribute outside a request
             continue
-        elif hasattr(obj, "__dict__") and kind.__module__.startswith(("zipstream", "urllib3", "http", "requests")):
-            for name, value in list(vars(obj).items()):
-                note(f"{kind.__module__}.{kind.__qualname__}.{name}", value)
-        elif hasattr(kind, "__slots__") and kind.__module__.startswith("zipstream"):
-            for name in kind.__slots__:
-                note(f"{kind.__module__}.{kind.__qualname__}.{name}", getattr(obj, name, None))
     ranked = sorted(found.items(), key=lambda item: -item[1][1])[:30]
     return {"total": sum(value[1] for value in found.values()), "count": sum(value[0] for value in found.values()),
             "by_where": [[where, value[0], value[1]] for where, value in ranked]}
+
+
+def _holder(obj: Any, greenlet_type: type, note: Any, frame_locals: Any) -> None:
+    kind = type(obj)
+    if isinstance(obj, greenlet_type):
+        frame_locals(obj.gr_frame)
+    elif kind.__name__ == "generator" and obj.gi_frame is not None:  # type: ignore[attr-defined]
+        frame_locals(obj.gi_frame)  # type: ignore[attr-defined]
+    elif isinstance(obj, collections.deque):
+        for item in list(obj)[:64]:
+            note("deque[]", item)
+            if isinstance(item, tuple):
+                for part in item:
+                    note("deque[](tuple)", part)
+    elif not isinstance(getattr(kind, "__module__", None), str):
+        return
+    elif hasattr(obj, "__dict__") and kind.__module__.startswith(("zipstream", "urllib3", "http", "requests")):
+        for name, value in list(vars(obj).items()):
+            note(f"{kind.__module__}.{kind.__qualname__}.{name}", value)
+    elif hasattr(kind, "__slots__") and kind.__module__.startswith("zipstream"):
+        for name in kind.__slots__:
+            note(f"{kind.__module__}.{kind.__qualname__}.{name}", getattr(obj, name, None))
 
 
 def stats(detail: bool = True) -> dict[str, Any]:
@@ -347,7 +354,7 @@ def start(directory: str) -> None:
                 data += part
             try:
                 answer = _answer(data.decode())
-            except Exception as error:  # noqa: BLE001 - a probe's answer, never the worker's death
+            except Exception as error:
                 answer = {"error": f"{type(error).__name__}: {error}"}
             conn.sendall(json.dumps(answer, default=str).encode() + b"\n")
 
