@@ -142,7 +142,7 @@ def run(count: int, args: argparse.Namespace, tmp: Path, srcs: list[str]) -> dic
     probe_dir = Path(tempfile.mkdtemp(prefix="ovh-probe-"))
     env = {"WORKER_CONNECTIONS": str(count + 100)}
     if args.tracemalloc:
-        env["PYTHONTRACEMALLOC"] = str(args.tracemalloc)
+        env["PROBE_TRACEMALLOC"] = str(args.tracemalloc)
     if args.holders_at_peak:
         env["PROBE_HOLDERS_AT_PEAK"] = "1"
     if args.snapshot_at_peak:
@@ -178,6 +178,7 @@ def run(count: int, args: argparse.Namespace, tmp: Path, srcs: list[str]) -> dic
             if args.malloc_info:
                 record["stalled_malloc_info"] = ask(probe_dir, pid, "malloc_info")["xml"]
             ask(probe_dir, pid, "reset")  # the drain's peaks from here
+            args.out.with_suffix(".stalled.json").write_text(json.dumps(record, default=str))
 
         path = url.split(str(server.port), 1)[1]
         ok, errors, elapsed = asyncio.run(_crowd(
@@ -197,7 +198,7 @@ def main() -> None:
     parser.add_argument("--counts", type=int, nargs="+", default=[1000])
     parser.add_argument("--rcvbuf", type=int, default=65536)
     parser.add_argument("--settle", type=float, default=4.0, help="seconds after every client stalled")
-    parser.add_argument("--tracemalloc", type=int, default=0, help="PYTHONTRACEMALLOC frames (0: off)")
+    parser.add_argument("--tracemalloc", type=int, default=0, help="tracemalloc frames (0: off)")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--holders-at-peak", action="store_true")
     parser.add_argument("--snapshot-at-peak", action="store_true")

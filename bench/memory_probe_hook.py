@@ -3,7 +3,7 @@ questions about the worker's memory on a Unix socket, and samples its RSS agains
 granted, keeping the readings at the peaks.
 
 Started by bench/memory_probe_gunicorn.py's post_worker_init. Commands (one line, answer JSON):
-`stats`, `holders`, `snapshot [N]` (tracemalloc, when PYTHONTRACEMALLOC is set), `peaks`, `reset`,
+`stats`, `holders`, `snapshot [N]` (tracemalloc, when PROBE_TRACEMALLOC is set), `peaks`, `reset`,
 `malloc_info`, `collect`.
 """
 
@@ -246,7 +246,7 @@ def stats(detail: bool = True) -> dict[str, Any]:
 
 def snapshot(limit: int = 25, frames: int = 12) -> dict[str, Any]:
     if not tracemalloc.is_tracing():
-        return {"error": "not tracing (set PYTHONTRACEMALLOC)"}
+        return {"error": "not tracing (set PROBE_TRACEMALLOC)"}
     snap = tracemalloc.take_snapshot()
     snap = snap.filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
     total = sum(stat.size for stat in snap.statistics("filename"))
@@ -292,7 +292,7 @@ class _Sampler:
                 self.peak_rss = {"rss": now, "granted": used, "mallinfo": mallinfo(), "time": time.time(),
                                  "ahead": budget.ahead if budget else 0, "waiting": budget.waiting if budget else 0}
                 # The expensive walks only on a clearly new peak (they cost the worker ~0.1-1 s each).
-                if (self.want_holders or self.want_snapshot) and now > self._holders_rss + 4 * 1024 * 1024:
+                if (self.want_holders or self.want_snapshot) and now > self._holders_rss + 16 * 1024 * 1024:
                     self._holders_rss = now
                     if self.want_holders:
                         self.holders_at_peak = {"rss": now, "granted": used, **holders()}
@@ -303,6 +303,21 @@ class _Sampler:
 
 
 _sampler = _Sampler()
+
+
+_trims = {"count": 0, "seconds": 0.0}
+
+
+def _trimmer(every: float, free: int) -> None:
+    import gevent
+
+    while True:
+        gevent.sleep(every)
+        if _libc.mallinfo2().fordblks > free:
+            began = time.perf_counter()
+            _libc.malloc_trim(0)
+            _trims["count"] += 1
+            _trims["seconds"] += time.perf_counter() - began
 
 
 def _answer(command: str) -> Any:
@@ -317,7 +332,8 @@ def _answer(command: str) -> Any:
         return snapshot(int(arg or 25))
     if name == "peaks":
         return {"peak_rss": _sampler.peak_rss, "peak_over": _sampler.peak_over, "samples": _sampler.samples,
-                "holders_at_peak": _sampler.holders_at_peak, "snapshot_at_peak": _sampler.snapshot_at_peak}
+                "trims": _trims, "holders_at_peak": _sampler.holders_at_peak,
+                "snapshot_at_peak": _sampler.snapshot_at_peak}
     if name == "reset":
         _sampler.reset()
         if tracemalloc.is_tracing():
@@ -337,6 +353,9 @@ def start(directory: str) -> None:
     import gevent
     from gevent.server import StreamServer
 
+    frames = int(os.environ.get("PROBE_TRACEMALLOC") or 0)
+    if frames:
+        tracemalloc.start(frames)
     path = os.path.join(directory, f"{os.getpid()}.sock")
     if os.path.exists(path):
         os.unlink(path)
@@ -360,4 +379,10 @@ def start(directory: str) -> None:
 
     StreamServer(listener, handle).start()
     gevent.spawn(_sampler.run)
+    # Experiments (never the product's settings): other malloc thresholds, a periodic malloc_trim.
+    for variable, option in (("PROBE_MMAP_THRESHOLD", -3), ("PROBE_TRIM_THRESHOLD", -1)):
+        if os.environ.get(variable):
+            _libc.mallopt(option, int(os.environ[variable]))
+    if os.environ.get("PROBE_TRIM_EVERY"):
+        gevent.spawn(_trimmer, float(os.environ["PROBE_TRIM_EVERY"]), int(os.environ.get("PROBE_TRIM_FREE") or 0))
     print(f"memory probe on {path}", file=sys.stderr)
