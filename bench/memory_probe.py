@@ -121,6 +121,8 @@ def summary(count: int, base: dict[str, Any], stalled: dict[str, Any], peaks: di
         "heap_at_peak": {key: value / MiB for key, value in peaks["peak_rss"].get("mallinfo", {}).items()
                          if key in ("arena", "uordblks", "fordblks", "hblkhd", "keepcost")},
         "after_rss_mib": after["rss"] / MiB,
+        "drain_worker_cpu_s": after.get("cpu", 0) - stalled.get("cpu", 0),
+        "trims": peaks.get("trims"),
         "smaps_rss_kib_per_download": {
             key: round(_per(value["rss_kib"], base["smaps"].get(key, {}).get("rss_kib", 0), count), 1)
             for key, value in stalled["smaps"].items()},

@@ -231,7 +231,9 @@ def _holder(obj: Any, greenlet_type: type, note: Any, frame_locals: Any) -> None
 
 
 def stats(detail: bool = True) -> dict[str, Any]:
-    out: dict[str, Any] = {"pid": os.getpid(), "time": time.time(), "rss": rss(), "status": _status(),
+    times = os.times()
+    out: dict[str, Any] = {"pid": os.getpid(), "time": time.time(), "rss": rss(), "cpu": times.user + times.system,
+                           "status": _status(),
                            "budget": _budget(), "mallinfo": mallinfo(), "fds": _fds(), "smaps": smaps(),
                            "pymalloc": pymalloc()}
     if detail:
