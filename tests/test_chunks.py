@@ -132,3 +132,30 @@ def test_give_back_freed_heap_does_nothing_without_glibc(monkeypatch: pytest.Mon
     monkeypatch.setattr(os, "confstr", not_glibc)
     assert chunks.freed_heap() is None
     assert chunks.give_back_freed_heap(0) is False
+
+
+def test_freed_heap_is_looked_at_most_once_a_heap_free_every(monkeypatch: pytest.MonkeyPatch) -> None:
+    looks: list[int] = []
+    clock = [1000.0]
+    monkeypatch.setattr(chunks, "give_back_freed_heap", lambda: looks.append(1) or True)
+    monkeypatch.setattr(chunks.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(chunks, "_looked_at", 0.0)
+    assert chunks.give_back_freed_heap_now_and_then()
+    clock[0] += chunks.HEAP_FREE_EVERY / 2
+    assert not chunks.give_back_freed_heap_now_and_then()
+    clock[0] += chunks.HEAP_FREE_EVERY
+    assert chunks.give_back_freed_heap_now_and_then()
+    assert len(looks) == 2
+
+
+def test_each_download_that_ends_looks_at_the_freed_heap(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A crowd's holes are given back as its downloads end (completed or cut), not by a periodic greenlet."""
+    from zipstream import counters
+
+    looks: list[int] = []
+    monkeypatch.setattr(counters, "give_back_freed_heap_now_and_then", lambda: looks.append(1) or False)
+    assert b"".join(counters.track_download(iter([b"a", b"b"]), kind="bundle", started=0.0, request_id=None)) == b"ab"
+    cut = counters.track_download(iter([b"a", b"b"]), kind="bundle", started=0.0, request_id=None)
+    next(cut)
+    cut.close()
+    assert len(looks) == 2

@@ -1,7 +1,6 @@
 """gunicorn's gevent worker, plus two things it lacks: a deadline for a request's head, and a stopping
 worker closes its idle keep-alive connections. It also makes the worker's memory budget for downloads
-(memory.py) once gevent has patched `threading`, and gives the heap's free pages back past
-chunks.HEAP_FREE_LIMIT (chunks.give_back_freed_heap, once a second).
+(memory.py) once gevent has patched `threading`.
 
 **Request-head deadline (`HEADER_TIMEOUT`).** gunicorn's gevent worker waits for a request's line and
 headers as long as its `keepalive` (75 s here), on a new connection too, so a client that connects and
@@ -38,7 +37,7 @@ from typing import Any
 import gevent
 from gunicorn.workers.ggevent import GeventWorker as _GeventWorker
 
-from . import chunks, connections, memory
+from . import connections, memory
 from .config import HEADER_TIMEOUT
 from .peek import peek
 
@@ -107,12 +106,11 @@ class GeventWorker(_GeventWorker):  # type: ignore[misc]
             raise StopIteration("the app asked to close the connection after its response")
 
     def run(self) -> None:
-        watchers = [gevent.spawn(self._close_idle_when_stopping), gevent.spawn(_give_back_freed_heap)]
+        watcher = gevent.spawn(self._close_idle_when_stopping)
         try:
             super().run()
         finally:
-            for watcher in watchers:
-                watcher.kill(block=False)
+            watcher.kill(block=False)
 
     def _close_idle_when_stopping(self) -> None:
         while self.alive:
@@ -121,16 +119,6 @@ class GeventWorker(_GeventWorker):  # type: ignore[misc]
             while self._idle:
                 _shut_down(self._idle.pop())
             gevent.sleep(_STOP_POLL_SECONDS)
-
-
-def _give_back_freed_heap() -> None:
-    """Every HEAP_FREE_EVERY s, the worker's free heap beyond HEAP_FREE_LIMIT back to the system (chunks.py):
-    a crowd of downloads leaves holes between the blocks still in use that glibc never trims itself."""
-    if chunks.freed_heap() is None:  # not glibc: nothing to look at
-        return
-    while True:
-        gevent.sleep(chunks.HEAP_FREE_EVERY)
-        chunks.give_back_freed_heap()
 
 
 def _linger_and_close(sock: socket.socket) -> None:
