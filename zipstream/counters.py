@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from .chunks import close_iterator
+from .chunks import close_iterator, give_back_freed_heap_now_and_then
 from .errors import ClientStalled, StreamAborted
 
 log = logging.getLogger("zipstream.download")
@@ -118,6 +118,7 @@ def track_download(
         bytes_sent.inc(sent - counted)
         IN_FLIGHT.dec()
         close_iterator(chunks)
+        give_back_freed_heap_now_and_then()  # what this download freed may have left holes (chunks.py)
         if outcome == "completed":
             DOWNLOADS_COMPLETED.labels(kind).inc()
         else:
