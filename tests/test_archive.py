@@ -28,6 +28,7 @@ from zipstream.archive import (
     FILE_MODE,
     ArchiveError,
     Entry,
+    MemberProgress,
     OpenMember,
     ZipPlan,
     clamp_time,
@@ -166,6 +167,41 @@ def test_resume_without_learned_crcs_rereads_the_cut_member_from_its_start() -> 
     assert full[:cut] + rest == full
     assert (1, 0) in calls  # the cut member is read whole for its CRC
     assert (0, 0) in calls  # the central directory needs member 0's CRC: nothing learned, so read it
+
+
+def test_a_stream_stopped_inside_a_member_goes_on_from_its_progress_without_reading_the_head_again() -> None:
+    """A parked download (stream.ZipStream) stops its stream inside a member whose CRC-32 is not known,
+    then goes on from there: the member's progress carries the CRC-32 of what was read, so nothing
+    before the stop is read again, and twice over (a stop inside the continuation) still adds up."""
+    datas = _datas([300_000, 300_000, 300_000])
+    plan = ZipPlan(_entries(datas, known_crc=False))
+    calls, open_member = _opener(datas)
+    full = b"".join(plan.stream(open_member))  # type: ignore[arg-type]
+    calls.clear()
+    learned: dict[int, int] = {}
+    progress: dict[int, MemberProgress] = {}
+    prefixes: dict[int, tuple[int, int]] = {}
+    out = b""
+    for stop_after in (plan.members[1].offset + len(plan.members[1].header) + 25_000,
+                       plan.members[1].offset + len(plan.members[1].header) + 190_000):
+        chunks = plan.stream(open_member, len(out), known_crcs=learned,  # type: ignore[arg-type]
+                             on_crc=learned.__setitem__, progress=progress, prefix_crcs=prefixes)
+        for chunk in chunks:
+            out += chunk
+            if len(out) >= stop_after:
+                break
+        chunks.close()
+        prefixes = {index: (member.seen, member.crc()) for index, member in progress.items()}
+        progress.clear()
+        data_start = plan.members[1].offset + len(plan.members[1].header)
+        assert prefixes[1] == (len(out) - data_start, zlib.crc32(datas[1][: len(out) - data_start]))
+    out += b"".join(plan.stream(open_member, len(out), known_crcs=learned,  # type: ignore[arg-type]
+                                on_crc=learned.__setitem__, progress=progress, prefix_crcs=prefixes))
+    assert out == full
+    assert zipfile.ZipFile(io.BytesIO(out)).testzip() is None
+    # Each member read once from where the stream was, never from 0 again for its CRC-32.
+    assert [start for index, start in calls if index == 1] == [0, 30_000, 190_000]
+    assert learned == {index: zlib.crc32(data) for index, data in enumerate(datas)}
 
 
 def test_unsized_members_stream_as_zip64_descriptors() -> None:

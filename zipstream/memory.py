@@ -50,6 +50,9 @@ log = logging.getLogger(__name__)
 WAIT_POLL = 1.0
 # The "downloads are waiting for memory" line is logged at most this often per worker (seconds).
 WAIT_LOG_EVERY = 10.0
+# A download waiting for its client asks this often whether to park (stream.ZipStream: give back all it
+# holds but the connection, and go on from where it is once the client reads again) (seconds).
+PARK_POLL = 1.0
 # Reads shrink to what the client drained, but not below this: a read costs about the same CPU whatever
 # its size, and a stalled download keeps about this much (10,000 of them: 80 MiB; bench B8).
 MIN_READ = 8 * 1024
@@ -339,6 +342,7 @@ class ClientWindow:
         self.send_timeout = send_timeout
         self._sock = sock
         self._timeout_before: float | None = None
+        self._stalled_since: float | None = None  # a stall that parked goes on from here
         with contextlib.suppress(OSError):  # not TCP (a Unix socket): nothing queued to limit
             sock.setsockopt(socket.IPPROTO_TCP, _TCP_NOTSENT_LOWAT, NOTSENT_LOWAT)
         self._queued = 0  # the send queue at the last read_size()
@@ -353,8 +357,12 @@ class ClientWindow:
             return None
         return cls(sock, send_timeout)
 
-    def wait_writable(self) -> None:
-        """Wait until the socket can take bytes (or is closed or reset: the write then fails).
+    def wait_writable(self, park: Callable[[float], bool] | None = None) -> bool:
+        """Wait until the socket can take bytes (or is closed or reset: the write then fails); True.
+
+        With `park`: asked every PARK_POLL s while the client takes nothing, with the seconds it has
+        stalled so far; once it says yes, False at once (the caller gives back what it holds, then
+        waits again: the stall's clock goes on where it was).
 
         Raises ClientStalled after `send_timeout` seconds (SEND_TIMEOUT) without room: a client that
         takes nothing would otherwise keep its download, and the memory granted to it, for as long as it
@@ -362,12 +370,23 @@ class ClientWindow:
         """
         from gevent.socket import wait_write  # only ever called under gunicorn's gevent worker
 
-        try:
-            wait_write(self.fileno, timeout=self.send_timeout)
-        except TimeoutError:
-            raise ClientStalled(f"the client took no bytes for {self.send_timeout:g} s (SEND_TIMEOUT)") from None
-        except (OSError, ValueError):
-            pass
+        began = self._stalled_since if self._stalled_since is not None else time.monotonic()
+        self._stalled_since = None
+        while True:
+            stalled = time.monotonic() - began
+            left = None if self.send_timeout is None else self.send_timeout - stalled
+            if left is not None and left <= 0:
+                raise ClientStalled(f"the client took no bytes for {self.send_timeout:g} s (SEND_TIMEOUT)")
+            step = left if park is None else PARK_POLL if left is None else min(PARK_POLL, left)
+            try:
+                wait_write(self.fileno, timeout=step)
+                return True
+            except TimeoutError:
+                if park is not None and park(time.monotonic() - began):
+                    self._stalled_since = began
+                    return False
+            except (OSError, ValueError):
+                return True
 
     def sending(self) -> None:
         """A chunk goes to the server now: its write, too, gives up after `send_timeout` without progress

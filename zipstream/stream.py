@@ -14,8 +14,8 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Protocol
 
-from . import cooperative
-from .archive import deflate_stream
+from . import cooperative, counters
+from .archive import MemberProgress, deflate_stream
 from .chunks import CHUNK_SIZE, close_iterator, reading
 from .errors import LimitExceeded, StreamAborted
 from .memory import Account, ClientWindow, worker_budget
@@ -33,6 +33,10 @@ log = logging.getLogger(__name__)
 CRC_FLUSH_MEMBERS = 64
 CRC_FLUSH_SECONDS = 5.0
 CRC_FLUSH_BYTES = 4 * 1024 * 1024
+
+# A download whose client has taken nothing this long parks (ZipStream.stream), even if no other
+# download waits for memory: its upstream bodies and buffers go back too (seconds).
+PARK_AFTER = 10.0
 
 # Called when a source's validators disagreed between requests while its bytes did not.
 Unstable = Callable[[SourceInfo], None]
@@ -124,6 +128,13 @@ class ZipStream:
         Memory: every chunk read for it is granted from the worker's MemoryBudget (memory.py) and
         given back when the next one is asked for; with a `client`, the next chunk is read only once
         its socket is writable, in the size it drained. Everything is given back when this ends.
+
+        Parking: when its client has taken nothing for PARK_AFTER s, or sooner (PARK_POLL) while other
+        downloads wait for memory, a stream whose every byte can be asked for again (`Plan.rangeable`)
+        gives back everything but the client's connection: its chunk, its read-ahead, what pre-flight
+        held, its upstream bodies. Once the client reads again it goes on from where it was, as a
+        resume would (ranged, same-version reads; the CRC-32 of a member it stopped inside is carried
+        over, not read again). So a stalled download costs its connection and its greenlet.
         """
         plan = self.plan
         length = plan.length
@@ -133,39 +144,46 @@ class ZipStream:
         self._whole_from = plan.first_whole_member(start)
         turns = cooperative.Turns()
         client = self.client
-        account = self._account = Account(worker_budget())
-        self._read_size = client.read_size() if client is not None else CHUNK_SIZE
-        # Read ahead only when the stream runs to the end (whole zip or a resume): a range that
-        # stops early would fetch members it never sends.
-        if self._prefetch > 0 and (stop is None or stop == length):
-            self._prefetcher = Prefetcher(
-                self._open_whole, len(plan.infos), self._prefetch, self._prefetch_bytes, local=self._held_whole,
-                account=account, wanted=lambda: self._read_size, gone=self._client_gone,
-            )
+        parkable = client is not None and plan.rangeable
+        progress: dict[int, MemberProgress] | None = {} if parkable else None
+        prefixes: dict[int, tuple[int, int]] = {}
         chunks: Iterator[bytes] | None = None
         try:
-            if plan.layout is None:
-                # stream-zip may deflate many input chunks (very compressible data) before it yields.
-                zipped = deflate_stream(plan.entries, lambda index, at: turns.yielding(self._open(index, at)))
-            else:
-                zipped = plan.layout.stream(self._open, start, stop, self.learned, self._learn,
-                                            open_head=self._open_direct)
-            chunks = turns.yielding(zipped)
-            for chunk in chunks:
-                sent += len(chunk)
-                if expected is not None and sent > expected:
-                    raise StreamAborted(f"produced more than the promised {expected} bytes")
-                if client is not None:
+            while True:
+                chunks = self._pipeline(turns, start + sent, stop, progress, prefixes)
+                parked = False
+                for chunk in chunks:
+                    sent += len(chunk)
+                    if expected is not None and sent > expected:
+                        raise StreamAborted(f"produced more than the promised {expected} bytes")
+                    if client is None:
+                        yield chunk
+                        continue
                     client.sending()
-                yield chunk
-                if client is not None:
+                    yield chunk
                     client.sent()
                     # Back-pressure: a client that stops reading stops its download here, before the
                     # next chunk is read; the next is as big as what it drained meanwhile.
                     client.handed(len(chunk))
                     del chunk
-                    client.wait_writable()
+                    if not client.wait_writable(self._park if parkable else None):
+                        parked = True
+                        break
                     self._read_size = client.read_size()
+                if not parked:
+                    break
+                assert client is not None and progress is not None
+                prefixes = {index: (member.seen, member.crc()) for index, member in progress.items()}
+                progress.clear()
+                self._end_pipeline(chunks)
+                chunks = None
+                counters.PARKS.inc()
+                counters.PARKED.inc()
+                try:
+                    client.wait_writable()
+                finally:
+                    counters.PARKED.dec()
+                self._read_size = client.read_size()
             if expected is not None and sent != expected:
                 raise StreamAborted(f"produced {sent} of the promised {expected} bytes")
         except StreamAborted:
@@ -174,14 +192,47 @@ class ZipStream:
             # A member failed after bytes went out: the only honest answer is to cut the connection.
             raise StreamAborted(f"{type(error).__name__}: {error}") from error
         finally:
+            self._end_pipeline(chunks)
+            self._pending.flush(force=True)
+
+    def _pipeline(self, turns: cooperative.Turns, start: int, stop: int | None,
+                  progress: dict[int, MemberProgress] | None, prefixes: dict[int, tuple[int, int]]) -> Iterator[bytes]:
+        """The zip's chunks from `start`, with a memory Account and (streaming to the end) read-ahead."""
+        plan = self.plan
+        client = self.client
+        self._account = account = Account(worker_budget())
+        self._read_size = client.read_size() if client is not None else CHUNK_SIZE
+        # Read ahead only when the stream runs to the end (whole zip or a resume): a range that
+        # stops early would fetch members it never sends.
+        if self._prefetch > 0 and (stop is None or stop == plan.length):
+            self._prefetcher = Prefetcher(
+                self._open_whole, len(plan.infos), self._prefetch, self._prefetch_bytes, local=self._held_whole,
+                account=account, wanted=lambda: self._read_size, gone=self._client_gone,
+            )
+        if plan.layout is None:
+            # stream-zip may deflate many input chunks (very compressible data) before it yields.
+            zipped = deflate_stream(plan.entries, lambda index, at: turns.yielding(self._open(index, at)))
+        else:
+            zipped = plan.layout.stream(self._open, start, stop, self.learned, self._learn,
+                                        open_head=self._open_direct, progress=progress, prefix_crcs=prefixes)
+        return turns.yielding(zipped)
+
+    def _end_pipeline(self, chunks: Iterator[bytes] | None) -> None:
+        """Close the chunks and give back everything they held (bodies, read-ahead, holds, memory)."""
+        try:
             close_iterator(chunks)
+        finally:
             if self._prefetcher is not None:
                 self._prefetcher.close()
                 self._prefetcher = None
-            discard_heads(plan.infos)
-            account.close()
-            self._account = None
-            self._pending.flush(force=True)
+            discard_heads(self.plan.infos)
+            if self._account is not None:
+                self._account.close()
+                self._account = None
+
+    def _park(self, stalled: float) -> bool:
+        """Whether a download whose client has taken nothing for `stalled` s gives back what it holds."""
+        return stalled >= PARK_AFTER or worker_budget().waiting > 0
 
     # -- opening members --
     def _held_whole(self, index: int) -> bool:
