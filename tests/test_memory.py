@@ -100,6 +100,26 @@ def test_a_request_larger_than_the_budget_is_granted_once_nothing_else_is() -> N
     assert order == [25] and budget.used == 25
 
 
+def test_the_budget_is_pressed_while_a_download_waits_or_for_a_while_after_one_was_refused_a_bigger_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What tells a download waiting for its client to park (stream.ZipStream) sooner than PARK_AFTER."""
+    monkeypatch.setattr(memory, "PRESSED_FOR", 0.2)
+    budget = MemoryBudget(100)
+    assert not budget.pressed()
+    assert budget.try_acquire(90, ahead=False)
+    assert not budget.try_acquire(20, ahead=True) and not budget.pressed()  # read-ahead refused: no need
+    assert not budget.try_acquire(20, ahead=False) and budget.pressed()  # a bigger read refused
+    wait_for(lambda: not budget.pressed(), "the refusal forgotten", timeout=5)
+    order: list[int] = []
+    waiter = _acquiring(budget, 50, order)
+    wait_for(lambda: budget.waiting == 1, "a download waiting")
+    assert budget.pressed()
+    budget.release(90)
+    waiter.join(5)
+    assert order == [50] and not budget.pressed()
+
+
 def test_the_gauges_follow_the_budget() -> None:
     budget = MemoryBudget(1000)
     budget.acquire(300)

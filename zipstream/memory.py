@@ -53,6 +53,9 @@ WAIT_LOG_EVERY = 10.0
 # A download waiting for its client asks this often whether to park (stream.ZipStream: give back all it
 # holds but the connection, and go on from where it is once the client reads again) (seconds).
 PARK_POLL = 1.0
+# A download refused a bigger read counts as pressure on the budget for this long (seconds): long enough
+# for the downloads waiting for their clients to see it (PARK_POLL) and park.
+PRESSED_FOR = 2.0
 # Reads shrink to what the client drained, but not below this: a read costs about the same CPU whatever
 # its size, and a stalled download keeps about this much (10,000 of them: 80 MiB; bench B8).
 MIN_READ = 8 * 1024
@@ -73,6 +76,7 @@ class MemoryBudget:
         self.ahead = 0  # of which held for later
         self.peak = 0  # most bytes granted at once
         self.waits = 0  # blocking acquires that had to wait
+        self._short_at = -1e9  # when a download last read less than it wanted, for want of room
         self._logged = 0.0
         self.total = 0
         self.ahead_limit = 0
@@ -91,11 +95,18 @@ class MemoryBudget:
         """Acquires waiting now."""
         return len(self._queue)
 
+    def pressed(self) -> bool:
+        """Downloads want more than there is: one waits for memory now, or one was refused a bigger
+        read within the last PRESSED_FOR s (a client that drains fast, held to small reads)."""
+        return bool(self._queue) or time.monotonic() - self._short_at < PRESSED_FOR
+
     def try_acquire(self, count: int, ahead: bool = True) -> bool:
         """Grant `count` bytes if they fit now and nobody waits: held for later (`ahead`, within
         `ahead_limit` too), or more for the chunk going out of a download that has some already."""
         with self._lock:
             if self._queue or self.used + count > self.total or (ahead and self.ahead + count > self.ahead_limit):
+                if not ahead:
+                    self._short_at = time.monotonic()
                 return False
             if ahead:
                 self.ahead += count

@@ -130,7 +130,7 @@ class ZipStream:
         its socket is writable, in the size it drained. Everything is given back when this ends.
 
         Parking: when its client has taken nothing for PARK_AFTER s, or sooner (PARK_POLL) while other
-        downloads wait for memory, a stream whose every byte can be asked for again (`Plan.rangeable`)
+        downloads want more memory than there is (MemoryBudget.pressed), a stream whose every byte can be asked for again (`Plan.rangeable`)
         gives back everything but the client's connection: its chunk, its read-ahead, what pre-flight
         held, its upstream bodies. Once the client reads again it goes on from where it was, as a
         resume would (ranged, same-version reads; the CRC-32 of a member it stopped inside is carried
@@ -232,7 +232,7 @@ class ZipStream:
 
     def _park(self, stalled: float) -> bool:
         """Whether a download whose client has taken nothing for `stalled` s gives back what it holds."""
-        return stalled >= PARK_AFTER or worker_budget().waiting > 0
+        return stalled >= PARK_AFTER or worker_budget().pressed()
 
     # -- opening members --
     def _held_whole(self, index: int) -> bool:
