@@ -204,6 +204,35 @@ def test_a_stream_stopped_inside_a_member_goes_on_from_its_progress_without_read
     assert learned == {index: zlib.crc32(data) for index, data in enumerate(datas)}
 
 
+def test_a_members_progress_gives_the_crc_of_any_prefix_ending_in_the_last_chunk_read() -> None:
+    """A parked download may stop inside a chunk it was sending in pieces (stream.ZipStream)."""
+    datas = _datas([100_000])
+    plan = ZipPlan(_entries(datas, known_crc=False))
+    _, open_member = _opener(datas)
+    progress: dict[int, MemberProgress] = {}
+    chunks = plan.stream(open_member, progress=progress)  # type: ignore[arg-type]
+    next(chunks)  # the local header
+    next(chunks)
+    last = next(chunks)  # member bytes [10,000, 20,000)
+    member = progress[0]
+    assert member.seen == 20_000
+    for length in (10_000, 10_001, 15_000, 19_999, 20_000):
+        assert member.prefix_at(length, last) == (length, zlib.crc32(datas[0][:length]))
+    assert member.prefix_at(9_999, last) is None and member.prefix_at(20_001, last) is None
+    assert member.prefix_at(15_000) is None  # inside the chunk, but which bytes went out is not said
+    chunks.close()
+    # A stream that went on from a known prefix combines it with what it read since.
+    prefixes = {0: (15_000, zlib.crc32(datas[0][:15_000]))}
+    start = plan.members[0].offset + len(plan.members[0].header) + 15_000
+    chunks = plan.stream(open_member, start, progress=progress, prefix_crcs=prefixes)  # type: ignore[arg-type]
+    first = next(chunks)
+    second = next(chunks)
+    assert first == datas[0][15_000:25_000] and second == datas[0][25_000:35_000]
+    assert progress[0].prefix_at(30_000, second) == (30_000, zlib.crc32(datas[0][:30_000]))
+    assert progress[0].prefix_at(35_000) == (35_000, zlib.crc32(datas[0][:35_000]))
+    chunks.close()
+
+
 def test_unsized_members_stream_as_zip64_descriptors() -> None:
     datas = _datas([70_000, 0, 5])
     entries = [Entry(f"u{i}", None, WHEN) for i in range(len(datas))]

@@ -451,18 +451,23 @@ class _Tally:
     `size` bytes came. `check_length` raises ArchiveError if fewer did (`size` None: any number).
     """
 
-    __slots__ = ("crc", "name", "seen", "size")
+    __slots__ = ("before_crc", "before_seen", "crc", "name", "seen", "size")
 
     def __init__(self, name: str, size: int | None, seen: int = 0, crc: bool = True) -> None:
         self.name = name
         self.size = size
         self.seen = seen
         self.crc: int | None = 0 if crc else None
+        # Where the last chunk added began, and the CRC-32 up to there (MemberProgress.prefix_at).
+        self.before_seen = seen
+        self.before_crc = self.crc
 
     def add(self, chunk: bytes) -> None:
         seen = self.seen + len(chunk)
         if self.size is not None and seen > self.size:
             raise ArchiveError(f"{self.name}: source sent more than its {self.size} bytes")
+        self.before_seen = self.seen
+        self.before_crc = self.crc
         self.seen = seen
         if self.crc is not None:
             self.crc = crc32(chunk, self.crc)
@@ -495,11 +500,24 @@ class MemberProgress:
         return self._tally.seen
 
     def crc(self) -> int:
-        crc = self._tally.crc
+        return self._crc_to(self._tally.crc, self._tally.seen)
+
+    def prefix_at(self, length: int, chunk: bytes | None = None) -> tuple[int, int] | None:
+        """(length, CRC-32 of the member's first `length` bytes) for a stream that stops there: at
+        `seen`, or inside the last chunk read (`chunk`, of which only the first bytes went out);
+        None anywhere else."""
+        tally = self._tally
+        if length == tally.seen:
+            return length, self.crc()
+        if chunk is None or not tally.before_seen <= length < tally.seen:
+            return None
+        return length, crc32(chunk[: length - tally.before_seen], self._crc_to(tally.before_crc, tally.before_seen))
+
+    def _crc_to(self, crc: int | None, seen: int) -> int:
         assert crc is not None  # only made for a tally that computes one
         if not self._prefix:
             return crc
-        return crc32_combine(self._prefix_crc, crc, self._tally.seen - self._prefix)
+        return crc32_combine(self._prefix_crc, crc, seen - self._prefix)
 
 
 class _KnownCrc:

@@ -58,9 +58,7 @@ class _Fetch:
             while True:
                 if self._cancelled:
                     return None
-                # As big as the client's next read (ClientWindow.read_size): a chunk read ahead goes out
-                # whole, and one bigger than the client takes would stall in the server's write.
-                size = min(CHUNK_SIZE, owner._wanted(), owner._room(self))
+                size = min(CHUNK_SIZE, owner._room(self))
                 if size > 0 and owner._keeping_up() and owner._in_turn(self) and owner.account.try_acquire(size):
                     self.opened = True
                     return size, True

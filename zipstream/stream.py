@@ -130,11 +130,12 @@ class ZipStream:
         its socket is writable, in the size it drained. Everything is given back when this ends.
 
         Parking: when its client has taken nothing for PARK_AFTER s, or sooner (PARK_POLL) while other
-        downloads want more memory than there is (MemoryBudget.pressed), a stream whose every byte can be asked for again (`Plan.rangeable`)
-        gives back everything but the client's connection: its chunk, its read-ahead, what pre-flight
-        held, its upstream bodies. Once the client reads again it goes on from where it was, as a
-        resume would (ranged, same-version reads; the CRC-32 of a member it stopped inside is carried
-        over, not read again). So a stalled download costs its connection and its greenlet.
+        downloads want more memory than there is (MemoryBudget.pressed), a stream whose every byte can
+        be asked for again (`Plan.rangeable`) gives back everything but the client's connection: its
+        chunk, its read-ahead, what pre-flight held, its upstream bodies. Once the client reads again
+        it goes on from where it was, as a resume would (ranged, same-version reads; the CRC-32 of a
+        member it stopped inside is carried over, not read again). So a stalled download costs its
+        connection and its greenlet.
         """
         plan = self.plan
         length = plan.length
@@ -151,29 +152,43 @@ class ZipStream:
         try:
             while True:
                 chunks = self._pipeline(turns, start + sent, stop, progress, prefixes)
-                parked = False
+                parked: bytes | None = None  # parked: the chunk it was sending ...
+                handed = 0  # ... and how much of it went out
                 for chunk in chunks:
-                    sent += len(chunk)
-                    if expected is not None and sent > expected:
+                    if expected is not None and sent + len(chunk) > expected:
                         raise StreamAborted(f"produced more than the promised {expected} bytes")
                     if client is None:
+                        sent += len(chunk)
                         yield chunk
                         continue
-                    client.sending()
-                    yield chunk
-                    client.sent()
                     # Back-pressure: a client that stops reading stops its download here, before the
-                    # next chunk is read; the next is as big as what it drained meanwhile.
-                    client.handed(len(chunk))
-                    del chunk
-                    if not client.wait_writable(self._park if parkable else None):
-                        parked = True
+                    # next chunk is read; the next is as big as what it drained meanwhile. A chunk
+                    # bigger than twice that (read ahead while the client was faster) goes out in
+                    # pieces of that size, so a client that stalls stalls here, where the download can
+                    # park, and not inside the server's write of a megabyte.
+                    handed = 0
+                    while handed < len(chunk):
+                        piece = chunk if not handed and len(chunk) <= 2 * self._read_size else \
+                            chunk[handed:handed + self._read_size]
+                        client.sending()
+                        yield piece
+                        client.sent()
+                        handed += len(piece)
+                        sent += len(piece)
+                        client.handed(len(piece))
+                        del piece
+                        if not client.wait_writable(self._park if parkable else None):
+                            parked = chunk
+                            break
+                        self._read_size = client.read_size()
+                    if parked is not None:
                         break
-                    self._read_size = client.read_size()
-                if not parked:
+                    del chunk
+                if parked is None:
                     break
-                assert client is not None and progress is not None
-                prefixes = {index: (member.seen, member.crc()) for index, member in progress.items()}
+                assert client is not None and progress is not None and plan.layout is not None
+                prefixes = self._prefixes(start + sent, progress, parked if handed < len(parked) else None)
+                del parked
                 progress.clear()
                 self._end_pipeline(chunks)
                 chunks = None
@@ -229,6 +244,21 @@ class ZipStream:
             if self._account is not None:
                 self._account.close()
                 self._account = None
+
+    def _prefixes(self, position: int, progress: dict[int, MemberProgress],
+                  sent_part: bytes | None) -> dict[int, tuple[int, int]]:
+        """Of each member read from its first byte by the stream that parked at zip offset `position`,
+        the CRC-32 of its bytes before `position` (ZipPlan.stream's prefix_crcs): the stream going on
+        from there needs no read of them. `sent_part`: the part that went out of a chunk cut short."""
+        assert self.plan.layout is not None
+        prefixes: dict[int, tuple[int, int]] = {}
+        for index, member in progress.items():
+            placed = self.plan.layout.members[index]
+            length = min(position - placed.offset - len(placed.header), member.seen)
+            prefix = member.prefix_at(length, sent_part) if length >= 0 else None
+            if prefix is not None:
+                prefixes[index] = prefix
+        return prefixes
 
     def _park(self, stalled: float) -> bool:
         """Whether a download whose client has taken nothing for `stalled` s gives back what it holds."""
