@@ -219,6 +219,26 @@ def test_a_client_that_reads_nothing_gets_the_smallest_reads(connection: tuple[s
     assert window.read_size() == MIN_READ  # nothing drained since
 
 
+def test_the_room_is_what_the_socket_takes_without_a_wait(connection: tuple[socket.socket, socket.socket]) -> None:
+    """A chunk larger than `room` goes out in pieces (stream.ZipStream): a write that waits inside the
+    server holds its chunk where the download can't park."""
+    server, client = connection
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    window = ClientWindow(server)
+    window.read_size()
+    assert window.room > 0
+    server.setblocking(False)
+    for _ in range(8):  # a client that reads nothing: each write of `room` is taken whole, then none is left
+        window.read_size()
+        if window.room < MIN_READ:
+            break
+        assert server.send(b"x" * window.room) == window.room
+    else:
+        pytest.fail("the room never ran out")
+    with pytest.raises(BlockingIOError):  # and it is really full
+        server.send(b"x" * 65536)
+
+
 def test_a_client_that_hung_up_is_gone(connection: tuple[socket.socket, socket.socket]) -> None:
     server, client = connection
     window = ClientWindow(server)

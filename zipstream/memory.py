@@ -337,6 +337,7 @@ def configure(total: int) -> MemoryBudget:
 NOTSENT_LOWAT = 256 * 1024
 _TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)  # Linux's number; Python 3.11 lacks the name
 _SIOCOUTQ = termios.TIOCOUTQ  # bytes in a TCP socket's send queue, not yet acknowledged (tcp(7))
+_SIOCOUTQNSD = 0x894B  # of which not sent yet (linux/sockios.h; Python has no name for it)
 
 
 class ClientWindow:
@@ -359,6 +360,7 @@ class ClientWindow:
         self._queued = 0  # the send queue at the last read_size()
         self._handed = 0  # bytes handed to the server since then
         self._size = MIN_READ
+        self.room = CHUNK_SIZE  # bytes the socket could take at the last read_size() without a wait
 
     @classmethod
     def of(cls, environ: Mapping[str, Any], send_timeout: float | None = None) -> ClientWindow | None:
@@ -418,11 +420,16 @@ class ClientWindow:
         self._handed += count
 
     def read_size(self) -> int:
-        """Bytes to read for the next chunk (MIN_READ..CHUNK_SIZE)."""
+        """Bytes to read for the next chunk (MIN_READ..CHUNK_SIZE). Sets `room`: what the socket takes
+        now without a wait, NOTSENT_LOWAT less what it has not sent yet (SIOCOUTQNSD; Linux takes no
+        more while that much is unsent, tcp(7)): a write of more waits inside the server, where a
+        download can't park (stream.ZipStream)."""
         try:
             queued = struct.unpack("i", fcntl.ioctl(self.fileno, _SIOCOUTQ, b"\0\0\0\0"))[0]
+            unsent = struct.unpack("i", fcntl.ioctl(self.fileno, _SIOCOUTQNSD, b"\0\0\0\0"))[0]
         except OSError:
             return self._size
+        self.room = max(0, NOTSENT_LOWAT - unsent)
         drained = self._queued + self._handed - queued
         self._queued, self._handed = queued, 0
         self._size = max(MIN_READ, min(CHUNK_SIZE, 2 * drained))

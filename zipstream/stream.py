@@ -18,7 +18,7 @@ from . import cooperative, counters
 from .archive import MemberProgress, deflate_stream
 from .chunks import CHUNK_SIZE, close_iterator, reading
 from .errors import LimitExceeded, StreamAborted
-from .memory import Account, ClientWindow, worker_budget
+from .memory import MIN_READ, Account, ClientWindow, worker_budget
 from .plan import Plan
 from .prefetch import Prefetcher
 from .preflight import discard_heads
@@ -164,12 +164,15 @@ class ZipStream:
                     # Back-pressure: a client that stops reading stops its download here, before the
                     # next chunk is read; the next is as big as what it drained meanwhile. A chunk
                     # bigger than twice that (read ahead while the client was faster) goes out in
-                    # pieces of that size, so a client that stalls stalls here, where the download can
-                    # park, and not inside the server's write of a megabyte.
+                    # pieces no bigger than the socket takes at once, so a client that stalls stalls
+                    # here, where the download can park, and not inside the server's write of a MiB.
                     handed = 0
                     while handed < len(chunk):
-                        piece = chunk if not handed and len(chunk) <= 2 * self._read_size else \
-                            chunk[handed:handed + self._read_size]
+                        if not handed and len(chunk) <= 2 * self._read_size:
+                            piece = chunk  # (a client that keeps pace: its chunks go out whole)
+                        else:
+                            size = max(MIN_READ, min(self._read_size, client.room))
+                            piece = chunk[handed:handed + size]
                         client.sending()
                         yield piece
                         client.sent()
@@ -217,6 +220,10 @@ class ZipStream:
         client = self.client
         self._account = account = Account(worker_budget())
         self._read_size = client.read_size() if client is not None else CHUNK_SIZE
+        # Its first chunk's memory before anything else: a download that waits for it (many clients
+        # that come back at once after a stall) holds nothing meanwhile, no reader, no upstream body.
+        if not account.acquire(self._read_size, cancelled=self._client_gone):
+            raise StreamAborted("the client left while its download waited for memory")
         # Read ahead only when the stream runs to the end (whole zip or a resume): a range that
         # stops early would fetch members it never sends.
         if self._prefetch > 0 and (stop is None or stop == plan.length):
