@@ -283,6 +283,7 @@ class _ParkingClient:
 
     def __init__(self, consumer_saw: list[bytes]) -> None:
         self.consumer_saw = consumer_saw
+        self.room = 256 * 1024
         self.stream: Iterator[bytes] | None = None
         self.held_at_park: list[int] | None = None
 
