@@ -34,6 +34,11 @@ CRC_FLUSH_MEMBERS = 64
 CRC_FLUSH_SECONDS = 5.0
 CRC_FLUSH_BYTES = 4 * 1024 * 1024
 
+# After a chunk this big goes out, the server is handed an empty one, so that it lets go of the chunk
+# before the next is read (bytes): the smallest read (memory.MIN_READ); smaller chunks (a member's
+# header, its descriptor) cost less than the extra round through the server.
+RELEASE_AFTER = MIN_READ
+
 # A download whose client has taken nothing this long parks (ZipStream.stream), even if no other
 # download waits for memory: its upstream bodies and buffers go back too (seconds).
 PARK_AFTER = 10.0
@@ -186,7 +191,14 @@ class ZipStream:
                         self._read_size = client.read_size()
                     if parked is not None:
                         break
+                    large = len(chunk) >= RELEASE_AFTER
                     del chunk
+                    if large:
+                        # The server keeps the last item it was handed until it asks for the next
+                        # (gunicorn's `for item in body`), and every layer here drops its own: an
+                        # empty item first, so the next chunk is read while nothing holds this one
+                        # (a download's grant covers one chunk, memory.Account). gevent sends nothing.
+                        yield b""
                 if parked is None:
                     break
                 assert client is not None and progress is not None and plan.layout is not None
