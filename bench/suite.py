@@ -541,7 +541,7 @@ def _memory_gauges(base_url: str) -> dict[str, dict[str, float]]:
     text = requests.get(base_url + "/metrics", timeout=30).text
     found: dict[str, dict[str, float]] = {}
     for line in text.splitlines():
-        if not line.startswith("zipstream_memory_"):
+        if not line.startswith(("zipstream_memory_", "zipstream_parks", "zipstream_downloads_parked")):
             continue
         if "{" in line:
             name, rest = line.split("{", 1)
@@ -570,7 +570,8 @@ def slow_clients(tmp: Path, counts: list[int], files: int, size: int, stall: flo
                    "fast client alone MB/s", f"{fast} fast clients meanwhile MB/s each", "meanwhile / alone",
                    "s to drain", "upstream requests per slow download", "stalled: RSS MiB per worker",
                    "stalled: KiB per download", "stalled: granted MiB per worker", "stalled: waiting downloads",
-                   "workers' CPU while the fast clients ran (cores)"])
+                   "workers' CPU while the fast clients ran (cores)", "stalled: parked downloads",
+                   "parks per slow download"])
     paths = {f"/b8/{i}.bin": make_file(tmp / f"b8-{size}-{i}.bin", size, random_bytes=True) for i in range(files)}
     upstream = upstream_with(paths)
     try:
@@ -647,7 +648,9 @@ def slow_clients(tmp: Path, counts: list[int], files: int, size: int, stall: flo
                       (sum(during["rss"].values()) - baseline) / max(1, during["open"]) / 1024,
                       " + ".join(f"{stalled_granted.get(str(pid), 0.0) / MiB:.1f}" for pid in pids),
                       f"{sum(during['gauges'].get('zipstream_memory_waiting', {}).values()):.0f}",
-                      during.get("cpu", 0.0))
+                      during.get("cpu", 0.0),
+                      f"{sum(during['gauges'].get('zipstream_downloads_parked', {}).values()):.0f}",
+                      f"{sum(gauges.get('zipstream_parks_total', {}).values()) / count:.2f}")
             if errors:
                 table.notes.append(f"{count} downloads, first errors: {sorted(set(errors))[:3]}")
     finally:

@@ -28,6 +28,7 @@ from zipstream.archive import (
     FILE_MODE,
     ArchiveError,
     Entry,
+    MemberProgress,
     OpenMember,
     ZipPlan,
     clamp_time,
@@ -166,6 +167,70 @@ def test_resume_without_learned_crcs_rereads_the_cut_member_from_its_start() -> 
     assert full[:cut] + rest == full
     assert (1, 0) in calls  # the cut member is read whole for its CRC
     assert (0, 0) in calls  # the central directory needs member 0's CRC: nothing learned, so read it
+
+
+def test_a_stream_stopped_inside_a_member_goes_on_from_its_progress_without_reading_the_head_again() -> None:
+    """A parked download (stream.ZipStream) stops its stream inside a member whose CRC-32 is not known,
+    then goes on from there: the member's progress carries the CRC-32 of what was read, so nothing
+    before the stop is read again, and twice over (a stop inside the continuation) still adds up."""
+    datas = _datas([300_000, 300_000, 300_000])
+    plan = ZipPlan(_entries(datas, known_crc=False))
+    calls, open_member = _opener(datas)
+    full = b"".join(plan.stream(open_member))  # type: ignore[arg-type]
+    calls.clear()
+    learned: dict[int, int] = {}
+    progress: dict[int, MemberProgress] = {}
+    prefixes: dict[int, tuple[int, int]] = {}
+    out = b""
+    for stop_after in (plan.members[1].offset + len(plan.members[1].header) + 25_000,
+                       plan.members[1].offset + len(plan.members[1].header) + 190_000):
+        chunks = plan.stream(open_member, len(out), known_crcs=learned,  # type: ignore[arg-type]
+                             on_crc=learned.__setitem__, progress=progress, prefix_crcs=prefixes)
+        for chunk in chunks:
+            out += chunk
+            if len(out) >= stop_after:
+                break
+        chunks.close()
+        prefixes = {index: (member.seen, member.crc()) for index, member in progress.items()}
+        progress.clear()
+        data_start = plan.members[1].offset + len(plan.members[1].header)
+        assert prefixes[1] == (len(out) - data_start, zlib.crc32(datas[1][: len(out) - data_start]))
+    out += b"".join(plan.stream(open_member, len(out), known_crcs=learned,  # type: ignore[arg-type]
+                                on_crc=learned.__setitem__, progress=progress, prefix_crcs=prefixes))
+    assert out == full
+    assert zipfile.ZipFile(io.BytesIO(out)).testzip() is None
+    # Each member read once from where the stream was, never from 0 again for its CRC-32.
+    assert [start for index, start in calls if index == 1] == [0, 30_000, 190_000]
+    assert learned == {index: zlib.crc32(data) for index, data in enumerate(datas)}
+
+
+def test_a_members_progress_gives_the_crc_of_any_prefix_ending_in_the_last_chunk_read() -> None:
+    """A parked download may stop inside a chunk it was sending in pieces (stream.ZipStream)."""
+    datas = _datas([100_000])
+    plan = ZipPlan(_entries(datas, known_crc=False))
+    _, open_member = _opener(datas)
+    progress: dict[int, MemberProgress] = {}
+    chunks = plan.stream(open_member, progress=progress)  # type: ignore[arg-type]
+    next(chunks)  # the local header
+    next(chunks)
+    last = next(chunks)  # member bytes [10,000, 20,000)
+    member = progress[0]
+    assert member.seen == 20_000
+    for length in (10_000, 10_001, 15_000, 19_999, 20_000):
+        assert member.prefix_at(length, last) == (length, zlib.crc32(datas[0][:length]))
+    assert member.prefix_at(9_999, last) is None and member.prefix_at(20_001, last) is None
+    assert member.prefix_at(15_000) is None  # inside the chunk, but which bytes went out is not said
+    chunks.close()
+    # A stream that went on from a known prefix combines it with what it read since.
+    prefixes = {0: (15_000, zlib.crc32(datas[0][:15_000]))}
+    start = plan.members[0].offset + len(plan.members[0].header) + 15_000
+    chunks = plan.stream(open_member, start, progress=progress, prefix_crcs=prefixes)  # type: ignore[arg-type]
+    first = next(chunks)
+    second = next(chunks)
+    assert first == datas[0][15_000:25_000] and second == datas[0][25_000:35_000]
+    assert progress[0].prefix_at(30_000, second) == (30_000, zlib.crc32(datas[0][:30_000]))
+    assert progress[0].prefix_at(35_000) == (35_000, zlib.crc32(datas[0][:35_000]))
+    chunks.close()
 
 
 def test_unsized_members_stream_as_zip64_descriptors() -> None:

@@ -100,6 +100,26 @@ def test_a_request_larger_than_the_budget_is_granted_once_nothing_else_is() -> N
     assert order == [25] and budget.used == 25
 
 
+def test_the_budget_is_pressed_while_a_download_waits_or_for_a_while_after_one_was_refused_a_bigger_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What tells a download waiting for its client to park (stream.ZipStream) sooner than PARK_AFTER."""
+    monkeypatch.setattr(memory, "PRESSED_FOR", 0.2)
+    budget = MemoryBudget(100)
+    assert not budget.pressed()
+    assert budget.try_acquire(90, ahead=False)
+    assert not budget.try_acquire(20, ahead=True) and not budget.pressed()  # read-ahead refused: no need
+    assert not budget.try_acquire(20, ahead=False) and budget.pressed()  # a bigger read refused
+    wait_for(lambda: not budget.pressed(), "the refusal forgotten", timeout=5)
+    order: list[int] = []
+    waiter = _acquiring(budget, 50, order)
+    wait_for(lambda: budget.waiting == 1, "a download waiting")
+    assert budget.pressed()
+    budget.release(90)
+    waiter.join(5)
+    assert order == [50] and not budget.pressed()
+
+
 def test_the_gauges_follow_the_budget() -> None:
     budget = MemoryBudget(1000)
     budget.acquire(300)
@@ -197,6 +217,26 @@ def test_a_client_that_reads_nothing_gets_the_smallest_reads(connection: tuple[s
     window.handed(sent)
     window.read_size()
     assert window.read_size() == MIN_READ  # nothing drained since
+
+
+def test_the_room_is_what_the_socket_takes_without_a_wait(connection: tuple[socket.socket, socket.socket]) -> None:
+    """A chunk larger than `room` goes out in pieces (stream.ZipStream): a write that waits inside the
+    server holds its chunk where the download can't park."""
+    server, client = connection
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    window = ClientWindow(server)
+    window.read_size()
+    assert window.room > 0
+    server.setblocking(False)
+    for _ in range(8):  # a client that reads nothing: each write of `room` is taken whole, then none is left
+        window.read_size()
+        if window.room < MIN_READ:
+            break
+        assert server.send(b"x" * window.room) == window.room
+    else:
+        pytest.fail("the room never ran out")
+    with pytest.raises(BlockingIOError):  # and it is really full
+        server.send(b"x" * 65536)
 
 
 def test_a_client_that_hung_up_is_gone(connection: tuple[socket.socket, socket.socket]) -> None:

@@ -6,22 +6,27 @@ from __future__ import annotations
 
 import gc
 import io
+import os
+import re
 import socket
 import threading
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, ClassVar
 
 import pytest
 import requests
 
 from zipstream import memory
+from zipstream.chunks import CHUNK_SIZE
 from zipstream.config import Config
 from zipstream.download import PreparedZip, prepare
 from zipstream.errors import StreamAborted
 from zipstream.memory import Account, ClientWindow, MemoryBudget
 from zipstream.models import FileRef
 from zipstream.sources import build_sources
+from zipstream.stream import RELEASE_AFTER
 
 from .support.live import LiveServer
 from .support.upstream import UpstreamServer
@@ -205,3 +210,174 @@ def test_a_stalled_downloads_read_ahead_keeps_no_other_download_waiting(
     assert worker_memory.peak <= worker_memory.total + 1024 * 1024  # a chunk may be larger than asked
     stuck.close()
     assert worker_memory.used == 0
+
+
+# -- parking: a download whose client stalls gives back all it holds, and goes on where it was ----------
+
+def _metric(server: LiveServer, name: str) -> float:
+    """The sum over the workers of one metric from /metrics."""
+    total = 0.0
+    for line in requests.get(server.url("/metrics"), timeout=10).text.splitlines():
+        if line.split("{", 1)[0].split(" ", 1)[0] == name:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def _stall(port: int, path: str, receive_buffer: int = 4096) -> tuple[socket.socket, bytes]:
+    """A download that reads its head and 4 KiB of body, then nothing: (its socket, the body read)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    received = b""
+    while b"\r\n\r\n" not in received or len(received.partition(b"\r\n\r\n")[2]) < 4096:
+        data = sock.recv(4096)
+        assert data, f"closed early: {received[:200]!r}"
+        received += data
+    return sock, received.partition(b"\r\n\r\n")[2]
+
+
+def _drain(sock: socket.socket, body: bytes) -> bytes:
+    chunks = [body]
+    with sock:
+        while data := sock.recv(1 << 20):
+            chunks.append(data)
+    return b"".join(chunks)
+
+
+def test_under_gunicorn_stalled_downloads_park_so_a_fast_one_is_served_and_each_goes_on_where_it_was(
+    serve: Callable[..., LiveServer], upstream: UpstreamServer,
+) -> None:
+    """Before parking, clients that stopped reading kept what their downloads held (their last chunk,
+    read-ahead, pre-flight's holds) until SEND_TIMEOUT: with MEMORY_BUDGET full of it, a new download
+    waited for all of that time (issue 16: 10,000 slow clients, 7,905 downloads waiting; here 300 at the
+    smallest budget)."""
+    files = {f"/big{i}.bin": os.urandom(CHUNK_SIZE) for i in range(3)}
+    for name, data in files.items():
+        upstream.add(name, data)
+    server = serve(MEMORY_BUDGET=str(4 * CHUNK_SIZE), ACCESS_LOG="/dev/null")
+    created = requests.post(server.url("/"), json={"files": [{"src": upstream.url(name)} for name in files]},
+                            timeout=30)
+    path = f"/{created.json()['id']}"
+    # Stalled before any download completed: no CRC-32 is known, the zip has data descriptors, and a
+    # download that parks inside a member must carry the CRC-32 of what it sent over.
+    stalled = [_stall(server.port, path, receive_buffer=65536) for _ in range(120)]
+    upstream.clear_log()
+    # What they hold fills the budget: a new download waits until some park (PARK_POLL, ~1 s).
+    whole = requests.get(server.url(path), timeout=20).content
+    assert [zipfile.ZipFile(io.BytesIO(whole)).read(name.strip("/")) for name in files] == list(files.values())
+    # The rest park too, once stalled PARK_AFTER s: every byte given back, each connection still open.
+    wait_for(lambda: _metric(server, "zipstream_memory_granted_bytes") == 0
+             and _metric(server, "zipstream_downloads_parked") == len(stalled), "every stalled download parked",
+             timeout=30)
+    for sock, body in stalled:
+        assert _drain(sock, body) == whole
+    # Each went on with ranged reads of the same version (If-Range or If-Match on every ranged request).
+    ranged = [r for r in upstream.requests if re.fullmatch(r"bytes=[1-9][0-9]*-", r.range or "")]
+    assert ranged and all("if-range" in r.headers or "if-match" in r.headers for r in ranged)
+    wait_for(lambda: _metric(server, "zipstream_downloads_parked") == 0, "no download left parked")
+    assert "Traceback" not in server.log_text()
+
+
+class _ParkingClient:
+    """A client that drains nothing: the first wait asks to park at once, the park's own wait checks what
+    the server (the consumer) and the stream's frame still hold, then the client reads again."""
+
+    def __init__(self, consumer_saw: list[bytes]) -> None:
+        self.consumer_saw = consumer_saw
+        self.room = 256 * 1024
+        self.stream: Iterator[bytes] | None = None
+        self.held_at_park: list[int] | None = None
+
+    def sending(self) -> None: ...
+    def sent(self) -> None: ...
+    def handed(self, count: int) -> None: ...
+    def read_size(self) -> int:
+        return 16 * 1024
+    def gone(self) -> bool:
+        return False
+
+    def wait_writable(self, park: Callable[[float], bool] | None = None) -> bool:
+        if park is not None and self.held_at_park is None:
+            return False  # park now
+        if park is None:  # the park's wait: nothing of the stream's bytes may be held now
+            frame = self.stream.gi_frame  # type: ignore[union-attr]
+            held = [len(value) for value in frame.f_locals.values() if isinstance(value, bytes) and value]
+            self.held_at_park = held + ([len(self.consumer_saw[-1])] if self.consumer_saw[-1] else [])
+        return True
+
+
+def test_a_parked_download_lets_go_of_the_last_piece_it_sent(tmp_path: Path, upstream: UpstreamServer) -> None:
+    """While parked, a download holds no grant, so no chunk either: not in its own frame, and not in the
+    server's (gunicorn's `for item in body` keeps the last item until it asks for the next, so the stream
+    hands it an empty one first). Before: 58 KiB per parked download at 1,000 (bench.memory_probe)."""
+    prepared, _ = _prepared(tmp_path, upstream, "p", 2, 300_000, prefetch=2)
+    whole = b"".join(prepared.stream())
+    saw: list[bytes] = []
+    client = _ParkingClient(saw)
+    prepared.body.client = client  # type: ignore[assignment]
+    stream = client.stream = prepared.stream()
+    for item in stream:
+        saw.append(item)
+    assert client.held_at_park == []
+    assert b"".join(saw) == whole
+
+
+class _KeepingPace:
+    """A client that takes every byte at once (ClientWindow's interface, without a socket)."""
+
+    room = 1 << 30
+
+    def sending(self) -> None: ...
+    def sent(self) -> None: ...
+    def handed(self, count: int) -> None: ...
+    def read_size(self) -> int:
+        return CHUNK_SIZE
+    def gone(self) -> bool:
+        return False
+    def wait_writable(self, park: Callable[[float], bool] | None = None) -> bool:
+        return True
+
+
+class _Chunk(bytes):
+    """bytes whose end is seen (bytes take no weak references) on their way up through every layer."""
+
+    alive: ClassVar[set[int]] = set()
+
+    def __del__(self) -> None:
+        _Chunk.alive.discard(id(self))
+
+
+def test_while_a_download_reads_its_next_chunk_nothing_above_holds_the_last_one(
+    tmp_path: Path, upstream: UpstreamServer,
+) -> None:
+    """A download's grant covers one chunk (memory.Account): the next is read within it. Before, every layer
+    (the zip writer, the source's reader, the turns, the server's `for item in body`) still held the last
+    chunk while the next was read, so a worker held up to twice what it was granted (bench.memory_probe:
+    137 MiB of chunks referenced at a drain's peak, 95 MiB granted)."""
+    prepared, contents = _prepared(tmp_path, upstream, "h", 3, 5 * CHUNK_SIZE // 2, prefetch=0)
+    zipped = prepared.body
+    zipped.client = _KeepingPace()  # type: ignore[assignment]
+    open_source = zipped._open_source
+    previous: list[tuple[int, int]] = []  # (id, size) of every chunk read
+    held_while_reading: list[int] = []
+
+    def watched(info: Any, start: int = 0, *, unstable: Any = None) -> Iterator[bytes]:
+        for raw in open_source(info, start, unstable=unstable):
+            if previous and previous[-1][0] in _Chunk.alive and previous[-1][1] >= RELEASE_AFTER:
+                held_while_reading.append(previous[-1][1])  # (the server may keep a smaller one)
+            chunk = _Chunk(raw)
+            del raw
+            previous.append((id(chunk), len(chunk)))
+            _Chunk.alive.add(id(chunk))
+            yield chunk
+            del chunk
+
+    zipped._open_source = watched  # type: ignore[method-assign]
+    out = bytearray()
+    for item in prepared.stream():  # as gunicorn does: `item` is kept until the next is asked for
+        out += item
+    assert len(previous) > 6  # several chunks per member
+    assert held_while_reading == []
+    archive = zipfile.ZipFile(io.BytesIO(bytes(out)))
+    assert [archive.read(path.strip("/")) for path in contents] == list(contents.values())

@@ -23,7 +23,7 @@ import stat
 import threading
 import types
 import zlib
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from struct import Struct
@@ -298,6 +298,8 @@ class ZipPlan:
         known_crcs: dict[int, int] | None = None,
         on_crc: CrcLearned | None = None,
         open_head: OpenMember | None = None,
+        progress: dict[int, MemberProgress] | None = None,
+        prefix_crcs: Mapping[int, tuple[int, int]] | None = None,
     ) -> Iterator[bytes]:
         """The archive's bytes [start, stop) (whole archive by default).
 
@@ -305,6 +307,12 @@ class ZipPlan:
         against what it was promised, and reported through `on_crc`. `open_head` opens a member
         whose first bytes are read only for its CRC-32 (default `open_member`): a caller with
         read-ahead can bypass it there, since only part of the member is wanted.
+
+        `progress` (out): for each member read from its first byte while its CRC-32 is computed, how
+        far it has been read and the CRC-32 of those bytes (MemberProgress, live). `prefix_crcs` (in):
+        index -> (length, CRC-32 of the member's first `length` bytes); a `start` exactly `length`
+        bytes into that member's data then needs no read of those bytes for its CRC-32. Together they
+        let a stream stopped inside a member go on later from there (stream.ZipStream parks).
         """
         if stop is None:
             stop = self.length if self.length is not None else 1 << 62
@@ -348,17 +356,21 @@ class ZipPlan:
                                                               and data_end < stop)
             )
             if in_range or crc_wanted:
-                head: _HeadCrc | None = None
+                head: _HeadCrc | _KnownCrc | None = None
                 if crc_wanted and data_end is not None and data_start < start < data_end:
-                    # A resume inside a member whose CRC-32 is unknown: stream the bytes after the
-                    # cut now, and read the ones before it alongside, for the CRC only (combined at
-                    # the member's end, before its descriptor), so the first byte never waits for them.
                     read_from = start - data_start
-                    head = _HeadCrc(open_head or open_member, index, entry.name, read_from)
+                    prefix = prefix_crcs.get(index) if prefix_crcs is not None else None
+                    if prefix is not None and prefix[0] == read_from:
+                        head = _KnownCrc(prefix[1])
+                    else:
+                        # A resume inside a member whose CRC-32 is unknown: stream the bytes after the
+                        # cut now, and read the ones before it alongside, for the CRC only (combined at
+                        # the member's end, before its descriptor), so the first byte never waits for them.
+                        head = _HeadCrc(open_head or open_member, index, entry.name, read_from)
                 else:
                     read_from = 0 if (crc_wanted or start <= data_start) else start - data_start
                 seen = yield from self._member_data(
-                    index, entry, open_member, read_from, data_start, stop, emit, crcs, on_crc, head
+                    index, entry, open_member, read_from, data_start, stop, emit, crcs, on_crc, head, progress
                 )
                 if size is None:
                     size = seen
@@ -389,15 +401,17 @@ class ZipPlan:
     def _member_data(
         index: int, entry: Entry, open_member: OpenMember, read_from: int, data_start: int, stop: int,
         emit: Callable[[bytes, int], bytes], crcs: dict[int, int], on_crc: CrcLearned | None,
-        head: _HeadCrc | None = None,
+        head: _HeadCrc | _KnownCrc | None = None, progress: dict[int, MemberProgress] | None = None,
     ) -> Generator[bytes, None, int]:
         """Yield the in-range part of member `index`, reading from `read_from`; returns bytes seen.
 
-        With `head` (the CRC-32 of bytes [0, read_from) being computed alongside), the member's
-        CRC-32 is still known at its end: the tail's, combined with the head's.
+        With `head` (the CRC-32 of bytes [0, read_from) being computed alongside, or known), the
+        member's CRC-32 is still known at its end: the tail's, combined with the head's.
         """
         limit = entry.size
         tally = _Tally(entry.name, limit, seen=read_from, crc=read_from == 0 or head is not None)
+        if progress is not None and tally.crc is not None and (read_from == 0 or isinstance(head, _KnownCrc)):
+            progress[index] = MemberProgress(tally, read_from, head.crc if isinstance(head, _KnownCrc) else 0)
         try:
             chunks = open_member(index, read_from)
         except BaseException:
@@ -408,8 +422,11 @@ class ZipPlan:
             for chunk in chunks:
                 at = data_start + tally.seen
                 tally.add(chunk)
-                if part := emit(chunk, at):
+                part = emit(chunk, at)
+                del chunk  # not kept while the next is read (memory.py: a grant covers one chunk)
+                if part:
                     yield part
+                    del part
                 elif at >= stop and index in crcs:
                     break  # past the range and the CRC is not needed: stop reading
         finally:
@@ -437,18 +454,23 @@ class _Tally:
     `size` bytes came. `check_length` raises ArchiveError if fewer did (`size` None: any number).
     """
 
-    __slots__ = ("crc", "name", "seen", "size")
+    __slots__ = ("before_crc", "before_seen", "crc", "name", "seen", "size")
 
     def __init__(self, name: str, size: int | None, seen: int = 0, crc: bool = True) -> None:
         self.name = name
         self.size = size
         self.seen = seen
         self.crc: int | None = 0 if crc else None
+        # Where the last chunk added began, and the CRC-32 up to there (MemberProgress.prefix_at).
+        self.before_seen = seen
+        self.before_crc = self.crc
 
     def add(self, chunk: bytes) -> None:
         seen = self.seen + len(chunk)
         if self.size is not None and seen > self.size:
             raise ArchiveError(f"{self.name}: source sent more than its {self.size} bytes")
+        self.before_seen = self.seen
+        self.before_crc = self.crc
         self.seen = seen
         if self.crc is not None:
             self.crc = crc32(chunk, self.crc)
@@ -462,6 +484,58 @@ def _check_crc(name: str, crc: int, expected: int | None) -> None:
     """ArchiveError if a member's CRC-32 differs from the one it was promised (given or learned)."""
     if expected is not None and crc != expected:
         raise ArchiveError(f"{name}: CRC-32 {crc:08x} differs from the expected {expected:08x}")
+
+
+class MemberProgress:
+    """How far a member's data has been read from its first byte (`seen`, bytes) and the CRC-32 of
+    those bytes (`crc()`): what a stream stopped inside the member needs to go on from there without
+    reading them again (ZipPlan.stream's `progress` and `prefix_crcs`). Live: it follows the read."""
+
+    __slots__ = ("_prefix", "_prefix_crc", "_tally")
+
+    def __init__(self, tally: _Tally, prefix: int = 0, prefix_crc: int = 0) -> None:
+        self._tally = tally
+        self._prefix = prefix  # bytes before the read began, whose CRC-32 is `prefix_crc`
+        self._prefix_crc = prefix_crc
+
+    @property
+    def seen(self) -> int:
+        return self._tally.seen
+
+    def crc(self) -> int:
+        return self._crc_to(self._tally.crc, self._tally.seen)
+
+    def prefix_at(self, length: int, chunk: bytes | None = None) -> tuple[int, int] | None:
+        """(length, CRC-32 of the member's first `length` bytes) for a stream that stops there: at
+        `seen`, or inside the last chunk read (`chunk`, of which only the first bytes went out);
+        None anywhere else."""
+        tally = self._tally
+        if length == tally.seen:
+            return length, self.crc()
+        if chunk is None or not tally.before_seen <= length < tally.seen:
+            return None
+        return length, crc32(chunk[: length - tally.before_seen], self._crc_to(tally.before_crc, tally.before_seen))
+
+    def _crc_to(self, crc: int | None, seen: int) -> int:
+        assert crc is not None  # only made for a tally that computes one
+        if not self._prefix:
+            return crc
+        return crc32_combine(self._prefix_crc, crc, seen - self._prefix)
+
+
+class _KnownCrc:
+    """The CRC-32 of a member's first bytes, already known (a parked stream's MemberProgress)."""
+
+    __slots__ = ("crc",)
+
+    def __init__(self, crc: int) -> None:
+        self.crc = crc
+
+    def result(self) -> int:
+        return self.crc
+
+    def cancel(self) -> None:
+        pass
 
 
 class _HeadCrc:

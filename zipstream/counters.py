@@ -54,6 +54,12 @@ MEMORY_WAITING = Gauge(
     "zipstream_memory_waiting", "Downloads waiting for memory now (back-pressure)", multiprocess_mode="livesum")
 MEMORY_WAITS = Counter(
     "zipstream_memory_waits", "Times a download had to wait for memory before reading its next chunk")
+PARKS = Counter(
+    "zipstream_parks", "Times a download whose client stopped reading gave back everything but its connection "
+    "(it goes on from where it was once the client reads again)")
+PARKED = Gauge(
+    "zipstream_downloads_parked", "Downloads parked now: their clients read nothing, they hold nothing but the "
+    "connection", multiprocess_mode="livesum")
 PREFLIGHT_SECONDS = Histogram(
     "zipstream_preflight_seconds", "Time to stat every file of a bundle and lay out its zip",
     buckets=_LATENCY_BUCKETS)
@@ -104,6 +110,7 @@ def track_download(
                 bytes_sent.inc(sent - counted)
                 counted = sent
             yield chunk
+            del chunk  # not kept while the next is read (memory.py: a grant covers one chunk)
         outcome, reason = "completed", ""
     except ClientStalled:
         reason = "client_stalled"  # SEND_TIMEOUT: the client's doing, counted with the client's

@@ -50,6 +50,12 @@ log = logging.getLogger(__name__)
 WAIT_POLL = 1.0
 # The "downloads are waiting for memory" line is logged at most this often per worker (seconds).
 WAIT_LOG_EVERY = 10.0
+# A download waiting for its client asks this often whether to park (stream.ZipStream: give back all it
+# holds but the connection, and go on from where it is once the client reads again) (seconds).
+PARK_POLL = 1.0
+# A download refused a bigger read counts as pressure on the budget for this long (seconds): long enough
+# for the downloads waiting for their clients to see it (PARK_POLL) and park.
+PRESSED_FOR = 2.0
 # Reads shrink to what the client drained, but not below this: a read costs about the same CPU whatever
 # its size, and a stalled download keeps about this much (10,000 of them: 80 MiB; bench B8).
 MIN_READ = 8 * 1024
@@ -70,6 +76,7 @@ class MemoryBudget:
         self.ahead = 0  # of which held for later
         self.peak = 0  # most bytes granted at once
         self.waits = 0  # blocking acquires that had to wait
+        self._short_at = -1e9  # when a download last read less than it wanted, for want of room
         self._logged = 0.0
         self.total = 0
         self.ahead_limit = 0
@@ -88,11 +95,18 @@ class MemoryBudget:
         """Acquires waiting now."""
         return len(self._queue)
 
+    def pressed(self) -> bool:
+        """Downloads want more than there is: one waits for memory now, or one was refused a bigger
+        read within the last PRESSED_FOR s (a client that drains fast, held to small reads)."""
+        return bool(self._queue) or time.monotonic() - self._short_at < PRESSED_FOR
+
     def try_acquire(self, count: int, ahead: bool = True) -> bool:
         """Grant `count` bytes if they fit now and nobody waits: held for later (`ahead`, within
         `ahead_limit` too), or more for the chunk going out of a download that has some already."""
         with self._lock:
             if self._queue or self.used + count > self.total or (ahead and self.ahead + count > self.ahead_limit):
+                if not ahead:
+                    self._short_at = time.monotonic()
                 return False
             if ahead:
                 self.ahead += count
@@ -323,6 +337,7 @@ def configure(total: int) -> MemoryBudget:
 NOTSENT_LOWAT = 256 * 1024
 _TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)  # Linux's number; Python 3.11 lacks the name
 _SIOCOUTQ = termios.TIOCOUTQ  # bytes in a TCP socket's send queue, not yet acknowledged (tcp(7))
+_SIOCOUTQNSD = 0x894B  # of which not sent yet (linux/sockios.h; Python has no name for it)
 
 
 class ClientWindow:
@@ -339,11 +354,13 @@ class ClientWindow:
         self.send_timeout = send_timeout
         self._sock = sock
         self._timeout_before: float | None = None
+        self._stalled_since: float | None = None  # a stall that parked goes on from here
         with contextlib.suppress(OSError):  # not TCP (a Unix socket): nothing queued to limit
             sock.setsockopt(socket.IPPROTO_TCP, _TCP_NOTSENT_LOWAT, NOTSENT_LOWAT)
         self._queued = 0  # the send queue at the last read_size()
         self._handed = 0  # bytes handed to the server since then
         self._size = MIN_READ
+        self.room = CHUNK_SIZE  # bytes the socket could take at the last read_size() without a wait
 
     @classmethod
     def of(cls, environ: Mapping[str, Any], send_timeout: float | None = None) -> ClientWindow | None:
@@ -353,8 +370,12 @@ class ClientWindow:
             return None
         return cls(sock, send_timeout)
 
-    def wait_writable(self) -> None:
-        """Wait until the socket can take bytes (or is closed or reset: the write then fails).
+    def wait_writable(self, park: Callable[[float], bool] | None = None) -> bool:
+        """Wait until the socket can take bytes (or is closed or reset: the write then fails); True.
+
+        With `park`: asked every PARK_POLL s while the client takes nothing, with the seconds it has
+        stalled so far; once it says yes, False at once (the caller gives back what it holds, then
+        waits again: the stall's clock goes on where it was).
 
         Raises ClientStalled after `send_timeout` seconds (SEND_TIMEOUT) without room: a client that
         takes nothing would otherwise keep its download, and the memory granted to it, for as long as it
@@ -362,12 +383,23 @@ class ClientWindow:
         """
         from gevent.socket import wait_write  # only ever called under gunicorn's gevent worker
 
-        try:
-            wait_write(self.fileno, timeout=self.send_timeout)
-        except TimeoutError:
-            raise ClientStalled(f"the client took no bytes for {self.send_timeout:g} s (SEND_TIMEOUT)") from None
-        except (OSError, ValueError):
-            pass
+        began = self._stalled_since if self._stalled_since is not None else time.monotonic()
+        self._stalled_since = None
+        while True:
+            stalled = time.monotonic() - began
+            left = None if self.send_timeout is None else self.send_timeout - stalled
+            if left is not None and left <= 0:
+                raise ClientStalled(f"the client took no bytes for {self.send_timeout:g} s (SEND_TIMEOUT)")
+            step = left if park is None else PARK_POLL if left is None else min(PARK_POLL, left)
+            try:
+                wait_write(self.fileno, timeout=step)
+                return True
+            except TimeoutError:
+                if park is not None and park(time.monotonic() - began):
+                    self._stalled_since = began
+                    return False
+            except (OSError, ValueError):
+                return True
 
     def sending(self) -> None:
         """A chunk goes to the server now: its write, too, gives up after `send_timeout` without progress
@@ -388,11 +420,16 @@ class ClientWindow:
         self._handed += count
 
     def read_size(self) -> int:
-        """Bytes to read for the next chunk (MIN_READ..CHUNK_SIZE)."""
+        """Bytes to read for the next chunk (MIN_READ..CHUNK_SIZE). Sets `room`: what the socket takes
+        now without a wait, NOTSENT_LOWAT less what it has not sent yet (SIOCOUTQNSD; Linux takes no
+        more while that much is unsent, tcp(7)): a write of more waits inside the server, where a
+        download can't park (stream.ZipStream)."""
         try:
             queued = struct.unpack("i", fcntl.ioctl(self.fileno, _SIOCOUTQ, b"\0\0\0\0"))[0]
+            unsent = struct.unpack("i", fcntl.ioctl(self.fileno, _SIOCOUTQNSD, b"\0\0\0\0"))[0]
         except OSError:
             return self._size
+        self.room = max(0, NOTSENT_LOWAT - unsent)
         drained = self._queued + self._handed - queued
         self._queued, self._handed = queued, 0
         self._size = max(MIN_READ, min(CHUNK_SIZE, 2 * drained))

@@ -14,11 +14,11 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Protocol
 
-from . import cooperative
-from .archive import deflate_stream
+from . import cooperative, counters
+from .archive import MemberProgress, deflate_stream
 from .chunks import CHUNK_SIZE, close_iterator, reading
 from .errors import LimitExceeded, StreamAborted
-from .memory import Account, ClientWindow, worker_budget
+from .memory import MIN_READ, Account, ClientWindow, worker_budget
 from .plan import Plan
 from .prefetch import Prefetcher
 from .preflight import discard_heads
@@ -33,6 +33,20 @@ log = logging.getLogger(__name__)
 CRC_FLUSH_MEMBERS = 64
 CRC_FLUSH_SECONDS = 5.0
 CRC_FLUSH_BYTES = 4 * 1024 * 1024
+
+# After a chunk this big goes out, the server is handed an empty one, so that it lets go of the chunk
+# before the next is read (bytes): the smallest read (memory.MIN_READ); smaller chunks (a member's
+# header, its descriptor) cost less than the extra round through the server.
+RELEASE_AFTER = MIN_READ
+
+# A download whose client has taken nothing this long parks (ZipStream.stream), even if no other
+# download waits for memory: its upstream bodies and buffers go back too (seconds).
+PARK_AFTER = 10.0
+# ... and this long while other downloads want more memory than there is (MemoryBudget.pressed): long
+# enough that clients slowed by a busy machine or link, which take a piece every second or two while
+# every download drains at once, are not parked and fetched again over and over (B8's drain at 2,000
+# clients: 7.4 parks and 13.6 upstream requests per download with 1 s, 6 for 3 files without parking).
+PARK_PRESSED_AFTER = 3.0
 
 # Called when a source's validators disagreed between requests while its bytes did not.
 Unstable = Callable[[SourceInfo], None]
@@ -124,6 +138,14 @@ class ZipStream:
         Memory: every chunk read for it is granted from the worker's MemoryBudget (memory.py) and
         given back when the next one is asked for; with a `client`, the next chunk is read only once
         its socket is writable, in the size it drained. Everything is given back when this ends.
+
+        Parking: when its client has taken nothing for PARK_AFTER s, or PARK_PRESSED_AFTER s while other
+        downloads want more memory than there is (MemoryBudget.pressed), a stream whose every byte can
+        be asked for again (`Plan.rangeable`) gives back everything but the client's connection: its
+        chunk, its read-ahead, what pre-flight held, its upstream bodies. Once the client reads again
+        it goes on from where it was, as a resume would (ranged, same-version reads; the CRC-32 of a
+        member it stopped inside is carried over, not read again). So a stalled download costs its
+        connection and its greenlet.
         """
         plan = self.plan
         length = plan.length
@@ -133,39 +155,75 @@ class ZipStream:
         self._whole_from = plan.first_whole_member(start)
         turns = cooperative.Turns()
         client = self.client
-        account = self._account = Account(worker_budget())
-        self._read_size = client.read_size() if client is not None else CHUNK_SIZE
-        # Read ahead only when the stream runs to the end (whole zip or a resume): a range that
-        # stops early would fetch members it never sends.
-        if self._prefetch > 0 and (stop is None or stop == length):
-            self._prefetcher = Prefetcher(
-                self._open_whole, len(plan.infos), self._prefetch, self._prefetch_bytes, local=self._held_whole,
-                account=account, wanted=lambda: self._read_size, gone=self._client_gone,
-            )
+        parkable = client is not None and plan.rangeable
+        progress: dict[int, MemberProgress] | None = {} if parkable else None
+        prefixes: dict[int, tuple[int, int]] = {}
         chunks: Iterator[bytes] | None = None
         try:
-            if plan.layout is None:
-                # stream-zip may deflate many input chunks (very compressible data) before it yields.
-                zipped = deflate_stream(plan.entries, lambda index, at: turns.yielding(self._open(index, at)))
-            else:
-                zipped = plan.layout.stream(self._open, start, stop, self.learned, self._learn,
-                                            open_head=self._open_direct)
-            chunks = turns.yielding(zipped)
-            for chunk in chunks:
-                sent += len(chunk)
-                if expected is not None and sent > expected:
-                    raise StreamAborted(f"produced more than the promised {expected} bytes")
-                if client is not None:
-                    client.sending()
-                yield chunk
-                if client is not None:
-                    client.sent()
+            while True:
+                chunks = self._pipeline(turns, start + sent, stop, progress, prefixes)
+                parked: bytes | None = None  # parked: the chunk it was sending ...
+                handed = 0  # ... and how much of it went out
+                for chunk in chunks:
+                    if expected is not None and sent + len(chunk) > expected:
+                        raise StreamAborted(f"produced more than the promised {expected} bytes")
+                    if client is None:
+                        sent += len(chunk)
+                        yield chunk
+                        continue
                     # Back-pressure: a client that stops reading stops its download here, before the
-                    # next chunk is read; the next is as big as what it drained meanwhile.
-                    client.handed(len(chunk))
+                    # next chunk is read; the next is as big as what it drained meanwhile. A chunk
+                    # bigger than twice that (read ahead while the client was faster) goes out in
+                    # pieces no bigger than the socket takes at once, so a client that stalls stalls
+                    # here, where the download can park, and not inside the server's write of a MiB.
+                    handed = 0
+                    while handed < len(chunk):
+                        if not handed and len(chunk) <= 2 * self._read_size:
+                            piece = chunk  # (a client that keeps pace: its chunks go out whole)
+                        else:
+                            size = max(MIN_READ, min(self._read_size, client.room))
+                            piece = chunk[handed:handed + size]
+                        client.sending()
+                        yield piece
+                        client.sent()
+                        handed += len(piece)
+                        sent += len(piece)
+                        client.handed(len(piece))
+                        del piece
+                        if not client.wait_writable(self._park if parkable else None):
+                            parked = chunk
+                            break
+                        self._read_size = client.read_size()
+                    if parked is not None:
+                        break
+                    large = len(chunk) >= RELEASE_AFTER
                     del chunk
+                    if large:
+                        # The server keeps the last item it was handed until it asks for the next
+                        # (gunicorn's `for item in body`), and every layer here drops its own: an
+                        # empty item first, so the next chunk is read while nothing holds this one
+                        # (a download's grant covers one chunk, memory.Account). gevent sends nothing.
+                        yield b""
+                if parked is None:
+                    break
+                assert client is not None and progress is not None and plan.layout is not None
+                prefixes = self._prefixes(start + sent, progress, parked if handed < len(parked) else None)
+                del parked, chunk
+                progress.clear()
+                self._end_pipeline(chunks)
+                chunks = None
+                # The server and every layer above hold the last piece they were handed until they ask
+                # for the next (gunicorn's `for item in body`): an empty one makes them let go of it, or
+                # a parked download would keep up to 2 x its last read outside the budget (58 KiB each at
+                # 1,000 parked downloads per worker, bench.memory_probe). gevent sends nothing for it.
+                yield b""
+                counters.PARKS.inc()
+                counters.PARKED.inc()
+                try:
                     client.wait_writable()
-                    self._read_size = client.read_size()
+                finally:
+                    counters.PARKED.dec()
+                self._read_size = client.read_size()
             if expected is not None and sent != expected:
                 raise StreamAborted(f"produced {sent} of the promised {expected} bytes")
         except StreamAborted:
@@ -174,14 +232,66 @@ class ZipStream:
             # A member failed after bytes went out: the only honest answer is to cut the connection.
             raise StreamAborted(f"{type(error).__name__}: {error}") from error
         finally:
+            self._end_pipeline(chunks)
+            self._pending.flush(force=True)
+
+    def _pipeline(self, turns: cooperative.Turns, start: int, stop: int | None,
+                  progress: dict[int, MemberProgress] | None, prefixes: dict[int, tuple[int, int]]) -> Iterator[bytes]:
+        """The zip's chunks from `start`, with a memory Account and (streaming to the end) read-ahead."""
+        plan = self.plan
+        client = self.client
+        self._account = account = Account(worker_budget())
+        self._read_size = client.read_size() if client is not None else CHUNK_SIZE
+        # Its first chunk's memory before anything else: a download that waits for it (many clients
+        # that come back at once after a stall) holds nothing meanwhile, no reader, no upstream body.
+        if not account.acquire(self._read_size, cancelled=self._client_gone):
+            raise StreamAborted("the client left while its download waited for memory")
+        # Read ahead only when the stream runs to the end (whole zip or a resume): a range that
+        # stops early would fetch members it never sends.
+        if self._prefetch > 0 and (stop is None or stop == plan.length):
+            self._prefetcher = Prefetcher(
+                self._open_whole, len(plan.infos), self._prefetch, self._prefetch_bytes, local=self._held_whole,
+                account=account, wanted=lambda: self._read_size, gone=self._client_gone,
+            )
+        if plan.layout is None:
+            # stream-zip may deflate many input chunks (very compressible data) before it yields.
+            zipped = deflate_stream(plan.entries, lambda index, at: turns.yielding(self._open(index, at)))
+        else:
+            zipped = plan.layout.stream(self._open, start, stop, self.learned, self._learn,
+                                        open_head=self._open_direct, progress=progress, prefix_crcs=prefixes)
+        return turns.yielding(zipped)
+
+    def _end_pipeline(self, chunks: Iterator[bytes] | None) -> None:
+        """Close the chunks and give back everything they held (bodies, read-ahead, holds, memory)."""
+        try:
             close_iterator(chunks)
+        finally:
             if self._prefetcher is not None:
                 self._prefetcher.close()
                 self._prefetcher = None
-            discard_heads(plan.infos)
-            account.close()
-            self._account = None
-            self._pending.flush(force=True)
+            discard_heads(self.plan.infos)
+            if self._account is not None:
+                self._account.close()
+                self._account = None
+
+    def _prefixes(self, position: int, progress: dict[int, MemberProgress],
+                  sent_part: bytes | None) -> dict[int, tuple[int, int]]:
+        """Of each member read from its first byte by the stream that parked at zip offset `position`,
+        the CRC-32 of its bytes before `position` (ZipPlan.stream's prefix_crcs): the stream going on
+        from there needs no read of them. `sent_part`: the part that went out of a chunk cut short."""
+        assert self.plan.layout is not None
+        prefixes: dict[int, tuple[int, int]] = {}
+        for index, member in progress.items():
+            placed = self.plan.layout.members[index]
+            length = min(position - placed.offset - len(placed.header), member.seen)
+            prefix = member.prefix_at(length, sent_part) if length >= 0 else None
+            if prefix is not None:
+                prefixes[index] = prefix
+        return prefixes
+
+    def _park(self, stalled: float) -> bool:
+        """Whether a download whose client has taken nothing for `stalled` s gives back what it holds."""
+        return stalled >= PARK_AFTER or (stalled >= PARK_PRESSED_AFTER and worker_budget().pressed())
 
     # -- opening members --
     def _held_whole(self, index: int) -> bool:
