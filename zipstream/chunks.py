@@ -83,8 +83,9 @@ _M_MMAP_THRESHOLD = -3
 # their drain, 250 MiB still resident after it (bench/memory_probe.py), more than the whole
 # MEMORY_BUDGET. `give_back_freed_heap` returns the whole free pages of every hole (malloc_trim(0),
 # MADV_DONTNEED) once more than HEAP_FREE_LIMIT lies free (looked at as downloads end, at most once per
-# HEAP_FREE_EVERY), so what a worker keeps mapped beyond what it uses stays about that, wherever it lies. A single download never reaches it (no page is faulted in
-# again, B6); a crowd pays the faults of what it gives back and takes again.
+# HEAP_FREE_EVERY), so what a worker keeps mapped beyond what it uses stays about that, wherever it
+# lies. A single download never reaches it (no page is faulted in again, B6); a crowd pays the faults
+# of what it gives back and takes again.
 HEAP_FREE_LIMIT = 16 * CHUNK_SIZE
 HEAP_FREE_EVERY = 1.0  # seconds at least between two looks (`give_back_freed_heap_now_and_then`)
 _looked_at = 0.0  # time.monotonic() of the last look
