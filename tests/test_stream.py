@@ -323,6 +323,24 @@ def test_a_parked_download_lets_go_of_the_last_piece_it_sent(tmp_path: Path, ups
     assert b"".join(saw) == whole
 
 
+def test_a_download_that_parks_looks_whether_the_heap_it_freed_can_go_back(
+    tmp_path: Path, upstream: UpstreamServer, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Parking frees a whole pipeline (bodies, buffers, read-ahead) while the download stays: glibc keeps
+    the holes resident unless given back (chunks.give_back_freed_heap, as when a download ends)."""
+    from zipstream import stream as stream_module
+
+    looks: list[int] = []
+    monkeypatch.setattr(stream_module, "give_back_freed_heap_now_and_then", lambda: looks.append(1) or False)
+    prepared, _ = _prepared(tmp_path, upstream, "g", 2, 300_000, prefetch=2)
+    client = _ParkingClient([b""])
+    prepared.body.client = client  # type: ignore[assignment]
+    client.stream = prepared.stream()
+    for _ in client.stream:
+        pass
+    assert client.held_at_park is not None and looks == [1]
+
+
 class _KeepingPace:
     """A client that takes every byte at once (ClientWindow's interface, without a socket)."""
 

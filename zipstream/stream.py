@@ -16,7 +16,7 @@ from typing import Protocol
 
 from . import cooperative, counters
 from .archive import MemberProgress, deflate_stream
-from .chunks import CHUNK_SIZE, close_iterator, reading
+from .chunks import CHUNK_SIZE, close_iterator, give_back_freed_heap_now_and_then, reading
 from .errors import LimitExceeded, StreamAborted
 from .memory import MIN_READ, Account, ClientWindow, worker_budget
 from .plan import Plan
@@ -217,6 +217,7 @@ class ZipStream:
                 # a parked download would keep up to 2 x its last read outside the budget (58 KiB each at
                 # 1,000 parked downloads per worker, bench.memory_probe). gevent sends nothing for it.
                 yield b""
+                give_back_freed_heap_now_and_then()  # what the pipeline freed may leave holes (chunks.py)
                 counters.PARKS.inc()
                 counters.PARKED.inc()
                 try:
