@@ -201,6 +201,8 @@ class ZipStream:
                     client.wait_writable()
                 finally:
                     counters.PARKED.dec()
+                if client.gone():  # a closed or reset socket is writable too: nothing to go on for
+                    raise StreamAborted("the client left while its download was parked")
                 self._read_size = client.read_size()
             if expected is not None and sent != expected:
                 raise StreamAborted(f"produced {sent} of the promised {expected} bytes")
