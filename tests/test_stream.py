@@ -339,3 +339,20 @@ def test_a_client_that_hangs_up_while_parked_costs_no_upstream_request(
         ranged = [r for r in upstream.requests if re.fullmatch(r"bytes=[1-9][0-9]*-", r.range or "")]
         assert ranged == [] and len(received) < len(whole)
     assert memory.worker_budget().used == 0
+
+
+def test_no_piece_is_bigger_than_the_socket_takes_at_once_even_for_a_client_that_kept_pace(
+    tmp_path: Path, upstream: UpstreamServer,
+) -> None:
+    """A chunk no bigger than twice the client's pace went out whole, however little room its socket
+    had: the server's write of it then waited for the client, where the download can't park. Seen under
+    gunicorn: 60 clients that stalled together (MEMORY_BUDGET 4 MiB), 59 parked, one stayed in sendall
+    with its chunk, read-ahead workers and upstream bodies until SEND_TIMEOUT."""
+    prepared, _ = _prepared(tmp_path, upstream, "room-", 2, 300_000, prefetch=0)
+    whole = b"".join(prepared.stream())
+    client = _ParkingClient(parked_after=1 << 40, then="reads")  # paces at 64 KiB, never parks
+    client.room = 20_000  # what the socket takes now without a wait
+    prepared.body.client = client  # type: ignore[assignment]
+    pieces = list(prepared.stream())
+    assert b"".join(pieces) == whole
+    assert max(len(piece) for piece in pieces) <= client.room
