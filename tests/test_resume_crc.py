@@ -62,10 +62,13 @@ def test_resume_inside_a_member_of_unknown_crc_starts_at_once(serve: Serve, upst
         assert response.status_code == 206, response.text[:300]
         first = response.raw.read(1)  # returns as soon as a byte has arrived
         first_byte = time.monotonic() - started
+        head_read_by_then = upstream.bytes_sent.get("/a.bin", 0)
         rest = response.raw.read()
     total = time.monotonic() - started
-    assert first_byte < 1.5, f"first byte after {first_byte:.1f} s"
-    assert total > 2.0  # the descriptor waited for the CRC-32 of the whole member
+    # The first byte did not wait for the ~260 KB before the cut to be read again (at 80 KB/s): when it
+    # came, the upstream had sent less than that (counts, not a clock: the machine may be loaded).
+    assert head_read_by_then < 200_000, f"{head_read_by_then} bytes read before the first byte"
+    assert upstream.bytes_sent["/a.bin"] >= len(data)  # the descriptor waited for the whole member's CRC-32
     upstream.clear_behaviour("/a.bin")
     # The upstream was read in full once more (the part before the cut, for the CRC), and counted.
     assert upstream.bytes_sent["/a.bin"] >= len(data)

@@ -424,8 +424,11 @@ class ZipPlan:
             for chunk in chunks:
                 at = data_start + tally.seen
                 tally.add(chunk)
-                if part := emit(chunk, at):
+                part = emit(chunk, at)
+                del chunk  # not kept while the next is read (memory.py: a grant covers one chunk)
+                if part:
                     yield part
+                    del part
                 elif at >= stop and index in crcs:
                     break  # past the range and the CRC is not needed: stop reading
         finally:

@@ -121,6 +121,7 @@ class Turns:
         try:
             for chunk in chunks:
                 yield chunk
+                del chunk  # not kept while the next is read (memory.py: a grant covers one chunk)
                 if clock() >= self._due:
                     time.sleep(0)
                     self._due = clock() + SWITCH_INTERVAL

@@ -110,6 +110,7 @@ def track_download(
                 bytes_sent.inc(sent - counted)
                 counted = sent
             yield chunk
+            del chunk  # not kept while the next is read (memory.py: a grant covers one chunk)
         outcome, reason = "completed", ""
     except ClientStalled:
         reason = "client_stalled"  # SEND_TIMEOUT: the client's doing, counted with the client's

@@ -184,6 +184,7 @@ class _LoggedBody:
             for chunk in self.body:
                 self.sent += len(chunk)
                 yield chunk
+                del chunk  # not kept while the next is read (memory.py: a grant covers one chunk)
         except BaseException as error:
             self.error = not isinstance(error, GeneratorExit)
             raise

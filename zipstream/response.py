@@ -180,10 +180,12 @@ class ZipResponse(Response):
                 position += len(chunk)
                 self._record_delivery(position, end)
                 yield chunk
+                del chunk  # not kept while the next is read (memory.py: a grant covers one chunk)
             for chunk in chunks:
                 position += len(chunk)
                 self._record_delivery(position, end)
                 yield chunk
+                del chunk
         finally:
             close_iterator(chunks)
 

@@ -129,6 +129,7 @@ class Sources:
                     position += len(chunk)
                     sent = True
                     yield chunk
+                    del chunk  # not kept while the next is read (memory.py: a grant covers one chunk)
                 if pending:
                     yield pending
                 if distrusted and unstable is not None:

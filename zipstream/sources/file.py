@@ -269,6 +269,7 @@ class FileSource:
                 position += len(chunk)
                 remaining -= len(chunk)
                 yield chunk
+                del chunk  # not kept while the next is read (memory.py: a grant covers one chunk)
             # A write during the read shows in the size or mtime: never hand out a spliced file.
             self._same_version(info, descriptor)
         finally:

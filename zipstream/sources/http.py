@@ -128,6 +128,7 @@ def _decoded(src: str, chunks: Iterator[bytes], encoding: str) -> Iterator[bytes
             data = decoder.unconsumed_tail
             if out:
                 yield out
+                del out
             if decoder.eof:
                 return
             if not data and len(out) < CHUNK_SIZE:  # a full piece may leave output pending: ask again
@@ -477,6 +478,7 @@ class HttpSource:
                 if expected is not None and received > expected:
                     raise SourceChanged(info.src, f"upstream sent more than the {expected} bytes expected")
                 yield chunk
+                del chunk  # not kept while the next is read (memory.py: a grant covers one chunk)
         except SourceError:
             raise
         except Exception as error:  # noqa: BLE001 - urllib3/socket errors of every kind mean "cut"

@@ -160,6 +160,7 @@ def body_chunks(response: requests.Response) -> Iterator[bytes]:
     raises and drops the bytes it already had, so a resume would start over from the same place."""
     while chunk := response.raw.read1(read_size(), decode_content=False):
         yield chunk
+        del chunk  # not kept while the next is read (every layer of a download's reading does this)
 
 
 def release(response: Answer) -> None:

@@ -579,6 +579,7 @@ class S3Source:
                 for chunk in body.iter_chunks(CHUNK_SIZE):
                     received += len(chunk)
                     yield chunk
+                    del chunk  # not kept while the next is read (memory.py: a grant covers one chunk)
             except _BODY_ERRORS as error:
                 raise SourceInterrupted(
                     info.src, f"connection lost after {start + received} bytes ({type(error).__name__})"
