@@ -6,6 +6,7 @@ import io
 import os
 import random
 import struct
+import threading
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
@@ -38,6 +39,7 @@ from zipstream.archive import (
 from .support import ci, readers
 from .support import zip_shapes as zip_shapes_module
 from .support.readers import CheckZip
+from .support.waiting import wait_for
 from .support.zip_shapes import Shapes
 
 WHEN = datetime(2024, 2, 29, 13, 37, 42, tzinfo=UTC)
@@ -202,6 +204,49 @@ def test_a_stream_stopped_inside_a_member_goes_on_from_its_progress_without_read
     # Each member read once from where the stream was, never from 0 again for its CRC-32.
     assert [start for index, start in calls if index == 1] == [0, 30_000, 190_000]
     assert learned == {index: zlib.crc32(data) for index, data in enumerate(datas)}
+
+
+def test_a_resumed_stream_stopped_again_inside_its_member_does_not_read_the_head_again() -> None:
+    """A resume (Range) inside a member whose CRC-32 is not known reads the bytes before it alongside, for
+    the CRC only (_HeadCrc). When that stream stops again inside the member (the download parks, and again),
+    its progress carries over the head's CRC-32, or that of as much of the head as was read: before, the
+    member had no progress, and every park read [0, position) from upstream again (a 3 MB member resumed
+    at 2 MB, parked 10 times: 40 MB fetched for 200 KB sent)."""
+    datas = _datas([300_000, 300_000])
+    plan = ZipPlan(_entries(datas, known_crc=False))
+    full = b"".join(plan.stream(_opener(datas)[1]))  # type: ignore[arg-type]
+    data_start = plan.members[1].offset + len(plan.members[1].header)
+    calls, plain = _opener(datas)
+    release = threading.Event()
+
+    def open_member(index: int, start: int) -> Iterator[bytes]:
+        for number, chunk in enumerate(plain(index, start)):  # type: ignore[operator]
+            if index == 1 and start == 0 and number == 2:
+                release.wait(10)  # a slow head: 20,000 of its 200,000 bytes read when the stream stops
+            yield chunk
+
+    def stopped(prefixes: dict[int, tuple[int, int]], sent: int, head: int) -> tuple[int, dict[int, tuple[int, int]]]:
+        """Stream from `sent` to 30,000 bytes further; the prefix of member 1 it carries (`head` bytes long)."""
+        progress: dict[int, MemberProgress] = {}
+        chunks = plan.stream(open_member, sent, progress=progress, prefix_crcs=prefixes)  # type: ignore[arg-type]
+        out = b""
+        for chunk in chunks:
+            out += chunk
+            if len(out) >= 30_000:
+                break
+        assert out == full[sent : sent + len(out)]
+        sent += len(out)
+        expected = (head, zlib.crc32(datas[1][:head]))
+        wait_for(lambda: 1 in progress and progress[1].prefix_at(sent - data_start) == expected, "the head's CRC")
+        chunks.close()
+        return sent, {1: expected}
+
+    sent, prefixes = stopped({}, data_start + 200_000, head=20_000)  # the head not read yet: as far as it got
+    release.set()
+    sent, prefixes = stopped(prefixes, sent, head=260_000)  # the head read: all it sent
+    assert full[:sent] + b"".join(plan.stream(open_member, sent, prefix_crcs=prefixes)) == full  # type: ignore[arg-type]
+    # The head read from 0 once, then from where it had got to; the data from where each stream was.
+    assert sorted(start for index, start in calls if index == 1) == [0, 20_000, 200_000, 230_000, 260_000]
 
 
 def test_a_members_progress_gives_the_crc_of_any_prefix_ending_in_the_last_chunk_read() -> None:

@@ -399,3 +399,84 @@ def test_while_a_download_reads_its_next_chunk_nothing_above_holds_the_last_one(
     assert held_while_reading == []
     archive = zipfile.ZipFile(io.BytesIO(bytes(out)))
     assert [archive.read(path.strip("/")) for path in contents] == list(contents.values())
+
+
+class _StallingClient:
+    """A client (memory.ClientWindow's face to the stream) that stalls, and so parks, once `parked_after`
+    bytes went out; then `then`: "gone" (it hangs up while parked: its socket turns writable, as a closed
+    one does) or "reads" (it reads on)."""
+
+    room = CHUNK_SIZE
+
+    def __init__(self, parked_after: int, then: str) -> None:
+        self.parked_after = parked_after
+        self.then = then
+        self.position = 0
+        self.parks = 0
+
+    def wait_writable(self, park: Callable[[float], bool] | None = None) -> bool:
+        if park is not None and not self.parks and self.position >= self.parked_after and park(60.0):
+            self.parks += 1
+            return False
+        return True
+
+    def sending(self) -> None:
+        pass
+
+    def sent(self) -> None:
+        pass
+
+    def handed(self, count: int) -> None:
+        self.position += count
+
+    def read_size(self) -> int:
+        return 64 * 1024
+
+    def gone(self) -> bool:
+        return self.parks > 0 and self.then == "gone"
+
+
+@pytest.mark.parametrize("then", ["gone", "reads"])
+def test_a_client_that_hangs_up_while_parked_costs_no_upstream_request(
+    tmp_path: Path, upstream: UpstreamServer, then: str,
+) -> None:
+    """A parked download waits for its client's socket to turn writable, which a closed or reset one does
+    too: before, it then built its pipeline again (memory, read-ahead, a ranged request per member it was
+    in or read ahead) only for the first write to fail, for every client that left while parked."""
+    prepared, _ = _prepared(tmp_path, upstream, f"gone-{then}-", 3, 300_000, prefetch=2)
+    whole = b"".join(prepared.stream())
+    client = _StallingClient(parked_after=400_000, then=then)
+    prepared.body.client = client  # type: ignore[assignment]
+    upstream.clear_log()
+    received = bytearray()
+    try:
+        for chunk in prepared.stream():
+            received.extend(chunk)
+    except StreamAborted:
+        assert then == "gone"
+    assert client.parks == 1
+    if then == "reads":
+        assert bytes(received) == whole
+        assert any(r.range and r.range != "bytes=0-" for r in upstream.requests)  # it went on, ranged
+    else:
+        # Nothing asked of upstream after the park: the requests made are the first pipeline's only.
+        ranged = [r for r in upstream.requests if re.fullmatch(r"bytes=[1-9][0-9]*-", r.range or "")]
+        assert ranged == [] and len(received) < len(whole)
+    assert memory.worker_budget().used == 0
+
+
+def test_no_piece_is_bigger_than_the_socket_takes_at_once_even_for_a_client_that_kept_pace(
+    tmp_path: Path, upstream: UpstreamServer,
+) -> None:
+    """A chunk no bigger than twice the client's pace went out whole, however little room its socket
+    had: the server's write of it then waited for the client, where the download can't park. Seen under
+    gunicorn: 60 clients that stalled together (MEMORY_BUDGET 4 MiB), 59 parked, one stayed in sendall
+    with its chunk, read-ahead workers and upstream bodies until SEND_TIMEOUT."""
+    prepared, _ = _prepared(tmp_path, upstream, "room-", 2, 300_000, prefetch=0)
+    whole = b"".join(prepared.stream())
+    client = _StallingClient(parked_after=1 << 40, then="reads")  # paces at 64 KiB, never parks
+    client.room = 20_000  # what the socket takes now without a wait
+    prepared.body.client = client  # type: ignore[assignment]
+    pieces = list(prepared.stream())
+    assert b"".join(pieces) == whole
+    assert max(len(piece) for piece in pieces) <= client.room

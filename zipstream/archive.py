@@ -366,7 +366,9 @@ class ZipPlan:
                         # A resume inside a member whose CRC-32 is unknown: stream the bytes after the
                         # cut now, and read the ones before it alongside, for the CRC only (combined at
                         # the member's end, before its descriptor), so the first byte never waits for them.
-                        head = _HeadCrc(open_head or open_member, index, entry.name, read_from)
+                        # From the end of a shorter known prefix, if there is one (a head cut short).
+                        known = prefix if prefix is not None and 0 < prefix[0] < read_from else (0, 0)
+                        head = _HeadCrc(open_head or open_member, index, entry.name, read_from, *known)
                 else:
                     read_from = 0 if (crc_wanted or start <= data_start) else start - data_start
                 seen = yield from self._member_data(
@@ -410,8 +412,8 @@ class ZipPlan:
         """
         limit = entry.size
         tally = _Tally(entry.name, limit, seen=read_from, crc=read_from == 0 or head is not None)
-        if progress is not None and tally.crc is not None and (read_from == 0 or isinstance(head, _KnownCrc)):
-            progress[index] = MemberProgress(tally, read_from, head.crc if isinstance(head, _KnownCrc) else 0)
+        if progress is not None and tally.crc is not None:
+            progress[index] = MemberProgress(tally, read_from, head.crc if isinstance(head, _KnownCrc) else head)
         try:
             chunks = open_member(index, read_from)
         except BaseException:
@@ -489,32 +491,53 @@ def _check_crc(name: str, crc: int, expected: int | None) -> None:
 class MemberProgress:
     """How far a member's data has been read from its first byte (`seen`, bytes) and the CRC-32 of
     those bytes (`crc()`): what a stream stopped inside the member needs to go on from there without
-    reading them again (ZipPlan.stream's `progress` and `prefix_crcs`). Live: it follows the read."""
+    reading them again (ZipPlan.stream's `progress` and `prefix_crcs`). Live: it follows the read.
 
-    __slots__ = ("_prefix", "_prefix_crc", "_tally")
+    A read that began inside the member (a resume) knows the CRC-32 of the bytes before it (`prefix_crc`)
+    or has them read alongside (a _HeadCrc): until that read is done, `crc()` and `prefix_at` give the
+    CRC-32 of as much of the head as it read (shorter than asked: the stream going on reads the rest)."""
 
-    def __init__(self, tally: _Tally, prefix: int = 0, prefix_crc: int = 0) -> None:
+    __slots__ = ("_head", "_prefix", "_prefix_crc", "_tally")
+
+    def __init__(self, tally: _Tally, prefix: int = 0, prefix_crc: int | _HeadCrc | None = 0) -> None:
         self._tally = tally
         self._prefix = prefix  # bytes before the read began, whose CRC-32 is `prefix_crc`
-        self._prefix_crc = prefix_crc
+        self._head = prefix_crc if isinstance(prefix_crc, _HeadCrc) else None  # ... or is being read
+        self._prefix_crc = prefix_crc if isinstance(prefix_crc, int) else 0
 
     @property
     def seen(self) -> int:
         return self._tally.seen
 
     def crc(self) -> int:
+        """The CRC-32 of the first `seen` bytes (once the bytes before the read, if any, were read)."""
+        assert self._head_read() is None, "the bytes before the read are still being read"
         return self._crc_to(self._tally.crc, self._tally.seen)
 
     def prefix_at(self, length: int, chunk: bytes | None = None) -> tuple[int, int] | None:
         """(length, CRC-32 of the member's first `length` bytes) for a stream that stops there: at
         `seen`, or inside the last chunk read (`chunk`, of which only the first bytes went out);
-        None anywhere else."""
+        None anywhere else. While the bytes before the read are still being read for their CRC-32:
+        (how many of them were read, their CRC-32), or None if none were."""
+        head = self._head_read()
+        if head is not None:
+            return head if head[0] and self._prefix <= length <= self._tally.seen else None
         tally = self._tally
         if length == tally.seen:
             return length, self.crc()
         if chunk is None or not tally.before_seen <= length < tally.seen:
             return None
         return length, crc32(chunk[: length - tally.before_seen], self._crc_to(tally.before_crc, tally.before_seen))
+
+    def _head_read(self) -> tuple[int, int] | None:
+        """While the bytes before the read are being read alongside: (bytes read, their CRC-32)."""
+        if self._head is None:
+            return None
+        read = self._head.read
+        if read[0] < self._prefix:
+            return read
+        self._prefix_crc, self._head = read[1], None  # all read: known from now on
+        return None
 
     def _crc_to(self, crc: int | None, seen: int) -> int:
         assert crc is not None  # only made for a tally that computes one
@@ -542,19 +565,23 @@ class _HeadCrc:
     """The CRC-32 of a member's first `length` bytes, read in a worker thread (a greenlet under
     gunicorn's gevent worker) while the rest of the member streams out."""
 
-    def __init__(self, open_member: OpenMember, index: int, name: str, length: int) -> None:
+    def __init__(self, open_member: OpenMember, index: int, name: str, length: int, start: int = 0,
+                 start_crc: int = 0) -> None:
         self._name = name
         self._length = length
         self._crc: int | None = None
         self._error: BaseException | None = None
         self._cancelled = threading.Event()
+        # (bytes read so far, their CRC-32): from `start`, whose CRC-32 `start_crc` is known already
+        # (a head cut short before). One tuple, so a reader in another thread sees a matching pair.
+        self.read = (start, start_crc)
         # Opened here, in the caller's thread: the opener may keep per-download state (read-ahead).
-        chunks = open_member(index, 0)
+        chunks = open_member(index, start)
         self._thread = threading.Thread(target=self._run, args=(chunks,), name=f"head-crc-{index}", daemon=True)
         self._thread.start()
 
     def _run(self, chunks: Iterator[bytes]) -> None:
-        crc, seen = 0, 0
+        seen, crc = self.read
         try:
             for chunk in chunks:
                 if self._cancelled.is_set():
@@ -563,6 +590,7 @@ class _HeadCrc:
                     chunk = chunk[: self._length - seen]
                 crc = crc32(chunk, crc)
                 seen += len(chunk)
+                self.read = (seen, crc)
                 if seen >= self._length:
                     break
             if seen < self._length:

@@ -173,12 +173,12 @@ class ZipStream:
                         continue
                     # Back-pressure: a client that stops reading stops its download here, before the
                     # next chunk is read; the next is as big as what it drained meanwhile. A chunk
-                    # bigger than twice that (read ahead while the client was faster) goes out in
-                    # pieces no bigger than the socket takes at once, so a client that stalls stalls
-                    # here, where the download can park, and not inside the server's write of a MiB.
+                    # bigger than twice that (read ahead while the client was faster), or than the
+                    # socket takes at once, goes out in pieces no bigger than that, so a client that
+                    # stalls stalls here, where the download can park, not inside the server's write.
                     handed = 0
                     while handed < len(chunk):
-                        if not handed and len(chunk) <= 2 * self._read_size:
+                        if not handed and len(chunk) <= min(2 * self._read_size, max(MIN_READ, client.room)):
                             piece = chunk  # (a client that keeps pace: its chunks go out whole)
                         else:
                             size = max(MIN_READ, min(self._read_size, client.room))
@@ -224,6 +224,8 @@ class ZipStream:
                     client.wait_writable()
                 finally:
                     counters.PARKED.dec()
+                if client.gone():  # a closed or reset socket is writable too: nothing to go on for
+                    raise StreamAborted("the client left while its download was parked")
                 self._read_size = client.read_size()
             if expected is not None and sent != expected:
                 raise StreamAborted(f"produced {sent} of the promised {expected} bytes")
