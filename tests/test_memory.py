@@ -193,11 +193,15 @@ def test_reads_start_small_and_grow_with_what_the_client_drains(
     for _ in range(10):  # a client that reads everything at once: sizes double up to CHUNK_SIZE
         size = window.read_size()
         sizes.append(size)
-        server.sendall(b"x" * size)
+        # Sent from a thread while this one reads: a blocking send of a MiB into a client that reads only
+        # afterwards waited for the client's receive buffer to grow, and hung when it did not.
+        sender = threading.Thread(target=server.sendall, args=(b"x" * size,))
+        sender.start()
         window.handed(size)
         received = 0
         while received < size:
             received += len(client.recv(size - received))
+        sender.join(10)
         wait_for(lambda: _queued(server) == 0, "the bytes acknowledged")
     assert sizes[0] == MIN_READ and sizes[-1] == CHUNK_SIZE
     assert sizes == sorted(sizes)
@@ -237,6 +241,19 @@ def test_the_room_is_what_the_socket_takes_without_a_wait(connection: tuple[sock
         pytest.fail("the room never ran out")
     with pytest.raises(BlockingIOError):  # and it is really full
         server.send(b"x" * 65536)
+
+
+def test_the_room_is_no_more_than_a_small_send_buffer_has_free(connection: tuple[socket.socket, socket.socket]) -> None:
+    """Linux shrinks send buffers when the machine's TCP memory runs short (tcp_mem): a piece sized to
+    NOTSENT_LOWAT alone then waits inside the server's write, where its download can't park."""
+    server, client = connection
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)  # as the kernel does under pressure
+    window = ClientWindow(server)
+    window.read_size()
+    assert 0 < window.room < 64 * 1024
+    server.setblocking(False)
+    assert server.send(b"x" * window.room) == window.room  # taken whole, without a wait
 
 
 def test_a_client_that_hung_up_is_gone(connection: tuple[socket.socket, socket.socket]) -> None:

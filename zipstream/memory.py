@@ -427,9 +427,13 @@ class ClientWindow:
         try:
             queued = struct.unpack("i", fcntl.ioctl(self.fileno, _SIOCOUTQ, b"\0\0\0\0"))[0]
             unsent = struct.unpack("i", fcntl.ioctl(self.fileno, _SIOCOUTQNSD, b"\0\0\0\0"))[0]
+            buffer = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
         except OSError:
             return self._size
-        self.room = max(0, NOTSENT_LOWAT - unsent)
+        # Nor more than the send buffer has free: Linux shrinks it when the machine's TCP memory runs
+        # short (tcp_mem), and a socket then takes far less than NOTSENT_LOWAT (the attack pass: 106-160 KB
+        # of 256 KiB, SO_SNDBUF down to ~67 KB). Half of it counts: the rest is the kernel's overhead.
+        self.room = max(0, min(NOTSENT_LOWAT - unsent, buffer // 2 - queued))
         drained = self._queued + self._handed - queued
         self._queued, self._handed = queued, 0
         self._size = max(MIN_READ, min(CHUNK_SIZE, 2 * drained))
