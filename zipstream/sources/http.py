@@ -126,12 +126,13 @@ def _decoded(src: str, chunks: Iterator[bytes], encoding: str) -> Iterator[bytes
                 raise SourceError(src, f"upstream sent a corrupt {encoding} body ({error})") from None
             first = False
             data = decoder.unconsumed_tail
+            full = len(out) >= CHUNK_SIZE
             if out:
                 yield out
-                del out
+            del out  # not kept while the next is read (memory.py: a grant covers one chunk)
             if decoder.eof:
                 return
-            if not data and len(out) < CHUNK_SIZE:  # a full piece may leave output pending: ask again
+            if not data and not full:  # a full piece may leave output pending: ask again
                 break
     if not decoder.eof:
         raise SourceInterrupted(src, f"the {encoding} body ended before its end")
