@@ -18,6 +18,7 @@ from zipstream.chunks import CHUNK_SIZE
 from zipstream.memory import MIN_READ, Account, ClientWindow, MemoryBudget
 
 from .support.live import LiveServer
+from .support.stalled import drain, stall
 from .support.upstream import UpstreamServer
 from .support.waiting import wait_for
 
@@ -284,28 +285,6 @@ def _gauges(server: LiveServer) -> dict[str, float]:
     return values
 
 
-def _stall(port: int, path: str) -> tuple[socket.socket, bytes]:
-    """A download that reads its head and 4 KiB of body, then nothing: (its socket, what it read)."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect(("127.0.0.1", port))
-    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
-    received = b""
-    while b"\r\n\r\n" not in received or len(received.partition(b"\r\n\r\n")[2]) < 4096:
-        data = sock.recv(4096)
-        assert data, f"closed early: {received[:200]!r}"
-        received += data
-    return sock, received.partition(b"\r\n\r\n")[2]
-
-
-def _drain(sock: socket.socket, body: bytes) -> bytes:
-    chunks = [body]
-    with sock:
-        while data := sock.recv(1 << 20):
-            chunks.append(data)
-    return b"".join(chunks)
-
-
 def test_under_gunicorn_stalled_clients_keep_the_worker_within_its_budget_and_a_fast_one_is_served(
     serve: Callable[..., LiveServer], upstream: UpstreamServer,
 ) -> None:
@@ -319,14 +298,14 @@ def test_under_gunicorn_stalled_clients_keep_the_worker_within_its_budget_and_a_
     path = f"/{created.json()['id']}"
     whole = requests.get(server.url(path), timeout=60).content
     assert zipfile.ZipFile(io.BytesIO(whole)).read("big1.bin") == files["/big1.bin"]
-    stalled = [_stall(server.port, path) for _ in range(24)]
+    stalled = [stall(server.port, path) for _ in range(24)]
     # Meanwhile a fast client gets the whole zip, though the stalled ones read nothing on.
     assert requests.get(server.url(path), timeout=60).content == whole
     gauges = _gauges(server)
     assert gauges["zipstream_memory_budget_bytes"] == budget
     assert 0 < gauges["zipstream_memory_granted_peak_bytes"] <= budget
     for sock, body in stalled:
-        assert _drain(sock, body) == whole
+        assert drain(sock, body) == whole
     wait_for(lambda: _gauges(server)["zipstream_memory_granted_bytes"] == 0, "every grant given back")
 
 
@@ -344,11 +323,11 @@ def test_under_gunicorn_clients_that_take_nothing_past_send_timeout_are_cut_and_
                             timeout=30)
     path = f"/{created.json()['id']}"
     whole = requests.get(server.url(path), timeout=60).content
-    stalled = [_stall(server.port, path) for _ in range(24)]
+    stalled = [stall(server.port, path) for _ in range(24)]
     # They keep reading nothing: within about SEND_TIMEOUT each download is cut and its memory is back.
     wait_for(lambda: _gauges(server)["zipstream_memory_granted_bytes"] == 0, "every stalled download's grant back",
              timeout=15)
     assert requests.get(server.url(path), timeout=30).content == whole
     for sock, body in stalled:
-        assert len(_drain(sock, body)) < len(whole)  # cut: never a zip that looks complete
+        assert len(drain(sock, body)) < len(whole)  # cut: never a zip that looks complete
     assert "Traceback" not in server.log_text()

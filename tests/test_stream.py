@@ -29,6 +29,7 @@ from zipstream.sources import build_sources
 from zipstream.stream import RELEASE_AFTER
 
 from .support.live import LiveServer
+from .support.stalled import drain, stall
 from .support.upstream import UpstreamServer
 from .support.waiting import wait_for
 
@@ -223,28 +224,6 @@ def _metric(server: LiveServer, name: str) -> float:
     return total
 
 
-def _stall(port: int, path: str, receive_buffer: int = 4096) -> tuple[socket.socket, bytes]:
-    """A download that reads its head and 4 KiB of body, then nothing: (its socket, the body read)."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
-    sock.connect(("127.0.0.1", port))
-    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
-    received = b""
-    while b"\r\n\r\n" not in received or len(received.partition(b"\r\n\r\n")[2]) < 4096:
-        data = sock.recv(4096)
-        assert data, f"closed early: {received[:200]!r}"
-        received += data
-    return sock, received.partition(b"\r\n\r\n")[2]
-
-
-def _drain(sock: socket.socket, body: bytes) -> bytes:
-    chunks = [body]
-    with sock:
-        while data := sock.recv(1 << 20):
-            chunks.append(data)
-    return b"".join(chunks)
-
-
 def test_under_gunicorn_stalled_downloads_park_so_a_fast_one_is_served_and_each_goes_on_where_it_was(
     serve: Callable[..., LiveServer], upstream: UpstreamServer,
 ) -> None:
@@ -261,7 +240,7 @@ def test_under_gunicorn_stalled_downloads_park_so_a_fast_one_is_served_and_each_
     path = f"/{created.json()['id']}"
     # Stalled before any download completed: no CRC-32 is known, the zip has data descriptors, and a
     # download that parks inside a member must carry the CRC-32 of what it sent over.
-    stalled = [_stall(server.port, path, receive_buffer=65536) for _ in range(120)]
+    stalled = [stall(server.port, path, receive_buffer=65536) for _ in range(120)]
     upstream.clear_log()
     # What they hold fills the budget: a new download waits until some park (PARK_POLL, ~1 s).
     whole = requests.get(server.url(path), timeout=20).content
@@ -271,7 +250,7 @@ def test_under_gunicorn_stalled_downloads_park_so_a_fast_one_is_served_and_each_
              and _metric(server, "zipstream_downloads_parked") == len(stalled), "every stalled download parked",
              timeout=30)
     for sock, body in stalled:
-        assert _drain(sock, body) == whole
+        assert drain(sock, body) == whole
     # Each went on with ranged reads of the same version (If-Range or If-Match on every ranged request).
     ranged = [r for r in upstream.requests if re.fullmatch(r"bytes=[1-9][0-9]*-", r.range or "")]
     assert ranged and all("if-range" in r.headers or "if-match" in r.headers for r in ranged)
